@@ -1,0 +1,205 @@
+"""One typed place for configuration.
+
+Precedence: defaults < TOML file (``--config`` or ``TWIN_ENGINE_CONFIG``) < environment
+variables ``TWIN_ENGINE_<FIELD>`` (upper case; nested Kafka fields as ``TWIN_ENGINE_KAFKA_<FIELD>``).
+Every value is checked once, here, so that a typo fails at start-up with the field's name
+rather than deep inside aiokafka or torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TWIN_ENGINE_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field."""
+
+
+def default_data_dir() -> Path:
+    """``../shared/data`` beside the checkout: where the shared real ECG lives."""
+    return REPO_ROOT.parent / "shared" / "data"
+
+
+@dataclass
+class KafkaConfig:
+    """Connection settings passed through to aiokafka unchanged (SASL/TLS included)."""
+
+    bootstrap_servers: str = ""  # empty: start the embedded broker
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_plain_username: str = ""
+    sasl_plain_password: str = ""
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    client_id: str = "twin-engine"
+    group_id: str = "twin-engine"
+    partitions: int = 8
+    replication_factor: int = 1
+    topic_events: str = "twin.conditions"
+    topic_segments: str = "twin.segments"
+    topic_annotations: str = "twin.annotations"
+    topic_dead_letter: str = "twin.conditions.dlq"
+    topic_registry: str = "twin.registry"  # compacted changelog of patients
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments common to aiokafka producers, consumers and admin clients."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            kw.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_plain_username,
+                sasl_plain_password=self.sasl_plain_password,
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=self.ssl_cafile or None)
+            if self.ssl_certfile:
+                ctx.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
+            kw["ssl_context"] = ctx
+        return kw
+
+
+@dataclass
+class Settings:
+    """Everything the service, CLI and training read."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    model_path: Path = field(default_factory=lambda: REPO_ROOT / "models" / "default")
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    backend: str = "auto"  # auto, torch, onnxruntime, tensorrt
+    sampler: str = "dpmpp2m"
+    steps: int = 4
+    guidance_scale: float = 1.5
+    segment_seconds: float = 2.0
+    lookahead_segments: int = 2
+    speed: float = 1.0  # 1.0 real time; 0 as fast as possible; N: N x real time
+    max_batch: int = 64
+    max_wait_ms: float = 20.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    seed: int = 0
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+
+    def validate(self) -> Settings:
+        """Raise ConfigError naming the first bad field."""
+        checks = [
+            ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")),
+            ("backend", self.backend in ("auto", "torch", "onnxruntime", "tensorrt")),
+            ("sampler", self.sampler in ("ddpm", "ddim", "dpmpp2m", "distilled")),
+            ("steps", 1 <= self.steps <= 1000),
+            ("guidance_scale", 0.0 <= self.guidance_scale <= 20.0),
+            ("segment_seconds", 1.0 <= self.segment_seconds <= 10.0),
+            ("lookahead_segments", 1 <= self.lookahead_segments <= 100),
+            ("speed", self.speed >= 0.0),
+            ("max_batch", 1 <= self.max_batch <= 65536),
+            ("max_wait_ms", 0.0 <= self.max_wait_ms <= 10_000),
+            ("http_port", 0 <= self.http_port <= 65535),
+            ("kafka.partitions", 1 <= self.kafka.partitions <= 10_000),
+            ("kafka.replication_factor", self.kafka.replication_factor >= 1),
+            (
+                "kafka.security_protocol",
+                self.kafka.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+            ),
+            (
+                "kafka.sasl_mechanism",
+                self.kafka.sasl_mechanism in ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+            ),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(f"invalid value for {name}: {self._get(name)!r}")
+        return self
+
+    def _get(self, dotted: str) -> Any:
+        obj: Any = self
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Convert a TOML or environment value to the field's declared type."""
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is Path:
+            return Path(value).expanduser()
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value for {name}: {value!r} (expected {typ.__name__})") from exc
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown configuration key: {prefix}{key}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key} must be a table")
+            _apply(getattr(obj, key), value, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _coerce(prefix + key, value, typ))
+
+
+def _env_values(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kafka_fields = {f.name for f in dataclasses.fields(KafkaConfig)}
+    top_fields = {f.name for f in dataclasses.fields(Settings)} - {"kafka"}
+    for raw, value in env.items():
+        if not raw.startswith(ENV_PREFIX) or raw == ENV_PREFIX + "CONFIG":
+            continue
+        key = raw[len(ENV_PREFIX) :].lower()
+        if key.startswith("kafka_") and key[6:] in kafka_fields:
+            out.setdefault("kafka", {})[key[6:]] = value
+        elif key in top_fields:
+            out[key] = value
+        else:
+            raise ConfigError(f"unknown environment variable: {raw}")
+    return out
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build validated Settings from defaults, a TOML file, the environment and overrides."""
+    env = dict(os.environ) if env is None else env
+    settings = Settings()
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        _apply(settings, data, "")
+    _apply(settings, _env_values(env), "")
+    _apply(settings, {k: v for k, v in overrides.items() if v is not None}, "")
+    return settings.validate()
