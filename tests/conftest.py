@@ -23,3 +23,21 @@ def data_dir() -> Path:
 def broker():
     with EmbeddedBroker() as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, data_dir) -> Path:
+    """A tiny twin model, trained for a few hundred steps on 48 real records (seconds)."""
+    from models.train import run_stage
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    for stage, steps in (("autoencoder", 60), ("encoder", 40), ("diffusion", 300)):
+        run_stage(stage, out, data_dir / "ptbxl-subset", size="tiny", steps=steps, batch=8, limit=48)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from models.twin import TwinModel
+
+    return TwinModel.load(tiny_model_dir)

@@ -100,7 +100,7 @@ class Settings:
         checks = [
             ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")),
             ("backend", self.backend in ("auto", "torch", "onnxruntime", "tensorrt")),
-            ("sampler", self.sampler in ("ddpm", "ddim", "dpmpp2m", "distilled")),
+            ("sampler", self.sampler in ("ddpm", "ddim", "dpmpp2m")),
             ("steps", 1 <= self.steps <= 1000),
             ("guidance_scale", 0.0 <= self.guidance_scale <= 20.0),
             ("segment_seconds", 1.0 <= self.segment_seconds <= 10.0),

@@ -1,0 +1,68 @@
+"""Cardiac state as model input: SCP statements with intensities plus heart rate, age and sex.
+
+No text model: each statement is a learned token. The vocabulary is part of a checkpoint's
+config, so a model trained with a longer list still loads and an unknown code is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# The statements the twin can be asked for (PTB-XL SCP codes).
+VOCAB: tuple[str, ...] = (
+    "NORM", "SR", "AFIB", "AFLT", "STACH", "SBRAD", "SARRH", "PVC", "PAC", "1AVB",
+    "CLBBB", "CRBBB", "LAFB", "IRBBB", "LVH", "IMI", "ASMI", "ISC_", "STD_", "NDT",
+)
+CONTINUOUS = ("heart_rate", "age", "sex")
+
+
+class ConditionError(ValueError):
+    """A requested state the model cannot represent (unknown code, out-of-range value)."""
+
+
+@dataclass(frozen=True)
+class CardiacState:
+    """A target state: statements -> intensity in [0, 1], heart rate in bpm, demographics."""
+
+    statements: dict[str, float] = field(default_factory=lambda: {"NORM": 1.0, "SR": 1.0})
+    heart_rate: float = 70.0
+    age: float = float("nan")
+    sex: int = -1  # PTB-XL coding: 0 male, 1 female; -1 unknown
+
+    def validate(self, vocab: tuple[str, ...] = VOCAB) -> CardiacState:
+        for code, v in self.statements.items():
+            if code not in vocab:
+                raise ConditionError(f"unknown statement {code!r}; known: {', '.join(vocab)}")
+            if not (0.0 <= float(v) <= 1.0):
+                raise ConditionError(f"intensity of {code} must be in [0, 1], got {v}")
+        if not (20.0 <= self.heart_rate <= 250.0):
+            raise ConditionError(f"heart_rate must be 20-250 bpm, got {self.heart_rate}")
+        if self.sex not in (-1, 0, 1):
+            raise ConditionError(f"sex must be 0, 1 or -1, got {self.sex}")
+        return self
+
+    @staticmethod
+    def from_scp(scp_codes: dict[str, float], heart_rate: float, age: float, sex: int,
+                 vocab: tuple[str, ...] = VOCAB) -> CardiacState:
+        """From PTB-XL's ``scp_codes`` (likelihood 0-100; 0 on rhythm codes means 'stated')."""
+        st = {c: (v / 100.0 if v > 0 else 1.0) for c, v in scp_codes.items() if c in vocab}
+        return CardiacState(st, float(heart_rate), float(age), int(sex))
+
+
+def encode_states(states: list[CardiacState], vocab: tuple[str, ...] = VOCAB) -> tuple[np.ndarray, np.ndarray]:
+    """(intensities [B, K], continuous [B, 4]) float32; continuous = hr, age, sex, age-known."""
+    inten = np.zeros((len(states), len(vocab)), np.float32)
+    cont = np.zeros((len(states), 4), np.float32)
+    index = {c: i for i, c in enumerate(vocab)}
+    for b, s in enumerate(states):
+        for code, v in s.statements.items():
+            inten[b, index[code]] = v
+        cont[b, 0] = (s.heart_rate - 75.0) / 25.0
+        known = not math.isnan(s.age)
+        cont[b, 1] = (s.age - 60.0) / 20.0 if known else 0.0
+        cont[b, 2] = {0: -1.0, 1: 1.0}.get(s.sex, 0.0)
+        cont[b, 3] = 1.0 if known else 0.0
+    return inten, cont

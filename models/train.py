@@ -1,0 +1,266 @@
+"""``twin-engine train autoencoder|encoder|diffusion``: the three stages of the twin model.
+
+Each stage trains on the patient-wise training split of a PTB-XL-layout folder, writes
+resumable state every ``save_every`` steps to the run folder, and its final weights into the
+run's ``model.safetensors`` (all stages in one file, see models/checkpoint.py). Fixed seed;
+mixed precision (bf16 autocast) on GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.base_extractor import info_nce
+from models.checkpoint import load_training_state, save_training_state
+from models.conditions import CardiacState, encode_states
+from models.data.ptbxl import PTBXL
+from models.rpeaks import heart_rate
+from models.twin import TwinModel
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {  # steps, batch size, learning rate
+    "autoencoder": (3000, 32, 2e-3),
+    "encoder": (1500, 64, 1e-3),
+    "diffusion": (6000, 64, 1e-3),
+}
+
+
+@dataclass
+class TrainingSet:
+    signals: np.ndarray  # (N, samples, leads), samples divisible by 8
+    states: list[CardiacState]
+    patients: np.ndarray
+    ecg_ids: np.ndarray
+
+
+def load_training_set(data: Path, ids: list[int] | None = None, fs: int = 250,
+                      limit: int | None = None) -> TrainingSet:
+    """Records of the training split (or ``ids``), with their stated condition and measured HR."""
+    db = PTBXL(data, sampling_rate=fs)
+    if ids is None:
+        ids, _ = db.split()
+    ids = ids[:limit] if limit else ids
+    sigs, states, pats = [], [], []
+    for rec in db.records(ids):
+        n = rec.signal.shape[0] // 8 * 8
+        sigs.append(rec.signal[:n])
+        hr = heart_rate(rec.signal, fs)
+        hr = float(np.clip(hr, 30, 220)) if np.isfinite(hr) else 70.0
+        states.append(CardiacState.from_scp(rec.scp_codes, hr, rec.age, rec.sex))
+        pats.append(rec.patient_id)
+    return TrainingSet(np.stack(sigs), states, np.array(pats), np.array(ids))
+
+
+def _crops(x: np.ndarray, length: int, rng: np.random.Generator, step: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    starts = rng.integers(0, (x.shape[1] - length) // step + 1, size=len(x)) * step
+    return np.stack([x[i, s:s + length] for i, s in enumerate(starts)]), starts
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _progress(stage: str, step: int, total: int, loss: float, t0: float, every: int) -> None:
+    if step % every == 0 or step == total:
+        rate = step / max(1e-9, time.time() - t0)
+        bar = "#" * int(30 * step / total)
+        print(f"\r{stage} [{bar:<30}] {step}/{total} loss={loss:.4f} {rate:.1f} it/s", end="", flush=True)
+        if step == total:
+            print()
+
+
+class Trainer:
+    """One stage's loop: the stage supplies ``loss(batch_rng)``; this handles the rest."""
+
+    def __init__(self, model: TwinModel, out: Path, stage: str, steps: int, lr: float,
+                 params, device: torch.device, seed: int) -> None:
+        self.model, self.out, self.stage, self.steps = model, out, stage, steps
+        self.device = device
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        self.state_path = out / f"{stage}.state.pt"
+        self.start = load_training_state(self.state_path, model, self.opt)
+        if self.start:
+            log.info("resuming %s at step %d", stage, self.start)
+        self.rng = np.random.default_rng(seed + self.start)
+        torch.manual_seed(seed + self.start)
+        self.lr = lr
+
+    def run(self, loss_fn, save_every: int = 500) -> list[float]:
+        losses: list[float] = []
+        t0 = time.time()
+        amp = self.device.type == "cuda"
+        for step in range(self.start + 1, self.steps + 1):
+            warm = min(1.0, step / min(200, max(1, self.steps // 10)))
+            cos = 0.5 * (1 + math.cos(math.pi * step / self.steps))
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr * warm * (0.1 + 0.9 * cos)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(self.rng)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            losses.append(loss.item())
+            _progress(self.stage, step, self.steps, float(np.mean(losses[-50:])), t0, 10)
+            if step % save_every == 0 or step == self.steps:
+                save_training_state(self.state_path, step, self.model, self.opt)
+        return losses
+
+
+def _tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def train_autoencoder(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int) -> dict:
+    w = model.meta.window
+
+    def loss_fn(rng):
+        idx = rng.integers(0, len(ts.signals), batch)
+        x = _tensor(_crops(ts.signals[idx], w, rng)[0].transpose(0, 2, 1), tr.device)
+        rec, kl = model.ae(x)
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + model.ae.cfg.kl_weight * kl
+
+    losses = tr.run(loss_fn)
+    model.eval()
+    with torch.no_grad():  # unit-variance latents for the diffusion stage
+        mus = [model.ae.encoder(_tensor(ts.signals[i:i + 64].transpose(0, 2, 1), tr.device))[0]
+               for i in range(0, min(len(ts.signals), 512), 64)]
+        model.ae.latent_scale.fill_(float(torch.cat(mus).std()))
+    return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
+            "latent_scale": float(model.ae.latent_scale)}
+
+
+def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Views of one heart: amplitude gain per record, small noise, slow baseline wander."""
+    b, n, _ = x.shape
+    gain = rng.uniform(0.85, 1.15, (b, 1, 1))
+    t = np.arange(n)[None, :, None] / 250.0
+    wander = 0.1 * np.sin(2 * np.pi * rng.uniform(0.05, 0.4, (b, 1, 1)) * t + rng.uniform(0, 6.3, (b, 1, 1)))
+    return (x * gain + wander + rng.normal(0, 0.03, x.shape)).astype(np.float32)
+
+
+def train_encoder(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int) -> dict:
+    w = model.meta.window
+    model.ae.eval()
+    by_patient: dict[int, list[int]] = {}
+    for i, p in enumerate(ts.patients):
+        by_patient.setdefault(int(p), []).append(i)
+    inten_all, cont_all = encode_states(ts.states)
+
+    def view(idx, rng):
+        x = _augment(_crops(ts.signals[idx], w, rng)[0], rng)
+        z = model.ae.encode(_tensor(x.transpose(0, 2, 1), tr.device))
+        return model.ibe(z, _tensor(inten_all[idx], tr.device), _tensor(cont_all[idx], tr.device))
+
+    def loss_fn(rng):
+        a = rng.choice(len(ts.signals), batch, replace=False)
+        # positive: another record of the same patient where there is one, else another window
+        b = np.array([rng.choice(by_patient[int(ts.patients[i])]) for i in a])
+        pa = _tensor(ts.patients[a], tr.device)
+        same = pa[:, None] == pa[None, :]
+        return info_nce(view(a, rng), view(b, rng), model.ibe.logit_scale, same)
+
+    losses = tr.run(loss_fn)
+    return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
+            "temperature": float(1 / model.ibe.logit_scale.detach().exp())}
+
+
+@torch.no_grad()
+def record_latents_and_bases(model: TwinModel, ts: TrainingSet, device: torch.device
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents of whole records and one base vector per record (all its windows combined)."""
+    model.eval()
+    zs, bases = [], []
+    for i in range(0, len(ts.signals), 64):
+        z = model.ae.encode(_tensor(ts.signals[i:i + 64].transpose(0, 2, 1), device))
+        zs.append(z)
+    z = torch.cat(zs)
+    inten, cont = encode_states(ts.states)
+    n, tok = z.shape[-1], model.tokens
+    starts = list(range(0, n - tok + 1, max(1, tok // 2)))
+    for i in range(0, len(z), 64):
+        zb = z[i:i + 64]
+        per = torch.stack([model.ibe(zb[..., s:s + tok], _tensor(inten[i:i + 64], device),
+                                     _tensor(cont[i:i + 64], device)) for s in starts])
+        bases.append(F.normalize(per.mean(0), dim=-1))
+    return z, torch.cat(bases)
+
+
+def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, p_drop: float = 0.1) -> dict:
+    z_all, base_all = record_latents_and_bases(model, ts, tr.device)
+    inten_all, cont_all = encode_states(ts.states)
+    tok = model.tokens
+    sched = model.schedule
+    model.dit.train()
+
+    def loss_fn(rng):
+        idx = rng.integers(0, len(z_all), batch)
+        starts = rng.integers(0, z_all.shape[-1] - tok + 1, batch)
+        z0 = torch.stack([z_all[i, :, s:s + tok] for i, s in zip(idx, starts, strict=True)])
+        t = torch.from_numpy(rng.integers(0, sched.steps, batch)).to(tr.device)
+        noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(tr.device)
+        drop = torch.from_numpy(rng.random(batch) < p_drop).to(tr.device)
+        cond = model.dit.condition_tokens(_tensor(inten_all[idx], tr.device), _tensor(cont_all[idx], tr.device), drop)
+        v = model.dit(sched.add_noise(z0, noise, t), t, base_all[idx], cond)
+        return F.mse_loss(v, sched.v_target(z0, noise, t))
+
+    losses = tr.run(loss_fn)
+    return {"final_loss": float(np.mean(losses[-100:])) if losses else None}
+
+
+def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int | None = None,
+              batch: int | None = None, seed: int = 0, device: str = "auto",
+              limit: int | None = None, dit_overrides: dict | None = None) -> TwinModel:
+    """Train one stage in ``out`` (continuing the earlier stages' weights found there)."""
+    dev = _device(device)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if (out / "config.json").is_file():
+        model = TwinModel.load(out, "cpu").to(dev)
+    else:
+        model = TwinModel.from_preset(size, **(dit_overrides or {})).to(dev)
+    d_steps, d_batch, lr = DEFAULTS[stage]
+    steps, batch = steps or d_steps, batch or d_batch
+    t0 = time.time()
+    ts = load_training_set(data, fs=model.meta.fs, limit=limit)
+    module = {"autoencoder": model.ae, "encoder": model.ibe, "diffusion": model.dit}[stage]
+    model.train()
+    for m in (model.ae, model.ibe, model.dit):
+        m.requires_grad_(m is module)
+    tr = Trainer(model, out, stage, steps, lr, [p for p in module.parameters()], dev, seed)
+    fn = {"autoencoder": train_autoencoder, "encoder": train_encoder, "diffusion": train_diffusion}[stage]
+    report = fn(model, ts, tr, batch)
+    model.requires_grad_(False).eval()
+    info = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
+    info[stage] = {**report, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
+                   "records": len(ts.signals), "patients": len(set(ts.patients.tolist())),
+                   "wall_s": round(time.time() - t0, 1), "device": str(dev),
+                   "hardware": torch.cuda.get_device_name(0) if dev.type == "cuda" else f"CPU x{torch.get_num_threads()} threads",
+                   "data": str(data)}
+    (out / "training.json").write_text(json.dumps(info, indent=2))
+    model.meta.version = f"{out.name}-{stage}"
+    model.cpu().save(out, {"training": info})
+    return model
+
+
+def main(args: argparse.Namespace, settings) -> int:
+    out = Path(args.out or "runs/default")
+    data = Path(args.data) if args.data else settings.data_dir / "ptbxl-subset"
+    run_stage(args.stage, out, data, size=args.size, steps=args.steps, batch=args.batch_size,
+              seed=args.seed, device=settings.device)
+    print(f"wrote {out}/model.safetensors")
+    return 0

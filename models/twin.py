@@ -1,0 +1,227 @@
+"""The twin model as the service sees it: ``encode`` references to a base vector, ``generate``
+ECG for base vectors under target states, ``edit`` one finding of a generated ECG.
+
+Everything is batched over patients; one call is one batch on the accelerator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import checkpoint
+from models.autoencoder import AEConfig, ECGAutoencoder
+from models.base_extractor import BaseExtractor, IBEConfig, combine
+from models.conditions import VOCAB, CardiacState, encode_states
+from models.dit import AdaXDiT, DiTConfig
+from models.rpeaks import heart_rate
+from models.schedulers import NoiseSchedule, get_sampler
+
+PRESETS: dict[str, dict] = {
+    "tiny": {
+        "ae": AEConfig(enc_channels=(16, 16, 16), dec_channels=(16, 16, 16)),
+        "ibe": IBEConfig(dim=32, depth=1, heads=2, base_dim=32),
+        "dit": DiTConfig(dim=32, depth=1, heads=2, base_dim=32, tokens=32),
+        "window": 256,
+    },
+    "small": {
+        "ae": AEConfig(),
+        "ibe": IBEConfig(),
+        "dit": DiTConfig(),
+        "window": 1024,
+    },
+}
+
+
+@dataclass
+class ModelMeta:
+    fs: int = 250
+    window: int = 1024  # samples per generated window (latent tokens x 8)
+    leads: tuple[str, ...] = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
+    vocab: tuple[str, ...] = VOCAB
+    version: str = "untrained"
+
+
+class AttentionRecorder:
+    """Records (mode 'record') or replays (mode 'replay') attention maps, step by step.
+
+    Editing re-runs sampling with the source's maps for the early steps, so the edited ECG keeps
+    the source's beat timing and morphology; the edited statement's column of the
+    cross-attention stays free, so the change shows where that finding lives."""
+
+    def __init__(self, free_slots: Sequence[int] = ()) -> None:
+        self.maps: list[dict[tuple[str, int], torch.Tensor]] = []
+        self.mode, self.step, self.free = "record", 0, list(free_slots)
+
+    def begin_step(self, step: int) -> None:
+        self.step = step
+        if self.mode == "record":
+            self.maps.append({})
+
+    def __call__(self, kind: str, layer: int, probs: torch.Tensor) -> torch.Tensor:
+        if self.mode == "record":
+            self.maps[self.step][(kind, layer)] = probs
+            return probs
+        src = self.maps[self.step][(kind, layer)] if self.step < len(self.maps) else None
+        if src is None:
+            return probs
+        if kind == "cross" and self.free:
+            out = src.clone()
+            out[..., self.free] = probs[..., self.free]
+            return out / out.sum(-1, keepdim=True)
+        return src
+
+
+class TwinModel(torch.nn.Module):
+    def __init__(self, ae: AEConfig, ibe: IBEConfig, dit: DiTConfig, meta: ModelMeta) -> None:
+        super().__init__()
+        self.ae, self.ibe, self.dit = ECGAutoencoder(ae), BaseExtractor(ibe), AdaXDiT(dit)
+        self.meta = meta
+        self.schedule = NoiseSchedule()
+
+    # ---- construction and files -------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **dit_overrides) -> TwinModel:
+        p = PRESETS[name]
+        dit = DiTConfig(**{**p["dit"].to_dict(), "tokens": p["window"] // 8, **dit_overrides})
+        return cls(p["ae"], p["ibe"], dit, ModelMeta(window=p["window"]))
+
+    def config(self) -> dict:
+        return {"ae": self.ae.cfg.to_dict(), "ibe": self.ibe.cfg.to_dict(), "dit": self.dit.cfg.to_dict(),
+                "meta": {**self.meta.__dict__}}
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        return checkpoint.save(folder, {"ae": self.ae, "ibe": self.ibe, "dit": self.dit},
+                               {**self.config(), **(extra or {})})
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> TwinModel:
+        cfg = checkpoint.read_config(folder)
+        try:
+            ae = AEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["ae"].items()})
+            ibe, dit = IBEConfig(**cfg["ibe"]), DiTConfig(**cfg["dit"])
+            meta = ModelMeta(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["meta"].items()})
+        except (KeyError, TypeError) as exc:
+            raise checkpoint.CheckpointError(f"model config in {folder} is not understood: {exc}") from exc
+        model = cls(ae, ibe, dit, meta)
+        checkpoint.load_into(folder, {"ae": model.ae, "ibe": model.ibe, "dit": model.dit})
+        return model.to(device).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def tokens(self) -> int:
+        return self.meta.window // ECGAutoencoder.compression
+
+    # ---- conditions -------------------------------------------------------------------
+    def _cond(self, states: Sequence[CardiacState]) -> tuple[torch.Tensor, torch.Tensor]:
+        for s in states:
+            s.validate(self.meta.vocab)
+        inten, cont = encode_states(list(states), self.meta.vocab)
+        return torch.from_numpy(inten).to(self.device), torch.from_numpy(cont).to(self.device)
+
+    # ---- base vectors -----------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, reference_ecgs: Sequence[np.ndarray],
+               states: Sequence[CardiacState] | None = None) -> np.ndarray:
+        """One base vector from one or more (samples, leads) reference ECGs at ``meta.fs``.
+
+        Each reference is encoded whole and read in overlapping windows; all windows of all
+        references are averaged on the sphere. Without stated conditions the reference's own
+        heart rate is measured and no statement is assumed."""
+        bases = []
+        for i, ecg in enumerate(reference_ecgs):
+            ecg = np.asarray(ecg, np.float32)
+            if ecg.ndim != 2 or ecg.shape[1] != len(self.meta.leads):
+                raise ValueError(f"reference {i}: expected (samples, {len(self.meta.leads)}), got {ecg.shape}")
+            n = ecg.shape[0] // 8 * 8
+            if n < self.meta.window:
+                raise ValueError(f"reference {i}: {ecg.shape[0]} samples, need >= {self.meta.window}")
+            state = states[i] if states else CardiacState({}, _hr_or_default(ecg, self.meta.fs))
+            z = self.ae.encode(torch.from_numpy(ecg[:n].T.copy())[None].to(self.device))
+            starts = range(0, z.shape[-1] - self.tokens + 1, max(1, self.tokens // 2))
+            windows = torch.cat([z[..., s:s + self.tokens] for s in starts])
+            inten, cont = self._cond([state] * len(windows))
+            bases.append(self.ibe(windows, inten, cont))
+        return combine(torch.cat(bases)).cpu().numpy()
+
+    # ---- generation -------------------------------------------------------------------
+    def _x0_fn(self, base, inten, cont, guidance, context, controller=None):
+        cond = self.dit.condition_tokens(inten, cont)
+        if guidance != 1.0:
+            null = self.dit.condition_tokens(inten, cont, torch.ones(len(inten), dtype=torch.bool,
+                                                                      device=inten.device))
+            cond, base2 = torch.cat([cond, null]), torch.cat([base, base])
+        else:
+            base2 = base
+
+        def x0_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if controller is not None:
+                controller.begin_step(x0_fn.step)
+                x0_fn.step += 1
+            if guidance != 1.0:
+                v = self.dit(torch.cat([x, x]), torch.cat([t, t]), base2, cond, controller)
+                v_c, v_u = v.chunk(2)
+                v = v_u + guidance * (v_c - v_u)
+            else:
+                v = self.dit(x, t, base2, cond, controller)
+            x0 = self.schedule.x0_from_v(x, v, t)
+            if context is not None:  # in-painting: the known start of the window is the context
+                x0 = torch.cat([context, x0[..., context.shape[-1]:]], dim=-1)
+            return x0
+
+        x0_fn.step = 0
+        return x0_fn
+
+    @torch.no_grad()
+    def generate_latent(self, base_vectors: np.ndarray | torch.Tensor, states: Sequence[CardiacState],
+                        steps: int = 4, seed: int | Sequence[int] = 0, sampler: str = "dpmpp2m",
+                        guidance: float = 1.5, context: torch.Tensor | None = None,
+                        controller: AttentionRecorder | None = None) -> torch.Tensor:
+        """(B, C, tokens) latents; ``context`` (B, C, k) fixes the first k tokens (continuation)."""
+        base = torch.as_tensor(np.asarray(base_vectors, np.float32)).to(self.device)
+        inten, cont = self._cond(states)
+        b = len(states)
+        seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
+        noise = torch.stack([torch.randn(self.dit.cfg.latent_channels, self.tokens,
+                                         generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        gen = torch.Generator().manual_seed(int(seeds[0]))
+        fn = self._x0_fn(base, inten, cont, guidance, context, controller)
+        return get_sampler(sampler, self.schedule).sample(fn, noise.to(self.device), steps, gen)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> np.ndarray:
+        """(B, C, tokens) -> (B, samples, leads) float32 in the training units."""
+        return self.ae.decode(z).transpose(1, 2).float().cpu().numpy()
+
+    def generate(self, base_vectors, states, steps: int = 4, seed=0, sampler: str = "dpmpp2m",
+                 guidance: float = 1.5) -> np.ndarray:
+        """(B, window, leads) ECG for each base vector under each state."""
+        return self.decode(self.generate_latent(base_vectors, states, steps, seed, sampler, guidance))
+
+    @torch.no_grad()
+    def edit(self, base_vector: np.ndarray, source: CardiacState, target: CardiacState,
+             steps: int = 8, seed: int = 0, sampler: str = "ddim", guidance: float = 1.5,
+             replay_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """(source ECG, edited ECG): same noise, source's attention maps replayed for the first
+        ``replay_fraction`` of the steps, the changed statements' attention left free."""
+        changed = [i for i, c in enumerate(self.meta.vocab)
+                   if source.statements.get(c, 0.0) != target.statements.get(c, 0.0)]
+        rec = AttentionRecorder(changed)
+        base = np.asarray(base_vector, np.float32)[None]
+        z_src = self.generate_latent(base, [source], steps, seed, sampler, guidance, controller=rec)
+        rec.maps = rec.maps[: max(1, round(replay_fraction * steps))]
+        rec.mode = "replay"
+        z_edit = self.generate_latent(base, [target], steps, seed, sampler, guidance, controller=rec)
+        return self.decode(z_src)[0], self.decode(z_edit)[0]
+
+
+def _hr_or_default(ecg: np.ndarray, fs: int) -> float:
+    hr = heart_rate(ecg, fs)
+    return float(np.clip(hr, 30, 220)) if np.isfinite(hr) else 70.0
