@@ -1,0 +1,29 @@
+"""Bring any reference ECG to the model's input: its sampling rate, band 0.5-40 Hz, per-lead z-score.
+
+The PTB-XL subset was made this way at its source, so the same steps applied to raw-mV records
+(LUDB, a bedside export) put them in the units the model was trained on.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from scipy.signal import butter, resample_poly, sosfiltfilt
+
+
+def to_model_input(signal: np.ndarray, fs: float, target_fs: int, leads: int = 12) -> np.ndarray:
+    x = np.asarray(signal, np.float64)
+    if x.ndim != 2 or x.shape[1] != leads:
+        raise ValueError(f"expected (samples, {leads}) leads, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        x = np.nan_to_num(x)
+    if fs != target_fs:
+        r = Fraction(target_fs / fs).limit_denominator(1000)
+        x = resample_poly(x, r.numerator, r.denominator, axis=0)
+    if x.shape[0] < 2 * target_fs:
+        raise ValueError(f"reference too short: {x.shape[0] / target_fs:.1f} s, need at least 2 s")
+    sos = butter(4, [0.5, 40.0], btype="band", fs=target_fs, output="sos")
+    x = sosfiltfilt(sos, x, axis=0)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    return x.astype(np.float32)

@@ -1,0 +1,117 @@
+"""Condition-change events: the one JSON schema the service consumes (``schema_version`` 1).
+
+    {"schema_version": 1, "event_id": "e-42", "patient_id": "bed-7",
+     "type": "condition",                       # or "register", "remove"
+     "effective_time": 1764081000.0,            # epoch seconds, optional (default: on receipt)
+     "state": {"statements": {"AFIB": 1.0}, "heart_rate": 118, "age": 67, "sex": 1},
+     "transition_seconds": 0}
+
+``register`` adds ``reference``: {"wfdb": "path/to/record"} or {"samples": [[...12 leads...], ...],
+"fs": 250} or {"base_vector": [...]}. Parsing either returns an Event or raises EventError whose
+message is the reason written to the dead-letter record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.conditions import VOCAB, CardiacState
+
+SCHEMA_VERSION = 1
+EVENT_TYPES = ("condition", "register", "remove")
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class EventError(ValueError):
+    """Why a message cannot be applied; goes to the dead-letter topic with the original bytes."""
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    patient_id: str
+    type: str
+    state: CardiacState | None = None
+    effective_time: float | None = None
+    transition_seconds: float = 0.0
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "event_id": self.event_id,
+                                "patient_id": self.patient_id, "type": self.type,
+                                "transition_seconds": self.transition_seconds}
+        if self.effective_time is not None:
+            body["effective_time"] = self.effective_time
+        if self.state is not None:
+            body["state"] = state_to_dict(self.state)
+        if self.reference:
+            body["reference"] = self.reference
+        return json.dumps(body).encode()
+
+
+def state_to_dict(s: CardiacState) -> dict[str, Any]:
+    out: dict[str, Any] = {"statements": dict(s.statements), "heart_rate": s.heart_rate, "sex": s.sex}
+    if not math.isnan(s.age):
+        out["age"] = s.age
+    return out
+
+
+def state_from_dict(d: Any, vocab: tuple[str, ...] = VOCAB) -> CardiacState:
+    if not isinstance(d, dict):
+        raise EventError("state must be an object")
+    unknown = set(d) - {"statements", "heart_rate", "age", "sex"}
+    if unknown:
+        raise EventError(f"unknown state fields: {sorted(unknown)}")
+    st = d.get("statements", {})
+    if not isinstance(st, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           for v in st.values()):
+        raise EventError("state.statements must map statement codes to numbers in [0, 1]")
+    try:
+        hr = float(d.get("heart_rate", 70.0))
+        age = float(d["age"]) if d.get("age") is not None else float("nan")
+        sex = int(d.get("sex", -1))
+        return CardiacState({str(k): float(v) for k, v in st.items()}, hr, age, sex).validate(vocab)
+    except (TypeError, ValueError) as exc:
+        raise EventError(f"invalid state: {exc}") from exc
+
+
+def parse_event(raw: bytes | str, vocab: tuple[str, ...] = VOCAB) -> Event:
+    """Decode and validate one message value."""
+    try:
+        d = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"not JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise EventError("event must be a JSON object")
+    if d.get("schema_version") != SCHEMA_VERSION:
+        raise EventError(f"unsupported schema_version {d.get('schema_version')!r} (expected {SCHEMA_VERSION})")
+    for key in ("event_id", "patient_id"):
+        if not isinstance(d.get(key), str) or not _ID.match(d[key]):
+            raise EventError(f"{key} must be 1-128 characters of [A-Za-z0-9._:-]")
+    typ = d.get("type", "condition")
+    if typ not in EVENT_TYPES:
+        raise EventError(f"type must be one of {EVENT_TYPES}, got {typ!r}")
+    eff = d.get("effective_time")
+    if eff is not None and (not isinstance(eff, (int, float)) or isinstance(eff, bool) or not math.isfinite(eff)):
+        raise EventError("effective_time must be epoch seconds")
+    trans = d.get("transition_seconds", 0)
+    if not isinstance(trans, (int, float)) or isinstance(trans, bool) or not 0 <= trans <= 3600:
+        raise EventError("transition_seconds must be a number in [0, 3600]")
+    state = state_from_dict(d["state"], vocab) if "state" in d else None
+    if typ == "condition" and state is None:
+        raise EventError("a condition event needs a state")
+    ref = d.get("reference", {})
+    if typ == "register":
+        if not isinstance(ref, dict) or len(set(ref) & {"wfdb", "samples", "base_vector"}) != 1:
+            raise EventError("register needs reference with exactly one of wfdb, samples, base_vector")
+    return Event(d["event_id"], d["patient_id"], typ, state, None if eff is None else float(eff),
+                 float(trans), ref if typ == "register" else {})
+
+
+def new_event_id() -> str:
+    return f"e-{time.time_ns():x}"

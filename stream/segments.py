@@ -1,0 +1,67 @@
+"""Output records: twin ECG segments and ground-truth annotations (JSON, keyed by patient id).
+
+Segment value:
+    {"schema_version": 1, "patient_id": "bed-7", "seq": 12, "start_time": 1764081024.0,
+     "fs": 250, "leads": ["I", ...], "gain": 1000.0, "units": "zscore",
+     "samples_b64": "<little-endian int16, samples x leads, row-major>", "n_samples": 500,
+     "state": {...}, "event_id": "e-42", "model_version": "default-..."}
+Physical value = int16 / gain. Units are per-lead z-scores (the training data's units).
+
+Annotation value (one per state interval; re-sent with ``end_time`` when it closes):
+    {"schema_version": 1, "patient_id": "bed-7", "event_id": "e-42", "state": {...},
+     "start_time": 1764081024.0, "end_time": null, "start_seq": 12}
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+GAIN = 1000.0
+
+
+@dataclass
+class Segment:
+    patient_id: str
+    seq: int
+    start_time: float
+    fs: int
+    leads: tuple[str, ...]
+    samples: np.ndarray  # (n, leads) float32 in units
+    state: dict[str, Any]
+    event_id: str | None
+    model_version: str
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.fs
+
+    def to_dict(self) -> dict[str, Any]:
+        q = np.clip(np.round(self.samples * GAIN), -32768, 32767).astype("<i2")
+        return {"schema_version": 1, "patient_id": self.patient_id, "seq": self.seq,
+                "start_time": self.start_time, "fs": self.fs, "leads": list(self.leads),
+                "gain": GAIN, "units": "zscore", "n_samples": int(len(q)),
+                "samples_b64": base64.b64encode(q.tobytes()).decode(), "state": self.state,
+                "event_id": self.event_id, "model_version": self.model_version}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict()).encode()
+
+
+def decode_segment(raw: bytes | str) -> Segment:
+    d = json.loads(raw)
+    n, leads = d["n_samples"], d["leads"]
+    q = np.frombuffer(base64.b64decode(d["samples_b64"]), dtype="<i2").reshape(n, len(leads))
+    return Segment(d["patient_id"], d["seq"], d["start_time"], d["fs"], tuple(leads),
+                   q.astype(np.float32) / d["gain"], d["state"], d.get("event_id"), d["model_version"])
+
+
+def annotation(patient_id: str, event_id: str | None, state: dict, start_time: float,
+               start_seq: int, end_time: float | None = None) -> bytes:
+    return json.dumps({"schema_version": 1, "patient_id": patient_id, "event_id": event_id,
+                       "state": state, "start_time": start_time, "end_time": end_time,
+                       "start_seq": start_seq}).encode()

@@ -1,0 +1,169 @@
+"""The service end to end on the embedded broker, with a tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from models.conditions import CardiacState
+from models.twin import TwinModel
+from stream.events import Event
+from stream.segments import decode_segment
+from twin_engine.config import load_settings
+from twin_engine.service import TwinService
+
+RECORDS = ["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/00000/00043_250",
+           "ptbxl-subset/records250/00000/00055_250"]
+
+
+def _settings(broker, prefix: str, **kw):
+    s = load_settings(env={}, speed=kw.pop("speed", 10.0), segment_seconds=1.0, **kw)
+    k = s.kafka
+    k.bootstrap_servers, k.partitions, k.group_id = broker.bootstrap_servers, 4, f"{prefix}-group"
+    for name in ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry"):
+        setattr(k, name, f"{prefix}.{getattr(k, name)}")
+    return s
+
+
+async def _read_all(bs: str, topic: str, timeout_ms: int = 1500) -> list:
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bs, auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    out = []
+    try:
+        while True:
+            batch = await c.getmany(timeout_ms=timeout_ms)
+            if not batch:
+                break
+            for msgs in batch.values():
+                out.extend(msgs)
+    finally:
+        await c.stop()
+    return out
+
+
+async def _wait_for(cond, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_model_dir, prefix, data_dir):
+    model = TwinModel.load(tiny_model_dir)
+    settings = _settings(broker, prefix, data_dir=data_dir)
+    svc = TwinService(settings, model)
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+
+    pids = [f"bed-{i}" for i in range(3)]
+    for pid, rec in zip(pids, RECORDS, strict=True):
+        await svc.send_event(Event(f"reg-{pid}", pid, "register", CardiacState({"NORM": 1.0, "SR": 1.0}, 70),
+                                   reference={"wfdb": rec}))
+    await _wait_for(lambda: all(p in svc.streams and svc.streams[p].p.next_seq >= 3 for p in pids))
+
+    # AFIB on for bed-0, a heart-rate change for bed-1, then bad messages of several kinds
+    afib = CardiacState({"AFIB": 1.0}, 120)
+    await svc.send_event(Event("afib-on", "bed-0", "condition", afib))
+    await svc.send_event(Event("afib-on", "bed-0", "condition", afib))  # re-delivery: applied once
+    await svc.send_event(Event("hr-up", "bed-1", "condition", CardiacState({"NORM": 1.0, "SR": 1.0}, 140)))
+    prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    await prod.start()
+    bad = [b"\xff\xfe not json", b'{"schema_version": 9}',
+           json.dumps({"schema_version": 1, "event_id": "x1", "patient_id": "bed-2", "type": "condition",
+                       "state": {"statements": {"NOPE": 1}}}).encode(),
+           json.dumps({"schema_version": 1, "event_id": "x2", "patient_id": "ghost", "type": "condition",
+                       "state": {"heart_rate": 80}}).encode()]
+    for i, raw in enumerate(bad):
+        key = b"ghost" if i == 3 else b"bed-2"
+        await prod.send_and_wait(settings.kafka.topic_events, raw, key=key)
+    await prod.stop()
+    change_seq = {}
+    await _wait_for(lambda: svc.streams["bed-0"].change is not None and svc.streams["bed-0"].change.first_seq is not None
+                    and svc.streams["bed-1"].change is not None and svc.streams["bed-1"].change.first_seq is not None)
+    change_seq = {p: svc.streams[p].change.first_seq for p in ("bed-0", "bed-1")}
+    await _wait_for(lambda: all(svc.streams[p].p.next_seq >= change_seq.get(p, 0) + 3 for p in pids))
+    published_before_restart = {p: svc.streams[p].p.next_seq for p in pids}
+    assert svc.registry.get("bed-0").seen_events.count("afib-on") == 1
+    await svc.stop()
+
+    # a new worker in the same group recovers every patient from the registry and carries on
+    svc2 = TwinService(settings, model)
+    await svc2.start()
+    await asyncio.wait_for(svc2.ready.wait(), 30)
+    await _wait_for(lambda: all(p in svc2.streams for p in pids))
+    assert svc2.registry.get("bed-0").state["statements"] == {"AFIB": 1.0}
+    await _wait_for(lambda: all(svc2.streams[p].p.next_seq >= published_before_restart[p] + 2 for p in pids))
+    await svc2.stop()
+
+    bs = broker.bootstrap_servers
+    segs = [decode_segment(m.value) for m in await _read_all(bs, settings.kafka.topic_segments)]
+    by_pid: dict[str, list] = {}
+    for s in segs:
+        by_pid.setdefault(s.patient_id, []).append(s)
+    for pid in pids:
+        seqs = [s.seq for s in by_pid[pid]]
+        assert seqs == list(range(len(seqs))), f"{pid}: sequence numbers not consecutive: {seqs[:20]}"
+        assert all(s.samples.shape == (250, 12) for s in by_pid[pid])
+        starts = np.array([s.start_time for s in by_pid[pid]])
+        assert np.all(np.diff(starts) > 0)
+    # the changed patients carry the new state from the first segment after the change on
+    for pid, eid in (("bed-0", "afib-on"), ("bed-1", "hr-up")):
+        first = change_seq[pid]
+        for s in by_pid[pid]:
+            assert (s.event_id == eid) == (s.seq >= first), (pid, s.seq, s.event_id)
+    assert by_pid["bed-0"][-1].state["statements"] == {"AFIB": 1.0}
+    assert by_pid["bed-1"][-1].state["heart_rate"] == 140
+    assert all(s.event_id == "reg-bed-2" for s in by_pid["bed-2"])
+
+    # annotations: for each patient, intervals in order, matching the events
+    anns = [json.loads(m.value) for m in await _read_all(bs, settings.kafka.topic_annotations)]
+    opened = {}
+    for a in anns:
+        if a["end_time"] is None:
+            opened.setdefault(a["patient_id"], []).append(a)
+    assert [a["event_id"] for a in opened["bed-0"]] == ["reg-bed-0", "afib-on"]
+    assert [a["event_id"] for a in opened["bed-2"]] == ["reg-bed-2"]
+    afib_ann = opened["bed-0"][1]
+    assert afib_ann["start_seq"] == change_seq["bed-0"]
+    first_afib = next(s for s in by_pid["bed-0"] if s.seq == change_seq["bed-0"])
+    assert afib_ann["start_time"] == pytest.approx(first_afib.start_time)
+    closed = [a for a in anns if a["patient_id"] == "bed-0" and a["end_time"] is not None]
+    assert closed and closed[0]["event_id"] == "reg-bed-0" and closed[0]["end_time"] == pytest.approx(first_afib.start_time)
+
+    # dead letters: every bad message, with a reason and the original bytes
+    dlq = [json.loads(m.value) for m in await _read_all(bs, settings.kafka.topic_dead_letter)]
+    originals = {base64.b64decode(d["original_b64"]) for d in dlq}
+    assert set(bad) <= originals
+    reasons = " | ".join(d["reason"] for d in dlq)
+    assert "not JSON" in reasons and "schema_version" in reasons and "NOPE" in reasons and "unknown patient" in reasons
+
+
+async def test_continuity_boundary_jump(broker, tiny_model_dir, prefix, data_dir):
+    """Joins between consecutive segments are no bigger than ordinary sample-to-sample steps."""
+    from twin_engine.generator import ContinuousGenerator, GenRequest
+
+    model = TwinModel.load(tiny_model_dir)
+    gen = ContinuousGenerator(model, steps=2)
+    base = np.ones(model.ibe.cfg.base_dim, np.float32) / np.sqrt(model.ibe.cfg.base_dim)
+    tail, chunks = None, []
+    for seq in range(6):
+        out = gen.generate([GenRequest(base, CardiacState(), tail, 250, seq)])[0]
+        chunks.append(out)
+        joined = out if tail is None else np.concatenate([tail, out])
+        tail = joined[-gen.context:]
+    within = np.concatenate([np.abs(np.diff(c, axis=0)) for c in chunks])
+    jumps = np.stack([np.abs(chunks[i + 1][0] - chunks[i][-1]) for i in range(5)])
+    assert jumps.mean() <= 2.0 * within.mean() + 1e-6

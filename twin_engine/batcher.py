@@ -1,0 +1,80 @@
+"""Micro-batching of generation requests from all patients, deadline first.
+
+Requests wait at most ``max_wait`` for company (or until ``max_batch`` are queued), then the most
+urgent ``max_batch`` go to the accelerator in one call, run in a worker thread so the event loop
+keeps publishing and consuming while the model computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from twin_engine.generator import GenRequest
+from twin_engine.metrics import Metrics
+
+
+class MicroBatcher:
+    def __init__(self, generate: Callable[[list[GenRequest]], list[np.ndarray]], max_batch: int,
+                 max_wait: float, metrics: Metrics) -> None:
+        self._generate = generate
+        self.max_batch, self.max_wait, self.metrics = max_batch, max_wait, metrics
+        self._heap: list[tuple[float, int, GenRequest, asyncio.Future]] = []
+        self._counter = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for *_, fut in self._heap:
+            fut.cancel()
+        self._heap.clear()
+
+    async def submit(self, req: GenRequest, deadline: float) -> np.ndarray:
+        """Samples for ``req``; ``deadline`` (monotonic seconds) orders the queue."""
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._heap, (deadline, next(self._counter), req, fut))
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            if not self._heap:
+                self._wake.clear()
+                await self._wake.wait()
+            first = time.monotonic()
+            while len(self._heap) < self.max_batch and time.monotonic() - first < self.max_wait:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.max_wait - (time.monotonic() - first))
+                except TimeoutError:
+                    break
+            batch = [heapq.heappop(self._heap) for _ in range(min(self.max_batch, len(self._heap)))]
+            batch = [b for b in batch if not b[3].cancelled()]
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            try:
+                outs = await asyncio.to_thread(self._generate, [b[2] for b in batch])
+            except Exception as exc:  # a model failure fails these requests, not the batcher
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.metrics.generation_latency.observe(time.perf_counter() - t0)
+            self.metrics.batch_size.observe(len(batch))
+            for (_, _, req, fut), out in zip(batch, outs, strict=True):
+                self.metrics.segments.inc()
+                self.metrics.samples.inc(req.n_samples)
+                if not fut.done():
+                    fut.set_result(out)

@@ -1,0 +1,117 @@
+"""HTTP API on the service's event loop: health, readiness, metrics, patients, state.
+
+Writes (register, change state, remove) are turned into events on the events topic, the same
+path a Kafka producer or the CLI takes, so they are validated, ordered per patient, durable and
+dead-lettered exactly like any other event. Reads answer from this worker's registry (the
+patients of its partitions).
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from stream.events import Event, EventError, new_event_id, parse_event, state_to_dict
+from twin_engine.service import TwinService
+
+SERVICE = web.AppKey("service", TwinService)
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+def _event_from_body(body: dict, patient_id: str, typ: str, service: TwinService) -> Event:
+    body = {"schema_version": 1, "event_id": body.get("event_id") or new_event_id(),
+            "patient_id": patient_id, "type": typ, **{k: v for k, v in body.items() if k != "patient_id"}}
+    body["type"] = typ
+    return parse_event(json.dumps(body), service.model.meta.vocab)
+
+
+async def health(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    ok = svc.ready.is_set()
+    return _json({"ready": ok, "patients": len(svc.streams)}, 200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[SERVICE].metrics.exposition(),
+                        content_type="text/plain", charset="utf-8")
+
+
+def _patient_view(svc: TwinService, pid: str) -> dict | None:
+    p = svc.registry.get(pid) if svc.registry else None
+    if p is None:
+        return None
+    stream = svc.streams.get(pid)
+    return {"patient_id": pid, "model_version": p.model_version, "state": p.state,
+            "state_event_id": p.state_event_id, "next_seq": p.next_seq,
+            "published_state": p.published_state, "history": p.history[-20:],
+            "stream_time": stream.start_time(p.next_seq) if stream else None}
+
+
+async def list_patients(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    return _json({"patients": [_patient_view(svc, pid) for pid in sorted(svc.streams)]})
+
+
+async def get_patient(request: web.Request) -> web.Response:
+    view = _patient_view(request.app[SERVICE], request.match_info["pid"])
+    return _json(view) if view else _json({"error": "unknown patient"}, 404)
+
+
+async def _send(request: web.Request, pid: str, typ: str) -> web.Response:
+    svc = request.app[SERVICE]
+    try:
+        body = await request.json() if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise EventError("body must be a JSON object")
+        ev = _event_from_body(body, pid, typ, svc)
+    except (json.JSONDecodeError, EventError) as exc:
+        return _json({"error": str(exc)}, 400)
+    await svc.send_event(ev)
+    return _json({"accepted": True, "event_id": ev.event_id, "patient_id": pid,
+                  "state": state_to_dict(ev.state) if ev.state else None}, 202)
+
+
+async def create_patient(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        pid = body["patient_id"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return _json({"error": "body must be a JSON object with patient_id and reference"}, 400)
+    return await _send(request, str(pid), "register")
+
+
+async def change_state(request: web.Request) -> web.Response:
+    return await _send(request, request.match_info["pid"], "condition")
+
+
+async def delete_patient(request: web.Request) -> web.Response:
+    return await _send(request, request.match_info["pid"], "remove")
+
+
+def build_app(service: TwinService) -> web.Application:
+    app = web.Application()
+    app[SERVICE] = service
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/patients", list_patients)
+    app.router.add_post("/patients", create_patient)
+    app.router.add_get("/patients/{pid}", get_patient)
+    app.router.add_delete("/patients/{pid}", delete_patient)
+    app.router.add_post("/patients/{pid}/state", change_state)
+    return app
+
+
+async def serve_http(service: TwinService, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(build_app(service))
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,213 @@
+"""Per-patient segment streams: generate ahead, publish on time, re-plan on a state change.
+
+Each live patient has one ``PatientStream`` task. It keeps up to ``lookahead`` generated segments
+pending (each continuing the one before), publishes the oldest when its start time comes on the
+``StreamClock``, and on a state change drops what is pending, so the change takes effect from the
+next segment not yet published. Generation itself goes through the shared micro-batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from models.conditions import CardiacState
+from stream.events import state_to_dict
+from stream.segments import Segment
+from twin_engine.batcher import MicroBatcher
+from twin_engine.generator import GenRequest, pack_tail, patient_seed, unpack_tail
+from twin_engine.metrics import Metrics
+from twin_engine.registry import Patient
+
+log = logging.getLogger(__name__)
+
+
+class StreamClock:
+    """Stream time (epoch seconds) vs the monotonic clock: x1 real time, xN accelerated, 0 as fast
+    as possible (every segment is due at once)."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        self.speed = speed
+        self.t0_wall, self.t0_mono = time.time(), time.monotonic()
+
+    def now(self) -> float:
+        if self.speed == 0:
+            return float("inf")
+        return self.t0_wall + (time.monotonic() - self.t0_mono) * self.speed
+
+    def anchor(self) -> float:
+        """Stream time at which a new stream starts: now (or the clock's origin when ASAP)."""
+        return self.t0_wall if self.speed == 0 else self.now()
+
+    def due(self, stream_time: float) -> float:
+        """Monotonic time at which ``stream_time`` arrives."""
+        if self.speed == 0:
+            return float("-inf")
+        return self.t0_mono + (stream_time - self.t0_wall) / self.speed
+
+
+@dataclass
+class StateChange:
+    previous: CardiacState
+    previous_event_id: str | None
+    state: CardiacState
+    event_id: str
+    effective_time: float | None  # stream time; None = next unpublished segment
+    transition_seconds: float
+    received: float  # monotonic
+    first_seq: int | None = None  # first segment published in the new state
+
+
+@dataclass
+class Pending:
+    seq: int
+    samples: np.ndarray
+    state: CardiacState
+    event_id: str | None
+
+
+PublishFn = Callable[[Patient, Segment, StateChange | None], Awaitable[None]]
+
+
+class PatientStream:
+    def __init__(self, patient: Patient, *, clock: StreamClock, batcher: MicroBatcher, fs: int,
+                 segment_samples: int, context_samples: int, lookahead: int, leads: tuple[str, ...],
+                 model_version: str, publish: PublishFn, metrics: Metrics) -> None:
+        self.p = patient
+        self.clock, self.batcher, self.fs = clock, batcher, fs
+        self.n, self.context, self.lookahead = segment_samples, context_samples, lookahead
+        self.leads, self.model_version, self.publish, self.metrics = leads, model_version, publish, metrics
+        self.pending: deque[Pending] = deque()
+        self.change: StateChange | None = None
+        self.state = patient.cardiac_state
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._gen: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None
+        if patient.stream_start is None:
+            patient.stream_start = clock.anchor()
+        elif clock.speed and self.start_time(patient.next_seq) < clock.now() - lookahead * self.seconds:
+            # restored after downtime: continue the sequence from now rather than replaying the gap
+            patient.stream_start = clock.now() - patient.next_seq * self.seconds
+
+    @property
+    def seconds(self) -> float:
+        return self.n / self.fs
+
+    def start_time(self, seq: int) -> float:
+        return float(self.p.stream_start) + seq * self.seconds
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"stream-{self.p.patient_id}")
+
+    async def stop(self) -> None:
+        """Finish the publish in progress (if any), then end."""
+        self._stopping = True
+        self._changed.set()
+        if self.task:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    def change_state(self, change: StateChange) -> None:
+        """Called by the service after the change is durable in the registry."""
+        prev_state, prev_event = self._state_and_event(self.p.next_seq)
+        change = replace(change, previous=prev_state, previous_event_id=prev_event)
+        self.change = change
+        self.state = change.state
+        self._changed.set()
+
+    def state_for(self, seq: int) -> CardiacState:
+        return self._state_and_event(seq)[0]
+
+    def _state_and_event(self, seq: int) -> tuple[CardiacState, str | None]:
+        ch = self.change
+        if ch is None:
+            return self.state, self.p.state_event_id
+        t = self.start_time(seq)
+        if ch.effective_time is not None and t < ch.effective_time:
+            return ch.previous, ch.previous_event_id
+        if ch.transition_seconds > 0:
+            first = ch.first_seq if ch.first_seq is not None else seq
+            frac = min(1.0, (seq - first + 1) * self.seconds / ch.transition_seconds)
+            hr = ch.previous.heart_rate + frac * (ch.state.heart_rate - ch.previous.heart_rate)
+            return replace(ch.state, heart_rate=hr), ch.event_id
+        return ch.state, ch.event_id
+
+    async def _generate(self, seq: int, tail: np.ndarray | None) -> Pending:
+        state, event_id = self._state_and_event(seq)
+        req = GenRequest(self.p.base(), state, tail, self.n, patient_seed(self.p.patient_id, seq))
+        samples = await self.batcher.submit(req, self.clock.due(self.start_time(seq)))
+        return Pending(seq, samples, state, event_id)
+
+    def _next_tail(self) -> np.ndarray | None:
+        if self.pending:
+            prev = self.pending[-1].samples
+            if len(prev) >= self.context:
+                return prev[-self.context:]
+            published = unpack_tail(self.p.tail_b64, len(self.leads))
+            joined = prev if published is None else np.concatenate([published, prev])
+            return joined[-self.context:]
+        return unpack_tail(self.p.tail_b64, len(self.leads))
+
+    async def _run(self) -> None:
+        try:
+            while not self._stopping:
+                if self._gen is None and len(self.pending) < self.lookahead:
+                    seq = self.p.next_seq + len(self.pending)
+                    self._gen = asyncio.create_task(self._generate(seq, self._next_tail()))
+                waiters: set[asyncio.Future] = {asyncio.ensure_future(self._changed.wait())}
+                if self._gen is not None:
+                    waiters.add(self._gen)
+                timeout = None
+                if self.pending:
+                    timeout = max(0.0, self.clock.due(self.start_time(self.pending[0].seq)) - time.monotonic())
+                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    if w is not self._gen and not w.done():
+                        w.cancel()
+                if self._changed.is_set():
+                    self._changed.clear()
+                    self.pending.clear()
+                    if self._gen is not None:
+                        self._gen.cancel()
+                        await asyncio.gather(self._gen, return_exceptions=True)
+                        self._gen = None
+                    continue
+                if self._gen is not None and self._gen.done():
+                    gen, self._gen = self._gen, None
+                    if gen.exception() is not None:
+                        log.error("generation failed for %s: %s", self.p.patient_id, gen.exception())
+                        await asyncio.sleep(1.0)
+                        continue
+                    self.pending.append(gen.result())
+                if self.pending and time.monotonic() >= self.clock.due(self.start_time(self.pending[0].seq)):
+                    await self._publish(self.pending.popleft())
+        finally:
+            if self._gen is not None:
+                self._gen.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._gen
+
+    async def _publish(self, item: Pending) -> None:
+        lateness = time.monotonic() - self.clock.due(self.start_time(item.seq))
+        if self.clock.speed and lateness > 0.25 * self.seconds / self.clock.speed:
+            self.metrics.deadline_misses.inc()
+        if self.clock.speed:
+            self.metrics.lag.set(max(0.0, lateness))
+        seg = Segment(self.p.patient_id, item.seq, self.start_time(item.seq), self.fs, self.leads,
+                      item.samples, state_to_dict(item.state), item.event_id, self.model_version)
+        change = self.change
+        if change is not None and item.event_id == change.event_id and change.first_seq is None:
+            change.first_seq = item.seq
+            self.metrics.event_to_effect.observe(time.monotonic() - change.received)
+        tail = unpack_tail(self.p.tail_b64, len(self.leads))
+        joined = item.samples if tail is None else np.concatenate([tail, item.samples])
+        self.p.tail_b64 = pack_tail(joined[-self.context:])
+        self.p.next_seq = item.seq + 1
+        await self.publish(self.p, seg, change)

@@ -1,0 +1,284 @@
+"""The twin service: events -> registry and streams -> batched generation -> segments -> sinks.
+
+One ``TwinService`` is one worker of a consumer group. It owns the patients of the event
+partitions Kafka assigns it: on assignment it rebuilds them from the registry changelog and
+starts their streams; on revocation it stops them. Offsets are committed only after each
+event's effect is durable in the registry (at-least-once); a re-delivered event id is applied
+once. Anything undecodable or invalid goes to the dead-letter topic with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.partitioner import murmur2
+
+from models.data.preprocess import to_model_input
+from models.data.ptbxl import DataError, read_wfdb_signal
+from models.twin import TwinModel
+from stream.events import Event, EventError, parse_event, state_to_dict
+from stream.segments import Segment, annotation
+from twin_engine.batcher import MicroBatcher
+from twin_engine.broker import TopicSpec, ensure_topics
+from twin_engine.config import Settings
+from twin_engine.generator import ContinuousGenerator
+from twin_engine.metrics import Metrics
+from twin_engine.registry import Patient, Registry
+from twin_engine.runtime import log_choice
+from twin_engine.scheduler import PatientStream, StateChange, StreamClock
+from twin_engine.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+
+def partition_of(patient_id: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2 of the key): where the patient's records live."""
+    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: TwinService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.service._release({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.service._acquire(sorted(tp.partition for tp in assigned))
+
+
+class TwinService:
+    def __init__(self, settings: Settings, model: TwinModel, sinks: list[Sink] | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.settings, self.model = settings, model
+        self.metrics = metrics or Metrics()
+        self.sinks: list[Sink] = list(sinks or [])
+        k = settings.kafka
+        self.kafka_kwargs = k.client_kwargs()
+        self.topics = k
+        self.generator = ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale)
+        self.batcher = MicroBatcher(self.generator.generate, settings.max_batch,
+                                    settings.max_wait_ms / 1000, self.metrics)
+        self.clock = StreamClock(settings.speed)
+        self.segment_samples = int(round(settings.segment_seconds * model.meta.fs))
+        self.streams: dict[str, PatientStream] = {}
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.registry: Registry | None = None
+        self.ready = asyncio.Event()
+        self._owned: set[int] = set()
+        self._task: asyncio.Task | None = None
+
+    # ---- life cycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        k = self.topics
+        backend, device = log_choice(self.settings)
+        self.metrics.backend.labels(backend, device).set(1)
+        await ensure_topics(self.kafka_kwargs, [
+            TopicSpec(k.topic_events, k.partitions), TopicSpec(k.topic_segments, k.partitions),
+            TopicSpec(k.topic_annotations, k.partitions), TopicSpec(k.topic_dead_letter, k.partitions),
+            TopicSpec(k.topic_registry, k.partitions, compacted=True),
+        ], k.replication_factor)
+        self.producer = AIOKafkaProducer(acks="all", linger_ms=5, **self.kafka_kwargs)
+        await self.producer.start()
+        self.registry = Registry(self.producer, k.topic_registry)
+        self.batcher.start()
+        self.consumer = AIOKafkaConsumer(group_id=k.group_id, enable_auto_commit=False,
+                                         auto_offset_reset="earliest", **self.kafka_kwargs)
+        self.consumer.subscribe([k.topic_events], listener=_Rebalance(self))
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._consume(), name="events")
+
+    async def stop(self) -> None:
+        """Graceful: stop consuming, finish in-flight publishes, commit, close."""
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(*(s.stop() for s in self.streams.values()))
+        self.streams.clear()
+        await self.batcher.stop()
+        if self.consumer:
+            await self.consumer.stop()  # commits nothing new: every handled batch was committed
+        if self.producer:
+            await self.producer.flush()
+            await self.producer.stop()
+
+    # ---- partitions ---------------------------------------------------------------------
+    async def _acquire(self, partitions: list[int]) -> None:
+        assert self.registry is not None
+        restored = await self.registry.restore(self.kafka_kwargs, partitions)
+        self._owned |= set(partitions)
+        for pid in restored:
+            self._start_stream(self.registry.patients[pid])
+        self.metrics.live_patients.set(len(self.streams))
+        log.info("owning partitions %s: %d patients restored", partitions, len(restored))
+        self.ready.set()
+
+    async def _release(self, partitions: set[int]) -> None:
+        if not partitions or self.registry is None:
+            return
+        n = self.topics.partitions
+        gone = [pid for pid in self.streams if partition_of(pid, n) in partitions]
+        await asyncio.gather(*(self.streams.pop(pid).stop() for pid in gone))
+        self.registry.drop_partitions(partitions, lambda pid: partition_of(pid, n))
+        self._owned -= partitions
+        self.metrics.live_patients.set(len(self.streams))
+
+    # ---- events -------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        assert self.consumer is not None
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
+            for msgs in batch.values():
+                for m in msgs:
+                    await self._handle(m)
+            if batch:
+                await self.consumer.commit()
+
+    async def _handle(self, msg: Any) -> None:
+        try:
+            event = parse_event(msg.value or b"", self.model.meta.vocab)
+            if msg.key is None or msg.key.decode(errors="replace") != event.patient_id:
+                raise EventError("message key must be the patient id (it decides the partition)")
+            self.metrics.events.labels(event.type).inc()
+            await self.apply(event)
+        except EventError as exc:
+            await self._dead_letter(msg, str(exc))
+        except Exception as exc:  # never let one message stop the stream
+            log.exception("event at %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
+            await self._dead_letter(msg, f"internal error: {exc.__class__.__name__}: {exc}")
+
+    async def _dead_letter(self, msg: Any, reason: str) -> None:
+        assert self.producer is not None
+        self.metrics.dead_letters.labels(reason.split(":")[0][:60]).inc()
+        record = {"reason": reason, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                  "time": time.time(), "original_b64": base64.b64encode(msg.value or b"").decode()}
+        await self.producer.send_and_wait(self.topics.topic_dead_letter, json.dumps(record).encode(), key=msg.key)
+        log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+
+    async def apply(self, ev: Event) -> None:
+        """Apply one validated event; durable in the registry when this returns."""
+        assert self.registry is not None
+        p = self.registry.get(ev.patient_id)
+        if p is not None and p.saw(ev.event_id):
+            return  # re-delivery
+        if ev.type == "register":
+            await self._register(ev, p)
+        elif p is None:
+            raise EventError(f"unknown patient {ev.patient_id!r}")
+        elif ev.type == "remove":
+            stream = self.streams.pop(ev.patient_id, None)
+            if stream:
+                await stream.stop()
+            await self._close_annotation(p, self.clock.now() if stream is None else stream.start_time(p.next_seq))
+            await self.registry.delete(ev.patient_id)
+        else:
+            stream = self.streams[ev.patient_id]
+            p.set_state(ev.state, ev.event_id, p.next_seq, time.time())
+            p.remember(ev.event_id)
+            await self.registry.put(p)
+            stream.change_state(StateChange(ev.state, None, ev.state, ev.event_id, ev.effective_time,
+                                            ev.transition_seconds, time.monotonic()))
+        self.metrics.live_patients.set(len(self.streams))
+
+    async def _register(self, ev: Event, existing: Patient | None) -> None:
+        base = await asyncio.to_thread(self.base_vector_from_reference, ev.reference)
+        state = ev.state or (existing.cardiac_state if existing else None)
+        from models.conditions import CardiacState
+
+        state = state or CardiacState()
+        if existing is not None:  # re-registration: new base vector, stream continues
+            stream = self.streams.pop(ev.patient_id, None)
+            if stream:
+                await stream.stop()
+            p = existing
+            p.base_vector = base.tolist()
+            p.model_version = self.model.meta.version
+        else:
+            p = Patient(ev.patient_id, base.tolist(), self.model.meta.version, state_to_dict(state))
+        p.set_state(state, ev.event_id, p.next_seq, time.time())
+        p.remember(ev.event_id)
+        await self.registry.put(p)
+        self._start_stream(p)
+
+    def base_vector_from_reference(self, ref: dict[str, Any]) -> np.ndarray:
+        fs = self.model.meta.fs
+        leads = len(self.model.meta.leads)
+        try:
+            if "base_vector" in ref:
+                v = np.asarray(ref["base_vector"], np.float32)
+                if v.shape != (self.model.ibe.cfg.base_dim,) or not np.isfinite(v).all():
+                    raise EventError(f"base_vector must be {self.model.ibe.cfg.base_dim} finite numbers")
+                return v / max(1e-8, float(np.linalg.norm(v)))
+            if "wfdb" in ref:
+                paths = ref["wfdb"] if isinstance(ref["wfdb"], list) else [ref["wfdb"]]
+                refs = []
+                for path in paths:
+                    p = Path(path)
+                    if not p.is_absolute():
+                        p = self.settings.data_dir / p
+                    import wfdb
+
+                    try:
+                        rec_fs = wfdb.rdheader(str(p)).fs
+                    except Exception as exc:
+                        raise EventError(f"cannot read WFDB header {p}: {exc}") from exc
+                    refs.append(to_model_input(read_wfdb_signal(p), rec_fs, fs, leads))
+            else:
+                x = np.asarray(ref["samples"], np.float32)
+                refs = [to_model_input(x, float(ref.get("fs", fs)), fs, leads)]
+            return self.model.encode(refs)
+        except (DataError, ValueError, TypeError) as exc:
+            if isinstance(exc, EventError):
+                raise
+            raise EventError(f"bad reference: {exc}") from exc
+
+    # ---- streams and publishing --------------------------------------------------------------
+    def _start_stream(self, p: Patient) -> None:
+        s = self.settings
+        stream = PatientStream(
+            p, clock=self.clock, batcher=self.batcher, fs=self.model.meta.fs,
+            segment_samples=self.segment_samples, context_samples=self.generator.context,
+            lookahead=s.lookahead_segments, leads=self.model.meta.leads,
+            model_version=self.model.meta.version, publish=self._publish, metrics=self.metrics)
+        self.streams[p.patient_id] = stream
+        stream.start()
+
+    async def _close_annotation(self, p: Patient, end_time: float) -> None:
+        if p.published_since is not None:
+            await self._annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
+                                               p.published_since, p.next_seq, end_time))
+
+    async def _annotate(self, p: Patient, raw: bytes) -> None:
+        assert self.producer is not None
+        await self.producer.send(self.topics.topic_annotations, raw, key=p.patient_id.encode())
+        for sink in self.sinks:
+            await sink.annotation(p.patient_id, raw)
+
+    async def _publish(self, p: Patient, seg: Segment, change: StateChange | None) -> None:
+        assert self.producer is not None and self.registry is not None
+        if p.published_since is None or seg.event_id != p.published_event_id or seg.state != p.published_state:
+            if p.published_since is not None:
+                await self._annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
+                                                   p.published_since, p.next_seq - 1, seg.start_time))
+            p.published_event_id, p.published_state, p.published_since = seg.event_id, seg.state, seg.start_time
+            await self._annotate(p, annotation(p.patient_id, seg.event_id, seg.state, seg.start_time, seg.seq))
+        await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode())
+        for sink in self.sinks:
+            await sink.segment(seg)
+        self.metrics.published.inc()
+        await self.registry.put(p)
+
+    # ---- requests from the HTTP API and CLI ----------------------------------------------------
+    async def send_event(self, ev: Event) -> None:
+        """Publish an event to the events topic: the same path as any producer's events."""
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.topics.topic_events, ev.to_json(), key=ev.patient_id.encode())
