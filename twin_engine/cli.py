@@ -47,6 +47,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args), duration=args.duration, patients=args.patients)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from twin_engine.app import run_app
+
+    return run_app(_settings(args), duration=args.duration)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from twin_engine.clients import send
+
+    ev = send(_settings(args), args.patient, args.statement, args.hr, args.effective_time, args.transition)
+    print(f"sent {ev.event_id} to {args.patient}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from twin_engine.clients import register
+
+    ev = register(_settings(args), args.patient, args.wfdb, args.statement, args.hr)
+    print(f"sent {ev.event_id}: register {args.patient}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from twin_engine.clients import tail
+
+    try:
+        asyncio.run(tail(_settings(args), args.patient, args.limit, args.from_beginning))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="twin-engine", description=__doc__)
     p.add_argument("--config", help="TOML configuration file (also TWIN_ENGINE_CONFIG)")
@@ -75,6 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
     d.add_argument("--patients", type=int, default=8)
     d.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("serve", help="run the twin service (embedded broker if none configured)")
+    sv.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until SIGTERM")
+    sv.set_defaults(func=cmd_serve)
+
+    se = sub.add_parser("send", help="send a condition event")
+    se.add_argument("patient")
+    se.add_argument("statement", nargs="*", help="SCP codes, optionally CODE=intensity (e.g. AFIB PVC=0.5)")
+    se.add_argument("--hr", type=float, default=70.0, help="target heart rate, bpm")
+    se.add_argument("--effective-time", type=float, default=None, help="stream time (epoch s)")
+    se.add_argument("--transition", type=float, default=0.0, help="seconds to ramp the heart rate")
+    se.set_defaults(func=cmd_send)
+
+    rg = sub.add_parser("register", help="onboard a patient from WFDB reference records")
+    rg.add_argument("patient")
+    rg.add_argument("--wfdb", action="append", required=True, help="record path (repeatable)")
+    rg.add_argument("statement", nargs="*")
+    rg.add_argument("--hr", type=float, default=70.0)
+    rg.set_defaults(func=cmd_register)
+
+    tl = sub.add_parser("tail", help="follow segments on the console")
+    tl.add_argument("patient", nargs="?")
+    tl.add_argument("--limit", type=int, default=0)
+    tl.add_argument("--from-beginning", action="store_true")
+    tl.set_defaults(func=cmd_tail)
     return p
 
 

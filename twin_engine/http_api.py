@@ -13,6 +13,7 @@ import json
 from aiohttp import web
 
 from stream.events import Event, EventError, new_event_id, parse_event, state_to_dict
+from twin_engine.dashboard import SubscriberHub, add_routes
 from twin_engine.service import TwinService
 
 SERVICE = web.AppKey("service", TwinService)
@@ -96,9 +97,29 @@ async def delete_patient(request: web.Request) -> web.Response:
     return await _send(request, request.match_info["pid"], "remove")
 
 
-def build_app(service: TwinService) -> web.Application:
+async def list_records(request: web.Request) -> web.Response:
+    """Shared reference records a page can onboard a patient from (held-out PTB-XL patients)."""
+    from models.data.ptbxl import PTBXL
+
+    svc = request.app[SERVICE]
+    root = svc.settings.data_dir / "ptbxl-subset"
+    try:
+        db = PTBXL(root, svc.model.meta.fs)
+    except Exception as exc:
+        return _json({"records": [], "error": str(exc)})
+    _, held = db.split()
+    rows = [{"path": f"ptbxl-subset/{db.df.at[i, db.filename_column]}", "ecg_id": i,
+             "codes": sorted(db.df.at[i, "scp_codes"])} for i in held[:40]]
+    return _json({"records": rows})
+
+
+def build_app(service: TwinService, hub: SubscriberHub | None = None) -> web.Application:
     app = web.Application()
     app[SERVICE] = service
+    if hub is not None:
+        hub.service = service
+        add_routes(app, hub)
+    app.router.add_get("/api/records", list_records)
     app.router.add_get("/healthz", health)
     app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics)
@@ -110,8 +131,9 @@ def build_app(service: TwinService) -> web.Application:
     return app
 
 
-async def serve_http(service: TwinService, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(build_app(service))
+async def serve_http(service: TwinService, host: str, port: int,
+                     hub: SubscriberHub | None = None) -> web.AppRunner:
+    runner = web.AppRunner(build_app(service, hub))
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

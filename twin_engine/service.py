@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import murmur2
 
 from models.data.preprocess import to_model_input
@@ -76,6 +77,9 @@ class TwinService:
         self.ready = asyncio.Event()
         self._owned: set[int] = set()
         self._task: asyncio.Task | None = None
+        # Rebalance callbacks and event handling never interleave: aiokafka may deliver records
+        # of a partition while its on_partitions_assigned (the registry restore) still runs.
+        self._partition_lock = asyncio.Lock()
 
     # ---- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,16 +117,25 @@ class TwinService:
 
     # ---- partitions ---------------------------------------------------------------------
     async def _acquire(self, partitions: list[int]) -> None:
+        async with self._partition_lock:
+            await self._acquire_locked(partitions)
+
+    async def _acquire_locked(self, partitions: list[int]) -> None:
         assert self.registry is not None
         restored = await self.registry.restore(self.kafka_kwargs, partitions)
         self._owned |= set(partitions)
         for pid in restored:
-            self._start_stream(self.registry.patients[pid])
+            if pid not in self.streams:
+                self._start_stream(self.registry.patients[pid])
         self.metrics.live_patients.set(len(self.streams))
         log.info("owning partitions %s: %d patients restored", partitions, len(restored))
         self.ready.set()
 
     async def _release(self, partitions: set[int]) -> None:
+        async with self._partition_lock:
+            await self._release_locked(partitions)
+
+    async def _release_locked(self, partitions: set[int]) -> None:
         if not partitions or self.registry is None:
             return
         n = self.topics.partitions
@@ -137,11 +150,20 @@ class TwinService:
         assert self.consumer is not None
         while True:
             batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
-            for msgs in batch.values():
-                for m in msgs:
-                    await self._handle(m)
-            if batch:
-                await self.consumer.commit()
+            if not batch:
+                continue
+            async with self._partition_lock:
+                for tp, msgs in batch.items():
+                    if tp.partition not in self._owned:
+                        continue  # revoked meanwhile: its new owner re-reads from the commit
+                    for m in msgs:
+                        await self._handle(m)
+                    try:
+                        await self.consumer.commit({tp: msgs[-1].offset + 1})
+                    except (CommitFailedError, IllegalStateError) as exc:
+                        # lost the partition mid-batch: the new owner re-reads from the last
+                        # commit and skips the event ids already applied
+                        log.warning("commit of %s failed: %s", tp, exc)
 
     async def _handle(self, msg: Any) -> None:
         try:

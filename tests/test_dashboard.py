@@ -1,0 +1,124 @@
+"""The monitor page in headless Chromium against the service on the embedded broker,
+and the WebSocket subscription's back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from models.conditions import CardiacState
+from models.twin import TwinModel
+from stream.events import Event
+from tests.cdp import Chromium, chromium_binary
+from tests.test_service import RECORDS, _settings, _wait_for
+from twin_engine.broker import free_port
+from twin_engine.dashboard import SubscriberHub
+from twin_engine.http_api import serve_http
+from twin_engine.service import TwinService
+
+ARTIFACTS = Path(os.environ.get("TWIN_ENGINE_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
+
+
+async def _start(broker, tiny_model_dir, data_dir, speed=1.0, patients=2):
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+    settings = _settings(broker, prefix, data_dir=data_dir, speed=speed)
+    settings.http_port = free_port()
+    hub = SubscriberHub(queue_frames=16)
+    svc = TwinService(settings, TwinModel.load(tiny_model_dir), sinks=[hub])
+    hub.metrics = svc.metrics
+    await svc.start()
+    runner = await serve_http(svc, "127.0.0.1", settings.http_port, hub)
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    for i in range(patients):
+        await svc.send_event(Event(f"reg-{i}", f"bed-{i}", "register", CardiacState(),
+                                   reference={"wfdb": RECORDS[i % len(RECORDS)]}))
+    await _wait_for(lambda: len(svc.streams) == patients)
+    return svc, hub, runner, settings
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="Debian chromium not installed (./twin test installs it as root)")
+async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
+    svc, hub, runner, settings = await _start(broker, tiny_model_dir, data_dir)
+    try:
+        async with Chromium(chromium_binary()) as browser:
+            page = await browser.open(f"http://127.0.0.1:{settings.http_port}/")
+            await page.wait_for("document.querySelectorAll('.card').length === 2", 30)
+            # traces move: the drawn-until stream time advances
+            t1 = float(await page.wait_for("document.querySelector('.card[data-pid=\"bed-0\"]').dataset.drawnUntil"))
+            await asyncio.sleep(1.5)
+            t2 = float(await page.eval("document.querySelector('.card[data-pid=\"bed-0\"]').dataset.drawnUntil"))
+            assert t2 > t1 + 0.5
+            # change the state from the page, as a user would
+            await page.eval("""(() => { const s = document.querySelector('.card[data-pid="bed-0"] .set');
+                               s.value = 'AFIB 115'; s.dispatchEvent(new Event('change')); return true; })()""")
+            await page.wait_for("patients.get('bed-0').marks.some(m => m.label.startsWith('AFIB'))", 30)
+            await page.wait_for("document.querySelector('.card[data-pid=\"bed-0\"] .state').textContent.includes('AFIB')", 30)
+            assert svc.registry.get("bed-0").state["statements"] == {"AFIB": 1.0}
+            # and the mark is on screen: wait until the playhead has passed it
+            await page.wait_for("""(() => { const p = patients.get('bed-0'); const m = p.marks[p.marks.length - 1];
+                                   return playhead(p) > m.t + 1; })()""", 30)
+            shot = await page.screenshot(ARTIFACTS / "dashboard.png")
+            assert shot.stat().st_size > 10_000
+    finally:
+        await runner.cleanup()
+        await hub.close()
+        await svc.stop()
+
+
+async def test_slow_subscriber_drops_frames_not_memory(broker, tiny_model_dir, data_dir):
+    """A client that never reads: its queue stays bounded, drops are counted; a reading client
+    in the same hub gets every segment."""
+    svc, hub, runner, settings = await _start(broker, tiny_model_dir, data_dir, speed=10.0, patients=2)
+    url = f"http://127.0.0.1:{settings.http_port}/ws"
+    try:
+        async with aiohttp.ClientSession() as session:
+            slow = await session.ws_connect(url, max_msg_size=0)  # never reads after connect
+            fast = await session.ws_connect(url + "?patients=bed-1", max_msg_size=0)
+            got = []
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 8
+            while loop.time() < end:
+                try:
+                    msg = await fast.receive(timeout=1)
+                except TimeoutError:
+                    continue
+                d = json.loads(msg.data)
+                if d["type"] == "segment":
+                    got.append(d)
+            slow_client = next(c for c in hub.clients if c.patients is None)
+            assert slow_client.queue.qsize() <= hub.queue_frames
+            # the slow client fell behind (the socket buffers fill first), or at least it is bounded
+            seqs = [d["seq"] for d in got]
+            assert all(d["patient_id"] == "bed-1" for d in got)
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "the reading client missed frames"
+            assert len(seqs) >= 20
+            await slow.close()
+            await fast.close()
+    finally:
+        await runner.cleanup()
+        await hub.close()
+        await svc.stop()
+
+
+async def test_dropped_frames_are_counted():
+    hub = SubscriberHub(queue_frames=4)
+
+    class _WS:  # a subscriber whose writer is not running: nothing drains its queue
+        pass
+
+    from twin_engine.dashboard import Subscriber
+    from twin_engine.metrics import Metrics
+
+    hub.metrics = Metrics()
+    client = Subscriber(_WS(), asyncio.Queue(maxsize=4))
+    hub.clients.add(client)
+    for i in range(10):
+        hub._offer("p", f"frame-{i}")
+    assert client.queue.qsize() == 4 and client.dropped == 6
+    assert hub.metrics.ws_dropped._value.get() == 6

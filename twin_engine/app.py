@@ -1,0 +1,88 @@
+"""Running the service as a process: broker (embedded when none is configured), model, service,
+HTTP server, signal handling. ``serve`` and ``demo`` both go through ``run_app``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from models.twin import TwinModel
+from twin_engine.broker import EmbeddedBroker
+from twin_engine.config import Settings
+from twin_engine.http_api import serve_http
+from twin_engine.runtime import choose_backend
+from twin_engine.service import TwinService
+
+log = logging.getLogger(__name__)
+EMBEDDED_PORT = 9092
+
+
+def load_model(settings: Settings) -> TwinModel:
+    _, device = choose_backend(settings)
+    path = Path(settings.model_path)
+    return TwinModel.load(path, device)
+
+
+def bootstrap_or_embedded(settings: Settings) -> tuple[str, EmbeddedBroker | None]:
+    """The configured Kafka, or a fresh embedded broker on 9092 (or any free port)."""
+    if settings.kafka.bootstrap_servers:
+        return settings.kafka.bootstrap_servers, None
+    from twin_engine.broker import _port_open
+
+    port = EMBEDDED_PORT if not _port_open("127.0.0.1", EMBEDDED_PORT) else None
+    broker = EmbeddedBroker(port=port).start()
+    return broker.bootstrap_servers, broker
+
+
+async def run_service(settings: Settings, model: TwinModel,
+                      scenario: Callable[[TwinService], Awaitable[None]] | None = None,
+                      duration: float = 0) -> None:
+    """Serve until SIGINT/SIGTERM (or ``duration`` seconds); then shut down gracefully."""
+    from twin_engine.dashboard import SubscriberHub
+
+    hub = SubscriberHub()
+    service = TwinService(settings, model, sinks=[hub])
+    hub.metrics = service.metrics
+    await service.start()
+    runner = await serve_http(service, settings.http_host, settings.http_port, hub)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"twin-engine serving: dashboard http://{settings.http_host}:{settings.http_port}/  "
+          f"metrics http://{settings.http_host}:{settings.http_port}/metrics  "
+          f"kafka {settings.kafka.bootstrap_servers}", flush=True)
+    tasks = []
+    if scenario is not None:
+        tasks.append(asyncio.create_task(scenario(service)))
+    try:
+        if duration:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), duration)
+        else:
+            await stop.wait()
+    finally:
+        log.info("shutting down: finishing in-flight segments")
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await hub.close()
+        await service.stop()
+        await runner.cleanup()
+
+
+def run_app(settings: Settings, scenario=None, duration: float = 0) -> int:
+    model = load_model(settings)
+    bootstrap, broker = bootstrap_or_embedded(settings)
+    settings.kafka.bootstrap_servers = bootstrap
+    try:
+        asyncio.run(run_service(settings, model, scenario, duration))
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0

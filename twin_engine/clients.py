@@ -1,0 +1,84 @@
+"""The CLI's Kafka clients: ``register``, ``send`` and ``tail`` speak to a running service only
+through its topics, like any other producer or monitor would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from models.conditions import CardiacState
+from models.rpeaks import heart_rate
+from stream.events import Event, new_event_id
+from stream.segments import decode_segment
+from twin_engine.app import EMBEDDED_PORT
+from twin_engine.config import Settings
+
+
+def _kwargs(settings: Settings) -> dict:
+    kw = settings.kafka.client_kwargs()
+    kw["bootstrap_servers"] = kw["bootstrap_servers"] or f"127.0.0.1:{EMBEDDED_PORT}"
+    return kw
+
+
+def parse_statements(items: list[str]) -> dict[str, float]:
+    """``AFIB`` or ``AFIB=0.8`` -> {"AFIB": 0.8}."""
+    out = {}
+    for item in items:
+        code, _, value = item.partition("=")
+        out[code] = float(value) if value else 1.0
+    return out
+
+
+async def send_event(settings: Settings, event: Event) -> None:
+    prod = AIOKafkaProducer(**_kwargs(settings))
+    await prod.start()
+    try:
+        await prod.send_and_wait(settings.kafka.topic_events, event.to_json(), key=event.patient_id.encode())
+    finally:
+        await prod.stop()
+
+
+def send(settings: Settings, patient_id: str, statements: list[str], hr: float,
+         effective_time: float | None = None, transition: float = 0.0) -> Event:
+    state = CardiacState(parse_statements(statements), hr).validate()
+    ev = Event(new_event_id(), patient_id, "condition", state, effective_time, transition)
+    asyncio.run(send_event(settings, ev))
+    return ev
+
+
+def register(settings: Settings, patient_id: str, wfdb: list[str], statements: list[str], hr: float) -> Event:
+    state = CardiacState(parse_statements(statements) or {"NORM": 1.0, "SR": 1.0}, hr).validate()
+    ev = Event(new_event_id(), patient_id, "register", state, reference={"wfdb": wfdb if len(wfdb) > 1 else wfdb[0]})
+    asyncio.run(send_event(settings, ev))
+    return ev
+
+
+async def tail(settings: Settings, patient_id: str | None, limit: int = 0, from_beginning: bool = False) -> int:
+    """Print one line per segment: seq, start time, measured HR, state."""
+    cons = AIOKafkaConsumer(settings.kafka.topic_segments, auto_offset_reset="earliest" if from_beginning else "latest",
+                            enable_auto_commit=False, **_kwargs(settings))
+    await cons.start()
+    n = 0
+    try:
+        async for msg in cons:
+            if patient_id and msg.key and msg.key.decode() != patient_id:
+                continue
+            seg = decode_segment(msg.value)
+            hr = heart_rate(seg.samples, seg.fs)
+            st = "+".join(seg.state.get("statements", {})) or "-"
+            print(f"{seg.patient_id} seq={seg.seq} t={time.strftime('%H:%M:%S', time.localtime(seg.start_time))} "
+                  f"n={len(seg.samples)} hr_measured={hr:.0f} target={seg.state['heart_rate']:.0f} state={st} "
+                  f"event={seg.event_id}", flush=True)
+            n += 1
+            if limit and n >= limit:
+                break
+    finally:
+        await cons.stop()
+    return n
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

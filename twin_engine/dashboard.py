@@ -1,0 +1,129 @@
+"""Live subscriptions over WebSocket, and the monitor page that uses them.
+
+Each client has a bounded queue: when a slow client's queue is full, new frames for it are
+dropped and counted (per client and in ``twin_subscriber_dropped_frames``), never buffered
+without bound. A segment is serialised once and the same bytes go to every subscriber.
+
+Client -> server: ``{"subscribe": ["bed-1", "bed-2"]}`` or ``{"subscribe": "*"}``.
+Server -> client: ``{"type": "hello", ...}``, ``{"type": "segment", ...segment fields}``,
+``{"type": "annotation", ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from stream.segments import Segment
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass(eq=False)
+class Subscriber:
+    ws: web.WebSocketResponse
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=64))
+    patients: set[str] | None = None  # None: all
+    dropped: int = 0
+    sent: int = 0
+
+    def wants(self, pid: str) -> bool:
+        return self.patients is None or pid in self.patients
+
+
+class SubscriberHub:
+    """A sink (see twin_engine.sinks) that fans segments out to WebSocket subscribers."""
+
+    def __init__(self, queue_frames: int = 64) -> None:
+        self.queue_frames = queue_frames
+        self.clients: set[Subscriber] = set()
+        self.metrics = None  # set by the app: twin_engine.metrics.Metrics
+        self.service = None  # set by the app: twin_engine.service.TwinService
+
+    def _offer(self, pid: str, frame: str) -> None:
+        for c in self.clients:
+            if not c.wants(pid):
+                continue
+            try:
+                c.queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                c.dropped += 1
+                if self.metrics is not None:
+                    self.metrics.ws_dropped.inc()
+
+    async def segment(self, seg: Segment) -> None:
+        if any(c.wants(seg.patient_id) for c in self.clients):
+            self._offer(seg.patient_id, json.dumps({"type": "segment", **seg.to_dict()}))
+
+    async def annotation(self, patient_id: str, raw: bytes) -> None:
+        if self.clients:
+            self._offer(patient_id, json.dumps({"type": "annotation", **json.loads(raw)}))
+
+    async def close(self) -> None:
+        for c in list(self.clients):
+            await c.ws.close()
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=20)
+        await ws.prepare(request)
+        client = Subscriber(ws, asyncio.Queue(maxsize=self.queue_frames))
+        q = request.query.get("patients")
+        if q and q != "*":
+            client.patients = set(q.split(","))
+        self.clients.add(client)
+        if self.metrics is not None:
+            self.metrics.ws_clients.set(len(self.clients))
+        writer = asyncio.create_task(self._write(client))
+        svc = self.service
+        hello = {"type": "hello", "speed": svc.settings.speed if svc else 1.0,
+                 "segment_seconds": svc.settings.segment_seconds if svc else None,
+                 "vocab": list(svc.model.meta.vocab) if svc else []}
+        await ws.send_str(json.dumps(hello))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    body = json.loads(msg.data)
+                except json.JSONDecodeError:
+                    await ws.send_str(json.dumps({"type": "error", "error": "not JSON"}))
+                    continue
+                sub = body.get("subscribe") if isinstance(body, dict) else None
+                if sub == "*":
+                    client.patients = None
+                elif isinstance(sub, list):
+                    client.patients = {str(p) for p in sub}
+        finally:
+            self.clients.discard(client)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            if self.metrics is not None:
+                self.metrics.ws_clients.set(len(self.clients))
+        return ws
+
+    async def _write(self, client: Subscriber) -> None:
+        while True:
+            frame = await client.queue.get()
+            try:
+                await client.ws.send_str(frame)
+                client.sent += 1
+            except (ConnectionResetError, RuntimeError):
+                return
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+def add_routes(app: web.Application, hub: SubscriberHub) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/ws", hub.handle)
+    app.router.add_static("/static/", STATIC)
