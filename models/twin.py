@@ -82,6 +82,15 @@ class TwinModel(torch.nn.Module):
         self.ae, self.ibe, self.dit = ECGAutoencoder(ae), BaseExtractor(ibe), AdaXDiT(dit)
         self.meta = meta
         self.schedule = NoiseSchedule()
+        # The two networks that run per generation, swappable by an inference backend
+        # (twin_engine.runtime): denoiser(z, t, base, cond_tokens) -> v, decoder(z) -> signal.
+        self.set_backend("torch", self.dit, self.ae.decode)
+
+    def set_backend(self, name: str, denoiser, decoder) -> None:
+        # plain attributes, not submodules: a backend's graphs are not part of the weights
+        object.__setattr__(self, "denoiser", denoiser)
+        object.__setattr__(self, "decoder", decoder)
+        object.__setattr__(self, "backend", name)
 
     # ---- construction and files -------------------------------------------------------
     @classmethod
@@ -165,12 +174,14 @@ class TwinModel(torch.nn.Module):
             if controller is not None:
                 controller.begin_step(x0_fn.step)
                 x0_fn.step += 1
+            net = self.denoiser if controller is None else self.dit  # editing needs attention maps
             if guidance != 1.0:
-                v = self.dit(torch.cat([x, x]), torch.cat([t, t]), base2, cond, controller)
+                v = net(torch.cat([x, x]), torch.cat([t, t]), base2, cond) if controller is None else \
+                    net(torch.cat([x, x]), torch.cat([t, t]), base2, cond, controller)
                 v_c, v_u = v.chunk(2)
                 v = v_u + guidance * (v_c - v_u)
             else:
-                v = self.dit(x, t, base2, cond, controller)
+                v = net(x, t, base2, cond) if controller is None else net(x, t, base2, cond, controller)
             x0 = self.schedule.x0_from_v(x, v, t)
             if context is not None:  # in-painting: the known start of the window is the context
                 x0 = torch.cat([context, x0[..., context.shape[-1]:]], dim=-1)
@@ -198,7 +209,7 @@ class TwinModel(torch.nn.Module):
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
         """(B, C, tokens) -> (B, samples, leads) float32 in the training units."""
-        return self.ae.decode(z).transpose(1, 2).float().cpu().numpy()
+        return self.decoder(z).transpose(1, 2).float().cpu().numpy()
 
     def generate(self, base_vectors, states, steps: int = 4, seed=0, sampler: str = "dpmpp2m",
                  guidance: float = 1.5) -> np.ndarray:

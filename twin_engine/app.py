@@ -14,7 +14,7 @@ from models.twin import TwinModel
 from twin_engine.broker import EmbeddedBroker
 from twin_engine.config import Settings
 from twin_engine.http_api import serve_http
-from twin_engine.runtime import choose_backend
+from twin_engine.runtime import attach_backend, choose_backend
 from twin_engine.service import TwinService
 
 log = logging.getLogger(__name__)
@@ -22,9 +22,10 @@ EMBEDDED_PORT = 9092
 
 
 def load_model(settings: Settings) -> TwinModel:
-    _, device = choose_backend(settings)
-    path = Path(settings.model_path)
-    return TwinModel.load(path, device)
+    backend, device = choose_backend(settings)
+    model = TwinModel.load(Path(settings.model_path), "cpu")
+    attach_backend(model, backend, device, settings.cache_dir, settings.max_batch)
+    return model
 
 
 def bootstrap_or_embedded(settings: Settings) -> tuple[str, EmbeddedBroker | None]:

@@ -47,6 +47,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args), duration=args.duration, patients=args.patients)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.evaluation.report import EvalConfig, evaluate
+    from models.twin import TwinModel
+
+    settings = _settings(args)
+    model_dir = Path(args.model or settings.model_path)
+    model = TwinModel.load(model_dir)
+    cfg = EvalConfig.reduced_mode(seed=args.seed) if args.reduced else EvalConfig(seed=args.seed)
+    cfg.steps = args.steps or settings.steps
+    data = Path(args.data) if args.data else settings.data_dir / "ptbxl-subset"
+    out = Path(args.out)
+    evaluate(model, data, out, cfg, model_dir if args.save_judge else None)
+    print(f"report: {out / 'EVALUATION.md'}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.evaluation.plot import plot_ecg
+
+    src = Path(args.source)
+    if src.suffix == ".json":  # a segment as published on the segments topic
+        from stream.segments import decode_segment
+
+        seg = decode_segment(src.read_bytes())
+        sig, fs, title = seg.samples, seg.fs, f"{seg.patient_id} seq {seg.seq}"
+    else:
+        import wfdb
+
+        from models.data.ptbxl import read_wfdb_signal
+
+        sig, fs, title = read_wfdb_signal(src), wfdb.rdheader(str(src)).fs, src.name
+    print(plot_ecg(sig, fs, args.out, title))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from twin_engine.app import run_app
 
@@ -109,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")
     d.add_argument("--patients", type=int, default=8)
     d.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="quality report of a model against real ECG and neurokit2")
+    ev.add_argument("--data", default=None, help="PTB-XL-layout folder (default: shared subset)")
+    ev.add_argument("--model", default=None, help="model folder (default: configured model_path)")
+    ev.add_argument("--out", default="artifacts/evaluation")
+    ev.add_argument("--reduced", action="store_true", help="CI-sized run")
+    ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--save-judge", action="store_true", help="store the trained classifier beside the model")
+    ev.set_defaults(func=cmd_evaluate)
+
+    pl = sub.add_parser("plot", help="draw a WFDB record or a segment JSON on ECG paper")
+    pl.add_argument("source")
+    pl.add_argument("--out", default="ecg.png")
+    pl.set_defaults(func=cmd_plot)
 
     sv = sub.add_parser("serve", help="run the twin service (embedded broker if none configured)")
     sv.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until SIGTERM")

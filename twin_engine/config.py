@@ -80,6 +80,7 @@ class Settings:
 
     data_dir: Path = field(default_factory=default_data_dir)
     model_path: Path = field(default_factory=lambda: REPO_ROOT / "models" / "default")
+    cache_dir: Path = field(default_factory=lambda: REPO_ROOT / "runs" / "cache")  # ONNX / engines
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     backend: str = "auto"  # auto, torch, onnxruntime, tensorrt
     sampler: str = "dpmpp2m"

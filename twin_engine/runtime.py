@@ -1,14 +1,19 @@
-"""Which inference backend generation runs on, and why.
+"""Inference backends: which one serves, and plugging it into the model.
 
-One interface for every backend (``models.twin.TwinModel.generate`` over a batch); this module
-only decides which one serves and logs the reason, so that an operator reading the log knows
-whether the GPU path was taken.
+Every backend provides the same two callables on ``TwinModel`` (``denoiser(z, t, base, cond)``
+and ``decoder(z)``, torch tensors in and out), so samplers, batching and the service never know
+which one runs. PyTorch is the reference; ONNX Runtime and TensorRT run exported graphs of the
+same weights, cached under a key of the model hash (and GPU and TensorRT version for engines).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from twin_engine.config import Settings
 
@@ -20,13 +25,11 @@ class BackendUnavailable(RuntimeError):
 
 
 def _cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
 def choose_backend(settings: Settings) -> tuple[str, str]:
-    """(backend, device) pair as a human-readable choice: ``("torch", "cpu: no CUDA")``."""
+    """(backend, device) that would serve with these settings, or BackendUnavailable."""
     want = settings.backend
     has_cuda = settings.device != "cpu" and _cuda_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
@@ -35,20 +38,17 @@ def choose_backend(settings: Settings) -> tuple[str, str]:
         if not (has_cuda and has_trt):
             raise BackendUnavailable(
                 "tensorrt backend needs an NVIDIA GPU and the 'gpu' extra "
-                f"(cuda={'yes' if has_cuda else 'no'}, tensorrt={'yes' if has_trt else 'no'})"
-            )
+                f"(cuda={'yes' if has_cuda else 'no'}, tensorrt={'yes' if has_trt else 'no'})")
         return "tensorrt", "cuda"
     if want == "onnxruntime":
         if not has_ort:
-            raise BackendUnavailable("onnxruntime backend needs the 'onnx' extra")
+            raise BackendUnavailable("onnxruntime backend needs the onnxruntime package")
         return "onnxruntime", "cuda" if has_cuda else "cpu"
     if want == "torch":
         return "torch", "cuda" if has_cuda else "cpu"
-    # auto: PyTorch on whatever device exists; the TensorRT path is opt-in until its parity
-    # tests have run on the GPU it would serve on.
-    if has_cuda:
-        return "torch", "cuda"
-    return "torch", "cpu"
+    # auto: PyTorch on whatever device exists. TensorRT stays opt-in until its parity test has
+    # passed on the GPU that would serve (no GPU was available where this was written).
+    return "torch", "cuda" if has_cuda else "cpu"
 
 
 def log_choice(settings: Settings) -> tuple[str, str]:
@@ -56,3 +56,51 @@ def log_choice(settings: Settings) -> tuple[str, str]:
     log.info("generation backend: %s on %s (configured backend=%s device=%s)",
              backend, device, settings.backend, settings.device)
     return backend, device
+
+
+def attach_backend(model, backend: str, device: str, cache_dir: Path, max_batch: int = 64) -> None:
+    """Swap ``model.denoiser`` / ``model.decoder`` for the chosen backend's implementations."""
+    if backend == "torch":
+        model.to(device)
+        model.set_backend("torch", model.dit, model.ae.decode)
+        return
+    from models.export import export_onnx, model_hash
+
+    folder = Path(cache_dir) / "onnx" / model_hash(model)
+    if not (folder / "denoiser.onnx").is_file() or not (folder / "decoder.onnx").is_file():
+        log.info("exporting ONNX graphs to %s", folder)
+        export_onnx(model, folder)
+    if backend == "onnxruntime":
+        model.set_backend("onnxruntime", OrtGraph(folder / "denoiser.onnx", ["z", "t", "base", "cond"], device),
+                          OrtGraph(folder / "decoder.onnx", ["z"], device))
+    elif backend == "tensorrt":
+        from twin_engine.tensorrt_engine import TrtGraph
+
+        model.to("cuda")
+        model.set_backend("tensorrt",
+                          TrtGraph.build_or_load(folder / "denoiser.onnx", max_batch * 2),  # CFG doubles it
+                          TrtGraph.build_or_load(folder / "decoder.onnx", max_batch))
+    else:
+        raise BackendUnavailable(f"unknown backend {backend!r}")
+
+
+class OrtGraph:
+    """An ONNX Runtime session that takes and returns torch tensors."""
+
+    def __init__(self, path: Path, inputs: list[str], device: str = "cpu", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] \
+            if device == "cuda" else []
+        self.session = ort.InferenceSession(str(path), opts, providers=providers + ["CPUExecutionProvider"])
+        self.inputs = inputs
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor:
+        feeds = {n: a.detach().cpu().numpy() for n, a in zip(self.inputs, args, strict=True)}
+        out = self.session.run(None, feeds)[0]
+        return torch.from_numpy(np.ascontiguousarray(out)).to(args[0].device)

@@ -1,0 +1,344 @@
+"""``twin-engine evaluate``: how good are the twins, against real ECG and against a simulator.
+
+Every table carries the same three references beside the model: real vs real (training windows
+vs held-out windows: the floor), neurokit2's 12-lead simulator at the held-out heart rates, and
+the model at 50 steps next to the serving step count. Reduced mode (CI) uses fewer records,
+fewer bootstrap samples and a briefly trained judge; full mode is the published report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.conditions import CardiacState
+from models.data.preprocess import to_model_input
+from models.data.ptbxl import PTBXL
+from models.evaluation.classifier import (
+    LABELS,
+    label_matrix,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+from models.evaluation.metrics import auroc, bootstrap, fid, prdc, retrieval
+from models.evaluation.plot import plot_ecg
+from models.rpeaks import heart_rate
+from models.twin import TwinModel
+
+PROBE_CONDITIONS = {  # condition -> (statements, typical heart rate)
+    "AFIB": ({"AFIB": 1.0}, 110.0),
+    "STACH": ({"SR": 1.0, "STACH": 1.0}, 120.0),
+    "SBRAD": ({"SR": 1.0, "SBRAD": 1.0}, 48.0),
+    "PVC": ({"SR": 1.0, "PVC": 1.0}, 75.0),
+    "CLBBB": ({"SR": 1.0, "CLBBB": 1.0}, 75.0),
+    "CRBBB": ({"SR": 1.0, "CRBBB": 1.0}, 75.0),
+    "LVH": ({"SR": 1.0, "LVH": 1.0}, 72.0),
+    "IMI": ({"SR": 1.0, "IMI": 1.0}, 72.0),
+}
+NORMAL = CardiacState({"NORM": 1.0, "SR": 1.0}, 70.0)
+
+
+@dataclass
+class EvalConfig:
+    reduced: bool = False
+    steps: int = 4
+    sampler: str = "dpmpp2m"
+    guidance: float = 1.5
+    steps_curve: tuple[int, ...] = (1, 2, 4, 8, 16, 50)
+    max_heldout: int | None = None
+    bootstrap_reps: int = 100
+    classifier_steps: int = 1500
+    classifier_width: int = 64
+    feature_dims: int = 32  # PCA of the judge's features: FID needs many more samples than dims
+    seed: int = 0
+    shuffle_conditions: bool = False  # a deliberately wrong model, for the harness's own test
+    results: dict = field(default_factory=dict)
+
+    @staticmethod
+    def reduced_mode(**kw) -> EvalConfig:
+        return EvalConfig(reduced=True, steps_curve=(1, 4), max_heldout=48, bootstrap_reps=20,
+                          classifier_steps=120, classifier_width=32, feature_dims=16, **kw)
+
+
+def _centre(x: np.ndarray, w: int) -> np.ndarray:
+    a = (x.shape[1] - w) // 2
+    return x[:, a:a + w]
+
+
+def _states(db: PTBXL, ids: list[int], sigs: np.ndarray) -> list[CardiacState]:
+    out = []
+    for i, s in zip(ids, sigs, strict=True):
+        hr = heart_rate(s, db.fs)
+        hr = float(np.clip(hr, 30, 220)) if np.isfinite(hr) else 70.0
+        row = db.df.loc[i]
+        out.append(CardiacState.from_scp(row.scp_codes, hr, float(row.age), int(row.sex)))
+    return out
+
+
+def _generate(model: TwinModel, bases: np.ndarray, states: list[CardiacState], steps: int, cfg: EvalConfig,
+              seed: int) -> np.ndarray:
+    out = []
+    for i in range(0, len(bases), 64):
+        out.append(model.generate(bases[i:i + 64], states[i:i + 64], steps, seed + i, cfg.sampler, cfg.guidance))
+    return np.concatenate(out)
+
+
+def _neurokit(hrs: list[float], window: int, fs: int, seed: int) -> tuple[np.ndarray, float]:
+    import warnings
+
+    import neurokit2 as nk
+
+    out = []
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, hr in enumerate(hrs):
+            # simulate with a margin, filter like the real data, keep the middle window
+            n = window + 2 * fs
+            sim = nk.ecg_simulate(duration=n / fs, sampling_rate=fs, heart_rate=float(np.clip(hr, 40, 180)),
+                                  method="multileads", random_state=seed + i).to_numpy()[:n]
+            out.append(to_model_input(sim, fs, fs)[fs:fs + window])
+    return np.stack(out), time.perf_counter() - t0
+
+
+def _pca(ref: np.ndarray, dims: int):
+    """Projection onto the top principal axes of the real training features."""
+    mu = ref.mean(0)
+    _, _, vt = np.linalg.svd(ref - mu, full_matrices=False)
+    basis = vt[:dims].T
+    return lambda f: (f - mu) @ basis
+
+
+def _hr_errors(x: np.ndarray, targets: list[float], fs: int) -> dict[str, float]:
+    det = np.array([heart_rate(s, fs) for s in x])
+    err = np.abs(det - np.array(targets))
+    err = np.where(np.isfinite(err), err, 999.0)
+    return {"median_abs_error_bpm": float(np.median(err)), "within_10bpm": float((err <= 10).mean())}
+
+
+def _bases_of(model: TwinModel, windows: np.ndarray) -> np.ndarray:
+    return np.stack([model.encode([w]) for w in windows])
+
+
+def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir: Path | None = None) -> dict:
+    t_start = time.time()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    fs, w = model.meta.fs, model.meta.window
+    db = PTBXL(data, fs)
+    train_ids, held_ids = db.split()
+    held_ids = held_ids[: cfg.max_heldout] if cfg.max_heldout else held_ids
+    train_ids = list(rng.permutation(train_ids))
+    n_train = min(len(train_ids), 400 if cfg.reduced else len(train_ids))
+    train_ids = train_ids[:n_train]
+    tr_sig = np.stack([db.record(i).signal[: 2496] for i in train_ids])
+    he_sig = np.stack([db.record(i).signal[: 2496] for i in held_ids])
+    res: dict = {"config": {k: v for k, v in cfg.__dict__.items() if k != "results"},
+                 "data": str(data), "heldout_records": len(held_ids), "model_version": model.meta.version}
+
+    # --- the judge ---------------------------------------------------------------------------
+    clf = None
+    if model_dir is not None and (model_dir / "evaluator.safetensors").is_file() and not cfg.reduced:
+        clf, info = load_classifier(model_dir)
+    if clf is None:
+        clf, info = train_classifier(tr_sig, label_matrix(db, train_ids), w, cfg.classifier_steps,
+                                     width=cfg.classifier_width, seed=cfg.seed)
+        if model_dir is not None and not cfg.reduced:
+            save_classifier(clf, model_dir, info)
+    real_he = _centre(he_sig, w)
+    p_he, f_he = clf.predict(real_he)
+    y_he = label_matrix(db, held_ids)
+    per_label = {lab: auroc(y_he[:, j], p_he[:, j]) for j, lab in enumerate(LABELS)}
+    valid = [v for v in per_label.values() if np.isfinite(v)]
+    res["classifier"] = {"macro_auroc_heldout": float(np.mean(valid)), "per_label_auroc": per_label, **info}
+
+    # --- twins of the held-out patients ------------------------------------------------------------
+    half = he_sig.shape[1] // 2
+    states = _states(db, held_ids, he_sig)
+    bases_a = np.stack([model.encode([s[:half]]) for s in he_sig])
+    bases_b = np.stack([model.encode([s[half:]]) for s in he_sig])
+    gen_states = list(states)
+    if cfg.shuffle_conditions:
+        perm = rng.permutation(len(states))
+        gen_states = [states[i] for i in perm]
+    hr_targets = [s.heart_rate for s in states]
+    t0 = time.perf_counter()
+    gen = _generate(model, bases_a, gen_states, cfg.steps, cfg, cfg.seed)
+    gen_time = time.perf_counter() - t0
+    _, f_gen = clf.predict(gen)
+    nk_sig, nk_time = _neurokit(hr_targets, w, fs, cfg.seed)
+    _, f_nk = clf.predict(nk_sig)
+    real_tr = _centre(tr_sig, w)
+    _, f_tr = clf.predict(real_tr)
+    project = _pca(f_tr, cfg.feature_dims)
+    f_he, f_gen, f_nk, f_tr = project(f_he), project(f_gen), project(f_nk), project(f_tr)
+
+    def dist(f):
+        return {"fid": bootstrap(fid, f_he, f, cfg.bootstrap_reps, cfg.seed)["value"],
+                **bootstrap(prdc, f_he, f, cfg.bootstrap_reps, cfg.seed)}
+
+    res["distribution"] = {"real_vs_real": dist(f_tr), f"model_{cfg.steps}_steps": dist(f_gen),
+                           "neurokit2": dist(f_nk)}
+    res["speed_windows_per_s"] = {f"model_{cfg.steps}_steps": len(gen) / gen_time, "neurokit2": len(nk_sig) / nk_time}
+
+    # --- quality vs steps ----------------------------------------------------------------------
+    curve = {}
+    for steps in cfg.steps_curve:
+        g = gen if steps == cfg.steps else _generate(model, bases_a, gen_states, steps, cfg, cfg.seed)
+        curve[steps] = {"fid": fid(f_he, project(clf.predict(g)[1])), **_hr_errors(g, [s.heart_rate for s in gen_states], fs)}
+    res["steps_curve"] = curve
+
+    # --- heart rate -----------------------------------------------------------------------------------
+    res["heart_rate"] = {f"model_{cfg.steps}_steps": _hr_errors(gen, hr_targets, fs),
+                         "neurokit2": _hr_errors(nk_sig, hr_targets, fs),
+                         "real_heldout_window_vs_record": _hr_errors(real_he, hr_targets, fs)}
+    sweep_targets = [50.0, 70.0, 90.0, 110.0, 130.0]
+    n_sw = min(len(bases_a), 16 if cfg.reduced else 40)
+    sw_states = [replace(NORMAL, heart_rate=h) for h in sweep_targets for _ in range(n_sw)]
+    sw_bases = np.concatenate([bases_a[:n_sw]] * len(sweep_targets))
+    sw = _generate(model, sw_bases, sw_states, cfg.steps, cfg, cfg.seed + 1)
+    res["heart_rate"]["sweep_50_to_130"] = _hr_errors(sw, [s.heart_rate for s in sw_states], fs)
+
+    # --- conditioning ----------------------------------------------------------------------------
+    n_c = min(len(bases_a), 24 if cfg.reduced else 64)
+    normal = _generate(model, bases_a[:n_c], [NORMAL] * n_c, cfg.steps, cfg, cfg.seed + 2)
+    p_norm, _ = clf.predict(normal)
+    cond = {}
+    for name, (st, hr) in PROBE_CONDITIONS.items():
+        j = LABELS.index(name)
+        target = CardiacState(st, hr)
+        req = [target] * n_c
+        if cfg.shuffle_conditions:  # the wrong model answers another patient's request
+            req = [NORMAL] * n_c
+        g = _generate(model, bases_a[:n_c], req, cfg.steps, cfg, cfg.seed + 3)
+        p_g, _ = clf.predict(g)
+        y = np.r_[np.ones(n_c), np.zeros(n_c)]
+        cond[name] = {"generated_auroc": auroc(y, np.r_[p_g[:, j], p_norm[:, j]]),
+                      "real_heldout_auroc": per_label.get(name, float("nan")),
+                      "real_heldout_positives": int(y_he[:, j].sum())}
+    res["conditioning"] = cond
+
+    # --- identity ---------------------------------------------------------------------------------
+    ident = {"references_half_vs_half": retrieval(bases_a, bases_b)}
+    ident["twin_vs_references"] = retrieval(_bases_of(model, gen), bases_b)
+    afib = _generate(model, bases_a[:n_c], [CardiacState({"AFIB": 1.0}, 110.0)] * n_c, cfg.steps, cfg, cfg.seed + 4)
+    ident["afib_twin_vs_references"] = retrieval(_bases_of(model, afib), bases_b[:n_c])
+    res["identity"] = ident
+
+    # --- is state readable from the base vector? (linear probes) ----------------------------------------
+    res["state_probe"] = _state_probe(model, db, train_ids[:300 if cfg.reduced else 800], tr_sig, held_ids, he_sig,
+                                      bases_a, states)
+
+    res["wall_s"] = round(time.time() - t_start, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = _figures(gen, real_he, nk_sig, curve, fs, out, held_ids)
+    (out / "evaluation.json").write_text(json.dumps(res, indent=2, default=float))
+    (out / "EVALUATION.md").write_text(markdown(res, figs))
+    return res
+
+
+def _state_probe(model, db, train_ids, tr_sig, held_ids, he_sig, bases_he, states_he) -> dict:
+    """AFIB AUROC and heart-rate R^2 of linear probes on base vectors vs on pooled latents."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.metrics import r2_score
+
+    n = len(train_ids)
+    tr_sig = tr_sig[:n]
+    tr_states = _states(db, train_ids, tr_sig)
+    b_tr = np.stack([model.encode([s]) for s in tr_sig])
+    b_he = np.stack([model.encode([s]) for s in he_sig])
+
+    @torch.no_grad()
+    def pooled(x):
+        z = model.ae.encode(torch.from_numpy(x.transpose(0, 2, 1).copy()))
+        return torch.cat([z.mean(-1), z.std(-1), z.abs().mean(-1)], 1).numpy()
+
+    raw_tr, raw_he = pooled(tr_sig), pooled(he_sig)
+    y_tr = np.array(["AFIB" in s.statements for s in tr_states])
+    y_he = np.array(["AFIB" in s.statements for s in states_he])
+    h_tr = np.array([s.heart_rate for s in tr_states])
+    h_he = np.array([s.heart_rate for s in states_he])
+    out = {}
+    for name, (a, b) in {"base_vector": (b_tr, b_he), "pooled_latent": (raw_tr, raw_he)}.items():
+        entry = {}
+        if y_tr.any() and y_he.any():
+            lr = LogisticRegression(max_iter=2000, C=1.0).fit(a, y_tr)
+            entry["afib_auroc"] = auroc(y_he, lr.predict_proba(b)[:, 1])
+        rg = Ridge(alpha=1.0).fit(a, h_tr)
+        entry["heart_rate_r2"] = float(r2_score(h_he, rg.predict(b)))
+        out[name] = entry
+    return out
+
+
+def _figures(gen, real, nk_sig, curve, fs, out: Path, held_ids) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = {"real": plot_ecg(real[0], fs, out / "real_heldout.png", f"real held-out ECG {held_ids[0]}").name,
+            "twin": plot_ecg(gen[0], fs, out / "twin.png", f"twin of {held_ids[0]} in its own state").name,
+            "neurokit2": plot_ecg(nk_sig[0], fs, out / "neurokit2.png", "neurokit2 multileads").name}
+    steps = sorted(curve)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(steps, [curve[s]["fid"] for s in steps], "o-")
+    ax.set_xscale("log")
+    ax.set_xlabel("denoising steps")
+    ax.set_ylabel("FID (classifier features)")
+    fig.tight_layout()
+    fig.savefig(out / "fid_vs_steps.png", dpi=110)
+    plt.close(fig)
+    figs["curve"] = "fid_vs_steps.png"
+    return figs
+
+
+def _f(v, nd=3) -> str:
+    if isinstance(v, (list, tuple)):
+        return f"{v[0]:.{nd}f} [{v[1]:.{nd}f}, {v[2]:.{nd}f}]"
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(res: dict, figs: dict[str, str]) -> str:
+    cfg = res["config"]
+    lines = [f"# Evaluation of `{res['model_version']}`", "",
+             f"Data: `{res['data']}`, {res['heldout_records']} held-out records (patient-wise split). "
+             f"Mode: {'reduced' if cfg['reduced'] else 'full'}; sampler {cfg['sampler']}, {cfg['steps']} steps, "
+             f"guidance {cfg['guidance']}; seed {cfg['seed']}; wall time {res['wall_s']} s.", "",
+             "## Judge", "",
+             f"ECG classifier trained on the training split ({res['classifier']['steps']} steps): "
+             f"held-out macro AUROC **{_f(res['classifier']['macro_auroc_heldout'])}** over {len(LABELS)} labels.", "",
+             f"## Distribution (classifier features, {cfg['feature_dims']}-d PCA of the training set's; 95% bootstrap intervals)", "",
+             "| source | FID | precision | recall | density | coverage |", "|---|---|---|---|---|---|"]
+    for name, d in res["distribution"].items():
+        lines.append(f"| {name} | {_f(d['fid'], 2)} | {_f(d['precision'])} | {_f(d['recall'])} | {_f(d['density'])} | {_f(d['coverage'])} |")
+    lines += ["", "## Quality vs steps", "", "| steps | FID | HR median abs error (bpm) | HR within 10 bpm |", "|---|---|---|---|"]
+    for s, d in res["steps_curve"].items():
+        lines.append(f"| {s} | {_f(d['fid'], 2)} | {_f(d['median_abs_error_bpm'], 1)} | {_f(d['within_10bpm'], 2)} |")
+    lines += ["", "## Heart rate (requested vs detected R-R)", "", "| source | median abs error (bpm) | within 10 bpm |", "|---|---|---|"]
+    for name, d in res["heart_rate"].items():
+        lines.append(f"| {name} | {_f(d['median_abs_error_bpm'], 1)} | {_f(d['within_10bpm'], 2)} |")
+    lines += ["", "## Conditioning (classifier AUROC: generated in state vs generated normal, same patients)", "",
+              "| condition | generated AUROC | real held-out AUROC (positives) | neurokit2 |", "|---|---|---|---|"]
+    for name, d in res["conditioning"].items():
+        lines.append(f"| {name} | {_f(d['generated_auroc'])} | {_f(d['real_heldout_auroc'])} ({d['real_heldout_positives']}) | cannot express |")
+    lines += ["", "## Identity (base-vector retrieval among held-out patients)", "", "| query vs references | top-1 | mean rank | n |", "|---|---|---|---|"]
+    for name, d in res["identity"].items():
+        lines.append(f"| {name} | {_f(d['top1'])} | {_f(d['mean_rank'], 1)} | {d['n']} |")
+    lines += ["", "## Is the state readable from the base vector? (linear probes, held-out)", "",
+              "| features | AFIB AUROC | heart-rate R^2 |", "|---|---|---|"]
+    for name, d in res["state_probe"].items():
+        lines.append(f"| {name} | {_f(d.get('afib_auroc'))} | {_f(d['heart_rate_r2'])} |")
+    sp = res["speed_windows_per_s"]
+    lines += ["", f"Generation speed in this run (not a benchmark): model {_f(list(sp.values())[0], 1)} windows/s, "
+              f"neurokit2 {_f(sp['neurokit2'], 2)} windows/s.", "", "## Figures", "",
+              f"![real]({figs['real']})", "", f"![twin]({figs['twin']})", "", f"![neurokit2]({figs['neurokit2']})", "",
+              f"![curve]({figs['curve']})", ""]
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""ONNX export of the two per-generation networks: the denoiser and the decoder.
+
+Both with a dynamic batch axis, so one file serves every batch size the scheduler forms; the
+condition tokens are computed in PyTorch (an embedding lookup) and passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.twin import TwinModel
+
+
+class _Denoiser(nn.Module):
+    def __init__(self, model: TwinModel) -> None:
+        super().__init__()
+        self.dit = model.dit
+
+    def forward(self, z, t, base, cond):
+        return self.dit(z, t, base, cond)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, model: TwinModel) -> None:
+        super().__init__()
+        self.ae = model.ae
+
+    def forward(self, z):
+        return self.ae.decode(z)
+
+
+def model_hash(model: TwinModel) -> str:
+    """Content hash of the weights: the key of every compiled artefact built from them."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def example_inputs(model: TwinModel, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    c = model.dit.cfg
+    cond = model.dit.condition_tokens(torch.zeros(batch, c.n_codes), torch.zeros(batch, 4))
+    return (torch.randn(batch, c.latent_channels, model.tokens), torch.full((batch,), 500, dtype=torch.long),
+            torch.randn(batch, c.base_dim), cond)
+
+
+def export_onnx(model: TwinModel, folder: str | Path, opset: int = 17) -> dict[str, Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    paths = {"denoiser": folder / "denoiser.onnx", "decoder": folder / "decoder.onnx"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Denoiser(model), example_inputs(model), str(paths["denoiser"]), opset_version=opset,
+                          input_names=["z", "t", "base", "cond"], output_names=["v"], dynamo=False,
+                          dynamic_axes={n: {0: "batch"} for n in ("z", "t", "base", "cond", "v")})
+        z = torch.randn(2, model.dit.cfg.latent_channels, model.tokens)
+        torch.onnx.export(_Decoder(model), (z,), str(paths["decoder"]), opset_version=opset,
+                          input_names=["z"], output_names=["x"], dynamo=False,
+                          dynamic_axes={"z": {0: "batch"}, "x": {0: "batch"}})
+    return paths
