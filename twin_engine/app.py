@@ -44,9 +44,14 @@ async def run_service(settings: Settings, model: TwinModel,
                       duration: float = 0) -> None:
     """Serve until SIGINT/SIGTERM (or ``duration`` seconds); then shut down gracefully."""
     from twin_engine.dashboard import SubscriberHub
+    from twin_engine.sinks import WfdbSink
 
     hub = SubscriberHub()
-    service = TwinService(settings, model, sinks=[hub])
+    sinks: list = [hub]
+    wfdb_sink = WfdbSink(settings.wfdb_export_dir) if settings.wfdb_export_dir else None
+    if wfdb_sink is not None:
+        sinks.append(wfdb_sink)
+    service = TwinService(settings, model, sinks=sinks)
     hub.metrics = service.metrics
     await service.start()
     runner = await serve_http(service, settings.http_host, settings.http_port, hub)
@@ -75,6 +80,9 @@ async def run_service(settings: Settings, model: TwinModel,
         await hub.close()
         await service.stop()
         await runner.cleanup()
+        if wfdb_sink is not None:
+            for path in wfdb_sink.close():
+                print(f"wrote WFDB record {path}", flush=True)
 
 
 def run_app(settings: Settings, scenario=None, duration: float = 0) -> int:

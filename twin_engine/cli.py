@@ -86,6 +86,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from twin_engine import bench
+
+    settings = _settings(args)
+    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+    if args.what == "generate":
+        result = bench.bench_generate(settings, args.backends.split(","), args.samplers.split(","),
+                                      ints(args.steps), ints(args.batches), args.repeats)
+        print()
+        print(bench.table(result))
+    else:
+        result = bench.bench_serve(settings, ints(args.patients), args.duration, args.speed,
+                                   args.realtime_patients, args.realtime_duration)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from twin_engine.app import run_app
 
@@ -163,6 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("source")
     pl.add_argument("--out", default="ecg.png")
     pl.set_defaults(func=cmd_plot)
+
+    bn = sub.add_parser("bench", help="benchmarks: generation and the whole service (figures, not tests)")
+    bn.add_argument("what", choices=["generate", "serve"])
+    bn.add_argument("--backends", default="torch,onnxruntime,tensorrt")
+    bn.add_argument("--samplers", default="dpmpp2m,ddim")
+    bn.add_argument("--steps", default="1,2,4")
+    bn.add_argument("--batches", default="1,16,64")
+    bn.add_argument("--repeats", type=int, default=5)
+    bn.add_argument("--patients", default="10,100,1000", help="serve: patient counts (accelerated)")
+    bn.add_argument("--duration", type=float, default=30.0, help="serve: seconds measured per count")
+    bn.add_argument("--speed", type=float, default=0.0, help="serve: accelerated speed (0 = as fast as possible)")
+    bn.add_argument("--realtime-patients", type=int, default=100, help="serve: real-time run (0 skips)")
+    bn.add_argument("--realtime-duration", type=float, default=600.0)
+    bn.add_argument("--json", default=None, help="also write the figures as JSON here")
+    bn.set_defaults(func=cmd_bench)
 
     sv = sub.add_parser("serve", help="run the twin service (embedded broker if none configured)")
     sv.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until SIGTERM")

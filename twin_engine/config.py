@@ -91,6 +91,7 @@ class Settings:
     speed: float = 1.0  # 1.0 real time; 0 as fast as possible; N: N x real time
     max_batch: int = 64
     max_wait_ms: float = 20.0
+    wfdb_export_dir: str = ""  # non-empty: write each patient's stream as WFDB on shutdown
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     seed: int = 0

@@ -126,7 +126,12 @@ def _bases_of(model: TwinModel, windows: np.ndarray) -> np.ndarray:
     return np.stack([model.encode([w]) for w in windows])
 
 
-def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir: Path | None = None) -> dict:
+def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir: Path | None = None,
+             judge=None) -> dict:
+    """Run every metric and write ``EVALUATION.md``, ``evaluation.json`` and figures to ``out``.
+
+    ``judge`` is an already trained (classifier, info) pair; otherwise the one stored beside the
+    model is used (full mode) or a new one is trained on the training split."""
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -143,8 +148,8 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
                  "data": str(data), "heldout_records": len(held_ids), "model_version": model.meta.version}
 
     # --- the judge ---------------------------------------------------------------------------
-    clf = None
-    if model_dir is not None and (model_dir / "evaluator.safetensors").is_file() and not cfg.reduced:
+    clf, info = judge if judge is not None else (None, None)
+    if clf is None and model_dir is not None and (model_dir / "evaluator.safetensors").is_file() and not cfg.reduced:
         clf, info = load_classifier(model_dir)
     if clf is None:
         clf, info = train_classifier(tr_sig, label_matrix(db, train_ids), w, cfg.classifier_steps,

@@ -1,0 +1,42 @@
+import asyncio
+
+import numpy as np
+import wfdb
+
+from stream.segments import Segment, annotation, decode_segment
+from twin_engine.sinks import WfdbSink
+
+LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def _seg(seq, x, state):
+    return Segment("bed 1", seq, 1000.0 + seq, 250, LEADS, x, state, f"e{seq}", "m")
+
+
+def test_segment_round_trip_quantises_to_gain():
+    x = np.random.default_rng(0).standard_normal((250, 12)).astype(np.float32)
+    seg = decode_segment(_seg(3, x, {"heart_rate": 70}).to_json())
+    assert seg.seq == 3 and seg.leads == LEADS
+    assert np.abs(seg.samples - x).max() <= 0.5 / 1000 + 1e-6
+
+
+def test_wfdb_export_with_annotations(tmp_path):
+    sink = WfdbSink(tmp_path)
+    rng = np.random.default_rng(1)
+    chunks = [rng.standard_normal((250, 12)).astype(np.float32) for _ in range(3)]
+
+    async def feed():
+        await sink.annotation("bed 1", annotation("bed 1", "e0", {"statements": {"SR": 1}, "heart_rate": 70}, 1000.0, 0))
+        for i, c in enumerate(chunks):
+            if i == 2:
+                await sink.annotation("bed 1", annotation("bed 1", "e2", {"statements": {"AFIB": 1}, "heart_rate": 110}, 1002.0, 2))
+            await sink.segment(_seg(i, c, {}))
+
+    asyncio.run(feed())
+    (path,) = sink.close()
+    sig, fields = wfdb.rdsamp(str(path))
+    assert sig.shape == (750, 12) and fields["fs"] == 250
+    assert np.abs(sig - np.concatenate(chunks)).max() < 1e-3
+    ann = wfdb.rdann(str(path), "atr")
+    assert list(ann.sample) == [0, 500]
+    assert ann.aux_note[1].startswith("(AFIB")

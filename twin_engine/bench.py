@@ -1,0 +1,232 @@
+"""``twin-engine bench generate|serve``: figures, never pass/fail.
+
+generate: segments per second and real-time capacity per backend, sampler, step count and batch
+size, split into denoiser and decoder time, with neurokit2's 12-lead simulator timed in the same
+run. serve: the whole service through the broker, for several patient counts.
+Medians of repeated runs; the machine is shared, so ratios measured side by side are the figures
+to quote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+import uuid
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.conditions import CardiacState
+from twin_engine.config import Settings
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _neurokit_rate(fs: int, seconds: float = 10.0, n: int = 5) -> float:
+    import neurokit2 as nk
+
+    def one():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nk.ecg_simulate(duration=seconds, sampling_rate=fs, heart_rate=72, method="multileads", random_state=1)
+
+    return 1.0 / _median_time(one, n)
+
+
+def bench_generate(settings: Settings, backends: list[str], samplers: list[str], steps_list: list[int],
+                   batches: list[int], repeats: int = 5) -> dict:
+    from models.twin import TwinModel
+    from twin_engine.generator import ContinuousGenerator, GenRequest
+    from twin_engine.runtime import attach_backend, choose_backend
+
+    rows = []
+    fs = None
+    for backend in backends:
+        s = Settings(**{**settings.__dict__, "backend": backend})
+        try:
+            name, device = choose_backend(s)
+        except Exception as exc:
+            rows.append({"backend": backend, "skipped": str(exc)})
+            continue
+        model = TwinModel.load(settings.model_path, "cpu")
+        attach_backend(model, name, device, settings.cache_dir, max(batches))
+        fs = model.meta.fs
+        for sampler in samplers:
+            for steps in steps_list:
+                gen = ContinuousGenerator(model, steps, sampler, settings.guidance_scale)
+                seconds_per_window = gen.new_per_window / fs
+                for b in batches:
+                    base = np.tile(model.encode([np.random.default_rng(0).standard_normal((model.meta.window, 12)).astype(np.float32)]), (b, 1))
+                    tail = np.random.default_rng(1).standard_normal((gen.context, 12)).astype(np.float32)
+                    reqs = [GenRequest(base[i], CardiacState(), tail, gen.new_per_window, i) for i in range(b)]
+                    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    if device == "cuda":
+                        torch.cuda.reset_peak_memory_stats()
+                    total = _median_time(lambda reqs=reqs, gen=gen: gen.generate(reqs), repeats)
+                    # split: the decoder alone on this batch's latents
+                    z = torch.randn(b, model.dit.cfg.latent_channels, model.tokens, device=model.device)
+                    dec = _median_time(lambda z=z, model=model: model.decode(z), repeats)
+                    mem = (torch.cuda.max_memory_allocated() / b if device == "cuda"
+                           else max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024 / b)
+                    windows_per_s = b / total
+                    rows.append({
+                        "backend": name, "device": device, "sampler": sampler, "steps": steps, "batch": b,
+                        "batch_s": total, "decoder_s": dec, "denoiser_s": max(0.0, total - dec),
+                        "segments_10s_per_s": windows_per_s * seconds_per_window / 10.0,
+                        "realtime_patients": windows_per_s * seconds_per_window,
+                        "memory_per_patient_mb": mem / 2**20,
+                    })
+                    print(_row_text(rows[-1]), flush=True)
+    threads = torch.get_num_threads()
+    nk_rate = _neurokit_rate(fs or 250)
+    best = max((r for r in rows if "realtime_patients" in r), key=lambda r: r["realtime_patients"], default=None)
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
+              "model": str(settings.model_path), "rows": rows,
+              "neurokit2": {"segments_10s_per_s_per_core": nk_rate, "note": "single-threaded, 12-lead multileads, 10 s"}}
+    if best:
+        ours_per_core = best["segments_10s_per_s"] / (threads if best["device"] == "cpu" else 1)
+        result["best"] = {**best, "segments_10s_per_s_per_core": ours_per_core,
+                          "ratio_vs_neurokit2_per_core": ours_per_core / nk_rate}
+    return result
+
+
+def _row_text(r: dict) -> str:
+    return (f"{r['backend']:<11} {r['device']:<4} {r['sampler']:<7} steps={r['steps']:<2} batch={r['batch']:<4} "
+            f"batch={r['batch_s'] * 1000:8.1f} ms (decoder {r['decoder_s'] * 1000:6.1f} ms) "
+            f"10s-segments/s={r['segments_10s_per_s']:8.2f} realtime patients={r['realtime_patients']:8.1f} "
+            f"mem/patient={r['memory_per_patient_mb']:.2f} MB")
+
+
+def table(result: dict) -> str:
+    lines = [f"Benchmark {result['date']} on {result['machine']}", "",
+             "| backend | device | sampler | steps | batch | batch ms | decoder ms | 10 s segments/s | real-time patients | MB/patient |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['backend']} | skipped: {r['skipped']} |||||||||")
+            continue
+        lines.append(f"| {r['backend']} | {r['device']} | {r['sampler']} | {r['steps']} | {r['batch']} | "
+                     f"{r['batch_s'] * 1000:.1f} | {r['decoder_s'] * 1000:.1f} | {r['segments_10s_per_s']:.2f} | "
+                     f"{r['realtime_patients']:.1f} | {r['memory_per_patient_mb']:.2f} |")
+    nk = result["neurokit2"]["segments_10s_per_s_per_core"]
+    lines += ["", f"neurokit2 ecg_simulate(multileads), 10 s 12-lead: {nk:.2f} segments/s per core (same run)."]
+    if "best" in result:
+        b = result["best"]
+        lines.append(f"Best: {b['backend']} {b['sampler']} {b['steps']} steps batch {b['batch']}: "
+                     f"{b['realtime_patients']:.0f} real-time patients; {b['segments_10s_per_s_per_core']:.2f} "
+                     f"segments/s per core = {b['ratio_vs_neurokit2_per_core']:.1f}x neurokit2 per core.")
+    return "\n".join(lines)
+
+
+# ---- serve --------------------------------------------------------------------------------------
+
+async def _serve_once(settings: Settings, model, patients: int, duration: float, speed: float,
+                      changes: int, data_dir: Path) -> dict:
+    from aiokafka import AIOKafkaConsumer
+
+    from models.data.ptbxl import PTBXL
+    from stream.events import Event
+    from stream.segments import decode_segment
+    from twin_engine.service import TwinService
+
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    s = Settings(**{**settings.__dict__, "speed": speed})
+    k = s.kafka = type(settings.kafka)(**settings.kafka.__dict__)
+    k.group_id = prefix
+    for name in ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry"):
+        setattr(k, name, f"{prefix}.{getattr(k, name)}")
+    svc = TwinService(s, model)
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 60)
+    db = PTBXL(data_dir / "ptbxl-subset", model.meta.fs)
+    base = model.encode([db.record(db.ecg_ids[0]).signal])
+    for i in range(patients):  # stored base vectors: onboarding cost is not what is measured
+        await svc.send_event(Event(f"reg-{i}", f"p{i:05d}", "register", CardiacState(),
+                                   reference={"base_vector": base.tolist()}))
+    consumer = AIOKafkaConsumer(k.topic_segments, auto_offset_reset="earliest", **s.kafka.client_kwargs())
+    await consumer.start()
+    sent: dict[str, float] = {}
+    effect: list[float] = []
+    count = 0
+    t_first = None
+    loop = asyncio.get_running_loop()
+    t_end = loop.time() + duration + 30
+    change_times = np.linspace(duration * 0.3, duration * 0.8, changes) if changes else []
+    t0 = loop.time()
+    next_change = 0
+    measuring_until = None
+    while loop.time() < t_end:
+        if t_first is not None and next_change < len(change_times) and loop.time() - t_first >= change_times[next_change]:
+            pid = f"p{next_change * 7 % patients:05d}"
+            eid = f"chg-{next_change}"
+            sent[eid] = loop.time()
+            await svc.send_event(Event(eid, pid, "condition", CardiacState({"AFIB": 1.0}, 110)))
+            next_change += 1
+        batch = await consumer.getmany(timeout_ms=100)
+        for msgs in batch.values():
+            for m in msgs:
+                seg = decode_segment(m.value)
+                if t_first is None and seg.seq >= 1:
+                    t_first = loop.time()
+                    measuring_until = t_first + duration
+                    count = 0
+                if t_first is not None and loop.time() <= measuring_until:
+                    count += 1
+                if seg.event_id in sent:
+                    effect.append(loop.time() - sent.pop(seg.event_id))
+        if measuring_until is not None and loop.time() > measuring_until and not sent:
+            break
+    await consumer.stop()
+    misses = svc.metrics.deadline_misses._value.get()
+    await svc.stop()
+    span = duration if t_first is not None else loop.time() - t0
+    return {"patients": patients, "speed": speed, "duration_s": duration,
+            "segments_per_s_end_to_end": count / span, "segment_seconds": s.segment_seconds,
+            "event_to_effect_p50_s": float(np.percentile(effect, 50)) if effect else None,
+            "event_to_effect_p99_s": float(np.percentile(effect, 99)) if effect else None,
+            "events_measured": len(effect), "deadline_misses": misses}
+
+
+def bench_serve(settings: Settings, counts: list[int], duration: float, speed: float, realtime: int,
+                realtime_duration: float) -> dict:
+    from twin_engine.app import bootstrap_or_embedded, load_model
+
+    model = load_model(settings)
+    bootstrap, broker = bootstrap_or_embedded(settings)
+    settings.kafka.bootstrap_servers = bootstrap
+    runs = []
+    try:
+        for n in counts:
+            r = asyncio.run(_serve_once(settings, model, n, duration, speed, 10, settings.data_dir))
+            runs.append(r)
+            print(json.dumps(r), flush=True)
+        if realtime:
+            r = asyncio.run(_serve_once(settings, model, realtime, realtime_duration, 1.0, 10, settings.data_dir))
+            runs.append(r)
+            print(json.dumps(r), flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(), "runs": runs}
