@@ -2,9 +2,10 @@
 
     {"schema_version": 1, "event_id": "e-42", "patient_id": "bed-7",
      "type": "condition",                       # or "register", "remove"
-     "effective_time": 1764081000.0,            # epoch seconds, optional (default: on receipt)
+     "effective_time": 1764081000.0,            # stream time, epoch s (= wall time at x1); optional:
+                                                # default is the next segment not yet published
      "state": {"statements": {"AFIB": 1.0}, "heart_rate": 118, "age": 67, "sex": 1},
-     "transition_seconds": 0}
+     "transition_seconds": 0}                   # heart rate ramps linearly over this time
 
 ``register`` adds ``reference``: {"wfdb": "path/to/record"} or {"samples": [[...12 leads...], ...],
 "fs": 250} or {"base_vector": [...]}. Parsing either returns an Event or raises EventError whose

@@ -101,9 +101,17 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
                     print(_row_text(rows[-1]), flush=True)
     threads = torch.get_num_threads()
     nk_rate = _neurokit_rate(fs or 250)
+    continuity = None
+    if fs:
+        from twin_engine.generator import measure_continuity
+
+        model = TwinModel.load(settings.model_path, "cpu")
+        base = model.encode([np.random.default_rng(0).standard_normal((model.meta.window, 12)).astype(np.float32)])
+        continuity = measure_continuity(ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale),
+                                        base, CardiacState(), 10, int(settings.segment_seconds * fs))
     best = max((r for r in rows if "realtime_patients" in r), key=lambda r: r["realtime_patients"], default=None)
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
-              "model": str(settings.model_path), "rows": rows,
+              "model": str(settings.model_path), "rows": rows, "continuity": continuity,
               "neurokit2": {"segments_10s_per_s_per_core": nk_rate, "note": "single-threaded, 12-lead multileads, 10 s"}}
     if best:
         ours_per_core = best["segments_10s_per_s"] / (threads if best["device"] == "cpu" else 1)
@@ -130,6 +138,11 @@ def table(result: dict) -> str:
         lines.append(f"| {r['backend']} | {r['device']} | {r['sampler']} | {r['steps']} | {r['batch']} | "
                      f"{r['batch_s'] * 1000:.1f} | {r['decoder_s'] * 1000:.1f} | {r['segments_10s_per_s']:.2f} | "
                      f"{r['realtime_patients']:.1f} | {r['memory_per_patient_mb']:.2f} |")
+    c = result.get("continuity")
+    if c:
+        lines += ["", f"Continuity ({result.get('model')}): mean boundary jump {c['boundary_jump_mean']:.4f} vs mean "
+                  f"within-segment step {c['within_step_mean']:.4f} (ratio {c['ratio_mean']:.2f}); p99 "
+                  f"{c['boundary_jump_p99']:.4f} vs {c['within_step_p99']:.4f}."]
     nk = result["neurokit2"]["segments_10s_per_s_per_core"]
     lines += ["", f"neurokit2 ecg_simulate(multileads), 10 s 12-lead: {nk:.2f} segments/s per core (same run)."]
     if "best" in result:

@@ -104,3 +104,20 @@ class ContinuousGenerator:
             offset = predicted_next - new[0]
             out.append((new + offset[None] * ramp).astype(np.float32))
         return out
+
+
+def measure_continuity(gen: ContinuousGenerator, base: np.ndarray, state: CardiacState,
+                       segments: int = 10, segment_samples: int = 500, seed: int = 0) -> dict[str, float]:
+    """Boundary jumps between consecutive segments next to ordinary sample-to-sample steps
+    (absolute differences, all leads): a seamless stream has a ratio near 1."""
+    tail, chunks = None, []
+    for seq in range(segments):
+        out = gen.generate([GenRequest(base, state, tail, segment_samples, seed + seq)])[0]
+        chunks.append(out)
+        joined = out if tail is None else np.concatenate([tail, out])
+        tail = joined[-gen.context:]
+    within = np.concatenate([np.abs(np.diff(c, axis=0)).ravel() for c in chunks])
+    jumps = np.concatenate([np.abs(chunks[i + 1][0] - chunks[i][-1]) for i in range(segments - 1)])
+    return {"boundary_jump_mean": float(jumps.mean()), "within_step_mean": float(within.mean()),
+            "boundary_jump_p99": float(np.percentile(jumps, 99)), "within_step_p99": float(np.percentile(within, 99)),
+            "ratio_mean": float(jumps.mean() / max(within.mean(), 1e-12))}

@@ -127,11 +127,12 @@ def _bases_of(model: TwinModel, windows: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir: Path | None = None,
-             judge=None) -> dict:
+             judge=None) -> tuple[dict, tuple]:
     """Run every metric and write ``EVALUATION.md``, ``evaluation.json`` and figures to ``out``.
 
     ``judge`` is an already trained (classifier, info) pair; otherwise the one stored beside the
-    model is used (full mode) or a new one is trained on the training split."""
+    model is used (full mode) or a new one is trained on the training split. Returns the results
+    and the judge, so a second model can be scored by the same judge."""
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -245,7 +246,7 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
     figs = _figures(gen, real_he, nk_sig, curve, fs, out, held_ids)
     (out / "evaluation.json").write_text(json.dumps(res, indent=2, default=float))
     (out / "EVALUATION.md").write_text(markdown(res, figs))
-    return res
+    return res, (clf, info)
 
 
 def _state_probe(model, db, train_ids, tr_sig, held_ids, he_sig, bases_he, states_he) -> dict:

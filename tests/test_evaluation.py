@@ -1,0 +1,65 @@
+"""The evaluation harness, reduced mode, on the shipped default model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from models.evaluation.metrics import fid, prdc, retrieval
+from models.evaluation.report import EvalConfig, evaluate
+from models.twin import TwinModel
+from twin_engine.config import REPO_ROOT
+
+DEFAULT = REPO_ROOT / "models" / "default"
+
+
+def _finite(tree) -> list[str]:
+    bad = []
+
+    def walk(x, path):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{path}[{i}]")
+        elif isinstance(x, float) and not math.isfinite(x):
+            bad.append(path)
+
+    walk(tree, "")
+    return bad
+
+
+def test_metric_sanity():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 4)), rng.normal(size=(200, 4))
+    far = rng.normal(loc=3.0, size=(200, 4))
+    assert fid(a, b) < 0.3 < fid(a, far)
+    same, diff = prdc(a, b), prdc(a, far)
+    assert same["precision"] > 0.7 and diff["precision"] < 0.1 and diff["coverage"] < 0.1
+    assert retrieval(a, a + 0.01)["top1"] == 1.0
+
+
+@pytest.mark.skipif(not (DEFAULT / "model.safetensors").is_file(), reason="no shipped default model")
+def test_reduced_report_and_a_wrong_model_scores_worse(tmp_path, data_dir):
+    model = TwinModel.load(DEFAULT)
+    data = data_dir / "ptbxl-subset"
+    right, judge = evaluate(model, data, tmp_path / "right", EvalConfig.reduced_mode())
+    wrong, _ = evaluate(model, data, tmp_path / "wrong", EvalConfig.reduced_mode(shuffle_conditions=True), judge=judge)
+    for res in (right, wrong):
+        skip = {".classifier.per_label_auroc"}  # labels absent from the reduced held-out set
+        bad = [p for p in _finite(res) if not any(p.startswith(s) for s in skip)]
+        conditioning_nan = [p for p in bad if p.startswith(".conditioning") and "real_heldout" in p]
+        assert set(bad) == set(conditioning_nan), bad
+    assert (tmp_path / "right" / "EVALUATION.md").read_text().count("neurokit2") >= 3
+    assert (tmp_path / "right" / "twin.png").stat().st_size > 5000
+
+    def mean_cond(res):
+        return sum(v["generated_auroc"] for v in res["conditioning"].values()) / len(res["conditioning"])
+
+    assert mean_cond(wrong) < mean_cond(right) - 0.1
+    hr_key = "model_4_steps"
+    assert wrong["heart_rate"][hr_key]["median_abs_error_bpm"] > right["heart_rate"][hr_key]["median_abs_error_bpm"]
