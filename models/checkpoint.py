@@ -30,14 +30,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(folder: str | Path, modules: dict[str, nn.Module], config: dict) -> Path:
-    """Write the named modules' state dicts and the config (with the weights' hash)."""
+def save(folder: str | Path, modules: dict[str, nn.Module], config: dict, half: bool = False) -> Path:
+    """Write the named modules' state dicts and the config (with the weights' hash).
+
+    ``half`` stores floating-point tensors as fp16 (half the file; loading upcasts)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items()
                for k, v in m.state_dict().items()}
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS))
-    config = {**config, "sha256": _sha256(folder / WEIGHTS), "stages": sorted(modules)}
+    config = {**config, "sha256": _sha256(folder / WEIGHTS), "stages": sorted(modules),
+              "weights_dtype": "float16" if half else "float32"}
     (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     return folder
 

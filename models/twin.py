@@ -103,9 +103,9 @@ class TwinModel(torch.nn.Module):
         return {"ae": self.ae.cfg.to_dict(), "ibe": self.ibe.cfg.to_dict(), "dit": self.dit.cfg.to_dict(),
                 "meta": {**self.meta.__dict__}}
 
-    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+    def save(self, folder: str | Path, extra: dict | None = None, half: bool = False) -> Path:
         return checkpoint.save(folder, {"ae": self.ae, "ibe": self.ibe, "dit": self.dit},
-                               {**self.config(), **(extra or {})})
+                               {**self.config(), **(extra or {})}, half=half)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> TwinModel:

@@ -44,6 +44,23 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def flops_per_window(model) -> dict[str, float]:
+    """FLOPs of one denoiser call (one window, no CFG) and one decoder call, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.export import example_inputs
+
+    z, t, b, c = example_inputs(model, 1)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            model.dit(z, t, b, c)
+        den = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            model.ae.decode(z)
+        dec = fc.get_total_flops()
+    return {"denoiser_gflop_per_call": den / 1e9, "decoder_gflop_per_window": dec / 1e9}
+
+
 def _neurokit_rate(fs: int, seconds: float = 10.0, n: int = 5) -> float:
     import neurokit2 as nk
 
@@ -112,6 +129,7 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     best = max((r for r in rows if "realtime_patients" in r), key=lambda r: r["realtime_patients"], default=None)
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
               "model": str(settings.model_path), "rows": rows, "continuity": continuity,
+              "flops": flops_per_window(TwinModel.load(settings.model_path, "cpu")),
               "neurokit2": {"segments_10s_per_s_per_core": nk_rate, "note": "single-threaded, 12-lead multileads, 10 s"}}
     if best:
         ours_per_core = best["segments_10s_per_s"] / (threads if best["device"] == "cpu" else 1)
@@ -138,6 +156,10 @@ def table(result: dict) -> str:
         lines.append(f"| {r['backend']} | {r['device']} | {r['sampler']} | {r['steps']} | {r['batch']} | "
                      f"{r['batch_s'] * 1000:.1f} | {r['decoder_s'] * 1000:.1f} | {r['segments_10s_per_s']:.2f} | "
                      f"{r['realtime_patients']:.1f} | {r['memory_per_patient_mb']:.2f} |")
+    f = result.get("flops")
+    if f:
+        lines += ["", f"FLOPs per window: denoiser {f['denoiser_gflop_per_call']:.3f} GFLOP per call "
+                  f"(x2 with guidance, x steps), decoder {f['decoder_gflop_per_window']:.3f} GFLOP."]
     c = result.get("continuity")
     if c:
         lines += ["", f"Continuity ({result.get('model')}): mean boundary jump {c['boundary_jump_mean']:.4f} vs mean "

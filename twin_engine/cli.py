@@ -41,6 +41,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_main(args, _settings(args))
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    """A training run -> a shippable model folder (fp16 weights, training record kept)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from models.twin import TwinModel
+
+    run, out = Path(args.run), Path(args.out)
+    model = TwinModel.load(run)
+    model.meta.version = args.version or model.meta.version
+    info = json.loads((run / "training.json").read_text()) if (run / "training.json").is_file() else {}
+    model.save(out, {"training": info}, half=True)
+    if (run / "training.json").is_file():
+        shutil.copy(run / "training.json", out / "training.json")
+    print(f"packaged {run} -> {out} ({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from twin_engine.demo import run_demo
 
@@ -165,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default=None, help="PTB-XL-layout folder (default: shared subset)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
+
+    pk = sub.add_parser("package", help="turn a training run into a shippable model folder (fp16)")
+    pk.add_argument("run")
+    pk.add_argument("--out", default="models/default")
+    pk.add_argument("--version", default=None)
+    pk.set_defaults(func=cmd_package)
 
     d = sub.add_parser("demo", help="embedded broker + service + demo scenario + dashboard")
     d.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until Ctrl-C")

@@ -63,6 +63,7 @@ class StateChange:
     transition_seconds: float
     received: float  # monotonic
     first_seq: int | None = None  # first segment published in the new state
+    ramp_start: float | None = None  # stream time of the first segment generated in it
 
 
 @dataclass
@@ -133,8 +134,9 @@ class PatientStream:
         if ch.effective_time is not None and t < ch.effective_time:
             return ch.previous, ch.previous_event_id
         if ch.transition_seconds > 0:
-            first = ch.first_seq if ch.first_seq is not None else seq
-            frac = min(1.0, (seq - first + 1) * self.seconds / ch.transition_seconds)
+            if ch.ramp_start is None or t < ch.ramp_start:
+                ch.ramp_start = t
+            frac = min(1.0, (t - ch.ramp_start + self.seconds) / ch.transition_seconds)
             hr = ch.previous.heart_rate + frac * (ch.state.heart_rate - ch.previous.heart_rate)
             return replace(ch.state, heart_rate=hr), ch.event_id
         return ch.state, ch.event_id

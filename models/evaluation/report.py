@@ -241,12 +241,50 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
     res["state_probe"] = _state_probe(model, db, train_ids[:300 if cfg.reduced else 800], tr_sig, held_ids, he_sig,
                                       bases_a, states)
 
+    res["reconstruction"] = reconstruction(model, real_he, data.parent / "ludb", 12 if cfg.reduced else 150)
+
     res["wall_s"] = round(time.time() - t_start, 1)
     out.mkdir(parents=True, exist_ok=True)
     figs = _figures(gen, real_he, nk_sig, curve, fs, out, held_ids)
     (out / "evaluation.json").write_text(json.dumps(res, indent=2, default=float))
     (out / "EVALUATION.md").write_text(markdown(res, figs))
     return res, (clf, info)
+
+
+@torch.no_grad()
+def reconstruction(model: TwinModel, windows: np.ndarray, ludb_dir: Path, ludb_records: int) -> dict:
+    """Autoencoder round-trip error per lead: RMSE in z units on held-out PTB-XL windows, and on
+    LUDB's raw records both in z units and back in millivolts (times each lead's own std)."""
+    from models.data.ludb import LUDB
+
+    def rmse(x):
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1)))
+        rec = model.ae.decode(model.ae.encode(t)).numpy().transpose(0, 2, 1)
+        return np.sqrt(((rec - x) ** 2).mean(axis=1))  # (N, leads)
+
+    out = {"ptbxl_rmse_z_per_lead": dict(zip(model.meta.leads, rmse(windows).mean(0).round(4).tolist(), strict=True))}
+    if (ludb_dir / "data").is_dir() or ludb_dir.is_dir():
+        try:
+            ludb = LUDB(ludb_dir)
+        except Exception:
+            return out
+        xs, stds = [], []
+        for rid in ludb.record_ids[:ludb_records]:
+            raw = ludb.signal(rid)
+            x = to_model_input(raw, ludb.fs, model.meta.fs)
+            n = x.shape[0] // 8 * 8
+            xs.append(x[:n])
+            from scipy.signal import butter, resample_poly, sosfiltfilt
+
+            r = resample_poly(raw, 1, 2, axis=0)
+            r = sosfiltfilt(butter(4, [0.5, 40.0], btype="band", fs=model.meta.fs, output="sos"), r, axis=0)
+            stds.append(r.std(0))
+        e = rmse(np.stack(xs))
+        out["ludb_rmse_z_per_lead"] = dict(zip(model.meta.leads, e.mean(0).round(4).tolist(), strict=True))
+        out["ludb_rmse_mv_per_lead"] = dict(zip(model.meta.leads, (e * np.stack(stds)).mean(0).round(4).tolist(),
+                                                strict=True))
+        out["ludb_records"] = len(xs)
+    return out
 
 
 def _state_probe(model, db, train_ids, tr_sig, held_ids, he_sig, bases_he, states_he) -> dict:
@@ -342,6 +380,15 @@ def markdown(res: dict, figs: dict[str, str]) -> str:
               "| features | AFIB AUROC | heart-rate R^2 |", "|---|---|---|"]
     for name, d in res["state_probe"].items():
         lines.append(f"| {name} | {_f(d.get('afib_auroc'))} | {_f(d['heart_rate_r2'])} |")
+    rec = res.get("reconstruction", {})
+    if rec:
+        leads = list(rec["ptbxl_rmse_z_per_lead"])
+        lines += ["", "## Autoencoder reconstruction (RMSE per lead)", "", "| data | " + " | ".join(leads) + " |",
+                  "|---|" + "---|" * len(leads)]
+        for key, label in (("ptbxl_rmse_z_per_lead", "PTB-XL held-out (z)"), ("ludb_rmse_z_per_lead", "LUDB (z)"),
+                           ("ludb_rmse_mv_per_lead", "LUDB (mV)")):
+            if key in rec:
+                lines.append(f"| {label} | " + " | ".join(f"{rec[key][lead]:.3f}" for lead in leads) + " |")
     sp = res["speed_windows_per_s"]
     lines += ["", f"Generation speed in this run (not a benchmark): model {_f(list(sp.values())[0], 1)} windows/s, "
               f"neurokit2 {_f(sp['neurokit2'], 2)} windows/s.", "", "## Figures", "",

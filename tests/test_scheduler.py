@@ -1,0 +1,89 @@
+"""Per-patient stream timing and state changes, with a trivial generator in place of the model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from models.conditions import CardiacState
+from stream.events import state_to_dict
+from twin_engine.batcher import MicroBatcher
+from twin_engine.metrics import Metrics
+from twin_engine.registry import Patient
+from twin_engine.scheduler import PatientStream, StateChange, StreamClock
+
+LEADS = tuple(f"L{i}" for i in range(12))
+
+
+def _hr_generator(reqs):
+    # encodes the requested heart rate in the samples, so the test can read what was asked
+    return [np.full((r.n_samples, 12), r.state.heart_rate, np.float32) for r in reqs]
+
+
+async def _stream(speed: float, lookahead: int = 3):
+    metrics = Metrics()
+    batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
+    batcher.start()
+    published = []
+
+    async def publish(p, seg, change):
+        published.append((seg, time.monotonic()))
+
+    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
+    clock = StreamClock(speed)
+    s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10,
+                      lookahead=lookahead, leads=LEADS, model_version="m", publish=publish, metrics=metrics)
+    s.start()
+    return s, batcher, published, metrics
+
+
+async def _until(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_realtime_publishes_on_schedule():
+    s, batcher, published, metrics = await _stream(speed=20.0)  # 1 s segments due every 50 ms
+    await _until(lambda: len(published) >= 8)
+    await s.stop()
+    await batcher.stop()
+    seqs = [seg.seq for seg, _ in published]
+    assert seqs == list(range(len(seqs)))
+    gaps = np.diff([t for _, t in published])
+    assert 0.03 < np.median(gaps) < 0.08
+    assert metrics.deadline_misses._value.get() == 0
+
+
+async def test_change_takes_effect_at_next_unpublished_segment_despite_lookahead():
+    s, batcher, published, metrics = await _stream(speed=10.0, lookahead=4)
+    await _until(lambda: len(published) >= 3)
+    await _until(lambda: len(s.pending) >= 2)  # segments already generated ahead in the old state
+    n_before = len(published)
+    s.change_state(StateChange(CardiacState(), None, CardiacState({"AFIB": 1.0}, 120), "chg", None, 0.0, time.monotonic()))
+    await _until(lambda: len(published) >= n_before + 3)
+    await s.stop()
+    await batcher.stop()
+    first_new = next(seg.seq for seg, _ in published if seg.event_id == "chg")
+    assert first_new <= n_before + 1  # the pending old-state segments were dropped
+    for seg, _ in published:
+        assert (seg.event_id == "chg") == (seg.seq >= first_new)
+        assert seg.samples[0, 0] == (120 if seg.seq >= first_new else 60)
+    assert metrics.event_to_effect._sum.get() > 0
+
+
+async def test_effective_time_and_heart_rate_transition():
+    s, batcher, published, _ = await _stream(speed=20.0)
+    await _until(lambda: len(published) >= 2)
+    at = s.start_time(s.p.next_seq + 4)
+    s.change_state(StateChange(CardiacState(), None, CardiacState({"SR": 1.0}, 100), "ramp", at, 4.0, time.monotonic()))
+    await _until(lambda: any(seg.event_id == "ramp" and seg.samples[0, 0] == 100 for seg, _ in published))
+    await s.stop()
+    await batcher.stop()
+    ramp = [(seg.start_time, seg.samples[0, 0]) for seg, _ in published if seg.event_id == "ramp"]
+    assert ramp[0][0] >= at - 1e-6  # nothing before the effective time
+    hrs = [hr for _, hr in ramp]
+    assert hrs[:4] == [70.0, 80.0, 90.0, 100.0]  # 4 s ramp over 1 s segments
