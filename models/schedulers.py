@@ -62,6 +62,13 @@ class Sampler:
     def _t(self, t: int, x: torch.Tensor) -> torch.Tensor:
         return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
+    def _walk(self, steps: int):
+        """(timestep, next timestep or -1, alpha-bar now, alpha-bar next) along the schedule."""
+        ts = self.schedule.timesteps(steps)
+        for i, t in enumerate(ts):
+            t_next = ts[i + 1] if i + 1 < len(ts) else -1
+            yield t, t_next, self.schedule.ab(t), self.schedule.ab(t_next)
+
 
 class DDIMSampler(Sampler):
     """Deterministic DDIM (eta = 0)."""
@@ -69,10 +76,8 @@ class DDIMSampler(Sampler):
     name = "ddim"
 
     def sample(self, x0_fn, x_T, steps, generator=None):
-        ts = self.schedule.timesteps(steps)
         x = x_T
-        for i, t in enumerate(ts):
-            ab, ab_prev = self.schedule.ab(t), self.schedule.ab(ts[i + 1] if i + 1 < len(ts) else -1)
+        for t, _, ab, ab_prev in self._walk(steps):
             x0 = x0_fn(x, self._t(t, x))
             eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
             x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
@@ -85,14 +90,12 @@ class DDPMSampler(Sampler):
     name = "ddpm"
 
     def sample(self, x0_fn, x_T, steps, generator=None):
-        ts = self.schedule.timesteps(steps)
         x = x_T
-        for i, t in enumerate(ts):
-            ab, ab_prev = self.schedule.ab(t), self.schedule.ab(ts[i + 1] if i + 1 < len(ts) else -1)
+        for t, t_next, ab, ab_prev in self._walk(steps):
             x0 = x0_fn(x, self._t(t, x))
             beta = 1 - ab / ab_prev
             mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + ((1 - beta).sqrt() * (1 - ab_prev) / (1 - ab)) * x
-            if i + 1 < len(ts):
+            if t_next >= 0:
                 var = beta * (1 - ab_prev) / (1 - ab)
                 noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
                 x = mean + var.sqrt() * noise
@@ -107,16 +110,13 @@ class DPMSolverPP2M(Sampler):
     name = "dpmpp2m"
 
     def sample(self, x0_fn, x_T, steps, generator=None):
-        ts = self.schedule.timesteps(steps)
         x = x_T
         prev_x0, prev_h = None, None
-        for i, t in enumerate(ts):
-            t_next = ts[i + 1] if i + 1 < len(ts) else -1
+        for t, t_next, ab_s, ab_t in self._walk(steps):
             x0 = x0_fn(x, self._t(t, x))
             if t_next < 0:
                 x = x0
                 break
-            ab_s, ab_t = self.schedule.ab(t), self.schedule.ab(t_next)
             a_s, s_s, a_t, s_t = ab_s.sqrt(), (1 - ab_s).sqrt(), ab_t.sqrt(), (1 - ab_t).sqrt()
             h = torch.log(a_t / s_t) - torch.log(a_s / s_s)
             d = x0
