@@ -231,6 +231,14 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
     np.random.seed(seed)
     if (out / "config.json").is_file():
         model = TwinModel.load(out, "cpu").to(dev)
+        if stage == "diffusion" and dit_overrides and not (out / "diffusion.state.pt").is_file():
+            # ablation: a fresh denoiser variant on top of the run's autoencoder and extractor
+            from dataclasses import replace as _replace
+
+            from models.dit import AdaXDiT
+
+            model.dit = AdaXDiT(_replace(model.dit.cfg, **dit_overrides)).to(dev)
+            model.set_backend("torch", model.dit, model.ae.decode)
     else:
         model = TwinModel.from_preset(size, **(dit_overrides or {})).to(dev)
     d_steps, d_batch, lr = DEFAULTS[stage]
@@ -260,7 +268,8 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
 def main(args: argparse.Namespace, settings) -> int:
     out = Path(args.out or "runs/default")
     data = Path(args.data) if args.data else settings.data_dir / "ptbxl-subset"
+    overrides = {"adaln-only": {"use_cross": False}, "cross-only": {"use_adaln": False}}.get(args.ablation)
     run_stage(args.stage, out, data, size=args.size, steps=args.steps, batch=args.batch_size,
-              seed=args.seed, device=settings.device)
+              seed=args.seed, device=settings.device, dit_overrides=overrides)
     print(f"wrote {out}/model.safetensors")
     return 0
