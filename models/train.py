@@ -268,7 +268,8 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
 def main(args: argparse.Namespace, settings) -> int:
     out = Path(args.out or "runs/default")
     data = Path(args.data) if args.data else settings.data_dir / "ptbxl-subset"
-    overrides = {"adaln-only": {"use_cross": False}, "cross-only": {"use_adaln": False}}.get(args.ablation)
+    overrides = {"adaln-only": {"use_cross": False}, "cross-only": {"use_adaln": False},
+                 "both": {"use_adaln": True, "use_cross": True}}.get(args.ablation)
     run_stage(args.stage, out, data, size=args.size, steps=args.steps, batch=args.batch_size,
               seed=args.seed, device=settings.device, dit_overrides=overrides)
     print(f"wrote {out}/model.safetensors")

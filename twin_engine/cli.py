@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", choices=["tiny", "small"], default="small")
     t.add_argument("--data", default=None, help="PTB-XL-layout folder (default: shared subset)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--ablation", choices=["adaln-only", "cross-only"], default=None,
-                   help="diffusion stage: train a denoiser with one AdaX pathway switched off")
+    t.add_argument("--ablation", choices=["adaln-only", "cross-only", "both"], default=None,
+                   help="diffusion stage: a fresh denoiser with one AdaX pathway off (or both on)")
     t.set_defaults(func=cmd_train)
 
     pk = sub.add_parser("package", help="turn a training run into a shippable model folder (fp16)")
