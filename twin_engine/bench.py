@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import statistics
 import time
 import uuid
@@ -98,15 +97,15 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
                     base = np.tile(model.encode([np.random.default_rng(0).standard_normal((model.meta.window, 12)).astype(np.float32)]), (b, 1))
                     tail = np.random.default_rng(1).standard_normal((gen.context, 12)).astype(np.float32)
                     reqs = [GenRequest(base[i], CardiacState(), tail, gen.new_per_window, i) for i in range(b)]
-                    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                     if device == "cuda":
                         torch.cuda.reset_peak_memory_stats()
                     total = _median_time(lambda reqs=reqs, gen=gen: gen.generate(reqs), repeats)
                     # split: the decoder alone on this batch's latents
                     z = torch.randn(b, model.dit.cfg.latent_channels, model.tokens, device=model.device)
                     dec = _median_time(lambda z=z, model=model: model.decode(z), repeats)
-                    mem = (torch.cuda.max_memory_allocated() / b if device == "cuda"
-                           else max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024 / b)
+                    # GPU: peak allocation per patient at this batch; CPU: not separable from the
+                    # allocator's pool, see "state per patient" below
+                    mem = torch.cuda.max_memory_allocated() / b if device == "cuda" else float("nan")
                     windows_per_s = b / total
                     rows.append({
                         "backend": name, "device": device, "sampler": sampler, "steps": steps, "batch": b,
@@ -127,7 +126,18 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
         continuity = measure_continuity(ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale),
                                         base, CardiacState(), 10, int(settings.segment_seconds * fs))
     best = max((r for r in rows if "realtime_patients" in r), key=lambda r: r["realtime_patients"], default=None)
+    state_kb = None
+    if fs:
+        from twin_engine.generator import pack_tail
+        from twin_engine.registry import Patient
+
+        seg = int(settings.segment_seconds * fs)
+        p = Patient("p00001", [0.0] * model.ibe.cfg.base_dim, "m", {"statements": {"SR": 1.0}, "heart_rate": 70.0},
+                    tail_b64=pack_tail(np.zeros((ContinuousGenerator(model).context, 12), np.float32)),
+                    history=[{"event_id": "e", "state": {"statements": {"SR": 1.0}}, "seq": 0, "time": 0.0}] * 50)
+        state_kb = (len(p.to_json()) + settings.lookahead_segments * seg * 12 * 4) / 1024
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
+              "service_state_kb_per_patient": state_kb,
               "model": str(settings.model_path), "rows": rows, "continuity": continuity,
               "flops": flops_per_window(TwinModel.load(settings.model_path, "cpu")),
               "neurokit2": {"segments_10s_per_s_per_core": nk_rate, "note": "single-threaded, 12-lead multileads, 10 s"}}
@@ -142,12 +152,12 @@ def _row_text(r: dict) -> str:
     return (f"{r['backend']:<11} {r['device']:<4} {r['sampler']:<7} steps={r['steps']:<2} batch={r['batch']:<4} "
             f"batch={r['batch_s'] * 1000:8.1f} ms (decoder {r['decoder_s'] * 1000:6.1f} ms) "
             f"10s-segments/s={r['segments_10s_per_s']:8.2f} realtime patients={r['realtime_patients']:8.1f} "
-            f"mem/patient={r['memory_per_patient_mb']:.2f} MB")
+            f"gpu MB/patient={r['memory_per_patient_mb']:.2f}")
 
 
 def table(result: dict) -> str:
     lines = [f"Benchmark {result['date']} on {result['machine']}", "",
-             "| backend | device | sampler | steps | batch | batch ms | decoder ms | 10 s segments/s | real-time patients | MB/patient |",
+             "| backend | device | sampler | steps | batch | batch ms | decoder ms | 10 s segments/s | real-time patients | GPU MB/patient |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "skipped" in r:
@@ -156,6 +166,9 @@ def table(result: dict) -> str:
         lines.append(f"| {r['backend']} | {r['device']} | {r['sampler']} | {r['steps']} | {r['batch']} | "
                      f"{r['batch_s'] * 1000:.1f} | {r['decoder_s'] * 1000:.1f} | {r['segments_10s_per_s']:.2f} | "
                      f"{r['realtime_patients']:.1f} | {r['memory_per_patient_mb']:.2f} |")
+    if result.get("service_state_kb_per_patient"):
+        lines += ["", f"Service state per patient (registry record, continuity tail, look-ahead segments): "
+                  f"{result['service_state_kb_per_patient']:.0f} KB."]
     f = result.get("flops")
     if f:
         lines += ["", f"FLOPs per window: denoiser {f['denoiser_gflop_per_call']:.3f} GFLOP per call "

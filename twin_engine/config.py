@@ -89,7 +89,7 @@ class Settings:
     segment_seconds: float = 2.0
     lookahead_segments: int = 2
     speed: float = 1.0  # 1.0 real time; 0 as fast as possible; N: N x real time
-    max_batch: int = 64
+    max_batch: int = 16  # best CPU throughput in docs/BENCHMARKS.md; raise on GPUs
     max_wait_ms: float = 20.0
     wfdb_export_dir: str = ""  # non-empty: write each patient's stream as WFDB on shutdown
     http_host: str = "127.0.0.1"
