@@ -77,9 +77,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = TwinModel.load(model_dir)
     cfg = EvalConfig.reduced_mode(seed=args.seed) if args.reduced else EvalConfig(seed=args.seed)
     cfg.steps = args.steps or settings.steps
+    if args.steps_curve:
+        cfg.steps_curve = tuple(int(x) for x in args.steps_curve.split(","))
     data = Path(args.data) if args.data else settings.data_dir / "ptbxl-subset"
     out = Path(args.out)
-    evaluate(model, data, out, cfg, model_dir if args.save_judge else None)
+    judge = None
+    if args.judge:
+        from models.evaluation.classifier import load_classifier
+
+        judge = load_classifier(Path(args.judge))
+    elif not args.reduced and (model_dir / "evaluator.safetensors").is_file():
+        from models.evaluation.classifier import load_classifier
+
+        judge = load_classifier(model_dir)
+    evaluate(model, data, out, cfg, model_dir if args.save_judge else None, judge=judge)
     print(f"report: {out / 'EVALUATION.md'}")
     return 0
 
@@ -206,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=None)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--save-judge", action="store_true", help="store the trained classifier beside the model")
+    ev.add_argument("--judge", default=None, help="folder holding evaluator.safetensors to score with")
+    ev.add_argument("--steps-curve", default=None, help="step counts for the quality curve, e.g. 1,4,50")
     ev.set_defaults(func=cmd_evaluate)
 
     pl = sub.add_parser("plot", help="draw a WFDB record or a segment JSON on ECG paper")

@@ -359,7 +359,7 @@ def markdown(res: dict, figs: dict[str, str]) -> str:
              "## Judge", "",
              f"ECG classifier trained on the training split ({res['classifier']['steps']} steps): "
              f"held-out macro AUROC **{_f(res['classifier']['macro_auroc_heldout'])}** over {len(LABELS)} labels.", "",
-             f"## Distribution (classifier features, {cfg['feature_dims']}-d PCA of the training set's; 95% bootstrap intervals)", "",
+             f"## Distribution (classifier features, {cfg['feature_dims']}-d PCA of the training set's; median and 95% interval over half-samples)", "",
              "| source | FID | precision | recall | density | coverage |", "|---|---|---|---|---|---|"]
     for name, d in res["distribution"].items():
         lines.append(f"| {name} | {_f(d['fid'], 2)} | {_f(d['precision'])} | {_f(d['recall'])} | {_f(d['density'])} | {_f(d['coverage'])} |")
