@@ -278,3 +278,76 @@ def bench_serve(settings: Settings, counts: list[int], duration: float, speed: f
         if broker is not None:
             broker.stop()
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(), "runs": runs}
+
+
+# ---- WebSocket subscribers -----------------------------------------------------------------------
+
+async def _ws_once(settings: Settings, model, patients: int, clients: int, duration: float) -> dict:
+    import aiohttp
+
+    from stream.events import Event
+    from twin_engine.broker import free_port
+    from twin_engine.dashboard import SubscriberHub
+    from twin_engine.http_api import serve_http
+    from twin_engine.service import TwinService
+
+    prefix = f"benchws{uuid.uuid4().hex[:6]}"
+    s = Settings(**{**settings.__dict__})
+    k = s.kafka = type(settings.kafka)(**settings.kafka.__dict__)
+    k.group_id = prefix
+    for name in ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry"):
+        setattr(k, name, f"{prefix}.{getattr(k, name)}")
+    hub = SubscriberHub()
+    svc = TwinService(s, model, sinks=[hub])
+    hub.metrics = svc.metrics
+    await svc.start()
+    port = free_port()
+    runner = await serve_http(svc, "127.0.0.1", port, hub)
+    await asyncio.wait_for(svc.ready.wait(), 60)
+    base = np.ones(model.ibe.cfg.base_dim, np.float32) / np.sqrt(model.ibe.cfg.base_dim)
+    for i in range(patients):
+        await svc.send_event(Event(f"reg-{i}", f"p{i:05d}", "register", CardiacState(),
+                                   reference={"base_vector": base.tolist()}))
+    received = [0] * clients
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        async with session.ws_connect(f"http://127.0.0.1:{port}/ws", max_msg_size=0) as ws:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    received[i] += 1
+
+    rss = []
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.create_task(client(i, session)) for i in range(clients)]
+        pub0 = svc.metrics.published._value.get()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < duration:
+            await asyncio.sleep(1.0)
+            with open("/proc/self/status") as f:
+                rss.append(next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024)
+        published = svc.metrics.published._value.get() - pub0
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    dropped = svc.metrics.ws_dropped._value.get()
+    await runner.cleanup()
+    await svc.stop()
+    return {"patients": patients, "clients": clients, "duration_s": duration,
+            "segments_published_per_s": published / duration,
+            "frames_received_per_client_per_s": float(np.median(received)) / duration,
+            "dropped_frames": dropped, "rss_mb_start": rss[0], "rss_mb_max": max(rss), "rss_mb_end": rss[-1]}
+
+
+def bench_ws(settings: Settings, patients: int, clients: int, duration: float) -> dict:
+    from twin_engine.app import bootstrap_or_embedded, load_model
+
+    model = load_model(settings)
+    bootstrap, broker = bootstrap_or_embedded(settings)
+    settings.kafka.bootstrap_servers = bootstrap
+    try:
+        r = asyncio.run(_ws_once(settings, model, patients, clients, duration))
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(json.dumps(r), flush=True)
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(), "run": r}

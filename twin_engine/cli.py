@@ -123,12 +123,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from twin_engine import bench
 
     settings = _settings(args)
-    ints = lambda text: [int(x) for x in text.split(",")]  # noqa: E731
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     if args.what == "generate":
         result = bench.bench_generate(settings, args.backends.split(","), args.samplers.split(","),
                                       ints(args.steps), ints(args.batches), args.repeats)
         print()
         print(bench.table(result))
+    elif args.what == "ws":
+        result = bench.bench_ws(settings, int(args.patients.split(",")[0]), args.clients, args.duration)
     else:
         result = bench.bench_serve(settings, ints(args.patients), args.duration, args.speed,
                                    args.realtime_patients, args.realtime_duration)
@@ -227,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     bn = sub.add_parser("bench", help="benchmarks: generation and the whole service (figures, not tests)")
-    bn.add_argument("what", choices=["generate", "serve"])
+    bn.add_argument("what", choices=["generate", "serve", "ws"])
+    bn.add_argument("--clients", type=int, default=50, help="ws: concurrent WebSocket subscribers")
     bn.add_argument("--backends", default="torch,onnxruntime,tensorrt")
     bn.add_argument("--samplers", default="dpmpp2m,ddim")
     bn.add_argument("--steps", default="1,2,4")

@@ -84,7 +84,7 @@ class Settings:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     backend: str = "auto"  # auto, torch, onnxruntime, tensorrt
     sampler: str = "dpmpp2m"
-    steps: int = 8  # docs/EVALUATION.md: FID within the real-vs-real floor from 8 steps
+    steps: int = 4  # 100+ real-time patients on 2 CPU cores (docs/BENCHMARKS.md); 8 for quality
     guidance_scale: float = 1.5
     segment_seconds: float = 2.0
     lookahead_segments: int = 2
