@@ -93,7 +93,9 @@ class PatientStream:
         self._gen: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
         if patient.stream_start is None:
-            patient.stream_start = clock.anchor()
+            # a new stream begins one segment from now: its first segment is due only once it
+            # could have been generated (a burst of registrations otherwise starts late)
+            patient.stream_start = clock.anchor() + (self.seconds if clock.speed else 0.0)
         elif clock.speed and self.start_time(patient.next_seq) < clock.now() - lookahead * self.seconds:
             # restored after downtime: continue the sequence from now rather than replaying the gap
             patient.stream_start = clock.now() - patient.next_seq * self.seconds
