@@ -49,3 +49,10 @@ def test_sasl_passthrough():
     })
     kw = s.kafka.client_kwargs()
     assert kw["sasl_mechanism"] == "PLAIN" and kw["sasl_plain_username"] == "u"
+
+
+def test_namespaced_kafka_copy():
+    k = load_settings(env={}).kafka
+    n = k.namespaced("run1")
+    assert n.topic_events == "run1." + k.topic_events and n.group_id == "run1-" + k.group_id
+    assert k.topic_events == "twin.conditions"  # the original is untouched

@@ -24,10 +24,8 @@ RECORDS = ["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/0
 
 def _settings(broker, prefix: str, **kw):
     s = load_settings(env={}, speed=kw.pop("speed", 10.0), segment_seconds=1.0, **kw)
-    k = s.kafka
-    k.bootstrap_servers, k.partitions, k.group_id = broker.bootstrap_servers, 4, f"{prefix}-group"
-    for name in ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry"):
-        setattr(k, name, f"{prefix}.{getattr(k, name)}")
+    s.kafka = s.kafka.namespaced(prefix)
+    s.kafka.bootstrap_servers, s.kafka.partitions = broker.bootstrap_servers, 4
     return s
 
 

@@ -199,12 +199,8 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     from stream.segments import decode_segment
     from twin_engine.service import TwinService
 
-    prefix = f"bench{uuid.uuid4().hex[:6]}"
     s = Settings(**{**settings.__dict__, "speed": speed})
-    k = s.kafka = type(settings.kafka)(**settings.kafka.__dict__)
-    k.group_id = prefix
-    for name in ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry"):
-        setattr(k, name, f"{prefix}.{getattr(k, name)}")
+    k = s.kafka = settings.kafka.namespaced(f"bench{uuid.uuid4().hex[:6]}")
     svc = TwinService(s, model)
     await svc.start()
     await asyncio.wait_for(svc.ready.wait(), 60)
@@ -291,12 +287,8 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
     from twin_engine.http_api import serve_http
     from twin_engine.service import TwinService
 
-    prefix = f"benchws{uuid.uuid4().hex[:6]}"
     s = Settings(**{**settings.__dict__})
-    k = s.kafka = type(settings.kafka)(**settings.kafka.__dict__)
-    k.group_id = prefix
-    for name in ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry"):
-        setattr(k, name, f"{prefix}.{getattr(k, name)}")
+    s.kafka = settings.kafka.namespaced(f"benchws{uuid.uuid4().hex[:6]}")
     hub = SubscriberHub()
     svc = TwinService(s, model, sinks=[hub])
     hub.metrics = svc.metrics

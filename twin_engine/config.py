@@ -51,6 +51,16 @@ class KafkaConfig:
     topic_dead_letter: str = "twin.conditions.dlq"
     topic_registry: str = "twin.registry"  # compacted changelog of patients
 
+    TOPIC_FIELDS = ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry")
+
+    def namespaced(self, prefix: str) -> KafkaConfig:
+        """A copy whose group and topics carry ``prefix``: isolated runs on one shared broker
+        (benchmarks, tests, several demos)."""
+        out = dataclasses.replace(self, group_id=f"{prefix}-{self.group_id}")
+        for name in self.TOPIC_FIELDS:
+            setattr(out, name, f"{prefix}.{getattr(self, name)}")
+        return out
+
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka producers, consumers and admin clients."""
         kw: dict[str, Any] = {
