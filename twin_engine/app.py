@@ -54,7 +54,11 @@ async def run_service(settings: Settings, model: TwinModel,
     service = TwinService(settings, model, sinks=sinks)
     hub.metrics = service.metrics
     await service.start()
-    runner = await serve_http(service, settings.http_host, settings.http_port, hub)
+    try:
+        runner = await serve_http(service, settings.http_host, settings.http_port, hub)
+    except OSError:  # port taken: leave no consumer or producer behind
+        await service.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
