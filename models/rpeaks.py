@@ -35,3 +35,9 @@ def heart_rate(signal: np.ndarray, fs: float) -> float:
     if len(peaks) < 2:
         return float("nan")
     return float(60.0 * fs / np.median(np.diff(peaks)))
+
+
+def label_heart_rate(signal: np.ndarray, fs: float, default: float = 70.0) -> float:
+    """Heart rate usable as a condition: clipped to 30-220 bpm, ``default`` where undetectable."""
+    hr = heart_rate(signal, fs)
+    return float(np.clip(hr, 30, 220)) if np.isfinite(hr) else default

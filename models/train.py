@@ -24,7 +24,7 @@ from models.base_extractor import info_nce
 from models.checkpoint import load_training_state, save_training_state
 from models.conditions import CardiacState, encode_states
 from models.data.ptbxl import PTBXL
-from models.rpeaks import heart_rate
+from models.rpeaks import label_heart_rate
 from models.twin import TwinModel
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,7 @@ def load_training_set(data: Path, ids: list[int] | None = None, fs: int = 250,
     for rec in db.records(ids):
         n = rec.signal.shape[0] // 8 * 8
         sigs.append(rec.signal[:n])
-        hr = heart_rate(rec.signal, fs)
-        hr = float(np.clip(hr, 30, 220)) if np.isfinite(hr) else 70.0
+        hr = label_heart_rate(rec.signal, fs)
         states.append(CardiacState.from_scp(rec.scp_codes, hr, rec.age, rec.sex))
         pats.append(rec.patient_id)
     return TrainingSet(np.stack(sigs), states, np.array(pats), np.array(ids))

@@ -18,7 +18,7 @@ from models.autoencoder import AEConfig, ECGAutoencoder
 from models.base_extractor import BaseExtractor, IBEConfig, combine
 from models.conditions import VOCAB, CardiacState, encode_states
 from models.dit import AdaXDiT, DiTConfig
-from models.rpeaks import heart_rate
+from models.rpeaks import label_heart_rate
 from models.schedulers import NoiseSchedule, get_sampler
 
 PRESETS: dict[str, dict] = {
@@ -152,7 +152,7 @@ class TwinModel(torch.nn.Module):
             n = ecg.shape[0] // 8 * 8
             if n < self.meta.window:
                 raise ValueError(f"reference {i}: {ecg.shape[0]} samples, need >= {self.meta.window}")
-            state = states[i] if states else CardiacState({}, _hr_or_default(ecg, self.meta.fs))
+            state = states[i] if states else CardiacState({}, label_heart_rate(ecg, self.meta.fs))
             z = self.ae.encode(torch.from_numpy(ecg[:n].T.copy())[None].to(self.device))
             starts = range(0, z.shape[-1] - self.tokens + 1, max(1, self.tokens // 2))
             windows = torch.cat([z[..., s:s + self.tokens] for s in starts])
@@ -232,7 +232,3 @@ class TwinModel(torch.nn.Module):
         z_edit = self.generate_latent(base, [target], steps, seed, sampler, guidance, controller=rec)
         return self.decode(z_src)[0], self.decode(z_edit)[0]
 
-
-def _hr_or_default(ecg: np.ndarray, fs: int) -> float:
-    hr = heart_rate(ecg, fs)
-    return float(np.clip(hr, 30, 220)) if np.isfinite(hr) else 70.0

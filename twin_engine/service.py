@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.partitioner import murmur2
 
+from models.conditions import CardiacState
 from models.data.preprocess import to_model_input
 from models.data.ptbxl import DataError, read_wfdb_signal
 from models.twin import TwinModel
@@ -213,10 +214,7 @@ class TwinService:
 
     async def _register(self, ev: Event, existing: Patient | None) -> None:
         base = await asyncio.to_thread(self.base_vector_from_reference, ev.reference)
-        state = ev.state or (existing.cardiac_state if existing else None)
-        from models.conditions import CardiacState
-
-        state = state or CardiacState()
+        state = ev.state or (existing.cardiac_state if existing else None) or CardiacState()
         if existing is not None:  # re-registration: new base vector, stream continues
             stream = self.streams.pop(ev.patient_id, None)
             if stream:

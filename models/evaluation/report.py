@@ -28,7 +28,7 @@ from models.evaluation.classifier import (
 )
 from models.evaluation.metrics import auroc, bootstrap, fid, prdc, retrieval
 from models.evaluation.plot import plot_ecg
-from models.rpeaks import heart_rate
+from models.rpeaks import heart_rate, label_heart_rate
 from models.twin import TwinModel
 
 PROBE_CONDITIONS = {  # condition -> (statements, typical heart rate)
@@ -74,8 +74,7 @@ def _centre(x: np.ndarray, w: int) -> np.ndarray:
 def _states(db: PTBXL, ids: list[int], sigs: np.ndarray) -> list[CardiacState]:
     out = []
     for i, s in zip(ids, sigs, strict=True):
-        hr = heart_rate(s, db.fs)
-        hr = float(np.clip(hr, 30, 220)) if np.isfinite(hr) else 70.0
+        hr = label_heart_rate(s, db.fs)
         row = db.df.loc[i]
         out.append(CardiacState.from_scp(row.scp_codes, hr, float(row.age), int(row.sex)))
     return out
