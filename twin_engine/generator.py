@@ -39,6 +39,12 @@ def unpack_tail(s: str | None, leads: int) -> np.ndarray | None:
     return np.frombuffer(base64.b64decode(s), "<i2").reshape(-1, leads).astype(np.float32) / GAIN
 
 
+def extend_tail(tail: np.ndarray | None, new: np.ndarray, context: int) -> np.ndarray:
+    """The last ``context`` samples of the stream after ``new`` is appended to ``tail``."""
+    joined = new if tail is None else np.concatenate([tail, new])
+    return joined[-context:]
+
+
 def patient_seed(patient_id: str, seq: int, window: int = 0) -> int:
     """Deterministic noise per (patient, segment, window): a replay gives the same ECG."""
     return (zlib.crc32(patient_id.encode()) * 1_000_003 + seq * 1009 + window) % (2**31)
@@ -77,8 +83,7 @@ class ContinuousGenerator:
                 for i, x in zip(group, new, strict=True):
                     outs[i].append(x)
                     produced[i] += len(x)
-                    joined = np.concatenate([tails[i], x]) if tails[i] is not None else x
-                    tails[i] = joined[-self.context:]
+                    tails[i] = extend_tail(tails[i], x, self.context)
             rnd += 1
         return [np.concatenate(o)[: r.n_samples] for o, r in zip(outs, requests, strict=True)]
 
@@ -114,8 +119,7 @@ def measure_continuity(gen: ContinuousGenerator, base: np.ndarray, state: Cardia
     for seq in range(segments):
         out = gen.generate([GenRequest(base, state, tail, segment_samples, seed + seq)])[0]
         chunks.append(out)
-        joined = out if tail is None else np.concatenate([tail, out])
-        tail = joined[-gen.context:]
+        tail = extend_tail(tail, out, gen.context)
     within = np.concatenate([np.abs(np.diff(c, axis=0)).ravel() for c in chunks])
     jumps = np.concatenate([np.abs(chunks[i + 1][0] - chunks[i][-1]) for i in range(segments - 1)])
     return {"boundary_jump_mean": float(jumps.mean()), "within_step_mean": float(within.mean()),

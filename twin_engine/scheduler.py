@@ -22,7 +22,7 @@ from models.conditions import CardiacState
 from stream.events import state_to_dict
 from stream.segments import Segment
 from twin_engine.batcher import MicroBatcher
-from twin_engine.generator import GenRequest, pack_tail, patient_seed, unpack_tail
+from twin_engine.generator import GenRequest, extend_tail, pack_tail, patient_seed, unpack_tail
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient
 
@@ -72,6 +72,7 @@ class Pending:
     samples: np.ndarray
     state: CardiacState
     event_id: str | None
+    tail: np.ndarray  # the stream's last context samples once this segment is out
 
 
 PublishFn = Callable[[Patient, Segment, StateChange | None], Awaitable[None]]
@@ -147,16 +148,11 @@ class PatientStream:
         state, event_id = self._state_and_event(seq)
         req = GenRequest(self.p.base(), state, tail, self.n, patient_seed(self.p.patient_id, seq))
         samples = await self.batcher.submit(req, self.clock.due(self.start_time(seq)))
-        return Pending(seq, samples, state, event_id)
+        return Pending(seq, samples, state, event_id, extend_tail(tail, samples, self.context))
 
     def _next_tail(self) -> np.ndarray | None:
         if self.pending:
-            prev = self.pending[-1].samples
-            if len(prev) >= self.context:
-                return prev[-self.context:]
-            published = unpack_tail(self.p.tail_b64, len(self.leads))
-            joined = prev if published is None else np.concatenate([published, prev])
-            return joined[-self.context:]
+            return self.pending[-1].tail
         return unpack_tail(self.p.tail_b64, len(self.leads))
 
     async def _run(self) -> None:
@@ -210,8 +206,6 @@ class PatientStream:
         if change is not None and item.event_id == change.event_id and change.first_seq is None:
             change.first_seq = item.seq
             self.metrics.event_to_effect.observe(time.monotonic() - change.received)
-        tail = unpack_tail(self.p.tail_b64, len(self.leads))
-        joined = item.samples if tail is None else np.concatenate([tail, item.samples])
-        self.p.tail_b64 = pack_tail(joined[-self.context:])
+        self.p.tail_b64 = pack_tail(item.tail)
         self.p.next_seq = item.seq + 1
         await self.publish(self.p, seg, change)
