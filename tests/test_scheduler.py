@@ -87,3 +87,40 @@ async def test_effective_time_and_heart_rate_transition():
     assert ramp[0][0] >= at - 1e-6  # nothing before the effective time
     hrs = [hr for _, hr in ramp]
     assert hrs[:4] == [70.0, 80.0, 90.0, 100.0]  # 4 s ramp over 1 s segments
+
+
+async def test_lookahead_tail_spans_several_short_segments():
+    """With segments shorter than the continuity context, each generated segment continues the
+    whole stream before it, including segments still pending."""
+    seen = []
+
+    def gen(reqs):
+        out = []
+        for r in reqs:
+            seen.append(r)
+            out.append(np.full((r.n_samples, 12), float(r.seed % 1000), np.float32))
+        return out
+
+    metrics = Metrics()
+    batcher = MicroBatcher(gen, 16, 0.001, metrics)
+    batcher.start()
+    published = []
+
+    async def publish(p, seg, change):
+        published.append(seg)
+
+    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState()), state_event_id="reg")
+    s = PatientStream(p, clock=StreamClock(50.0), batcher=batcher, fs=100, segment_samples=100,
+                      context_samples=250, lookahead=3, leads=LEADS, model_version="m", publish=publish,
+                      metrics=metrics)
+    s.start()
+    await _until(lambda: len(published) >= 6)
+    await s.stop()
+    await batcher.stop()
+    value = {seg.seq: seg.samples[0, 0] for seg in published}
+    for r in seen:
+        seq = next((k for k, v in value.items() if v == float(r.seed % 1000)), None) if r.tail is not None else None
+        if seq is None or seq < 3:
+            continue
+        expected = np.concatenate([np.full(50, value[seq - 3]), np.full(100, value[seq - 2]), np.full(100, value[seq - 1])])
+        np.testing.assert_array_equal(r.tail[:, 0], expected)
