@@ -1,4 +1,5 @@
-"""ONNX export of the two per-generation networks: the denoiser and the decoder.
+"""ONNX export of the per-generation networks: the denoiser, the decoder and the distilled
+student where the model has one.
 
 Both with a dynamic batch axis, so one file serves every batch size the scheduler forms; the
 condition tokens are computed in PyTorch (an embedding lookup) and passed in.
@@ -17,9 +18,9 @@ from models.twin import TwinModel
 
 
 class _Denoiser(nn.Module):
-    def __init__(self, model: TwinModel) -> None:
+    def __init__(self, dit: nn.Module) -> None:
         super().__init__()
-        self.dit = model.dit
+        self.dit = dit
 
     def forward(self, z, t, base, cond):
         return self.dit(z, t, base, cond)
@@ -55,11 +56,15 @@ def export_onnx(model: TwinModel, folder: str | Path, opset: int = 17) -> dict[s
     folder.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     paths = {"denoiser": folder / "denoiser.onnx", "decoder": folder / "decoder.onnx"}
+    nets = {"denoiser": model.dit}
+    if model.student is not None:
+        paths["student"], nets["student"] = folder / "student.onnx", model.student
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Denoiser(model), example_inputs(model), str(paths["denoiser"]), opset_version=opset,
-                          input_names=["z", "t", "base", "cond"], output_names=["v"], dynamo=False,
-                          dynamic_axes={n: {0: "batch"} for n in ("z", "t", "base", "cond", "v")})
+        for name, net in nets.items():
+            torch.onnx.export(_Denoiser(net), example_inputs(model), str(paths[name]), opset_version=opset,
+                              input_names=["z", "t", "base", "cond"], output_names=["v"], dynamo=False,
+                              dynamic_axes={n: {0: "batch"} for n in ("z", "t", "base", "cond", "v")})
         z = torch.randn(2, model.dit.cfg.latent_channels, model.tokens)
         torch.onnx.export(_Decoder(model), (z,), str(paths["decoder"]), opset_version=opset,
                           input_names=["z"], output_names=["x"], dynamo=False,

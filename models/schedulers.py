@@ -7,7 +7,7 @@ guidance and in-painting live inside it, one batched forward per step) and walks
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -55,18 +55,21 @@ class Sampler:
     def __init__(self, schedule: NoiseSchedule | None = None) -> None:
         self.schedule = schedule or NoiseSchedule()
 
-    def sample(self, x0_fn: X0Fn, x_T: torch.Tensor, steps: int,
+    def sample(self, x0_fn: X0Fn, x_T: torch.Tensor, steps: int | Sequence[int],
                generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def _t(self, t: int, x: torch.Tensor) -> torch.Tensor:
         return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
-    def _walk(self, steps: int):
-        """(timestep, next timestep or -1, alpha-bar now, alpha-bar next) along the schedule."""
-        ts = self.schedule.timesteps(steps)
-        for i, t in enumerate(ts):
-            t_next = ts[i + 1] if i + 1 < len(ts) else -1
+    def _walk(self, steps: int | Sequence[int]):
+        """(timestep, next timestep or -1, alpha-bar now, alpha-bar next) along the schedule.
+
+        ``steps`` is a step count (trailing spacing, ending clean) or an explicit descending
+        list of timesteps including where to stop (-1 = clean): distillation walks the
+        teacher between two of the student's timesteps that way."""
+        ts = self.schedule.timesteps(steps) + [-1] if isinstance(steps, int) else [int(t) for t in steps]
+        for t, t_next in zip(ts[:-1], ts[1:], strict=True):
             yield t, t_next, self.schedule.ab(t), self.schedule.ab(t_next)
 
 

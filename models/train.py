@@ -33,6 +33,7 @@ DEFAULTS = {  # steps, batch size, learning rate
     "autoencoder": (3000, 32, 2e-3),
     "encoder": (1500, 64, 1e-3),
     "diffusion": (6000, 64, 1e-3),
+    "distill": (3000, 64, 2e-4),  # models/distill.py
 }
 
 
@@ -222,7 +223,8 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
 
 def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int | None = None,
               batch: int | None = None, seed: int = 0, device: str = "auto",
-              limit: int | None = None, dit_overrides: dict | None = None) -> TwinModel:
+              limit: int | None = None, dit_overrides: dict | None = None,
+              distill_options: dict | None = None) -> TwinModel:
     """Train one stage in ``out`` (continuing the earlier stages' weights found there)."""
     dev = _device(device)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,6 +246,13 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
     steps, batch = steps or d_steps, batch or d_batch
     t0 = time.time()
     ts = load_training_set(data, fs=model.meta.fs, limit=limit)
+    if stage == "distill":
+        from models.distill import distill
+
+        model.requires_grad_(False).eval()
+        report = distill(model, ts, out, train_steps=steps, batch=batch, lr=lr, seed=seed, device=dev,
+                         **(distill_options or {}))
+        return _finish(model, out, data, stage, report, steps, batch, lr, seed, ts, dev, t0)
     module = {"autoencoder": model.ae, "encoder": model.ibe, "diffusion": model.dit}[stage]
     model.train()
     for m in (model.ae, model.ibe, model.dit):
@@ -252,6 +261,12 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
     fn = {"autoencoder": train_autoencoder, "encoder": train_encoder, "diffusion": train_diffusion}[stage]
     report = fn(model, ts, tr, batch)
     model.requires_grad_(False).eval()
+    return _finish(model, out, data, stage, report, steps, batch, lr, seed, ts, dev, t0)
+
+
+def _finish(model: TwinModel, out: Path, data: Path, stage: str, report: dict, steps: int, batch: int,
+            lr: float, seed: int, ts: TrainingSet, dev: torch.device, t0: float) -> TwinModel:
+    """Record what was trained, how and on what, next to the weights."""
     info = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
     info[stage] = {**report, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
                    "records": len(ts.signals), "patients": len(set(ts.patients.tolist())),
@@ -269,7 +284,10 @@ def main(args: argparse.Namespace, settings) -> int:
     data = Path(args.data) if args.data else settings.data_dir / "ptbxl-subset"
     overrides = {"adaln-only": {"use_cross": False}, "cross-only": {"use_adaln": False},
                  "both": {"use_adaln": True, "use_cross": True}}.get(args.ablation)
+    distill_options = {"steps": args.student_steps, "teacher_steps": args.teacher_steps,
+                       "trajectories": args.trajectories, "guidance": args.guidance} \
+        if args.stage == "distill" else None
     run_stage(args.stage, out, data, size=args.size, steps=args.steps, batch=args.batch_size,
-              seed=args.seed, device=settings.device, dit_overrides=overrides)
+              seed=args.seed, device=settings.device, dit_overrides=overrides, distill_options=distill_options)
     print(f"wrote {out}/model.safetensors")
     return 0

@@ -44,6 +44,10 @@ class ModelMeta:
     leads: tuple[str, ...] = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
     vocab: tuple[str, ...] = VOCAB
     version: str = "untrained"
+    # a distilled student denoiser (models/distill.py), if the checkpoint has one: the step
+    # count it was trained for and the guidance scale folded into it
+    student_steps: int = 0
+    student_guidance: float = 1.0
 
 
 class AttentionRecorder:
@@ -82,15 +86,36 @@ class TwinModel(torch.nn.Module):
         self.ae, self.ibe, self.dit = ECGAutoencoder(ae), BaseExtractor(ibe), AdaXDiT(dit)
         self.meta = meta
         self.schedule = NoiseSchedule()
-        # The two networks that run per generation, swappable by an inference backend
-        # (twin_engine.runtime): denoiser(z, t, base, cond_tokens) -> v, decoder(z) -> signal.
-        self.set_backend("torch", self.dit, self.ae.decode)
+        self.student: AdaXDiT | None = AdaXDiT(dit) if meta.student_steps else None
+        # The networks that run per generation, swappable by an inference backend
+        # (twin_engine.runtime): denoiser(z, t, base, cond_tokens) -> v, decoder(z) -> signal,
+        # and the distilled student (same signature as the denoiser) where there is one.
+        self.set_backend("torch", self.dit, self.ae.decode, self.student)
 
-    def set_backend(self, name: str, denoiser, decoder) -> None:
+    def set_backend(self, name: str, denoiser, decoder, student=None) -> None:
         # plain attributes, not submodules: a backend's graphs are not part of the weights
         object.__setattr__(self, "denoiser", denoiser)
         object.__setattr__(self, "decoder", decoder)
+        object.__setattr__(self, "student_denoiser", student)
         object.__setattr__(self, "backend", name)
+
+    def add_student(self, student: AdaXDiT, steps: int, guidance: float) -> None:
+        """Attach a distilled denoiser: ``sampler="distilled"`` then runs it for ``steps`` DDIM
+        steps without classifier-free guidance (``guidance`` is already in its weights)."""
+        self.student = student
+        self.meta.student_steps, self.meta.student_guidance = int(steps), float(guidance)
+        self.set_backend(self.backend, self.denoiser, self.decoder, student)
+
+    def resolve_sampler(self, name: str, steps: int) -> str:
+        """``auto``: the distilled student where the model has one for ``steps`` steps (half the
+        forward passes: guidance is folded in), else DPM-Solver++."""
+        if name != "auto":
+            return name
+        return "distilled" if self.student is not None and steps == self.meta.student_steps else "dpmpp2m"
+
+    def _modules_to_save(self) -> dict[str, torch.nn.Module]:
+        mods = {"ae": self.ae, "ibe": self.ibe, "dit": self.dit}
+        return {**mods, "student": self.student} if self.student is not None else mods
 
     # ---- construction and files -------------------------------------------------------
     @classmethod
@@ -104,8 +129,7 @@ class TwinModel(torch.nn.Module):
                 "meta": {**self.meta.__dict__}}
 
     def save(self, folder: str | Path, extra: dict | None = None, half: bool = False) -> Path:
-        return checkpoint.save(folder, {"ae": self.ae, "ibe": self.ibe, "dit": self.dit},
-                               {**self.config(), **(extra or {})}, half=half)
+        return checkpoint.save(folder, self._modules_to_save(), {**self.config(), **(extra or {})}, half=half)
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu") -> TwinModel:
@@ -117,7 +141,7 @@ class TwinModel(torch.nn.Module):
         except (KeyError, TypeError) as exc:
             raise checkpoint.CheckpointError(f"model config in {folder} is not understood: {exc}") from exc
         model = cls(ae, ibe, dit, meta)
-        checkpoint.load_into(folder, {"ae": model.ae, "ibe": model.ibe, "dit": model.dit})
+        checkpoint.load_into(folder, model._modules_to_save())
         return model.to(device).eval()
 
     @property
@@ -161,7 +185,9 @@ class TwinModel(torch.nn.Module):
         return combine(torch.cat(bases)).cpu().numpy()
 
     # ---- generation -------------------------------------------------------------------
-    def _x0_fn(self, base, inten, cont, guidance, context, controller=None):
+    def _x0_fn(self, base, inten, cont, guidance, context, controller=None, net=None):
+        if net is None:
+            net = self.denoiser if controller is None else self.dit  # editing needs attention maps
         cond = self.dit.condition_tokens(inten, cont)
         if guidance != 1.0:
             null = self.dit.condition_tokens(inten, cont, torch.ones(len(inten), dtype=torch.bool,
@@ -174,7 +200,6 @@ class TwinModel(torch.nn.Module):
             if controller is not None:
                 controller.begin_step(x0_fn.step)
                 x0_fn.step += 1
-            net = self.denoiser if controller is None else self.dit  # editing needs attention maps
             if guidance != 1.0:
                 v = net(torch.cat([x, x]), torch.cat([t, t]), base2, cond) if controller is None else \
                     net(torch.cat([x, x]), torch.cat([t, t]), base2, cond, controller)
@@ -195,7 +220,10 @@ class TwinModel(torch.nn.Module):
                         steps: int = 4, seed: int | Sequence[int] = 0, sampler: str = "dpmpp2m",
                         guidance: float = 1.5, context: torch.Tensor | None = None,
                         controller: AttentionRecorder | None = None) -> torch.Tensor:
-        """(B, C, tokens) latents; ``context`` (B, C, k) fixes the first k tokens (continuation)."""
+        """(B, C, tokens) latents; ``context`` (B, C, k) fixes the first k tokens (continuation).
+
+        ``sampler="distilled"`` runs the distilled student with DDIM at the step count it was
+        trained for, one forward pass per step (guidance is folded in, ``guidance`` is ignored)."""
         base = torch.as_tensor(np.asarray(base_vectors, np.float32)).to(self.device)
         inten, cont = self._cond(states)
         b = len(states)
@@ -203,7 +231,18 @@ class TwinModel(torch.nn.Module):
         noise = torch.stack([torch.randn(self.dit.cfg.latent_channels, self.tokens,
                                          generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         gen = torch.Generator().manual_seed(int(seeds[0]))
-        fn = self._x0_fn(base, inten, cont, guidance, context, controller)
+        sampler = self.resolve_sampler(sampler, steps)
+        if sampler == "distilled":
+            if self.student_denoiser is None:
+                raise ValueError("sampler 'distilled' needs a model with a distilled student "
+                                 "(twin-engine train distill)")
+            if steps != self.meta.student_steps:
+                raise ValueError(f"the distilled student was trained for {self.meta.student_steps} steps, "
+                                 f"not {steps}")
+            fn = self._x0_fn(base, inten, cont, 1.0, context, net=self.student_denoiser)
+            sampler = "ddim"
+        else:
+            fn = self._x0_fn(base, inten, cont, guidance, context, controller)
         return get_sampler(sampler, self.schedule).sample(fn, noise.to(self.device), steps, gen)
 
     @torch.no_grad()

@@ -41,3 +41,17 @@ def tiny_model(tiny_model_dir):
     from models.twin import TwinModel
 
     return TwinModel.load(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def distilled_model_dir(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
+    """The tiny model plus a 4-step student fitted to 64 teacher trajectories (seconds)."""
+    import shutil
+
+    from models.train import run_stage
+
+    out = tmp_path_factory.mktemp("distilled") / "model"
+    shutil.copytree(tiny_model_dir, out)
+    run_stage("distill", out, data_dir / "ptbxl-subset", size="tiny", steps=200, batch=16, limit=48,
+              distill_options={"trajectories": 64, "teacher_steps": 16})
+    return out

@@ -58,3 +58,17 @@ def test_tensorrt_parity(tiny_model_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(trt_model.denoiser(z, t, b, c), ref.dit(z, t, b, c), atol=TRT_TOL, rtol=TRT_TOL)
         torch.testing.assert_close(trt_model.decoder(z), ref.ae.decode(z), atol=TRT_TOL, rtol=TRT_TOL)
+
+
+def test_onnxruntime_parity_of_the_distilled_student(distilled_model_dir, tmp_path):
+    ref = TwinModel.load(distilled_model_dir)
+    ort_model = TwinModel.load(distilled_model_dir)
+    attach_backend(ort_model, "onnxruntime", "cpu", tmp_path)
+    z, t, b, c = example_inputs(ref, 3)
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_model.student_denoiser(z, t, b, c).numpy(), ref.student(z, t, b, c).numpy(),
+                                   atol=ORT_TOL)
+    base = np.ones((2, ref.ibe.cfg.base_dim), np.float32) / np.sqrt(ref.ibe.cfg.base_dim)
+    states = [CardiacState(), CardiacState({"AFIB": 1.0}, 120)]
+    np.testing.assert_allclose(ref.generate(base, states, 4, 3, "distilled"),
+                               ort_model.generate(base, states, 4, 3, "distilled"), atol=10 * ORT_TOL)

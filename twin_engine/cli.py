@@ -77,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = TwinModel.load(model_dir)
     cfg = EvalConfig.reduced_mode(seed=args.seed) if args.reduced else EvalConfig(seed=args.seed)
     cfg.steps = args.steps or settings.steps
+    cfg.sampler = args.sampler or settings.sampler
     if args.steps_curve:
         cfg.steps_curve = tuple(int(x) for x in args.steps_curve.split(","))
     data = Path(args.data) if args.data else settings.data_dir / "ptbxl-subset"
@@ -188,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=9092)
     b.set_defaults(func=cmd_broker)
 
-    t = sub.add_parser("train", help="train autoencoder | encoder | diffusion")
-    t.add_argument("stage", choices=["autoencoder", "encoder", "diffusion"])
+    t = sub.add_parser("train", help="train autoencoder | encoder | diffusion | distill")
+    t.add_argument("stage", choices=["autoencoder", "encoder", "diffusion", "distill"])
     t.add_argument("--out", default=None, help="run folder (checkpoints; resumes if present)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
@@ -198,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--ablation", choices=["adaln-only", "cross-only", "both"], default=None,
                    help="diffusion stage: a fresh denoiser with one AdaX pathway off (or both on)")
+    t.add_argument("--student-steps", type=int, default=4, help="distill: the student's step count")
+    t.add_argument("--teacher-steps", type=int, default=48, help="distill: the teacher's DPM-Solver++ steps")
+    t.add_argument("--trajectories", type=int, default=6144, help="distill: teacher trajectories to fit")
+    t.add_argument("--guidance", type=float, default=1.5, help="distill: guidance folded into the student")
     t.set_defaults(func=cmd_train)
 
     pk = sub.add_parser("package", help="turn a training run into a shippable model folder (fp16)")
@@ -217,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="artifacts/evaluation")
     ev.add_argument("--reduced", action="store_true", help="CI-sized run")
     ev.add_argument("--steps", type=int, default=None)
+    ev.add_argument("--sampler", default=None, help="auto (default) | distilled | dpmpp2m | ddim | ddpm")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--save-judge", action="store_true", help="store the trained classifier beside the model")
     ev.add_argument("--judge", default=None, help="folder holding evaluator.safetensors to score with")

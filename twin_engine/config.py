@@ -93,7 +93,7 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: REPO_ROOT / "runs" / "cache")  # ONNX / engines
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     backend: str = "auto"  # auto, torch, onnxruntime, tensorrt
-    sampler: str = "dpmpp2m"
+    sampler: str = "auto"  # the model's distilled student where it has one, else dpmpp2m
     steps: int = 4  # 100+ real-time patients on 2 CPU cores (docs/BENCHMARKS.md); 8 for quality
     guidance_scale: float = 1.5
     segment_seconds: float = 2.0
@@ -112,7 +112,7 @@ class Settings:
         checks = [
             ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")),
             ("backend", self.backend in ("auto", "torch", "onnxruntime", "tensorrt")),
-            ("sampler", self.sampler in ("ddpm", "ddim", "dpmpp2m")),
+            ("sampler", self.sampler in ("auto", "distilled", "ddpm", "ddim", "dpmpp2m")),
             ("steps", 1 <= self.steps <= 1000),
             ("guidance_scale", 0.0 <= self.guidance_scale <= 20.0),
             ("segment_seconds", 1.0 <= self.segment_seconds <= 10.0),

@@ -9,6 +9,7 @@ the last published one. Requests of all patients share each denoising batch.
 from __future__ import annotations
 
 import base64
+import logging
 import zlib
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ import torch
 from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.segments import GAIN
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,7 +56,10 @@ def patient_seed(patient_id: str, seq: int, window: int = 0) -> int:
 class ContinuousGenerator:
     def __init__(self, model: TwinModel, steps: int = 4, sampler: str = "dpmpp2m",
                  guidance: float = 1.5, context_fraction: float = 0.25, splice_samples: int = 12) -> None:
-        self.model, self.steps, self.sampler, self.guidance = model, steps, sampler, guidance
+        self.model, self.steps, self.guidance = model, steps, guidance
+        self.sampler = model.resolve_sampler(sampler, steps)
+        log.info("sampler: %s, %d steps%s", self.sampler, steps,
+                 " (distilled, guidance folded in)" if self.sampler == "distilled" else f", guidance {guidance}")
         self.window = model.meta.window
         self.context = int(self.window * context_fraction) // 8 * 8
         self.splice = splice_samples

@@ -62,24 +62,31 @@ def attach_backend(model, backend: str, device: str, cache_dir: Path, max_batch:
     """Swap ``model.denoiser`` / ``model.decoder`` for the chosen backend's implementations."""
     if backend == "torch":
         model.to(device)
-        model.set_backend("torch", model.dit, model.ae.decode)
+        model.set_backend("torch", model.dit, model.ae.decode, model.student)
         return
     from models.export import export_onnx, model_hash
 
     folder = Path(cache_dir) / "onnx" / model_hash(model)
-    if not (folder / "denoiser.onnx").is_file() or not (folder / "decoder.onnx").is_file():
+    names = ["denoiser", "decoder"] + (["student"] if model.student is not None else [])
+    if not all((folder / f"{n}.onnx").is_file() for n in names):
         log.info("exporting ONNX graphs to %s", folder)
         export_onnx(model, folder)
+    student = None
     if backend == "onnxruntime":
-        model.set_backend("onnxruntime", OrtGraph(folder / "denoiser.onnx", ["z", "t", "base", "cond"], device),
-                          OrtGraph(folder / "decoder.onnx", ["z"], device))
+        inputs = ["z", "t", "base", "cond"]
+        if model.student is not None:
+            student = OrtGraph(folder / "student.onnx", inputs, device)
+        model.set_backend("onnxruntime", OrtGraph(folder / "denoiser.onnx", inputs, device),
+                          OrtGraph(folder / "decoder.onnx", ["z"], device), student)
     elif backend == "tensorrt":
         from twin_engine.tensorrt_engine import TrtGraph
 
         model.to("cuda")
+        if model.student is not None:  # no guidance batch: the student runs at the batch itself
+            student = TrtGraph.build_or_load(folder / "student.onnx", max_batch)
         model.set_backend("tensorrt",
                           TrtGraph.build_or_load(folder / "denoiser.onnx", max_batch * 2),  # CFG doubles it
-                          TrtGraph.build_or_load(folder / "decoder.onnx", max_batch))
+                          TrtGraph.build_or_load(folder / "decoder.onnx", max_batch), student)
     else:
         raise BackendUnavailable(f"unknown backend {backend!r}")
 

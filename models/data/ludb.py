@@ -59,3 +59,28 @@ class LUDB:
             if s in WAVE_NAMES and 0 < i < len(sym) - 1 and sym[i - 1] == "(" and sym[i + 1] == ")":
                 out.append(Wave(WAVE_NAMES[s], int(idx[i - 1]), int(idx[i]), int(idx[i + 1])))
         return out
+
+
+def beat_intervals(waves: list[Wave], fs: float) -> dict[str, float]:
+    """Median PR, QRS and QT (ms) of one lead's annotated beats: PR from the P onset before each
+    QRS, QT to the offset of the T after it (NaN where the lead has no such pair)."""
+    ps = [w for w in waves if w.kind == "P"]
+    ts = [w for w in waves if w.kind == "T"]
+    pr, qrs, qt = [], [], []
+    for q in (w for w in waves if w.kind == "QRS"):
+        p = [w for w in ps if w.offset <= q.onset and q.onset - w.onset < 0.3 * fs]
+        if p:
+            pr.append(q.onset - p[-1].onset)
+        qrs.append(q.offset - q.onset)
+        t = [w for w in ts if w.onset >= q.offset and w.offset - q.onset < 0.7 * fs]
+        if t:
+            qt.append(t[0].offset - q.onset)
+    med = lambda v: float(np.median(v) * 1000.0 / fs) if v else float("nan")  # noqa: E731
+    return {"pr_ms": med(pr), "qrs_ms": med(qrs), "qt_ms": med(qt)}
+
+
+def expert_intervals(db: LUDB, record_id: int) -> dict[str, float]:
+    """The record's intervals by the experts: the median over the 12 leads' annotations."""
+    per_lead = [beat_intervals(db.waves(record_id, lead), db.fs) for lead in LUDB_LEADS]
+    return {k: float(np.nanmedian([d[k] for d in per_lead])) if any(np.isfinite(d[k]) for d in per_lead)
+            else float("nan") for k in ("pr_ms", "qrs_ms", "qt_ms")}

@@ -56,29 +56,35 @@ class ECGClassifier(nn.Module):
         return np.concatenate(probs), np.concatenate(embs)
 
 
-def label_matrix(db: PTBXL, ids: list[int]) -> np.ndarray:
-    y = np.zeros((len(ids), len(LABELS)), np.float32)
+def code_labels(db: PTBXL, codes: dict[str, float]) -> np.ndarray:
+    """The label vector of one set of SCP statements (a record's, or a requested state's)."""
+    y = np.zeros(len(LABELS), np.float32)
     index = {c: i for i, c in enumerate(LABELS)}
-    for r, i in enumerate(ids):
-        codes = db.df.at[i, "scp_codes"]
-        for sc in db.statements.superclasses(codes):
-            y[r, index[sc]] = 1
-        for c in codes:
-            if c in index and c != "NORM":
-                y[r, index[c]] = 1
+    for sc in db.statements.superclasses(codes):
+        y[index[sc]] = 1
+    for c in codes:
+        if c in index and c != "NORM":
+            y[index[c]] = 1
     return y
 
 
-def random_crops(signals: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
-    starts = rng.integers(0, signals.shape[1] - window + 1, len(signals))
+def label_matrix(db: PTBXL, ids: list[int]) -> np.ndarray:
+    return np.stack([code_labels(db, db.df.at[i, "scp_codes"]) for i in ids]) if ids else \
+        np.zeros((0, len(LABELS)), np.float32)
+
+
+def random_crops(signals, window: int, rng: np.random.Generator) -> np.ndarray:
+    """One random ``window`` from each (samples, leads) signal (lengths may differ)."""
+    starts = [int(rng.integers(0, len(s) - window + 1)) for s in signals]
     return np.stack([s[a:a + window] for s, a in zip(signals, starts, strict=True)])
 
 
-def train_classifier(signals: np.ndarray, labels: np.ndarray, window: int, steps: int = 1500,
+def train_classifier(signals, labels: np.ndarray, window: int, steps: int = 1500,
                      batch: int = 64, width: int = 64, seed: int = 0) -> tuple[ECGClassifier, dict]:
+    """``signals``: an (N, samples, leads) array or a list of (samples_i, leads) arrays."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    clf = ECGClassifier(signals.shape[2], width, labels.shape[1])
+    clf = ECGClassifier(signals[0].shape[1], width, labels.shape[1])
     opt = torch.optim.AdamW(clf.parameters(), lr=2e-3, weight_decay=1e-3)
     pos = labels.mean(0).clip(1e-3, None)
     pos_weight = torch.from_numpy(np.clip((1 - pos) / pos, 1, 20)).float()
@@ -88,7 +94,7 @@ def train_classifier(signals: np.ndarray, labels: np.ndarray, window: int, steps
         for g in opt.param_groups:
             g["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * step / steps))
         idx = rng.integers(0, len(signals), batch)
-        x = torch.from_numpy(random_crops(signals[idx], window, rng).transpose(0, 2, 1).copy())
+        x = torch.from_numpy(random_crops([signals[i] for i in idx], window, rng).transpose(0, 2, 1).copy())
         x = x * torch.empty(batch, 1, 1).uniform_(0.9, 1.1)
         loss = F.binary_cross_entropy_with_logits(clf(x), torch.from_numpy(labels[idx]), pos_weight=pos_weight)
         opt.zero_grad()

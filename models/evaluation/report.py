@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,10 @@ from models.evaluation.classifier import (
     train_classifier,
 )
 from models.evaluation.metrics import auroc, bootstrap, fid, prdc, retrieval
+from models.evaluation.physiology import KEYS as INTERVALS
+from models.evaluation.physiology import compare_intervals, ludb_validation
 from models.evaluation.plot import plot_ecg
+from models.evaluation.utility import UtilityConfig, utility_experiment
 from models.rpeaks import heart_rate, label_heart_rate
 from models.twin import TwinModel
 
@@ -42,13 +45,14 @@ PROBE_CONDITIONS = {  # condition -> (statements, typical heart rate)
     "IMI": ({"SR": 1.0, "IMI": 1.0}, 72.0),
 }
 NORMAL = CardiacState({"NORM": 1.0, "SR": 1.0}, 70.0)
+TEACHER_SAMPLER = "dpmpp2m"
 
 
 @dataclass
 class EvalConfig:
     reduced: bool = False
     steps: int = 4
-    sampler: str = "dpmpp2m"
+    sampler: str = "auto"  # the serving sampler: the distilled student where the model has one
     guidance: float = 1.5
     steps_curve: tuple[int, ...] = (1, 2, 4, 8, 16, 50)
     max_heldout: int | None = None
@@ -58,12 +62,15 @@ class EvalConfig:
     feature_dims: int = 32  # PCA of the judge's features: FID needs many more samples than dims
     seed: int = 0
     shuffle_conditions: bool = False  # a deliberately wrong model, for the harness's own test
+    utility: UtilityConfig = field(default_factory=UtilityConfig)
     results: dict = field(default_factory=dict)
 
     @staticmethod
     def reduced_mode(**kw) -> EvalConfig:
         return EvalConfig(reduced=True, steps_curve=(1, 4), max_heldout=48, bootstrap_reps=20,
-                          classifier_steps=120, classifier_width=32, feature_dims=16, **kw)
+                          classifier_steps=120, classifier_width=32, feature_dims=16,
+                          utility=UtilityConfig(patients=40, seeds=1, classifier_steps=60, classifier_width=16,
+                                                bootstrap_reps=50), **kw)
 
 
 def _centre(x: np.ndarray, w: int) -> np.ndarray:
@@ -81,10 +88,11 @@ def _states(db: PTBXL, ids: list[int], sigs: np.ndarray) -> list[CardiacState]:
 
 
 def _generate(model: TwinModel, bases: np.ndarray, states: list[CardiacState], steps: int, cfg: EvalConfig,
-              seed: int) -> np.ndarray:
+              seed: int, sampler: str | None = None) -> np.ndarray:
     out = []
     for i in range(0, len(bases), 64):
-        out.append(model.generate(bases[i:i + 64], states[i:i + 64], steps, seed + i, cfg.sampler, cfg.guidance))
+        out.append(model.generate(bases[i:i + 64], states[i:i + 64], steps, seed + i, sampler or cfg.sampler,
+                                  cfg.guidance))
     return np.concatenate(out)
 
 
@@ -133,6 +141,7 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
     model is used (full mode) or a new one is trained on the training split. Returns the results
     and the judge, so a second model can be scored by the same judge."""
     t_start = time.time()
+    cfg = replace(cfg, sampler=model.resolve_sampler(cfg.sampler, cfg.steps))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     fs, w = model.meta.fs, model.meta.window
@@ -144,7 +153,7 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
     train_ids = train_ids[:n_train]
     tr_sig = np.stack([db.record(i).signal[: 2496] for i in train_ids])
     he_sig = np.stack([db.record(i).signal[: 2496] for i in held_ids])
-    res: dict = {"config": {k: v for k, v in cfg.__dict__.items() if k != "results"},
+    res: dict = {"config": {k: asdict(v) if is_dataclass(v) else v for k, v in cfg.__dict__.items() if k != "results"},
                  "data": str(data), "heldout_records": len(held_ids), "model_version": model.meta.version}
 
     # --- the judge ---------------------------------------------------------------------------
@@ -192,11 +201,15 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
                            "neurokit2": dist(f_nk)}
     res["speed_windows_per_s"] = {f"model_{cfg.steps}_steps": len(gen) / gen_time, "neurokit2": len(nk_sig) / nk_time}
 
-    # --- quality vs steps ----------------------------------------------------------------------
-    curve = {}
+    # --- quality vs steps: the teacher (DPM-Solver++) at every count, the serving sampler at its own
+    curve: dict[str, dict] = {}
     for steps in cfg.steps_curve:
-        g = gen if steps == cfg.steps else _generate(model, bases_a, gen_states, steps, cfg, cfg.seed)
-        curve[steps] = {"fid": fid(f_he, project(clf.predict(g)[1])), **_hr_errors(g, [s.heart_rate for s in gen_states], fs)}
+        same = steps == cfg.steps and cfg.sampler == TEACHER_SAMPLER
+        g = gen if same else _generate(model, bases_a, gen_states, steps, cfg, cfg.seed, TEACHER_SAMPLER)
+        curve[f"{TEACHER_SAMPLER} {steps}"] = {"fid": fid(f_he, project(clf.predict(g)[1])),
+                                               **_hr_errors(g, [s.heart_rate for s in gen_states], fs)}
+    if cfg.sampler != TEACHER_SAMPLER:
+        curve[f"{cfg.sampler} {cfg.steps}"] = {"fid": fid(f_he, f_gen), **_hr_errors(gen, [s.heart_rate for s in gen_states], fs)}
     res["steps_curve"] = curve
 
     # --- heart rate -----------------------------------------------------------------------------------
@@ -239,6 +252,16 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
     # --- is state readable from the base vector? (linear probes) ----------------------------------------
     res["state_probe"] = _state_probe(model, db, train_ids[:300 if cfg.reduced else 800], tr_sig, held_ids, he_sig,
                                       bases_a, states)
+
+    # --- physiology: intervals of generated beats vs real, delineation checked on LUDB first ------------
+    res["physiology"] = {"delineation_vs_ludb_experts": ludb_validation(data.parent / "ludb", fs),
+                         "intervals": compare_intervals({"real_heldout": real_he, "real_train": real_tr,
+                                                         f"model_{cfg.steps}_steps": gen, "neurokit2": nk_sig},
+                                                        "real_heldout", fs)}
+
+    # --- utility: a small real training set, with and without personalised twins ---------------------
+    res["utility"] = utility_experiment(model, db, train_ids, tr_sig, _states(db, train_ids, tr_sig), real_he, y_he,
+                                        cfg.utility, cfg.steps, cfg.sampler, cfg.guidance, cfg.seed)
 
     res["reconstruction"] = reconstruction(model, real_he, data.parent / "ludb", 12 if cfg.reduced else 150)
 
@@ -328,9 +351,13 @@ def _figures(gen, real, nk_sig, curve, fs, out: Path, held_ids) -> dict[str, str
     figs = {"real": plot_ecg(real[0], fs, out / "real_heldout.png", f"real held-out ECG {held_ids[0]}").name,
             "twin": plot_ecg(gen[0], fs, out / "twin.png", f"twin of {held_ids[0]} in its own state").name,
             "neurokit2": plot_ecg(nk_sig[0], fs, out / "neurokit2.png", "neurokit2 multileads").name}
-    steps = sorted(curve)
+    teacher = sorted((int(k.split()[1]), v["fid"]) for k, v in curve.items() if k.startswith(TEACHER_SAMPLER))
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(steps, [curve[s]["fid"] for s in steps], "o-")
+    ax.plot([s for s, _ in teacher], [f for _, f in teacher], "o-", label=f"{TEACHER_SAMPLER} (teacher)")
+    for k, v in curve.items():
+        if not k.startswith(TEACHER_SAMPLER):
+            ax.plot([int(k.split()[1])], [v["fid"]], "r*", markersize=12, label=k)
+    ax.legend()
     ax.set_xscale("log")
     ax.set_xlabel("denoising steps")
     ax.set_ylabel("FID (classifier features)")
@@ -363,7 +390,7 @@ def markdown(res: dict, figs: dict[str, str]) -> str:
     for name, d in res["distribution"].items():
         lines.append(f"| {name} | {_f(d['fid'], 2)} | {_f(d['precision'])} | {_f(d['recall'])} | {_f(d['density'])} | {_f(d['coverage'])} |")
     lines += ["", "## Quality vs steps", "", "FID here on the full sets (the table above: medians over half-samples, "
-              "which run higher).", "", "| steps | FID | HR median abs error (bpm) | HR within 10 bpm |", "|---|---|---|---|"]
+              "which run higher).", "", "| sampler, steps | FID | HR median abs error (bpm) | HR within 10 bpm |", "|---|---|---|---|"]
     for s, d in res["steps_curve"].items():
         lines.append(f"| {s} | {_f(d['fid'], 2)} | {_f(d['median_abs_error_bpm'], 1)} | {_f(d['within_10bpm'], 2)} |")
     lines += ["", "## Heart rate (requested vs detected R-R)", "", "| source | median abs error (bpm) | within 10 bpm |", "|---|---|---|"]
@@ -380,6 +407,36 @@ def markdown(res: dict, figs: dict[str, str]) -> str:
               "| features | AFIB AUROC | heart-rate R^2 |", "|---|---|---|"]
     for name, d in res["state_probe"].items():
         lines.append(f"| {name} | {_f(d.get('afib_auroc'))} | {_f(d['heart_rate_r2'])} |")
+    phys = res.get("physiology", {})
+    val = phys.get("delineation_vs_ludb_experts", {})
+    if "check_76_150" in val:
+        lines += ["", "## Physiology: PR, QRS, QT", "",
+                  "The delineation (models/delineation.py) against LUDB's experts (median over the 12 leads' "
+                  "annotations), on the records its thresholds were not fitted on (76-150):", "",
+                  "| interval | records | MAE (ms) | bias (ms) | r |", "|---|---|---|---|---|"]
+        for k in INTERVALS:
+            d = val["check_76_150"][k]
+            lines.append(f"| {k[:-3].upper()} | {d['records']} | {_f(d['mae_ms'], 1)} | {_f(d['bias_ms'], 1)} | {_f(d['r'], 2)} |")
+    if phys.get("intervals"):
+        lines += ["", "Intervals per window, median [IQR] in ms, share of windows where the wave was found, and "
+                  "Wasserstein-1 distance to the real held-out distribution:", "",
+                  "| source | PR | QRS | QT | P found | W1 PR / QRS / QT (ms) |", "|---|---|---|---|---|---|"]
+        for name, d in phys["intervals"].items():
+            w1 = " / ".join(_f(d[k].get("w1_to_real_ms"), 1) for k in INTERVALS) if "w1_to_real_ms" in d["qt_ms"] else "(reference)"
+            cells = " | ".join(f"{d[k]['median']:.0f} [{d[k]['q25']:.0f}, {d[k]['q75']:.0f}]" for k in INTERVALS)
+            lines.append(f"| {name} | {cells} | {d['pr_ms']['found']:.2f} | {w1} |")
+    ut = res.get("utility")
+    if ut:
+        lines += ["", "## Utility: diagnosis classifier with twins added", "",
+                  f"{ut['real_patients']} real training patients, plus {ut['twins']} twins of them in other "
+                  f"patients' states; scored on {ut['test_records']} held-out real records; {ut['seeds']} seed(s), "
+                  "predictions averaged over seeds; interval: paired bootstrap over held-out records.", "",
+                  "| training set | macro AUROC | per seed |", "|---|---|---|",
+                  f"| real only | {_f(ut['macro_auroc_real_only'])} | {', '.join(f'{v:.3f}' for v in ut['per_seed_real_only'])} |",
+                  f"| real + twins | {_f(ut['macro_auroc_real_plus_twins'])} | "
+                  f"{', '.join(f'{v:.3f}' for v in ut['per_seed_real_plus_twins'])} |", "",
+                  f"Difference: **{ut['difference']:+.3f}** (95% interval {ut['difference_95ci'][0]:+.3f} to "
+                  f"{ut['difference_95ci'][1]:+.3f}), {100 * ut['relative_difference']:+.1f}% relative."]
     rec = res.get("reconstruction", {})
     if rec:
         leads = list(rec["ptbxl_rmse_z_per_lead"])

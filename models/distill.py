@@ -1,0 +1,164 @@
+"""``twin-engine train distill``: a few-step student that follows the guided 50-step teacher.
+
+Why this kind of distillation: the denoiser is small and the sampling ODE is deterministic
+(DPM-Solver++ with classifier-free guidance), so the teacher's trajectories can be computed once
+and stored. The student then learns, for each of its own DDIM steps t_i -> t_(i+1), the clean
+estimate that lands a single DDIM step exactly on the teacher's state at t_(i+1) (the target of
+progressive distillation, Salimans & Ho 2022, taken over many teacher steps at once). Training
+needs no teacher forward passes, so on two CPU cores it costs about as much as fine-tuning.
+
+Guidance is folded in: the teacher's targets are guided, the student sees only the conditional
+input, so each student step is one forward pass at batch B instead of 2B. Half the trajectories
+are in-painted continuations (the first quarter of the window fixed to a context, as the
+service generates), so the student learns the continuation task too; for those the loss skips
+the fixed tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.conditions import encode_states
+from models.train import Trainer, TrainingSet, _tensor, record_latents_and_bases
+from models.twin import TwinModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Trajectories:
+    """Teacher states at the student's timesteps: ``xs[:, i]`` at ``grid[i]`` (last: clean)."""
+
+    xs: torch.Tensor  # (N, K+1, C, T)
+    base: torch.Tensor  # (N, base_dim)
+    inten: torch.Tensor  # (N, codes)
+    cont: torch.Tensor  # (N, 4)
+    context: torch.Tensor  # (N, C, k) fixed first tokens (zeros where unused)
+    has_context: torch.Tensor  # (N,) bool
+    grid: list[int]  # K student timesteps, then -1
+
+
+def student_grid(model: TwinModel, steps: int) -> list[int]:
+    return model.schedule.timesteps(steps) + [-1]
+
+
+def teacher_walk(a: int, b: int, substeps: int) -> list[int]:
+    """The teacher's timesteps from ``a`` down to ``b`` in ``substeps`` solver steps."""
+    return [int(t) for t in np.unique(np.round(np.linspace(a, b, substeps + 1)).astype(int))[::-1]]
+
+
+@torch.no_grad()
+def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, teacher_steps: int,
+                         guidance: float, seed: int = 0, batch: int = 128,
+                         context_share: float = 0.5) -> Trajectories:
+    """Run the guided DPM-Solver++ teacher on ``n`` draws of (record's base vector, record's
+    state, noise) and keep its states at the student's ``steps`` timesteps."""
+    from models.schedulers import get_sampler
+
+    rng = np.random.default_rng(seed)
+    dev = model.device
+    z_all, base_all = record_latents_and_bases(model, ts, dev)
+    inten_all, cont_all = encode_states(ts.states, model.meta.vocab)
+    tok, k_ctx = model.tokens, (model.tokens // 4)
+    grid = student_grid(model, steps)
+    per_interval = max(1, round(teacher_steps / steps))
+    sampler = get_sampler("dpmpp2m", model.schedule)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("xs", "base", "inten", "cont", "context", "has")}
+    t0 = time.time()
+    for lo in range(0, n, batch):
+        b = min(batch, n - lo)
+        idx = rng.integers(0, len(z_all), b)
+        starts = rng.integers(0, z_all.shape[-1] - tok + 1, b)
+        ctx = torch.stack([z_all[i, :, s:s + k_ctx] for i, s in zip(idx, starts, strict=True)])
+        has = torch.from_numpy(rng.random(b) < context_share)
+        inten, cont = _tensor(inten_all[idx], dev), _tensor(cont_all[idx], dev)
+        x = torch.from_numpy(rng.standard_normal((b, z_all.shape[1], tok)).astype(np.float32)).to(dev)
+        states = [x]
+        for i in range(steps):
+            walk = teacher_walk(grid[i], grid[i + 1], per_interval)
+            x_c = sampler.sample(model._x0_fn(base_all[idx][has], inten[has], cont[has], guidance, ctx[has]),
+                                 x[has], walk) if has.any() else x[has]
+            x_u = sampler.sample(model._x0_fn(base_all[idx][~has], inten[~has], cont[~has], guidance, None),
+                                 x[~has], walk) if (~has).any() else x[~has]
+            x = torch.empty_like(x)
+            x[has], x[~has] = x_c, x_u
+            states.append(x)
+        out["xs"].append(torch.stack(states, 1).cpu())
+        out["base"].append(base_all[idx].cpu())
+        out["inten"].append(inten.cpu())
+        out["cont"].append(cont.cpu())
+        out["context"].append(torch.where(has[:, None, None], ctx.cpu(), torch.zeros_like(ctx.cpu())))
+        out["has"].append(has)
+        done = lo + b
+        print(f"\rteacher trajectories {done}/{n} ({done / (time.time() - t0):.1f}/s)", end="", flush=True)
+    print()
+    cat = {k: torch.cat(v) for k, v in out.items()}
+    return Trajectories(cat["xs"], cat["base"], cat["inten"], cat["cont"], cat["context"], cat["has"], grid)
+
+
+def ddim_x0_target(sched, x_a: torch.Tensor, x_b: torch.Tensor, t_a: torch.Tensor,
+                   t_b: torch.Tensor) -> torch.Tensor:
+    """The clean estimate for which one DDIM step from (x_a, t_a) lands on x_b at t_b."""
+    def coef(t):
+        ab = sched.ab(t).to(x_a.device).view(-1, 1, 1)
+        return ab.sqrt(), (1 - ab).sqrt()
+
+    a_a, s_a = coef(t_a)
+    a_b, s_b = coef(t_b)
+    return (x_b - (s_b / s_a) * x_a) / (a_b - s_b * a_a / s_a)
+
+
+def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: torch.nn.Module,
+                  batch: int) -> dict:
+    """Fit ``student`` so that its DDIM steps follow the teacher's trajectories."""
+    sched, dev = model.schedule, tr.device
+    k = traj.xs.shape[1] - 1
+    k_ctx = traj.context.shape[-1]
+    grid = torch.tensor(traj.grid)
+
+    def loss_fn(rng):
+        idx = torch.from_numpy(rng.integers(0, len(traj.xs), batch))
+        i = torch.from_numpy(rng.integers(0, k, batch))
+        x_a, x_b = traj.xs[idx, i].to(dev), traj.xs[idx, i + 1].to(dev)
+        t_a, t_b = grid[i].to(dev), grid[i + 1].to(dev)
+        target = ddim_x0_target(sched, x_a, x_b, t_a, t_b)
+        cond = model.dit.condition_tokens(traj.inten[idx].to(dev), traj.cont[idx].to(dev))
+        x0 = sched.x0_from_v(x_a, student(x_a, t_a, traj.base[idx].to(dev), cond), t_a)
+        weight = torch.ones_like(x0)
+        has = traj.has_context[idx].to(dev)
+        weight[has, :, :k_ctx] = 0.0  # fixed by in-painting at sampling time
+        return (weight * (x0 - target) ** 2).sum() / weight.sum()
+
+    losses = tr.run(loss_fn)
+    return {"final_loss": float(np.mean(losses[-100:])) if losses else None}
+
+
+def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teacher_steps: int = 48,
+            guidance: float = 1.5, trajectories: int = 6144, train_steps: int = 3000, batch: int = 64,
+            lr: float = 2e-4, seed: int = 0, device: torch.device | None = None) -> dict:
+    """Teacher trajectories (cached in ``out``), then the student; attaches it to ``model``."""
+    dev = device or model.device
+    cache = out / f"distill-trajectories-{steps}x{teacher_steps}-n{trajectories}-s{seed}.pt"
+    t0 = time.time()
+    if cache.is_file():
+        traj = Trajectories(**torch.load(cache, weights_only=False))
+    else:
+        traj = teacher_trajectories(model, ts, trajectories, steps, teacher_steps, guidance, seed)
+        torch.save(traj.__dict__, cache)
+    t_traj = time.time() - t0
+    student = model.student if model.student is not None else copy.deepcopy(model.dit)
+    model.add_student(student, steps, guidance)  # a submodule now: resumable with the model state
+    student.train().requires_grad_(True)
+    tr = Trainer(model, out, "distill", train_steps, lr, list(student.parameters()), dev, seed)
+    report = train_student(model, traj, tr, student, batch)
+    student.eval().requires_grad_(False)
+    return {**report, "student_steps": steps, "teacher": f"dpmpp2m {teacher_steps} steps, guidance {guidance}",
+            "trajectories": trajectories, "trajectory_s": round(t_traj, 1), "lr": lr}
+

@@ -1,0 +1,53 @@
+"""The distilled few-step student: it follows the teacher's trajectories, ships inside the model
+folder, and is what ``sampler="auto"`` picks at its own step count."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.conditions import CardiacState
+from models.distill import Trajectories
+from models.schedulers import get_sampler
+from models.twin import TwinModel
+
+
+def _final_error(model: TwinModel, traj: Trajectories, net, guidance: float) -> float:
+    """Mean squared distance of a 4-step DDIM run from the teacher's own end points."""
+    keep = ~traj.has_context
+    x_T, target = traj.xs[keep, 0], traj.xs[keep, -1]
+    fn = model._x0_fn(traj.base[keep], traj.inten[keep], traj.cont[keep], guidance, None, net=net)
+    with torch.no_grad():
+        out = get_sampler("ddim", model.schedule).sample(fn, x_T, 4)
+    return float(((out - target) ** 2).mean())
+
+
+def test_student_follows_the_teacher_better_than_the_teacher_in_few_steps(distilled_model_dir):
+    model = TwinModel.load(distilled_model_dir)
+    [cache] = distilled_model_dir.glob("distill-trajectories-*.pt")
+    traj = Trajectories(**torch.load(cache, weights_only=False))
+    teacher_4 = _final_error(model, traj, model.dit, 1.5)  # the teacher itself, 4 DDIM steps, guided
+    student_4 = _final_error(model, traj, model.student, 1.0)  # one forward per step, guidance folded
+    assert student_4 < 0.7 * teacher_4, (student_4, teacher_4)
+
+
+def test_student_ships_in_the_model_folder(distilled_model_dir, tmp_path):
+    model = TwinModel.load(distilled_model_dir)
+    assert model.student is not None and model.meta.student_steps == 4
+    assert model.resolve_sampler("auto", 4) == "distilled"
+    assert model.resolve_sampler("auto", 8) == "dpmpp2m"
+    base = np.ones((2, model.ibe.cfg.base_dim), np.float32) / np.sqrt(model.ibe.cfg.base_dim)
+    states = [CardiacState(), CardiacState({"AFIB": 1.0}, 120)]
+    a = model.generate(base, states, steps=4, seed=1, sampler="distilled")
+    assert np.isfinite(a).all() and not np.allclose(a[0], a[1])
+    with pytest.raises(ValueError, match="trained for 4 steps"):
+        model.generate(base, states, steps=2, seed=1, sampler="distilled")
+    model.save(tmp_path / "copy")
+    again = TwinModel.load(tmp_path / "copy").generate(base, states, steps=4, seed=1, sampler="auto")
+    np.testing.assert_allclose(a, again, atol=1e-5)
+
+
+def test_model_without_student_refuses_distilled(tiny_model):
+    assert tiny_model.resolve_sampler("auto", 4) == "dpmpp2m"
+    with pytest.raises(ValueError, match="distilled student"):
+        tiny_model.generate(np.zeros((1, tiny_model.ibe.cfg.base_dim), np.float32), [CardiacState()],
+                            steps=4, sampler="distilled")
