@@ -59,7 +59,8 @@ def register(settings: Settings, patient_id: str, wfdb: list[str], statements: l
 async def tail(settings: Settings, patient_id: str | None, limit: int = 0, from_beginning: bool = False) -> int:
     """Print one line per segment: seq, start time, measured HR, state."""
     cons = AIOKafkaConsumer(settings.kafka.topic_segments, auto_offset_reset="earliest" if from_beginning else "latest",
-                            enable_auto_commit=False, **_kwargs(settings))
+                            enable_auto_commit=False, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+                            **_kwargs(settings))
     await cons.start()
     n = 0
     try:

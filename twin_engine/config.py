@@ -50,6 +50,10 @@ class KafkaConfig:
     topic_annotations: str = "twin.annotations"
     topic_dead_letter: str = "twin.conditions.dlq"
     topic_registry: str = "twin.registry"  # compacted changelog of patients
+    # how long a fetch may wait for data: Tansu answers a fetch only at this deadline (116 ms
+    # median event pickup at aiokafka's default 500, 7.5 ms at 50; measured 2026-11-25), Apache
+    # Kafka answers as soon as data arrives; low costs only idle fetch requests
+    fetch_max_wait_ms: int = 20
 
     TOPIC_FIELDS = ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry")
 
@@ -82,6 +86,10 @@ class KafkaConfig:
                 ctx.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
             kw["ssl_context"] = ctx
         return kw
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """``client_kwargs`` plus what only consumers take."""
+        return {**self.client_kwargs(), "fetch_max_wait_ms": self.fetch_max_wait_ms}
 
 
 @dataclass

@@ -97,7 +97,7 @@ class TwinService:
         self.registry = Registry(self.producer, k.topic_registry)
         self.batcher.start()
         self.consumer = AIOKafkaConsumer(group_id=k.group_id, enable_auto_commit=False,
-                                         auto_offset_reset="earliest", **self.kafka_kwargs)
+                                         auto_offset_reset="earliest", **k.consumer_kwargs())
         self.consumer.subscribe([k.topic_events], listener=_Rebalance(self))
         await self.consumer.start()
         self._task = asyncio.create_task(self._consume(), name="events")
