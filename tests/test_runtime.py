@@ -1,6 +1,7 @@
 """Backends: every backend matches PyTorch on the same noise; the GPU paths skip on CPU machines."""
 
 import importlib.util
+import shutil
 
 import numpy as np
 import pytest
@@ -72,3 +73,17 @@ def test_onnxruntime_parity_of_the_distilled_student(distilled_model_dir, tmp_pa
     states = [CardiacState(), CardiacState({"AFIB": 1.0}, 120)]
     np.testing.assert_allclose(ref.generate(base, states, 4, 3, "distilled"),
                                ort_model.generate(base, states, 4, 3, "distilled"), atol=10 * ORT_TOL)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_torch_compile_parity(distilled_model_dir):
+    ref = TwinModel.load(distilled_model_dir)
+    comp = TwinModel.load(distilled_model_dir)
+    attach_backend(comp, "torch-compile", "cpu", distilled_model_dir)
+    assert comp.backend == "torch-compile"
+    base = np.ones((3, ref.ibe.cfg.base_dim), np.float32) / np.sqrt(ref.ibe.cfg.base_dim)
+    states = [CardiacState(), CardiacState({"AFIB": 1.0}, 120), CardiacState({"PVC": 1.0}, 70)]
+    for sampler in ("distilled", "dpmpp2m"):
+        np.testing.assert_allclose(comp.generate(base, states, 4, 5, sampler), ref.generate(base, states, 4, 5, sampler),
+                                   atol=10 * ORT_TOL)

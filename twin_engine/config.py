@@ -100,7 +100,7 @@ class Settings:
     model_path: Path = field(default_factory=lambda: REPO_ROOT / "models" / "default")
     cache_dir: Path = field(default_factory=lambda: REPO_ROOT / "runs" / "cache")  # ONNX / engines
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    backend: str = "auto"  # auto, torch, onnxruntime, tensorrt
+    backend: str = "auto"  # auto, torch, torch-compile, onnxruntime, tensorrt
     sampler: str = "auto"  # the model's distilled student where it has one, else dpmpp2m
     steps: int = 4  # 100+ real-time patients on 2 CPU cores (docs/BENCHMARKS.md); 8 for quality
     guidance_scale: float = 1.5
@@ -119,7 +119,7 @@ class Settings:
         """Raise ConfigError naming the first bad field."""
         checks = [
             ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")),
-            ("backend", self.backend in ("auto", "torch", "onnxruntime", "tensorrt")),
+            ("backend", self.backend in ("auto", "torch", "torch-compile", "onnxruntime", "tensorrt")),
             ("sampler", self.sampler in ("auto", "distilled", "ddpm", "ddim", "dpmpp2m")),
             ("steps", 1 <= self.steps <= 1000),
             ("guidance_scale", 0.0 <= self.guidance_scale <= 20.0),

@@ -44,8 +44,8 @@ def choose_backend(settings: Settings) -> tuple[str, str]:
         if not has_ort:
             raise BackendUnavailable("onnxruntime backend needs the onnxruntime package")
         return "onnxruntime", "cuda" if has_cuda else "cpu"
-    if want == "torch":
-        return "torch", "cuda" if has_cuda else "cpu"
+    if want in ("torch", "torch-compile"):
+        return want, "cuda" if has_cuda else "cpu"
     # auto: PyTorch on whatever device exists. TensorRT stays opt-in until its parity test has
     # passed on the GPU that would serve (no GPU was available where this was written).
     return "torch", "cuda" if has_cuda else "cpu"
@@ -63,6 +63,13 @@ def attach_backend(model, backend: str, device: str, cache_dir: Path, max_batch:
     if backend == "torch":
         model.to(device)
         model.set_backend("torch", model.dit, model.ae.decode, model.student)
+        return
+    if backend == "torch-compile":
+        # Inductor graphs of the denoisers, dynamic in the batch: 1.2-1.3x on the 2-core CPU
+        # (docs/BENCHMARKS.md) for ~30 s of compiling on first use; the decoder stays eager
+        model.to(device)
+        compiled = [torch.compile(n, dynamic=True) if n is not None else None for n in (model.dit, model.student)]
+        model.set_backend("torch-compile", compiled[0], model.ae.decode, compiled[1])
         return
     from models.export import export_onnx, model_hash
 
