@@ -142,23 +142,29 @@ def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: to
 
 def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teacher_steps: int = 48,
             guidance: float = 1.5, trajectories: int = 6144, train_steps: int = 3000, batch: int = 64,
-            lr: float = 2e-4, seed: int = 0, device: torch.device | None = None) -> dict:
-    """Teacher trajectories (cached in ``out``), then the student; attaches it to ``model``."""
+            lr: float = 2e-4, seed: int = 0, device: torch.device | None = None, chunk: int = 6144) -> dict:
+    """Teacher trajectories (cached in ``out`` in chunks of ``chunk``, so a larger run reuses a
+    smaller one's), then the student; attaches it to ``model``. A student already in the model
+    is trained on (more data after a first round), with a fresh schedule per trajectory count."""
     dev = device or model.device
-    cache = out / f"distill-trajectories-{steps}x{teacher_steps}-n{trajectories}-s{seed}.pt"
     t0 = time.time()
-    if cache.is_file():
-        traj = Trajectories(**torch.load(cache, weights_only=False))
-    else:
-        traj = teacher_trajectories(model, ts, trajectories, steps, teacher_steps, guidance, seed)
-        torch.save(traj.__dict__, cache)
+    parts = []
+    for k in range(0, trajectories, chunk):
+        n = min(chunk, trajectories - k)
+        cache = out / f"distill-trajectories-{steps}x{teacher_steps}-n{n}-s{seed + k // chunk}.pt"
+        if cache.is_file():
+            parts.append(Trajectories(**torch.load(cache, weights_only=False)))
+        else:
+            parts.append(teacher_trajectories(model, ts, n, steps, teacher_steps, guidance, seed + k // chunk))
+            torch.save(parts[-1].__dict__, cache)
+    traj = Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                          ("xs", "base", "inten", "cont", "context", "has_context")), parts[0].grid)
     t_traj = time.time() - t0
     student = model.student if model.student is not None else copy.deepcopy(model.dit)
     model.add_student(student, steps, guidance)  # a submodule now: resumable with the model state
     student.train().requires_grad_(True)
-    tr = Trainer(model, out, "distill", train_steps, lr, list(student.parameters()), dev, seed)
+    tr = Trainer(model, out, f"distill-n{trajectories}", train_steps, lr, list(student.parameters()), dev, seed)
     report = train_student(model, traj, tr, student, batch)
     student.eval().requires_grad_(False)
     return {**report, "student_steps": steps, "teacher": f"dpmpp2m {teacher_steps} steps, guidance {guidance}",
             "trajectories": trajectories, "trajectory_s": round(t_traj, 1), "lr": lr}
-
