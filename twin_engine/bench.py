@@ -91,10 +91,9 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
         fs = model.meta.fs
         for sampler in samplers:
             for steps in steps_list:
-                if model.resolve_sampler(sampler, steps) == "distilled" and steps != model.meta.student_steps:
+                if model.resolve_sampler(sampler, steps) == "distilled" and \
+                        (model.student is None or steps != model.meta.student_steps):
                     continue  # the student runs only at the step count it was trained for
-                if sampler == "distilled" and model.student is None:
-                    continue
                 gen = ContinuousGenerator(model, steps, sampler, settings.guidance_scale)
                 seconds_per_window = gen.new_per_window / fs
                 for b in batches:
@@ -122,16 +121,16 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     threads = torch.get_num_threads()
     nk_rate = _neurokit_rate(fs or 250)
     continuity = None
+    model = TwinModel.load(settings.model_path, "cpu")  # eager PyTorch: for the figures below
     if fs:
         from twin_engine.generator import measure_continuity
 
-        model = TwinModel.load(settings.model_path, "cpu")
         base = model.encode([np.random.default_rng(0).standard_normal((model.meta.window, 12)).astype(np.float32)])
         continuity = measure_continuity(ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale),
                                         base, CardiacState(), 10, int(settings.segment_seconds * fs))
     # the figure that counts: the serving sampler at the serving step count (fewer steps of the
     # teacher are faster but not usable, see docs/EVALUATION.md)
-    serving = TwinModel.load(settings.model_path, "cpu").resolve_sampler(settings.sampler, settings.steps)
+    serving = model.resolve_sampler(settings.sampler, settings.steps)
     best = max((r for r in rows if "realtime_patients" in r and r["sampler"] == serving and r["steps"] == settings.steps),
                key=lambda r: r["realtime_patients"], default=None)
     state_kb = None
@@ -147,7 +146,7 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
               "service_state_kb_per_patient": state_kb,
               "model": str(settings.model_path), "rows": rows, "continuity": continuity,
-              "flops": flops_per_window(TwinModel.load(settings.model_path, "cpu")),
+              "flops": flops_per_window(model),
               "neurokit2": {"segments_10s_per_s_per_core": nk_rate, "note": "single-threaded, 12-lead multileads, 10 s"}}
     if best:
         ours_per_core = best["segments_10s_per_s"] / (threads if best["device"] == "cpu" else 1)
