@@ -43,6 +43,20 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+# dense FP16/BF16 tensor-core peaks (TFLOP/s) from NVIDIA's data sheets, by device-name fragment
+PEAK_TFLOPS_FP16 = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0,
+                    "L40S": 362.0, "L4": 121.0}
+
+
+def peak_tflops(device: str) -> float | None:
+    """The GPU's dense half-precision peak, for the achieved fraction; None on the CPU or an
+    unlisted card."""
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_TFLOPS_FP16.items() if k in name), None)
+
+
 def flops_per_window(model) -> dict[str, float]:
     """FLOPs of one denoiser call (one window, no CFG) and one decoder call, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -79,6 +93,7 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
 
     rows = []
     fs = None
+    flops = flops_per_window(TwinModel.load(settings.model_path, "cpu"))
     for backend in backends:
         s = Settings(**{**settings.__dict__, "backend": backend})
         try:
@@ -110,12 +125,18 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
                     # allocator's pool, see "state per patient" below
                     mem = torch.cuda.max_memory_allocated() / b if device == "cuda" else float("nan")
                     windows_per_s = b / total
+                    calls = steps * (1 if gen.sampler == "distilled" or settings.guidance_scale == 1.0 else 2)
+                    gflop_per_s = windows_per_s * (calls * flops["denoiser_gflop_per_call"]
+                                                   + flops["decoder_gflop_per_window"])
+                    peak = peak_tflops(device)
                     rows.append({
                         "backend": name, "device": device, "sampler": gen.sampler, "steps": steps, "batch": b,
                         "batch_s": total, "decoder_s": dec, "denoiser_s": max(0.0, total - dec),
                         "segments_10s_per_s": windows_per_s * seconds_per_window / 10.0,
                         "realtime_patients": windows_per_s * seconds_per_window,
                         "memory_per_patient_mb": mem / 2**20,
+                        "achieved_gflop_per_s": gflop_per_s,
+                        "fraction_of_peak": gflop_per_s / (peak * 1e3) if peak else float("nan"),
                     })
                     print(_row_text(rows[-1]), flush=True)
     threads = torch.get_num_threads()
@@ -146,7 +167,7 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
               "service_state_kb_per_patient": state_kb,
               "model": str(settings.model_path), "rows": rows, "continuity": continuity,
-              "flops": flops_per_window(model),
+              "flops": flops,
               "neurokit2": {"segments_10s_per_s_per_core": nk_rate, "note": "single-threaded, 12-lead multileads, 10 s"}}
     if best:
         ours_per_core = best["segments_10s_per_s"] / (threads if best["device"] == "cpu" else 1)
@@ -164,15 +185,17 @@ def _row_text(r: dict) -> str:
 
 def table(result: dict) -> str:
     lines = [f"Benchmark {result['date']} on {result['machine']}", "",
-             "| backend | device | sampler | steps | batch | batch ms | decoder ms | 10 s segments/s | real-time patients | GPU MB/patient |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| backend | device | sampler | steps | batch | batch ms | decoder ms | 10 s segments/s | real-time patients "
+             "| GPU MB/patient | GFLOP/s | of peak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "skipped" in r:
-            lines.append(f"| {r['backend']} | skipped: {r['skipped']} |||||||||")
+            lines.append(f"| {r['backend']} | skipped: {r['skipped']} |||||||||||")
             continue
         lines.append(f"| {r['backend']} | {r['device']} | {r['sampler']} | {r['steps']} | {r['batch']} | "
                      f"{r['batch_s'] * 1000:.1f} | {r['decoder_s'] * 1000:.1f} | {r['segments_10s_per_s']:.2f} | "
-                     f"{r['realtime_patients']:.1f} | {r['memory_per_patient_mb']:.2f} |")
+                     f"{r['realtime_patients']:.1f} | {r['memory_per_patient_mb']:.2f} | "
+                     f"{r['achieved_gflop_per_s']:.1f} | {r['fraction_of_peak']:.2%} |")
     if result.get("service_state_kb_per_patient"):
         lines += ["", f"Service state per patient (registry record, continuity tail, look-ahead segments): "
                   f"{result['service_state_kb_per_patient']:.0f} KB."]
