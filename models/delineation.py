@@ -1,8 +1,8 @@
 """Multi-lead wave delineation: P onset, QRS onset and offset, T offset of each beat.
 
-Why our own: neurokit2's single-lead delineators, checked against LUDB's expert annotations,
-were far off on these records (QRS duration r = 0.28, QT bias -40 ms for its DWT method; see
-docs/EVALUATION.md). Clinicians measure intervals on all leads together, and so does this:
+Why our own: neurokit2's single-lead delineators, checked against LUDB's expert annotations on
+lead II, were far off on these records (its DWT method: QRS duration r = 0.28, QT bias -40 ms;
+its CWT and peak methods were worse or found nothing; 2026-11-25). Clinicians measure intervals on all leads together, and so does this:
 
 - QRS: the spatial velocity (slope magnitude over all leads) rises from its isoelectric floor
   at the QRS onset and falls back at the offset; both are where it crosses a fraction ``qrs`` of
@@ -14,8 +14,9 @@ docs/EVALUATION.md). Clinicians measure intervals on all leads together, and so 
   QRS; the onset is where it falls under a fraction ``p`` of the P peak. No P where that peak
   is not clearly above the noise (atrial fibrillation).
 
-The three fractions are fitted on LUDB records 1-75 and checked on 76-150
-(``twin-engine evaluate`` reports both; ``fit_thresholds`` is the fit).
+The fractions (``Thresholds``) were fitted by a grid search, one at a time, on LUDB records 1-75;
+``twin-engine evaluate`` reports the error on those and on the held-back records 76-150
+(models/evaluation/physiology.py).
 """
 
 from __future__ import annotations

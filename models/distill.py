@@ -17,7 +17,6 @@ the fixed tokens.
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ import torch
 from models.conditions import encode_states
 from models.train import Trainer, TrainingSet, _tensor, record_latents_and_bases
 from models.twin import TwinModel
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

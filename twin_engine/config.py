@@ -102,7 +102,7 @@ class Settings:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     backend: str = "auto"  # auto, torch, torch-compile, onnxruntime, tensorrt
     sampler: str = "auto"  # the model's distilled student where it has one, else dpmpp2m
-    steps: int = 4  # 100+ real-time patients on 2 CPU cores (docs/BENCHMARKS.md); 8 for quality
+    steps: int = 4  # the distilled student's count: better than the teacher at 8 (docs/EVALUATION.md)
     guidance_scale: float = 1.5
     segment_seconds: float = 2.0
     lookahead_segments: int = 2

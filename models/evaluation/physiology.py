@@ -45,30 +45,30 @@ def ludb_validation(ludb_dir: Path, fs: int) -> dict:
     return out
 
 
-def interval_stats(windows: np.ndarray, fs: int) -> dict:
-    """Per-window intervals of a set of (samples, leads) windows: medians, IQR, P presence."""
+def interval_values(windows: np.ndarray, fs: int) -> dict[str, np.ndarray]:
+    """Per-window intervals (ms, NaN where the wave was not found) of (samples, leads) windows."""
     per = [intervals(w, fs) for w in windows]
-    out = {"_values": {k: np.array([d[k] for d in per]) for k in KEYS}}
-    for k in KEYS:
-        v = out["_values"][k]
-        f = v[np.isfinite(v)]
-        out[k] = {"median": float(np.median(f)) if len(f) else float("nan"),
-                  "q25": float(np.percentile(f, 25)) if len(f) else float("nan"),
-                  "q75": float(np.percentile(f, 75)) if len(f) else float("nan"),
-                  "found": float(len(f) / max(1, len(v)))}
-    return out
+    return {k: np.array([d[k] for d in per]) for k in KEYS}
+
+
+def _summary(v: np.ndarray) -> dict[str, float]:
+    f = v[np.isfinite(v)]
+    if not len(f):
+        return {"median": float("nan"), "q25": float("nan"), "q75": float("nan"), "found": 0.0}
+    return {"median": float(np.median(f)), "q25": float(np.percentile(f, 25)),
+            "q75": float(np.percentile(f, 75)), "found": float(len(f) / len(v))}
 
 
 def compare_intervals(sets: dict[str, np.ndarray], reference: str, fs: int) -> dict:
-    """Interval distributions of each set and their Wasserstein-1 distance (ms) to ``reference``."""
-    stats = {name: interval_stats(w, fs) for name, w in sets.items()}
-    ref = stats[reference]["_values"]
-    out = {}
-    for name, st in stats.items():
-        vals = st.pop("_values")
-        out[name] = st
+    """Interval distributions of each set (median, IQR, share found) and their Wasserstein-1
+    distance (ms) to ``reference``."""
+    values = {name: interval_values(w, fs) for name, w in sets.items()}
+    out: dict = {}
+    for name, vals in values.items():
+        out[name] = {k: _summary(vals[k]) for k in KEYS}
         if name != reference:
             for k in KEYS:
-                a, b = ref[k][np.isfinite(ref[k])], vals[k][np.isfinite(vals[k])]
-                st[k]["w1_to_real_ms"] = float(wasserstein_distance(a, b)) if len(a) and len(b) else float("nan")
+                a, b = values[reference][k], vals[k]
+                a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+                out[name][k]["w1_to_real_ms"] = float(wasserstein_distance(a, b)) if len(a) and len(b) else float("nan")
     return out
