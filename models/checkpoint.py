@@ -94,16 +94,22 @@ def load_stage_weights(path: str | Path, module: nn.Module, prefix: str) -> None
     module.load_state_dict({k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")})
 
 
-def save_training_state(path: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+def save_training_state(path: Path, step: int, model: nn.Module, opt: torch.optim.Optimizer,
+                        ema: list[torch.Tensor] | None = None) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
+    torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "ema": ema}, tmp)
     tmp.replace(path)
 
 
-def load_training_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> int:
+def load_training_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                        ema: list[torch.Tensor] | None = None) -> int:
+    """The step to resume at (0: fresh); ``ema``'s tensors are filled in place when stored."""
     if not path.is_file():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
+    if ema is not None and state.get("ema") is not None:
+        for dst, src in zip(ema, state["ema"], strict=True):
+            dst.copy_(src)
     return int(state["step"])

@@ -100,6 +100,26 @@ def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, 
     return Trajectories(cat["xs"], cat["base"], cat["inten"], cat["cont"], cat["context"], cat["has"], grid)
 
 
+def coarsen(traj: Trajectories, grid: list[int]) -> Trajectories:
+    """The same trajectories at a coarser student grid nested in theirs (the 2-step grid
+    999, 499 is in the 4-step one): a 1- or 2-step student reuses the 4-step teacher runs, whose
+    walks between the shared points are the same solver steps."""
+    if not set(grid) <= set(traj.grid):
+        raise ValueError(f"grid {grid} is not nested in {traj.grid}")
+    keep = [traj.grid.index(t) for t in grid]
+    return Trajectories(traj.xs[:, keep], traj.base, traj.inten, traj.cont, traj.context, traj.has_context, grid)
+
+
+def _cached(out: Path, model: TwinModel, steps: int, teacher_steps: int, n: int, seed: int) -> Trajectories | None:
+    """A stored trajectory chunk for this student grid, or one at a finer nested grid, coarsened."""
+    for k in (steps, 2 * steps, 4 * steps, 8 * steps):
+        path = out / f"distill-trajectories-{k}x{teacher_steps}-n{n}-s{seed}.pt"
+        if path.is_file():
+            traj = Trajectories(**torch.load(path, weights_only=False))
+            return coarsen(traj, student_grid(model, steps)) if k != steps else traj
+    return None
+
+
 def ddim_x0_target(sched, x_a: torch.Tensor, x_b: torch.Tensor, t_a: torch.Tensor,
                    t_b: torch.Tensor) -> torch.Tensor:
     """The clean estimate for which one DDIM step from (x_a, t_a) lands on x_b at t_b."""
@@ -139,29 +159,30 @@ def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: to
 
 def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teacher_steps: int = 48,
             guidance: float = 1.5, trajectories: int = 6144, train_steps: int = 3000, batch: int = 64,
-            lr: float = 2e-4, seed: int = 0, device: torch.device | None = None, chunk: int = 6144) -> dict:
+            lr: float = 2e-4, seed: int = 0, device: torch.device | None = None, chunk: int = 6144,
+            ema: float = 0.999) -> dict:
     """Teacher trajectories (cached in ``out`` in chunks of ``chunk``, so a larger run reuses a
-    smaller one's), then the student; attaches it to ``model``. A student already in the model
-    is trained on (more data after a first round), with a fresh schedule per trajectory count."""
+    smaller one's and a coarser student a finer one's), then the student; attaches it to
+    ``model``. A student already in the model is trained on (a first round's student, or one
+    with twice the steps: progressive), with a fresh schedule per step and trajectory count."""
     dev = device or model.device
     t0 = time.time()
     parts = []
     for k in range(0, trajectories, chunk):
-        n = min(chunk, trajectories - k)
-        cache = out / f"distill-trajectories-{steps}x{teacher_steps}-n{n}-s{seed + k // chunk}.pt"
-        if cache.is_file():
-            parts.append(Trajectories(**torch.load(cache, weights_only=False)))
-        else:
-            parts.append(teacher_trajectories(model, ts, n, steps, teacher_steps, guidance, seed + k // chunk))
-            torch.save(parts[-1].__dict__, cache)
+        n, part_seed = min(chunk, trajectories - k), seed + k // chunk
+        cached = _cached(out, model, steps, teacher_steps, n, part_seed)
+        if cached is None:
+            cached = teacher_trajectories(model, ts, n, steps, teacher_steps, guidance, part_seed)
+            torch.save(cached.__dict__, out / f"distill-trajectories-{steps}x{teacher_steps}-n{n}-s{part_seed}.pt")
+        parts.append(cached)
     traj = Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in
                           ("xs", "base", "inten", "cont", "context", "has_context")), parts[0].grid)
     t_traj = time.time() - t0
     student = model.student if model.student is not None else copy.deepcopy(model.dit)
     model.add_student(student, steps, guidance)  # a submodule now: resumable with the model state
     student.train().requires_grad_(True)
-    tr = Trainer(model, out, f"distill-n{trajectories}", train_steps, lr, list(student.parameters()), dev, seed)
+    tr = Trainer(model, out, f"distill-{steps}steps-n{trajectories}", train_steps, lr, list(student.parameters()), dev, seed, ema=ema)
     report = train_student(model, traj, tr, student, batch)
     student.eval().requires_grad_(False)
     return {**report, "student_steps": steps, "teacher": f"dpmpp2m {teacher_steps} steps, guidance {guidance}",
-            "trajectories": trajectories, "trajectory_s": round(t_traj, 1), "lr": lr}
+            "trajectories": trajectories, "trajectory_s": round(t_traj, 1), "lr": lr, "ema": ema}

@@ -86,12 +86,18 @@ class Trainer:
     """One stage's loop: the stage supplies ``loss(batch_rng)``; this handles the rest."""
 
     def __init__(self, model: TwinModel, out: Path, stage: str, steps: int, lr: float,
-                 params, device: torch.device, seed: int) -> None:
+                 params, device: torch.device, seed: int, ema: float = 0.0) -> None:
+        """``ema`` > 0 keeps an exponential moving average of ``params`` (that decay per step,
+        less in the first steps) and leaves it in the parameters at the end: with a noisy loss, the average of the last
+        few hundred steps generalises better than the last step."""
         self.model, self.out, self.stage, self.steps = model, out, stage, steps
         self.device = device
-        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        self.params = list(params)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.01)
+        self.ema_decay = ema
+        self.ema = [p.detach().clone() for p in self.params] if ema > 0 else None
         self.state_path = out / f"{stage}.state.pt"
-        self.start = load_training_state(self.state_path, model, self.opt)
+        self.start = load_training_state(self.state_path, model, self.opt, self.ema)
         if self.start:
             log.info("resuming %s at step %d", stage, self.start)
         self.rng = np.random.default_rng(seed + self.start)
@@ -113,10 +119,19 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.opt.step()
+            if self.ema is not None:
+                decay = min(self.ema_decay, (1 + step) / (10 + step))  # early on, the start weighs little
+                with torch.no_grad():
+                    for e, p in zip(self.ema, self.params, strict=True):
+                        e.lerp_(p, 1.0 - decay)
             losses.append(loss.item())
             _progress(self.stage, step, self.steps, float(np.mean(losses[-50:])), t0, 10)
             if step % save_every == 0 or step == self.steps:
-                save_training_state(self.state_path, step, self.model, self.opt)
+                save_training_state(self.state_path, step, self.model, self.opt, self.ema)
+        if self.ema is not None:
+            with torch.no_grad():
+                for p, e in zip(self.params, self.ema, strict=True):
+                    p.copy_(e)
         return losses
 
 
@@ -224,7 +239,7 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
 def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int | None = None,
               batch: int | None = None, seed: int = 0, device: str = "auto",
               limit: int | None = None, dit_overrides: dict | None = None,
-              distill_options: dict | None = None) -> TwinModel:
+              distill_options: dict | None = None, lr: float | None = None) -> TwinModel:
     """Train one stage in ``out`` (continuing the earlier stages' weights found there)."""
     dev = _device(device)
     out.mkdir(parents=True, exist_ok=True)
@@ -242,8 +257,8 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
             model.set_backend("torch", model.dit, model.ae.decode)
     else:
         model = TwinModel.from_preset(size, **(dit_overrides or {})).to(dev)
-    d_steps, d_batch, lr = DEFAULTS[stage]
-    steps, batch = steps or d_steps, batch or d_batch
+    d_steps, d_batch, d_lr = DEFAULTS[stage]
+    steps, batch, lr = steps or d_steps, batch or d_batch, lr or d_lr
     t0 = time.time()
     ts = load_training_set(data, fs=model.meta.fs, limit=limit)
     if stage == "distill":
@@ -285,9 +300,10 @@ def main(args: argparse.Namespace, settings) -> int:
     overrides = {"adaln-only": {"use_cross": False}, "cross-only": {"use_adaln": False},
                  "both": {"use_adaln": True, "use_cross": True}}.get(args.ablation)
     distill_options = {"steps": args.student_steps, "teacher_steps": args.teacher_steps,
-                       "trajectories": args.trajectories, "guidance": args.guidance} \
+                       "trajectories": args.trajectories, "guidance": args.guidance, "ema": args.ema} \
         if args.stage == "distill" else None
     run_stage(args.stage, out, data, size=args.size, steps=args.steps, batch=args.batch_size,
-              seed=args.seed, device=settings.device, dit_overrides=overrides, distill_options=distill_options)
+              seed=args.seed, device=settings.device, dit_overrides=overrides, distill_options=distill_options,
+              lr=args.lr)
     print(f"wrote {out}/model.safetensors")
     return 0

@@ -51,3 +51,47 @@ def test_model_without_student_refuses_distilled(tiny_model):
     with pytest.raises(ValueError, match="distilled student"):
         tiny_model.generate(np.zeros((1, tiny_model.ibe.cfg.base_dim), np.float32), [CardiacState()],
                             steps=4, sampler="distilled")
+
+
+def test_coarser_student_reuses_nested_trajectories(distilled_model_dir):
+    """A 2-step student's targets are the 4-step teacher runs at their shared timesteps."""
+    from models.distill import coarsen, student_grid
+
+    model = TwinModel.load(distilled_model_dir)
+    [cache] = distilled_model_dir.glob("distill-trajectories-4x*.pt")
+    traj = Trajectories(**torch.load(cache, weights_only=False))
+    two = coarsen(traj, student_grid(model, 2))
+    assert two.grid == [traj.grid[0], traj.grid[2], -1]
+    torch.testing.assert_close(two.xs[:, 1], traj.xs[:, 2])
+    torch.testing.assert_close(two.xs[:, -1], traj.xs[:, -1])
+    with pytest.raises(ValueError, match="not nested"):
+        coarsen(traj, student_grid(model, 3))
+
+
+def test_trainer_leaves_the_moving_average_in_the_weights(tmp_path):
+    """With ``ema`` the final weights are the average of the path, not the last step."""
+    from models.train import Trainer
+
+    net = torch.nn.Linear(3, 1, bias=False)
+    path = []
+
+    def loss(rng):
+        x = torch.from_numpy(rng.standard_normal((8, 3)).astype(np.float32))
+        return ((net(x) - x.sum(1, keepdim=True)) ** 2).mean()
+
+    tr = Trainer(net, tmp_path, "toy", 40, 0.05, net.parameters(), torch.device("cpu"), 0, ema=0.9)
+    orig_step = tr.opt.step
+
+    def step_and_record(*a, **k):
+        out = orig_step(*a, **k)
+        path.append(net.weight.detach().clone())
+        return out
+
+    tr.opt.step = step_and_record
+    expected = net.weight.detach().clone()
+    tr.run(loss)
+    for step, w in enumerate(path, start=1):
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * w
+    torch.testing.assert_close(net.weight.detach(), expected)
+    assert not torch.allclose(net.weight.detach(), path[-1])

@@ -61,5 +61,6 @@ def test_reduced_report_and_a_wrong_model_scores_worse(tmp_path, data_dir):
         return sum(v["generated_auroc"] for v in res["conditioning"].values()) / len(res["conditioning"])
 
     assert mean_cond(wrong) < mean_cond(right) - 0.1
-    hr_key = "model_4_steps"
+    hr_key = next(k for k in right["heart_rate"] if k.startswith("twins_"))
+    assert hr_key == f"twins_{right['config']['sampler']}_4"
     assert wrong["heart_rate"][hr_key]["median_abs_error_bpm"] > right["heart_rate"][hr_key]["median_abs_error_bpm"]

@@ -69,6 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from models.evaluation.classifier import load_classifier
     from models.evaluation.report import EvalConfig, evaluate
     from models.twin import TwinModel
 
@@ -78,19 +79,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = EvalConfig.reduced_mode(seed=args.seed) if args.reduced else EvalConfig(seed=args.seed)
     cfg.steps = args.steps or settings.steps
     cfg.sampler = args.sampler or settings.sampler
-    if args.steps_curve:
-        cfg.steps_curve = tuple(int(x) for x in args.steps_curve.split(","))
+    if args.steps_curve is not None:  # "" : no teacher points (a candidate student alone)
+        cfg.steps_curve = tuple(int(x) for x in args.steps_curve.split(",") if x)
+    if args.curve_seeds:
+        cfg.curve_seeds = args.curve_seeds
     data = Path(args.data) if args.data else settings.data_dir / "ptbxl-subset"
     out = Path(args.out)
     judge = None
     if args.judge:
-        from models.evaluation.classifier import load_classifier
-
         judge = load_classifier(Path(args.judge))
     elif not args.reduced and (model_dir / "evaluator.safetensors").is_file():
-        from models.evaluation.classifier import load_classifier
-
         judge = load_classifier(model_dir)
+    if args.curve_only:
+        import json
+
+        from models.evaluation.report import curve_only
+
+        if judge is None:  # the shipped model's judge: candidates are scored like the default
+            judge = load_classifier(settings.model_path)
+        curve = curve_only(model, data, cfg, judge)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "curve.json").write_text(json.dumps(curve, indent=2))
+        for name, d in curve.items():
+            sd = f" ± {d['fid_sd']:.2f}" if d.get("fid_sd") is not None else ""
+            ratio = f"  ({d['ratio_to_50']:.2f} x 50 steps)" if d.get("ratio_to_50") else ""
+            print(f"{name:>14}: FID {d['fid']:.2f}{sd}{ratio}")
+        return 0
     evaluate(model, data, out, cfg, model_dir if args.save_judge else None, judge=judge)
     print(f"report: {out / 'EVALUATION.md'}")
     return 0
@@ -203,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--teacher-steps", type=int, default=48, help="distill: the teacher's DPM-Solver++ steps")
     t.add_argument("--trajectories", type=int, default=6144, help="distill: teacher trajectories to fit")
     t.add_argument("--guidance", type=float, default=1.5, help="distill: guidance folded into the student")
+    t.add_argument("--ema", type=float, default=0.999, help="distill: EMA decay of the student's weights (0: off)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the stage's)")
     t.set_defaults(func=cmd_train)
 
     pk = sub.add_parser("package", help="turn a training run into a shippable model folder (fp16)")
@@ -227,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--save-judge", action="store_true", help="store the trained classifier beside the model")
     ev.add_argument("--judge", default=None, help="folder holding evaluator.safetensors to score with")
     ev.add_argument("--steps-curve", default=None, help="step counts for the quality curve, e.g. 1,4,50")
+    ev.add_argument("--curve-seeds", type=int, default=None, help="generation seeds per curve point")
+    ev.add_argument("--curve-only", action="store_true",
+                    help="only the quality-vs-steps FIDs (judge: --judge, the model's, or the default model's)")
     ev.set_defaults(func=cmd_evaluate)
 
     pl = sub.add_parser("plot", help="draw a WFDB record or a segment JSON on ECG paper")
