@@ -283,6 +283,8 @@ def _finish(model: TwinModel, out: Path, data: Path, stage: str, report: dict, s
             lr: float, seed: int, ts: TrainingSet, dev: torch.device, t0: float) -> TwinModel:
     """Record what was trained, how and on what, next to the weights."""
     info = json.loads((out / "training.json").read_text()) if (out / "training.json").is_file() else {}
+    if stage in info:  # a further round (distillation continues its student): keep the earlier ones
+        info.setdefault(f"{stage}_earlier_rounds", []).append(info[stage])
     info[stage] = {**report, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
                    "records": len(ts.signals), "patients": len(set(ts.patients.tolist())),
                    "wall_s": round(time.time() - t0, 1), "device": str(dev),

@@ -158,3 +158,43 @@ def test_continuity_boundary_jump(tiny_model_dir):
     base = np.ones(model.ibe.cfg.base_dim, np.float32) / np.sqrt(model.ibe.cfg.base_dim)
     m = measure_continuity(gen, base, CardiacState(), segments=6, segment_samples=250)
     assert m["boundary_jump_mean"] <= 2.0 * m["within_step_mean"]
+
+
+async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(broker, prefix):
+    """Per-segment writes carry the stream position only; a restore combines it with the
+    patient record written before it, and a removal forgets both."""
+    from twin_engine.broker import TopicSpec, ensure_topics
+    from twin_engine.generator import pack_tail
+    from twin_engine.registry import Patient, Registry, partition_of
+
+    topic, parts = f"{prefix}.registry", 4
+    kw = {"bootstrap_servers": broker.bootstrap_servers}
+    await ensure_topics(kw, [TopicSpec(topic, parts, compacted=True)], 1)
+    prod = AIOKafkaProducer(acks="all", **kw)
+    await prod.start()
+    reg = Registry(prod, topic, parts)
+    pids = [f"bed-{i}" for i in range(6)]
+    rng = np.random.default_rng(0)
+    for pid in pids:
+        p = Patient(pid, rng.standard_normal(256).tolist(), "v1", {"statements": {"NORM": 1.0}, "heart_rate": 70})
+        for i in range(10):
+            p.set_state(CardiacState({"AFIB": 1.0}, 100 + i), f"{pid}-e{i}", i, 1.7e9 + i)
+        await reg.put(p)
+        for seq in range(1, 4):  # three published segments after the last state change
+            p.next_seq, p.stream_start = seq, 1.7e9
+            p.tail_b64 = pack_tail(rng.standard_normal((256, 12)).astype(np.float32))
+            await reg.put_position(p)
+    assert len(p.position_json()) < 0.6 * len(p.to_json())
+    await reg.delete("bed-5")
+    await prod.stop()
+
+    fresh = Registry(None, topic, parts)
+    owned = sorted({partition_of(pid, parts) for pid in pids[:3]})
+    restored = await fresh.restore(kw, owned)
+    assert set(restored) == {pid for pid in pids[:5] if partition_of(pid, parts) in owned}
+    for pid in restored:
+        q = fresh.get(pid)
+        assert q.next_seq == 3 and q.tail_b64 == reg.get(pid).tail_b64
+        assert q.state_event_id == f"{pid}-e9" and len(q.history) == 10 and len(q.base_vector) == 256
+    everything = await Registry(None, topic, parts).restore(kw, list(range(parts)))
+    assert sorted(everything) == pids[:5]

@@ -102,7 +102,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         (out / "curve.json").write_text(json.dumps(curve, indent=2))
         for name, d in curve.items():
             sd = f" ± {d['fid_sd']:.2f}" if d.get("fid_sd") is not None else ""
-            ratio = f"  ({d['ratio_to_50']:.2f} x 50 steps)" if d.get("ratio_to_50") else ""
+            ratio = (f"  ({d['ratio_to_50']:.2f} ± {d['ratio_to_50_sd'] or 0:.2f} x 50 steps)"
+                     if d.get("ratio_to_50") else "")
             print(f"{name:>14}: FID {d['fid']:.2f}{sd}{ratio}")
         return 0
     evaluate(model, data, out, cfg, model_dir if args.save_judge else None, judge=judge)

@@ -7,6 +7,13 @@ partition rebuilds exactly that patient's state from the changelog: state follow
 as in a faust Table, without faust's own worker runtime (the engine already owns the event loop,
 the HTTP server and the accelerator; one more framework would add a second scheduler).
 A tombstone (null value) removes a patient.
+
+Two kinds of record share the topic and the patient's partition: the patient (key: its id;
+written on registration and on every state change) and its stream position (key: id +
+``#position``; written for every published segment). Sequence number, stream origin and the
+samples the next segment continues are all a restart needs, so the per-segment write carries
+only those (about half the bytes of the whole record; base vector and state history stay put).
+Replayed in offset order, a position updates the patient written before it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
 
 from models.conditions import CardiacState
 from stream.events import state_from_dict, state_to_dict
@@ -25,6 +33,14 @@ from stream.events import state_from_dict, state_to_dict
 log = logging.getLogger(__name__)
 HISTORY_LIMIT = 50
 SEEN_EVENTS_LIMIT = 256
+POSITION_SUFFIX = "#position"  # '#' is not allowed in patient ids (stream.events)
+POSITION_FIELDS = ("next_seq", "stream_start", "published_event_id", "published_state", "published_since",
+                   "tail_b64")
+
+
+def partition_of(patient_id: str, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2 of the key): where the patient's records live."""
+    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass
@@ -68,6 +84,14 @@ class Patient:
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
+    def position_json(self) -> bytes:
+        return json.dumps({k: getattr(self, k) for k in POSITION_FIELDS}).encode()
+
+    def apply_position(self, raw: bytes) -> None:
+        for k, v in json.loads(raw).items():
+            if k in POSITION_FIELDS:
+                setattr(self, k, v)
+
     @staticmethod
     def from_json(raw: bytes) -> Patient:
         return Patient(**json.loads(raw))
@@ -76,9 +100,10 @@ class Patient:
 class Registry:
     """In-memory view of the patients this worker owns, written through to the changelog."""
 
-    def __init__(self, producer: AIOKafkaProducer | None, topic: str) -> None:
+    def __init__(self, producer: AIOKafkaProducer | None, topic: str, partitions: int) -> None:
         self.producer = producer
         self.topic = topic
+        self.partitions = partitions
         self.patients: dict[str, Patient] = {}
 
     def __contains__(self, pid: str) -> bool:
@@ -96,14 +121,22 @@ class Registry:
         if self.producer is not None:
             await self.producer.send_and_wait(self.topic, p.to_json(), key=p.patient_id.encode())
 
+    async def put_position(self, p: Patient) -> None:
+        """Durable once this returns, like ``put``, for the stream position alone."""
+        if self.producer is not None:
+            await self.producer.send_and_wait(self.topic, p.position_json(), key=(p.patient_id + POSITION_SUFFIX).encode(),
+                                              partition=partition_of(p.patient_id, self.partitions))
+
     async def delete(self, pid: str) -> None:
         self.patients.pop(pid, None)
         if self.producer is not None:
             await self.producer.send_and_wait(self.topic, None, key=pid.encode())
+            await self.producer.send_and_wait(self.topic, None, key=(pid + POSITION_SUFFIX).encode(),
+                                              partition=partition_of(pid, self.partitions))
 
-    def drop_partitions(self, partitions: set[int], partition_of) -> list[str]:
+    def drop_partitions(self, partitions: set[int]) -> list[str]:
         """Forget patients of revoked partitions (their new owner rebuilds them)."""
-        gone = [pid for pid in self.patients if partition_of(pid) in partitions]
+        gone = [pid for pid in self.patients if partition_of(pid, self.partitions) in partitions]
         for pid in gone:
             del self.patients[pid]
         return gone
@@ -125,11 +158,14 @@ class Registry:
                 batch = await consumer.getmany(*remaining, timeout_ms=1000)
                 for tp, msgs in batch.items():
                     for m in msgs:
-                        pid = m.key.decode()
+                        key = m.key.decode()
                         try:
-                            restored[pid] = Patient.from_json(m.value) if m.value is not None else None
-                        except (ValueError, TypeError) as exc:
-                            log.error("skipping unreadable registry record %s@%d: %s", pid, m.offset, exc)
+                            if not key.endswith(POSITION_SUFFIX):
+                                restored[key] = Patient.from_json(m.value) if m.value is not None else None
+                            elif m.value is not None and restored.get(key[:-len(POSITION_SUFFIX)]) is not None:
+                                restored[key[:-len(POSITION_SUFFIX)]].apply_position(m.value)
+                        except (ValueError, TypeError, AttributeError) as exc:
+                            log.error("skipping unreadable registry record %s@%d: %s", key, m.offset, exc)
                     if msgs and msgs[-1].offset + 1 >= ends[tp]:
                         remaining.discard(tp)
                 for tp in list(remaining):

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from aiokafka.partitioner import murmur2
 
 from models.conditions import CardiacState
 from models.data.preprocess import to_model_input
@@ -33,17 +32,12 @@ from twin_engine.broker import TopicSpec, ensure_topics
 from twin_engine.config import Settings
 from twin_engine.generator import ContinuousGenerator
 from twin_engine.metrics import Metrics
-from twin_engine.registry import Patient, Registry
+from twin_engine.registry import Patient, Registry, partition_of
 from twin_engine.runtime import log_choice
 from twin_engine.scheduler import PatientStream, StateChange, StreamClock
 from twin_engine.sinks import Sink
 
 log = logging.getLogger(__name__)
-
-
-def partition_of(patient_id: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2 of the key): where the patient's records live."""
-    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -94,7 +88,7 @@ class TwinService:
         ], k.replication_factor)
         self.producer = AIOKafkaProducer(acks="all", linger_ms=5, **self.kafka_kwargs)
         await self.producer.start()
-        self.registry = Registry(self.producer, k.topic_registry)
+        self.registry = Registry(self.producer, k.topic_registry, k.partitions)
         self.batcher.start()
         self.consumer = AIOKafkaConsumer(group_id=k.group_id, enable_auto_commit=False,
                                          auto_offset_reset="earliest", **k.consumer_kwargs())
@@ -142,7 +136,7 @@ class TwinService:
         n = self.topics.partitions
         gone = [pid for pid in self.streams if partition_of(pid, n) in partitions]
         await asyncio.gather(*(self.streams.pop(pid).stop() for pid in gone))
-        self.registry.drop_partitions(partitions, lambda pid: partition_of(pid, n))
+        self.registry.drop_partitions(partitions)
         self._owned -= partitions
         self.metrics.live_patients.set(len(self.streams))
 
@@ -295,7 +289,7 @@ class TwinService:
         for sink in self.sinks:
             await sink.segment(seg)
         self.metrics.published.inc()
-        await self.registry.put(p)
+        await self.registry.put_position(p)
 
     # ---- requests from the HTTP API and CLI ----------------------------------------------------
     async def send_event(self, ev: Event) -> None:
