@@ -101,15 +101,12 @@ def save_training_state(path: Path, step: int, model: nn.Module, opt: torch.opti
     tmp.replace(path)
 
 
-def load_training_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
-                        ema: list[torch.Tensor] | None = None) -> int:
-    """The step to resume at (0: fresh); ``ema``'s tensors are filled in place when stored."""
+def load_training_state(path: Path, model: nn.Module,
+                        opt: torch.optim.Optimizer) -> tuple[int, list[torch.Tensor] | None]:
+    """The step to resume at (0: fresh) and the stored moving average, if any."""
     if not path.is_file():
-        return 0
+        return 0, None
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
-    if ema is not None and state.get("ema") is not None:
-        for dst, src in zip(ema, state["ema"], strict=True):
-            dst.copy_(src)
-    return int(state["step"])
+    return int(state["step"]), state.get("ema")

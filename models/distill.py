@@ -112,11 +112,13 @@ def coarsen(traj: Trajectories, grid: list[int]) -> Trajectories:
 
 def _cached(out: Path, model: TwinModel, steps: int, teacher_steps: int, n: int, seed: int) -> Trajectories | None:
     """A stored trajectory chunk for this student grid, or one at a finer nested grid, coarsened."""
+    grid = student_grid(model, steps)
     for k in (steps, 2 * steps, 4 * steps, 8 * steps):
         path = out / f"distill-trajectories-{k}x{teacher_steps}-n{n}-s{seed}.pt"
         if path.is_file():
             traj = Trajectories(**torch.load(path, weights_only=False))
-            return coarsen(traj, student_grid(model, steps)) if k != steps else traj
+            if set(grid) <= set(traj.grid):  # rounding can leave a multiple's grid not nested
+                return coarsen(traj, grid)
     return None
 
 
@@ -181,7 +183,8 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
     student = model.student if model.student is not None else copy.deepcopy(model.dit)
     model.add_student(student, steps, guidance)  # a submodule now: resumable with the model state
     student.train().requires_grad_(True)
-    tr = Trainer(model, out, f"distill-{steps}steps-n{trajectories}", train_steps, lr, list(student.parameters()), dev, seed, ema=ema)
+    tr = Trainer(model, out, f"distill-{steps}steps-n{trajectories}", train_steps, lr, list(student.parameters()),
+                 dev, seed, ema=ema)
     report = train_student(model, traj, tr, student, batch)
     student.eval().requires_grad_(False)
     return {**report, "student_steps": steps, "teacher": f"dpmpp2m {teacher_steps} steps, guidance {guidance}",

@@ -88,16 +88,19 @@ class Trainer:
     def __init__(self, model: TwinModel, out: Path, stage: str, steps: int, lr: float,
                  params, device: torch.device, seed: int, ema: float = 0.0) -> None:
         """``ema`` > 0 keeps an exponential moving average of ``params`` (that decay per step,
-        less in the first steps) and leaves it in the parameters at the end: with a noisy loss, the average of the last
-        few hundred steps generalises better than the last step."""
+        less in the first steps) and leaves it in the parameters at the end: with a noisy loss,
+        the average of the last few hundred steps generalises better than the last step."""
         self.model, self.out, self.stage, self.steps = model, out, stage, steps
         self.device = device
         self.params = list(params)
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.01)
-        self.ema_decay = ema
-        self.ema = [p.detach().clone() for p in self.params] if ema > 0 else None
         self.state_path = out / f"{stage}.state.pt"
-        self.start = load_training_state(self.state_path, model, self.opt, self.ema)
+        self.start, stored_ema = load_training_state(self.state_path, model, self.opt)
+        self.ema_decay = ema
+        self.ema = None
+        if ema > 0:  # resumed: the stored average; fresh (or stored without one): the weights now
+            self.ema = [e.to(p.device) for e, p in zip(stored_ema, self.params, strict=True)] \
+                if stored_ema is not None else [p.detach().clone() for p in self.params]
         if self.start:
             log.info("resuming %s at step %d", stage, self.start)
         self.rng = np.random.default_rng(seed + self.start)

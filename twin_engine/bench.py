@@ -286,6 +286,9 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
             "event_to_effect_p50_s": float(np.percentile(effect, 50)) if effect else None,
             "event_to_effect_p99_s": float(np.percentile(effect, 99)) if effect else None,
             "events_measured": len(effect), "deadline_misses": misses,
+            # how many changes were visible downstream within one segment length of being sent
+            "effect_within_one_segment_share": float(np.mean(np.array(effect) <= s.segment_seconds / speed))
+            if effect and speed else None,
             # by design a change waits for the next segment boundary (uniform over one segment);
             # what the service adds on top is this:
             "overhead_p50_s": float(np.percentile(overhead, 50)) if overhead else None,
