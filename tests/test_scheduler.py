@@ -124,3 +124,34 @@ async def test_lookahead_tail_spans_several_short_segments():
             continue
         expected = np.concatenate([np.full(50, value[seq - 3]), np.full(100, value[seq - 2]), np.full(100, value[seq - 1])])
         np.testing.assert_array_equal(r.tail[:, 0], expected)
+
+
+async def test_batcher_waits_for_company_but_not_past_a_deadline():
+    """Far deadlines (and as-fast-as-possible ones, -inf) share a batch after up to ``max_wait``;
+    a request due sooner than that goes at once rather than wait for company."""
+    sizes = []
+
+    def gen(reqs):
+        sizes.append(len(reqs))
+        return _hr_generator(reqs)
+
+    from twin_engine.generator import GenRequest
+
+    def req():
+        return GenRequest(np.ones(4, np.float32), CardiacState(), None, 10, 0)
+
+    batcher = MicroBatcher(gen, 16, 0.5, Metrics())
+    batcher.start()
+    for deadline in (lambda: time.monotonic() + 60.0, lambda: float("-inf")):
+        sizes.clear()
+        first = asyncio.create_task(batcher.submit(req(), deadline()))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(first, batcher.submit(req(), deadline()))
+        assert sizes == [2]
+    sizes.clear()
+    urgent = asyncio.create_task(batcher.submit(req(), time.monotonic() + 0.05))
+    await asyncio.sleep(0.2)
+    assert urgent.done() and sizes == [1]
+    await batcher.submit(req(), time.monotonic() + 60.0)
+    assert sizes == [1, 1]
+    await batcher.stop()

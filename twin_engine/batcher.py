@@ -2,7 +2,9 @@
 
 Requests wait at most ``max_wait`` for company (or until ``max_batch`` are queued), then the most
 urgent ``max_batch`` go to the accelerator in one call, run in a worker thread so the event loop
-keeps publishing and consuming while the model computes.
+keeps publishing and consuming while the model computes. The wait for company never eats into
+the most urgent request's slack: a segment regenerated after a state change, due at the next
+boundary, goes at once when the boundary is closer than the wait plus one batch's time.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Callable
 
@@ -28,6 +31,7 @@ class MicroBatcher:
         self._counter = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._batch_s = 0.0  # moving average of one batch's generation time
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
@@ -53,10 +57,14 @@ class MicroBatcher:
                 self._wake.clear()
                 await self._wake.wait()
             first = time.monotonic()
-            while len(self._heap) < self.max_batch and time.monotonic() - first < self.max_wait:
+            while len(self._heap) < self.max_batch:
+                urgent = self._heap[0][0]  # deadlines are -inf as fast as possible: never urgent
+                until = min(first + self.max_wait, urgent - self._batch_s if math.isfinite(urgent) else math.inf)
+                if time.monotonic() >= until:
+                    break
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.max_wait - (time.monotonic() - first))
+                    await asyncio.wait_for(self._wake.wait(), until - time.monotonic())
                 except TimeoutError:
                     break
             batch = [heapq.heappop(self._heap) for _ in range(min(self.max_batch, len(self._heap)))]
@@ -71,7 +79,9 @@ class MicroBatcher:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            self.metrics.generation_latency.observe(time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            self._batch_s = took if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * took
+            self.metrics.generation_latency.observe(took)
             self.metrics.batch_size.observe(len(batch))
             for (_, _, req, fut), out in zip(batch, outs, strict=True):
                 self.metrics.segments.inc()

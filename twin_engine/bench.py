@@ -309,8 +309,9 @@ def bench_serve(settings: Settings, counts: list[int], duration: float, speed: f
             runs.append(r)
             print(json.dumps(r), flush=True)
         if realtime:
-            # one condition change every ~3 s: enough events for a meaningful p99
-            changes = max(10, int(realtime_duration * 0.8 / 3))
+            # one condition change a second: about 480 in 10 minutes, enough for a p99 that is
+            # not one or two events
+            changes = max(10, int(realtime_duration * 0.8))
             r = asyncio.run(_serve_once(settings, model, realtime, realtime_duration, 1.0, changes, settings.data_dir))
             runs.append(r)
             print(json.dumps(r), flush=True)
