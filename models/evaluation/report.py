@@ -153,19 +153,20 @@ def curve_only(model: TwinModel, data: Path, cfg: EvalConfig, judge) -> dict[str
     project = _pca(clf.predict(_centre(tr_sig, w))[1], cfg.feature_dims)
     f_he = project(clf.predict(_centre(he_sig, w))[1])
     bases = np.stack([model.encode([s[: he_sig.shape[1] // 2]]) for s in he_sig])
-    entries = [(TEACHER_SAMPLER, s) for s in cfg.steps_curve]
-    if cfg.sampler != TEACHER_SAMPLER:
-        entries.append((cfg.sampler, cfg.steps))
-    return quality_curve(model, clf, project, f_he, bases, _states(db, held_ids, he_sig), entries, cfg)
+    return quality_curve(model, clf, project, f_he, bases, _states(db, held_ids, he_sig), cfg)
 
 
 def quality_curve(model: TwinModel, judge, project, f_real: np.ndarray, bases: np.ndarray,
-                  states: list[CardiacState], entries: list[tuple[str, int]], cfg: EvalConfig) -> dict[str, dict]:
-    """FID to the held-out windows per (sampler, steps), the mean over ``cfg.curve_seeds``
+                  states: list[CardiacState], cfg: EvalConfig) -> dict[str, dict]:
+    """FID to the held-out windows for the teacher at each of ``cfg.steps_curve`` and the
+    serving sampler at ``cfg.steps`` (when it is not the teacher), the mean over ``cfg.curve_seeds``
     generation seeds with their SD: "within 10% of 50 steps" is a claim about a difference of
     a few tenths, the size of one seed's scatter, so one draw per point cannot carry it.
     ``ratio_to_50`` compares with the teacher's 50 steps where that is an entry, seed by seed."""
     fs = model.meta.fs
+    entries = [(TEACHER_SAMPLER, s) for s in cfg.steps_curve]
+    if cfg.sampler != TEACHER_SAMPLER:
+        entries.append((cfg.sampler, cfg.steps))
     curve: dict[str, dict] = {}
     for sampler, steps in entries:
         fids, hr = [], None
@@ -251,10 +252,7 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
     res["speed_windows_per_s"] = {twins: len(gen) / gen_time, "neurokit2": len(nk_sig) / nk_time}
 
     # --- quality vs steps: the teacher (DPM-Solver++) at every count, the serving sampler at its own
-    entries = [(TEACHER_SAMPLER, s) for s in cfg.steps_curve]
-    if cfg.sampler != TEACHER_SAMPLER:
-        entries.append((cfg.sampler, cfg.steps))
-    curve = res["steps_curve"] = quality_curve(model, clf, project, f_he, bases_a, gen_states, entries, cfg)
+    curve = res["steps_curve"] = quality_curve(model, clf, project, f_he, bases_a, gen_states, cfg)
 
     # --- heart rate -----------------------------------------------------------------------------------
     res["heart_rate"] = {twins: _hr_errors(gen, hr_targets, fs),
