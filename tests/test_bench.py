@@ -16,8 +16,9 @@ def test_bench_generate_rows_and_serving_summary(distilled_model_dir, tmp_path):
     rows = [r for r in res["rows"] if "skipped" not in r]
     # the student only at its own step count; the teacher at both
     assert sorted((r["sampler"], r["steps"]) for r in rows) == [("distilled", 4), ("dpmpp2m", 1), ("dpmpp2m", 4)]
-    assert all(r["realtime_patients"] > 0 and r["achieved_gflop_per_s"] > 0 and 0 < r["decoder_s"] < r["batch_s"]
-               for r in rows)
+    # positive figures only: which of two separately timed parts is larger is noise at repeats=1
+    assert all(r["realtime_patients"] > 0 and r["achieved_gflop_per_s"] > 0 and r["decoder_s"] > 0
+               and r["batch_s"] > 0 and r["denoiser_s"] >= 0 for r in rows)
     assert res["best"]["sampler"] == "distilled" and res["best"]["steps"] == 4
     assert res["best"]["ratio_vs_neurokit2_per_core"] > 0
     if not torch.cuda.is_available():
