@@ -126,6 +126,49 @@ async def test_lookahead_tail_spans_several_short_segments():
         np.testing.assert_array_equal(r.tail[:, 0], expected)
 
 
+async def test_window_samples_beyond_a_segment_open_the_next_one():
+    """The model makes whole windows (150 samples here, for 100-sample segments): what a window
+    makes past its segment opens the next one, so two windows serve three segments and the stream
+    stays one continuous count; a state change drops the old state's spare samples."""
+    asked = []
+
+    def gen(reqs):
+        out = []
+        for r in reqs:
+            asked.append(r.n_samples)
+            start = 0 if r.tail is None else int(round(r.tail[-1, 0] * 1000)) + 1
+            x = np.zeros((150, 12), np.float32)
+            x[:, 0] = (start + np.arange(150)) / 1000  # a sample counter, exact through int16 tails
+            x[:, 1] = r.state.heart_rate
+            out.append(x)
+        return out
+
+    metrics = Metrics()
+    batcher = MicroBatcher(gen, 16, 0.001, metrics)
+    batcher.start()
+    published = []
+
+    async def publish(p, seg, change):
+        published.append(seg)
+
+    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
+    s = PatientStream(p, clock=StreamClock(50.0), batcher=batcher, fs=100, segment_samples=100,
+                      context_samples=10, lookahead=3, leads=LEADS, model_version="m", publish=publish,
+                      metrics=metrics)
+    s.start()
+    await _until(lambda: len(published) >= 6)
+    s.change_state(StateChange(CardiacState(), None, CardiacState({"AFIB": 1.0}, 120), "chg", None, 0.0, time.monotonic()))
+    await _until(lambda: sum(seg.event_id == "chg" for seg in published) >= 4)
+    await s.stop()
+    await batcher.stop()
+    assert asked[:4] == [100, 50, 100, 50]  # segments 0-5 from four windows, 2 and 5 from spare alone
+    count = np.round(np.concatenate([seg.samples[:, 0] for seg in published]) * 1000).astype(int)
+    np.testing.assert_array_equal(count, np.arange(len(count)))
+    assert [seg.seq for seg in published] == list(range(len(published)))
+    for seg in published:
+        assert np.all(seg.samples[:, 1] == (120 if seg.event_id == "chg" else 60))
+
+
 async def test_batcher_waits_for_company_but_not_past_a_deadline():
     """Far deadlines (and as-fast-as-possible ones, -inf) share a batch after up to ``max_wait``;
     a request due sooner than that goes at once rather than wait for company."""

@@ -244,6 +244,9 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     sent: dict[str, tuple[float, float]] = {}  # event id -> (loop time, wall time) at send
     effect: list[float] = []
     overhead: list[float] = []  # effect latency beyond the wait for the next segment boundary
+    # where the time goes: send -> service has applied it; applied -> segment published (the wait
+    # for the boundary, or regeneration); published -> seen by this downstream consumer
+    hops: dict[str, list[float]] = {"to_service": [], "in_service": [], "to_downstream": []}
     count = 0
     t_first = None
     loop = asyncio.get_running_loop()
@@ -273,6 +276,12 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
                 if seg.event_id in sent:
                     t_loop, t_wall = sent.pop(seg.event_id)
                     effect.append(loop.time() - t_loop)
+                    stream = svc.streams.get(seg.patient_id)
+                    ch = stream.change if stream is not None else None
+                    if ch is not None and ch.event_id == seg.event_id and ch.published is not None:
+                        hops["to_service"].append(ch.received - t_loop)
+                        hops["in_service"].append(ch.published - ch.received)
+                        hops["to_downstream"].append(loop.time() - ch.published)
                     if speed == 1.0:  # stream time is wall time: the segment starts at its boundary
                         overhead.append(effect[-1] - max(0.0, seg.start_time - t_wall))
         if measuring_until is not None and loop.time() > measuring_until and not sent:
@@ -292,7 +301,10 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
             # by design a change waits for the next segment boundary (uniform over one segment);
             # what the service adds on top is this:
             "overhead_p50_s": float(np.percentile(overhead, 50)) if overhead else None,
-            "overhead_p99_s": float(np.percentile(overhead, 99)) if overhead else None}
+            "overhead_p99_s": float(np.percentile(overhead, 99)) if overhead else None,
+            **{f"{k}_{q}_s": float(np.percentile(v, int(q[1:]))) for k, v in hops.items() if v
+               for q in ("p50", "p99")},
+            **{f"{k}_mean_s": float(np.mean(v)) for k, v in hops.items() if v}}
 
 
 def bench_serve(settings: Settings, counts: list[int], duration: float, speed: float, realtime: int,

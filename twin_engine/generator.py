@@ -70,7 +70,8 @@ class ContinuousGenerator:
 
     @torch.no_grad()
     def generate(self, requests: list[GenRequest]) -> list[np.ndarray]:
-        """(n_samples, leads) per request, each continuing its tail."""
+        """At least (n_samples, leads) per request, each continuing its tail: whole windows, so
+        that a stream keeps what a window made beyond the request for its next segment."""
         outs: list[list[np.ndarray]] = [[] for _ in requests]
         tails = [r.tail[-self.context:] if r.tail is not None and len(r.tail) >= self.context else None
                  for r in requests]
@@ -91,7 +92,7 @@ class ContinuousGenerator:
                     produced[i] += len(x)
                     tails[i] = extend_tail(tails[i], x, self.context)
             rnd += 1
-        return [np.concatenate(o)[: r.n_samples] for o, r in zip(outs, requests, strict=True)]
+        return [np.concatenate(o) for o in outs]
 
     def _windows(self, reqs: list[GenRequest], tails: list[np.ndarray] | None, rnd: int) -> list[np.ndarray]:
         m = self.model
@@ -123,7 +124,7 @@ def measure_continuity(gen: ContinuousGenerator, base: np.ndarray, state: Cardia
     (absolute differences, all leads): a seamless stream has a ratio near 1."""
     tail, chunks = None, []
     for seq in range(segments):
-        out = gen.generate([GenRequest(base, state, tail, segment_samples, seed + seq)])[0]
+        out = gen.generate([GenRequest(base, state, tail, segment_samples, seed + seq)])[0][:segment_samples]
         chunks.append(out)
         tail = extend_tail(tail, out, gen.context)
     within = np.concatenate([np.abs(np.diff(c, axis=0)).ravel() for c in chunks])

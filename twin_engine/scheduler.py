@@ -63,6 +63,7 @@ class StateChange:
     transition_seconds: float
     received: float  # monotonic
     first_seq: int | None = None  # first segment published in the new state
+    published: float | None = None  # monotonic, when that segment went to the sinks
     ramp_start: float | None = None  # stream time of the first segment generated in it
 
 
@@ -73,6 +74,9 @@ class Pending:
     state: CardiacState
     event_id: str | None
     tail: np.ndarray  # the stream's last context samples once this segment is out
+    # what the model's last window produced beyond this segment, continuing it in the same
+    # state: the next segment starts from it instead of discarding a third of every window
+    spare: np.ndarray | None = None
 
 
 PublishFn = Callable[[Patient, Segment, StateChange | None], Awaitable[None]]
@@ -87,6 +91,7 @@ class PatientStream:
         self.n, self.context, self.lookahead = segment_samples, context_samples, lookahead
         self.leads, self.model_version, self.publish, self.metrics = leads, model_version, publish, metrics
         self.pending: deque[Pending] = deque()
+        self.published: Pending | None = None  # the last segment out, with its spare samples
         self.change: StateChange | None = None
         self.state = patient.cardiac_state
         self._changed = asyncio.Event()
@@ -144,23 +149,29 @@ class PatientStream:
             return replace(ch.state, heart_rate=hr), ch.event_id
         return ch.state, ch.event_id
 
-    async def _generate(self, seq: int, tail: np.ndarray | None) -> Pending:
+    async def _generate(self, seq: int, prev: Pending | None) -> Pending:
+        """Segment ``seq``, continuing ``prev`` (the last segment generated) or the stored tail.
+        The model works in whole windows; samples past the segment are kept as ``spare`` and used
+        first by the next segment if its state is the same (a change or a ramp step drops them)."""
         state, event_id = self._state_and_event(seq)
-        req = GenRequest(self.p.base(), state, tail, self.n, patient_seed(self.p.patient_id, seq))
-        samples = await self.batcher.submit(req, self.clock.due(self.start_time(seq)))
-        return Pending(seq, samples, state, event_id, extend_tail(tail, samples, self.context))
-
-    def _next_tail(self) -> np.ndarray | None:
-        if self.pending:
-            return self.pending[-1].tail
-        return unpack_tail(self.p.tail_b64, len(self.leads))
+        tail = prev.tail if prev is not None else unpack_tail(self.p.tail_b64, len(self.leads))
+        spare = prev.spare if prev is not None and (prev.state, prev.event_id) == (state, event_id) else None
+        have = np.zeros((0, len(self.leads)), np.float32) if spare is None else spare
+        if len(have) < self.n:
+            req = GenRequest(self.p.base(), state, extend_tail(tail, have, self.context) if len(have) else tail,
+                             self.n - len(have), patient_seed(self.p.patient_id, seq))
+            have = np.concatenate([have, await self.batcher.submit(req, self.clock.due(self.start_time(seq)))])
+        samples = have[:self.n]
+        return Pending(seq, samples, state, event_id, extend_tail(tail, samples, self.context),
+                       have[self.n:] if len(have) > self.n else None)
 
     async def _run(self) -> None:
         try:
             while not self._stopping:
                 if self._gen is None and len(self.pending) < self.lookahead:
                     seq = self.p.next_seq + len(self.pending)
-                    self._gen = asyncio.create_task(self._generate(seq, self._next_tail()))
+                    prev = self.pending[-1] if self.pending else self.published
+                    self._gen = asyncio.create_task(self._generate(seq, prev))
                 waiters: set[asyncio.Future] = {asyncio.ensure_future(self._changed.wait())}
                 if self._gen is not None:
                     waiters.add(self._gen)
@@ -174,6 +185,7 @@ class PatientStream:
                 if self._changed.is_set():
                     self._changed.clear()
                     self.pending.clear()
+                    self.published = None  # its spare samples are in the old state
                     if self._gen is not None:
                         self._gen.cancel()
                         await asyncio.gather(self._gen, return_exceptions=True)
@@ -204,8 +216,9 @@ class PatientStream:
                       item.samples, state_to_dict(item.state), item.event_id, self.model_version)
         change = self.change
         if change is not None and item.event_id == change.event_id and change.first_seq is None:
-            change.first_seq = item.seq
-            self.metrics.event_to_effect.observe(time.monotonic() - change.received)
+            change.first_seq, change.published = item.seq, time.monotonic()
+            self.metrics.event_to_effect.observe(change.published - change.received)
         self.p.tail_b64 = pack_tail(item.tail)
+        self.published = item
         self.p.next_seq = item.seq + 1
         await self.publish(self.p, seg, change)
