@@ -20,8 +20,8 @@ TRT_TOL = 5e-2  # fp16 engine: half precision through every layer
 def test_choice_on_this_machine():
     s = load_settings(env={})
     backend, device = choose_backend(s)
-    assert backend == "torch"
-    assert device == ("cuda" if torch.cuda.is_available() else "cpu")
+    # a GPU: PyTorch; the CPU: ONNX Runtime (a core dependency), faster inside the service
+    assert (backend, device) == (("torch", "cuda") if torch.cuda.is_available() else ("onnxruntime", "cpu"))
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailable, match="NVIDIA GPU"):
             choose_backend(load_settings(env={"TWIN_ENGINE_BACKEND": "tensorrt"}))
@@ -87,3 +87,28 @@ def test_torch_compile_parity(distilled_model_dir):
     for sampler in ("distilled", "dpmpp2m"):
         np.testing.assert_allclose(comp.generate(base, states, 4, 5, sampler), ref.generate(base, states, 4, 5, sampler),
                                    atol=10 * ORT_TOL)
+
+
+def test_auto_falls_back_to_torch_when_its_pick_cannot_be_set_up(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """An automatic pick that fails to set up (say, an ONNX export error) serves with PyTorch and
+    says so; a backend configured by name fails instead of quietly running something else."""
+    import twin_engine.app as app
+
+    real = app.attach_backend
+
+    def attach(model, backend, *args, **kwargs):
+        if backend != "torch":
+            raise RuntimeError("export failed")
+        return real(model, backend, *args, **kwargs)
+
+    monkeypatch.setattr(app, "attach_backend", attach)
+    monkeypatch.setattr(app, "choose_backend", lambda s: ("onnxruntime", "cpu"))
+    s = load_settings(env={})
+    s.model_path, s.cache_dir = tiny_model_dir, tmp_path
+    with caplog.at_level("WARNING"):
+        model = app.load_model(s)
+    assert model.backend == "torch"
+    assert "onnxruntime could not be set up" in caplog.text and "export failed" in caplog.text
+    s.backend = "onnxruntime"
+    with pytest.raises(RuntimeError, match="export failed"):
+        app.load_model(s)

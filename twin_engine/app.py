@@ -22,9 +22,19 @@ EMBEDDED_PORT = 9092
 
 
 def load_model(settings: Settings) -> TwinModel:
+    """The model on the configured backend. A backend picked by ``auto`` that cannot be set up
+    here (an ONNX export that fails) falls back to PyTorch with a warning; one configured by
+    name fails loudly."""
     backend, device = choose_backend(settings)
     model = TwinModel.load(Path(settings.model_path), "cpu")
-    attach_backend(model, backend, device, settings.cache_dir, settings.max_batch)
+    try:
+        attach_backend(model, backend, device, settings.cache_dir, settings.max_batch)
+    except Exception as exc:
+        if settings.backend != "auto" or backend == "torch":
+            raise
+        log.warning("backend %s could not be set up (%s: %s); serving with torch on %s instead",
+                    backend, exc.__class__.__name__, exc, device)
+        attach_backend(model, "torch", device, settings.cache_dir, settings.max_batch)
     return model
 
 

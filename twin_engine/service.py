@@ -79,7 +79,7 @@ class TwinService:
     # ---- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
         k = self.topics
-        backend, device = log_choice(self.settings)
+        backend, device = log_choice(self.model, self.settings)
         self.metrics.backend.labels(backend, device).set(1)
         await ensure_topics(self.kafka_kwargs, [
             TopicSpec(k.topic_events, k.partitions), TopicSpec(k.topic_segments, k.partitions),
