@@ -198,3 +198,38 @@ async def test_batcher_waits_for_company_but_not_past_a_deadline():
     await batcher.submit(req(), time.monotonic() + 60.0)
     assert sizes == [1, 1]
     await batcher.stop()
+
+
+async def test_batcher_shrinks_a_batch_to_meet_an_urgent_deadline():
+    """Behind a queue of far requests, one due in 0.25 s goes in a batch small enough to finish
+    by then (10 ms a request: about 25), not in the full batch of 64 (0.64 s)."""
+    from twin_engine.generator import GenRequest
+
+    sizes = []
+
+    def gen(reqs):
+        sizes.append(len(reqs))
+        time.sleep(0.01 * len(reqs))
+        return _hr_generator(reqs)
+
+    def req():
+        return GenRequest(np.ones(4, np.float32), CardiacState(), None, 10, 0)
+
+    batcher = MicroBatcher(gen, 64, 0.0, Metrics())
+    batcher.start()
+    await batcher.submit(req(), time.monotonic() + 60.0)  # learns the time per request
+    far = [asyncio.create_task(batcher.submit(req(), time.monotonic() + 60.0)) for _ in range(100)]
+    urgent = asyncio.create_task(batcher.submit(req(), time.monotonic() + 0.25))
+    await asyncio.gather(urgent, *far)
+    assert sizes[0] == 1 and 5 <= sizes[1] <= 25  # the urgent one leads the second batch
+    assert max(sizes[2:]) == 64  # then full batches again
+    # one request already late goes alone; a backlog of late ones goes in full batches
+    sizes.clear()
+    await asyncio.gather(batcher.submit(req(), time.monotonic() - 1.0),
+                         *(batcher.submit(req(), time.monotonic() + 60.0) for _ in range(63)))
+    assert sizes[0] == 1
+    sizes.clear()
+    late = [asyncio.create_task(batcher.submit(req(), time.monotonic() - 1.0)) for _ in range(64)]
+    await asyncio.gather(*late)
+    assert sizes == [64]
+    await batcher.stop()

@@ -4,7 +4,9 @@ Requests wait at most ``max_wait`` for company (or until ``max_batch`` are queue
 urgent ``max_batch`` go to the accelerator in one call, run in a worker thread so the event loop
 keeps publishing and consuming while the model computes. The wait for company never eats into
 the most urgent request's slack: a segment regenerated after a state change, due at the next
-boundary, goes at once when the boundary is closer than the wait plus one batch's time.
+boundary, goes at once when the boundary is closer than the wait plus one batch's time, and in
+a batch no larger than can finish by then (a full batch of windows takes long enough on a CPU to
+make it late); a backlog of late requests still goes in full batches.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class MicroBatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._batch_s = 0.0  # moving average of one batch's generation time
+        self._item_s = 0.0  # ... and of one request's share of it (an over-estimate for small batches)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
@@ -51,6 +54,18 @@ class MicroBatcher:
         self._wake.set()
         return await fut
 
+    def _batch_size(self) -> int:
+        """Up to ``max_batch``; fewer when that many would finish after the most urgent request's
+        deadline: as many as fit in its slack, or as many as are late already (one late request
+        goes alone; a backlog of late ones goes in full batches, the fastest way through)."""
+        n = min(self.max_batch, len(self._heap))
+        now = time.monotonic()
+        slack = self._heap[0][0] - now
+        if not math.isfinite(slack) or self._item_s == 0 or slack >= n * self._item_s:
+            return n
+        late = sum(1 for entry in self._heap if entry[0] <= now)
+        return max(1, min(n, max(late, int(max(0.0, slack) / self._item_s))))
+
     async def _run(self) -> None:
         while True:
             if not self._heap:
@@ -67,7 +82,7 @@ class MicroBatcher:
                     await asyncio.wait_for(self._wake.wait(), until - time.monotonic())
                 except TimeoutError:
                     break
-            batch = [heapq.heappop(self._heap) for _ in range(min(self.max_batch, len(self._heap)))]
+            batch = [heapq.heappop(self._heap) for _ in range(self._batch_size())]
             batch = [b for b in batch if not b[3].cancelled()]
             if not batch:
                 continue
@@ -81,6 +96,8 @@ class MicroBatcher:
                 continue
             took = time.perf_counter() - t0
             self._batch_s = took if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * took
+            item = took / len(batch)
+            self._item_s = item if self._item_s == 0 else 0.8 * self._item_s + 0.2 * item
             self.metrics.generation_latency.observe(took)
             self.metrics.batch_size.observe(len(batch))
             for (_, _, req, fut), out in zip(batch, outs, strict=True):

@@ -116,6 +116,9 @@ class OrtGraph:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        # no busy-waiting between operators: the threads share the cores with the event loop and
+        # the broker (100 patients as fast as possible: 93 vs 65-87 segments/s with spinning)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] \
             if device == "cuda" else []

@@ -208,6 +208,12 @@ class PatientStream:
 
     async def _publish(self, item: Pending) -> None:
         lateness = time.monotonic() - self.clock.due(self.start_time(item.seq))
+        if item.seq == 0 and self.clock.speed and lateness > 0:
+            # a new stream starts when its first segment is ready: after a burst of
+            # registrations the first segments queue behind each other, and nothing downstream
+            # has seen this stream's clock yet (later segments keep the new origin)
+            self.p.stream_start = float(self.p.stream_start) + lateness * self.clock.speed
+            lateness = 0.0
         if self.clock.speed and lateness > 0.25 * self.seconds / self.clock.speed:
             self.metrics.deadline_misses.inc()
         if self.clock.speed:

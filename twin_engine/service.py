@@ -86,7 +86,7 @@ class TwinService:
             TopicSpec(k.topic_annotations, k.partitions), TopicSpec(k.topic_dead_letter, k.partitions),
             TopicSpec(k.topic_registry, k.partitions, compacted=True),
         ], k.replication_factor)
-        self.producer = AIOKafkaProducer(acks="all", linger_ms=5, **self.kafka_kwargs)
+        self.producer = AIOKafkaProducer(acks="all", linger_ms=k.linger_ms, **self.kafka_kwargs)
         await self.producer.start()
         self.registry = Registry(self.producer, k.topic_registry, k.partitions)
         self.batcher.start()
