@@ -40,6 +40,8 @@ class Trajectories:
     context: torch.Tensor  # (N, C, k) fixed first tokens (zeros where unused)
     has_context: torch.Tensor  # (N,) bool
     grid: list[int]  # K student timesteps, then -1
+    # per-sample timesteps where they differ between samples (on-policy pairs): (N, K+1)
+    ts: torch.Tensor | None = None
 
 
 def student_grid(model: TwinModel, steps: int) -> list[int]:
@@ -100,6 +102,75 @@ def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, 
     return Trajectories(cat["xs"], cat["base"], cat["inten"], cat["cont"], cat["context"], cat["has"], grid)
 
 
+@torch.no_grad()
+def onpolicy_pairs(model: TwinModel, ts: TrainingSet, n: int, steps: int, teacher_steps: int,
+                   guidance: float, seed: int = 0, batch: int = 256, context_share: float = 0.5) -> Trajectories:
+    """Pairs on the student's own path (DAgger for distillation): for a random interval i, the
+    student's state at its timestep t_i, reached by its own steps from noise, and the guided
+    teacher's solution from there to t_(i+1). The trajectory targets only ever show the student
+    the teacher's states, so its errors compound over its steps; these teach it to steer back.
+    Costs one teacher interval per pair, a quarter of a 4-step trajectory."""
+    from models.schedulers import get_sampler
+
+    if model.student is None:
+        raise ValueError("on-policy distillation needs a student to start from (a first round)")
+    rng = np.random.default_rng(seed)
+    dev = model.device
+    z_all, base_all = record_latents_and_bases(model, ts, dev)
+    inten_all, cont_all = encode_states(ts.states, model.meta.vocab)
+    tok, k_ctx = model.tokens, (model.tokens // 4)
+    grid = student_grid(model, steps)
+    per_interval = max(1, round(teacher_steps / steps))
+    teacher, ddim = get_sampler("dpmpp2m", model.schedule), get_sampler("ddim", model.schedule)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("xs", "ts", "base", "inten", "cont", "context", "has")}
+    t0 = time.time()
+    for lo in range(0, n, batch):
+        b = min(batch, n - lo)
+        idx = rng.integers(0, len(z_all), b)
+        starts = rng.integers(0, z_all.shape[-1] - tok + 1, b)
+        ctx = torch.stack([z_all[i, :, s:s + k_ctx] for i, s in zip(idx, starts, strict=True)])
+        has = torch.from_numpy(rng.random(b) < context_share)
+        inten, cont = _tensor(inten_all[idx], dev), _tensor(cont_all[idx], dev)
+        base = base_all[idx]
+        interval = torch.from_numpy(rng.integers(0, steps, b))
+        x = torch.from_numpy(rng.standard_normal((b, z_all.shape[1], tok)).astype(np.float32)).to(dev)
+
+        def advance(sampler, mask, walk, guid, net):
+            """The samples in ``mask`` along ``walk`` (with and without context: one call each)."""
+            moved = torch.empty_like(x[mask])
+            for part in (has, ~has):
+                sel = mask & part
+                if sel.any():
+                    fn = model._x0_fn(base[sel], inten[sel], cont[sel], guid, ctx[sel] if part is has else None,
+                                      net=net)
+                    moved[part[mask]] = sampler.sample(fn, x[sel], walk)
+            return moved
+
+        for j in range(steps - 1):  # the student's own steps, as far as each pair's interval
+            mask = interval > j
+            if mask.any():
+                x[mask] = advance(ddim, mask, [grid[j], grid[j + 1]], 1.0, model.student)
+        x_b = torch.empty_like(x)
+        for i in range(steps):
+            mask = interval == i
+            if mask.any():
+                x_b[mask] = advance(teacher, mask, teacher_walk(grid[i], grid[i + 1], per_interval), guidance, None)
+        g = torch.tensor(grid)
+        out["xs"].append(torch.stack([x, x_b], 1).cpu())
+        out["ts"].append(torch.stack([g[interval], g[interval + 1]], 1))
+        out["base"].append(base.cpu())
+        out["inten"].append(inten.cpu())
+        out["cont"].append(cont.cpu())
+        out["context"].append(torch.where(has[:, None, None], ctx.cpu(), torch.zeros_like(ctx.cpu())))
+        out["has"].append(has)
+        done = lo + b
+        print(f"\ron-policy pairs {done}/{n} ({done / (time.time() - t0):.1f}/s)", end="", flush=True)
+    print()
+    cat = {k: torch.cat(v) for k, v in out.items()}
+    return Trajectories(cat["xs"], cat["base"], cat["inten"], cat["cont"], cat["context"], cat["has"],
+                        [grid[0], -1], cat["ts"])
+
+
 def coarsen(traj: Trajectories, grid: list[int]) -> Trajectories:
     """The same trajectories at a coarser student grid nested in theirs (the 2-step grid
     999, 499 is in the 4-step one): a 1- or 2-step student reuses the 4-step teacher runs, whose
@@ -146,7 +217,10 @@ def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: to
         idx = torch.from_numpy(rng.integers(0, len(traj.xs), batch))
         i = torch.from_numpy(rng.integers(0, k, batch))
         x_a, x_b = traj.xs[idx, i].to(dev), traj.xs[idx, i + 1].to(dev)
-        t_a, t_b = grid[i].to(dev), grid[i + 1].to(dev)
+        if traj.ts is not None:
+            t_a, t_b = traj.ts[idx, i].to(dev), traj.ts[idx, i + 1].to(dev)
+        else:
+            t_a, t_b = grid[i].to(dev), grid[i + 1].to(dev)
         target = ddim_x0_target(sched, x_a, x_b, t_a, t_b)
         cond = model.dit.condition_tokens(traj.inten[idx].to(dev), traj.cont[idx].to(dev))
         x0 = sched.x0_from_v(x_a, student(x_a, t_a, traj.base[idx].to(dev), cond), t_a)

@@ -95,3 +95,27 @@ def test_trainer_leaves_the_moving_average_in_the_weights(tmp_path):
         expected = decay * expected + (1 - decay) * w
     torch.testing.assert_close(net.weight.detach(), expected)
     assert not torch.allclose(net.weight.detach(), path[-1])
+
+
+def test_onpolicy_pairs_start_on_the_students_path_and_end_on_the_teachers(distilled_model_dir, data_dir):
+    """Each pair's start is where the student's own steps from its noise lead (interval i: after
+    i student steps), and its end is the guided teacher's walk from there to the next timestep."""
+    from models.distill import onpolicy_pairs, student_grid, teacher_walk
+    from models.train import load_training_set
+
+    model = TwinModel.load(distilled_model_dir)
+    ts = load_training_set(data_dir / "ptbxl-subset", fs=model.meta.fs, limit=48)
+    pairs = onpolicy_pairs(model, ts, 24, 4, 16, 1.5, seed=3, batch=12)
+    grid = student_grid(model, 4)
+    assert pairs.xs.shape[:2] == (24, 2) and pairs.ts.shape == (24, 2)
+    starts = pairs.ts[:, 0].tolist()
+    assert {(a, b) for a, b in pairs.ts.tolist()} <= {(grid[i], grid[i + 1]) for i in range(4)}
+    assert len(set(starts)) > 1  # several intervals drawn
+    plain = (~pairs.has_context).nonzero().squeeze(1)
+    for k in plain[:4].tolist():
+        t_a, t_b = pairs.ts[k].tolist()
+        one = slice(k, k + 1)
+        fn = model._x0_fn(pairs.base[one], pairs.inten[one], pairs.cont[one], 1.5, None)
+        with torch.no_grad():
+            end = get_sampler("dpmpp2m", model.schedule).sample(fn, pairs.xs[one, 0], teacher_walk(t_a, t_b, 4))
+        torch.testing.assert_close(end, pairs.xs[one, 1], atol=1e-4, rtol=1e-4)

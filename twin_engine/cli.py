@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trajectories", type=int, default=6144, help="distill: teacher trajectories to fit")
     t.add_argument("--guidance", type=float, default=1.5, help="distill: guidance folded into the student")
     t.add_argument("--ema", type=float, default=0.999, help="distill: EMA decay of the student's weights (0: off)")
+    t.add_argument("--on-policy", action="store_true",
+                   help="distill: fit pairs on the student's own path (a further round; see models/distill.py)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the stage's)")
     t.set_defaults(func=cmd_train)
 
