@@ -236,30 +236,43 @@ def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: to
 def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teacher_steps: int = 48,
             guidance: float = 1.5, trajectories: int = 6144, train_steps: int = 3000, batch: int = 64,
             lr: float = 2e-4, seed: int = 0, device: torch.device | None = None, chunk: int = 6144,
-            ema: float = 0.999) -> dict:
+            ema: float = 0.999, on_policy: bool = False) -> dict:
     """Teacher trajectories (cached in ``out`` in chunks of ``chunk``, so a larger run reuses a
     smaller one's and a coarser student a finer one's), then the student; attaches it to
     ``model``. A student already in the model is trained on (a first round's student, or one
-    with twice the steps: progressive), with a fresh schedule per step and trajectory count."""
+    with twice the steps: progressive), with a fresh schedule per step and trajectory count.
+    ``on_policy``: ``trajectories`` pairs on the current student's own path instead
+    (``onpolicy_pairs``; needs a first round's student)."""
+    from models.export import model_hash
+
     dev = device or model.device
     t0 = time.time()
     parts = []
     for k in range(0, trajectories, chunk):
         n, part_seed = min(chunk, trajectories - k), seed + k // chunk
-        cached = _cached(out, model, steps, teacher_steps, n, part_seed)
+        if on_policy:  # the pairs depend on the student they start from
+            path = out / f"distill-onpolicy-{steps}x{teacher_steps}-{model_hash(model)[:12]}-n{n}-s{part_seed}.pt"
+            cached = Trajectories(**torch.load(path, weights_only=False)) if path.is_file() else None
+        else:
+            path = out / f"distill-trajectories-{steps}x{teacher_steps}-n{n}-s{part_seed}.pt"
+            cached = _cached(out, model, steps, teacher_steps, n, part_seed)
         if cached is None:
-            cached = teacher_trajectories(model, ts, n, steps, teacher_steps, guidance, part_seed)
-            torch.save(cached.__dict__, out / f"distill-trajectories-{steps}x{teacher_steps}-n{n}-s{part_seed}.pt")
+            cached = (onpolicy_pairs if on_policy else teacher_trajectories)(
+                model, ts, n, steps, teacher_steps, guidance, part_seed)
+            torch.save(cached.__dict__, path)
         parts.append(cached)
     traj = Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                          ("xs", "base", "inten", "cont", "context", "has_context")), parts[0].grid)
+                          ("xs", "base", "inten", "cont", "context", "has_context")), parts[0].grid,
+                        torch.cat([p.ts for p in parts]) if on_policy else None)
     t_traj = time.time() - t0
     student = model.student if model.student is not None else copy.deepcopy(model.dit)
     model.add_student(student, steps, guidance)  # a submodule now: resumable with the model state
     student.train().requires_grad_(True)
-    tr = Trainer(model, out, f"distill-{steps}steps-n{trajectories}", train_steps, lr, list(student.parameters()),
+    stage = f"distill-{steps}steps-{'onpolicy-' if on_policy else ''}n{trajectories}"
+    tr = Trainer(model, out, stage, train_steps, lr, list(student.parameters()),
                  dev, seed, ema=ema)
     report = train_student(model, traj, tr, student, batch)
     student.eval().requires_grad_(False)
     return {**report, "student_steps": steps, "teacher": f"dpmpp2m {teacher_steps} steps, guidance {guidance}",
-            "trajectories": trajectories, "trajectory_s": round(t_traj, 1), "lr": lr, "ema": ema}
+            "trajectories": trajectories, "trajectory_s": round(t_traj, 1), "lr": lr, "ema": ema,
+            "targets": "on-policy pairs (the student's own states)" if on_policy else "teacher trajectories"}

@@ -119,3 +119,23 @@ def test_onpolicy_pairs_start_on_the_students_path_and_end_on_the_teachers(disti
         with torch.no_grad():
             end = get_sampler("dpmpp2m", model.schedule).sample(fn, pairs.xs[one, 0], teacher_walk(t_a, t_b, 4))
         torch.testing.assert_close(end, pairs.xs[one, 1], atol=1e-4, rtol=1e-4)
+
+
+def test_onpolicy_round_continues_the_student_on_its_own_pairs(distilled_model_dir, data_dir, tmp_path):
+    """``train distill --on-policy``: a further round on pairs from the shipped student's own path,
+    cached under that student's hash, recorded as such, the first round kept."""
+    import json
+    import shutil
+
+    from models.train import run_stage
+
+    out = tmp_path / "model"
+    shutil.copytree(distilled_model_dir, out)
+    before = {k: v.clone() for k, v in TwinModel.load(out).student.state_dict().items()}
+    run_stage("distill", out, data_dir / "ptbxl-subset", size="tiny", steps=20, batch=8, limit=48,
+              distill_options={"trajectories": 16, "teacher_steps": 8, "on_policy": True})
+    info = json.loads((out / "training.json").read_text())
+    assert info["distill"]["targets"].startswith("on-policy") and info["distill_earlier_rounds"]
+    assert len(list(out.glob("distill-onpolicy-4x8-*-n16-s0.pt"))) == 1
+    after = TwinModel.load(out).student.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

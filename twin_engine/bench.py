@@ -304,7 +304,11 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
             "overhead_p99_s": float(np.percentile(overhead, 99)) if overhead else None,
             **{f"{k}_{q}_s": float(np.percentile(v, int(q[1:]))) for k, v in hops.items() if v
                for q in ("p50", "p99")},
-            **{f"{k}_mean_s": float(np.mean(v)) for k, v in hops.items() if v}}
+            **{f"{k}_mean_s": float(np.mean(v)) for k, v in hops.items() if v},
+            # the same means over the first and the second half of the events: a hop that slows
+            # as the run goes on (the embedded broker's in-memory log grows) shows here
+            **{f"{k}_mean_halves_s": [float(np.mean(h)) for h in np.array_split(np.array(v), 2)]
+               for k, v in hops.items() if len(v) >= 2}}
 
 
 def bench_serve(settings: Settings, counts: list[int], duration: float, speed: float, realtime: int,
