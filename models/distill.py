@@ -53,6 +53,33 @@ def teacher_walk(a: int, b: int, substeps: int) -> list[int]:
     return [int(t) for t in np.unique(np.round(np.linspace(a, b, substeps + 1)).astype(int))[::-1]]
 
 
+def _draw(rng: np.random.Generator, b: int, z_all: torch.Tensor, inten_all: np.ndarray, cont_all: np.ndarray,
+          tok: int, context_share: float, dev: torch.device):
+    """One batch of draws: records (for base vector and state), a context window from each,
+    which of them continue that context, and the starting noise."""
+    k_ctx = tok // 4
+    idx = rng.integers(0, len(z_all), b)
+    starts = rng.integers(0, z_all.shape[-1] - tok + 1, b)
+    ctx = torch.stack([z_all[i, :, s:s + k_ctx] for i, s in zip(idx, starts, strict=True)])
+    has = torch.from_numpy(rng.random(b) < context_share)
+    inten, cont = _tensor(inten_all[idx], dev), _tensor(cont_all[idx], dev)
+    return idx, ctx, has, inten, cont
+
+
+def _noise(rng: np.random.Generator, b: int, z_all: torch.Tensor, tok: int, dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(rng.standard_normal((b, z_all.shape[1], tok)).astype(np.float32)).to(dev)
+
+
+def _keep(out: dict[str, list[torch.Tensor]], xs, base, inten, cont, ctx, has) -> None:
+    """Append one batch to ``out`` on the CPU (contexts zeroed where unused)."""
+    out["xs"].append(xs.cpu())
+    out["base"].append(base.cpu())
+    out["inten"].append(inten.cpu())
+    out["cont"].append(cont.cpu())
+    out["context"].append(torch.where(has[:, None, None], ctx.cpu(), torch.zeros_like(ctx.cpu())))
+    out["has"].append(has)
+
+
 @torch.no_grad()
 def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, teacher_steps: int,
                          guidance: float, seed: int = 0, batch: int = 128,
@@ -65,7 +92,7 @@ def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, 
     dev = model.device
     z_all, base_all = record_latents_and_bases(model, ts, dev)
     inten_all, cont_all = encode_states(ts.states, model.meta.vocab)
-    tok, k_ctx = model.tokens, (model.tokens // 4)
+    tok = model.tokens
     grid = student_grid(model, steps)
     per_interval = max(1, round(teacher_steps / steps))
     sampler = get_sampler("dpmpp2m", model.schedule)
@@ -73,12 +100,8 @@ def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, 
     t0 = time.time()
     for lo in range(0, n, batch):
         b = min(batch, n - lo)
-        idx = rng.integers(0, len(z_all), b)
-        starts = rng.integers(0, z_all.shape[-1] - tok + 1, b)
-        ctx = torch.stack([z_all[i, :, s:s + k_ctx] for i, s in zip(idx, starts, strict=True)])
-        has = torch.from_numpy(rng.random(b) < context_share)
-        inten, cont = _tensor(inten_all[idx], dev), _tensor(cont_all[idx], dev)
-        x = torch.from_numpy(rng.standard_normal((b, z_all.shape[1], tok)).astype(np.float32)).to(dev)
+        idx, ctx, has, inten, cont = _draw(rng, b, z_all, inten_all, cont_all, tok, context_share, dev)
+        x = _noise(rng, b, z_all, tok, dev)
         states = [x]
         for i in range(steps):
             walk = teacher_walk(grid[i], grid[i + 1], per_interval)
@@ -89,17 +112,26 @@ def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, 
             x = torch.empty_like(x)
             x[has], x[~has] = x_c, x_u
             states.append(x)
-        out["xs"].append(torch.stack(states, 1).cpu())
-        out["base"].append(base_all[idx].cpu())
-        out["inten"].append(inten.cpu())
-        out["cont"].append(cont.cpu())
-        out["context"].append(torch.where(has[:, None, None], ctx.cpu(), torch.zeros_like(ctx.cpu())))
-        out["has"].append(has)
+        _keep(out, torch.stack(states, 1), base_all[idx], inten, cont, ctx, has)
         done = lo + b
         print(f"\rteacher trajectories {done}/{n} ({done / (time.time() - t0):.1f}/s)", end="", flush=True)
     print()
     cat = {k: torch.cat(v) for k, v in out.items()}
     return Trajectories(cat["xs"], cat["base"], cat["inten"], cat["cont"], cat["context"], cat["has"], grid)
+
+
+def _advance(model: TwinModel, sampler, x: torch.Tensor, mask: torch.Tensor, has: torch.Tensor,
+             cond: tuple[torch.Tensor, ...], walk: list[int], guidance: float, net) -> torch.Tensor:
+    """The samples of ``x`` in ``mask`` along ``walk``: one call for those continuing a context,
+    one for the rest (``_x0_fn`` takes one context for a whole batch)."""
+    base, inten, cont, ctx = cond
+    moved = torch.empty_like(x[mask])
+    for part in (has, ~has):
+        sel = mask & part
+        if sel.any():
+            fn = model._x0_fn(base[sel], inten[sel], cont[sel], guidance, ctx[sel] if part is has else None, net=net)
+            moved[part[mask]] = sampler.sample(fn, x[sel], walk)
+    return moved
 
 
 @torch.no_grad()
@@ -118,7 +150,7 @@ def onpolicy_pairs(model: TwinModel, ts: TrainingSet, n: int, steps: int, teache
     dev = model.device
     z_all, base_all = record_latents_and_bases(model, ts, dev)
     inten_all, cont_all = encode_states(ts.states, model.meta.vocab)
-    tok, k_ctx = model.tokens, (model.tokens // 4)
+    tok = model.tokens
     grid = student_grid(model, steps)
     per_interval = max(1, round(teacher_steps / steps))
     teacher, ddim = get_sampler("dpmpp2m", model.schedule), get_sampler("ddim", model.schedule)
@@ -126,43 +158,25 @@ def onpolicy_pairs(model: TwinModel, ts: TrainingSet, n: int, steps: int, teache
     t0 = time.time()
     for lo in range(0, n, batch):
         b = min(batch, n - lo)
-        idx = rng.integers(0, len(z_all), b)
-        starts = rng.integers(0, z_all.shape[-1] - tok + 1, b)
-        ctx = torch.stack([z_all[i, :, s:s + k_ctx] for i, s in zip(idx, starts, strict=True)])
-        has = torch.from_numpy(rng.random(b) < context_share)
-        inten, cont = _tensor(inten_all[idx], dev), _tensor(cont_all[idx], dev)
+        idx, ctx, has, inten, cont = _draw(rng, b, z_all, inten_all, cont_all, tok, context_share, dev)
         base = base_all[idx]
         interval = torch.from_numpy(rng.integers(0, steps, b))
-        x = torch.from_numpy(rng.standard_normal((b, z_all.shape[1], tok)).astype(np.float32)).to(dev)
-
-        def advance(sampler, mask, walk, guid, net):
-            """The samples in ``mask`` along ``walk`` (with and without context: one call each)."""
-            moved = torch.empty_like(x[mask])
-            for part in (has, ~has):
-                sel = mask & part
-                if sel.any():
-                    fn = model._x0_fn(base[sel], inten[sel], cont[sel], guid, ctx[sel] if part is has else None,
-                                      net=net)
-                    moved[part[mask]] = sampler.sample(fn, x[sel], walk)
-            return moved
+        x = _noise(rng, b, z_all, tok, dev)
 
         for j in range(steps - 1):  # the student's own steps, as far as each pair's interval
             mask = interval > j
             if mask.any():
-                x[mask] = advance(ddim, mask, [grid[j], grid[j + 1]], 1.0, model.student)
+                x[mask] = _advance(model, ddim, x, mask, has, (base, inten, cont, ctx), [grid[j], grid[j + 1]],
+                                   1.0, model.student)
         x_b = torch.empty_like(x)
         for i in range(steps):
             mask = interval == i
             if mask.any():
-                x_b[mask] = advance(teacher, mask, teacher_walk(grid[i], grid[i + 1], per_interval), guidance, None)
+                x_b[mask] = _advance(model, teacher, x, mask, has, (base, inten, cont, ctx),
+                                     teacher_walk(grid[i], grid[i + 1], per_interval), guidance, None)
         g = torch.tensor(grid)
-        out["xs"].append(torch.stack([x, x_b], 1).cpu())
+        _keep(out, torch.stack([x, x_b], 1), base, inten, cont, ctx, has)
         out["ts"].append(torch.stack([g[interval], g[interval + 1]], 1))
-        out["base"].append(base.cpu())
-        out["inten"].append(inten.cpu())
-        out["cont"].append(cont.cpu())
-        out["context"].append(torch.where(has[:, None, None], ctx.cpu(), torch.zeros_like(ctx.cpu())))
-        out["has"].append(has)
         done = lo + b
         print(f"\ron-policy pairs {done}/{n} ({done / (time.time() - t0):.1f}/s)", end="", flush=True)
     print()
