@@ -53,10 +53,17 @@ def teacher_walk(a: int, b: int, substeps: int) -> list[int]:
     return [int(t) for t in np.unique(np.round(np.linspace(a, b, substeps + 1)).astype(int))[::-1]]
 
 
+def _sources(model: TwinModel, ts: TrainingSet):
+    """What every draw picks from: the records' latents and base vectors, and their encoded states."""
+    z_all, base_all = record_latents_and_bases(model, ts, model.device)
+    inten_all, cont_all = encode_states(ts.states, model.meta.vocab)
+    return z_all, base_all, inten_all, cont_all
+
+
 def _draw(rng: np.random.Generator, b: int, z_all: torch.Tensor, inten_all: np.ndarray, cont_all: np.ndarray,
           tok: int, context_share: float, dev: torch.device):
-    """One batch of draws: records (for base vector and state), a context window from each,
-    which of them continue that context, and the starting noise."""
+    """One batch of draws: records (for base vector and state), a context window from each, and
+    which of them continue that context (the starting noise is drawn after, ``_noise``)."""
     k_ctx = tok // 4
     idx = rng.integers(0, len(z_all), b)
     starts = rng.integers(0, z_all.shape[-1] - tok + 1, b)
@@ -80,46 +87,6 @@ def _keep(out: dict[str, list[torch.Tensor]], xs, base, inten, cont, ctx, has) -
     out["has"].append(has)
 
 
-@torch.no_grad()
-def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, teacher_steps: int,
-                         guidance: float, seed: int = 0, batch: int = 128,
-                         context_share: float = 0.5) -> Trajectories:
-    """Run the guided DPM-Solver++ teacher on ``n`` draws of (record's base vector, record's
-    state, noise) and keep its states at the student's ``steps`` timesteps."""
-    from models.schedulers import get_sampler
-
-    rng = np.random.default_rng(seed)
-    dev = model.device
-    z_all, base_all = record_latents_and_bases(model, ts, dev)
-    inten_all, cont_all = encode_states(ts.states, model.meta.vocab)
-    tok = model.tokens
-    grid = student_grid(model, steps)
-    per_interval = max(1, round(teacher_steps / steps))
-    sampler = get_sampler("dpmpp2m", model.schedule)
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("xs", "base", "inten", "cont", "context", "has")}
-    t0 = time.time()
-    for lo in range(0, n, batch):
-        b = min(batch, n - lo)
-        idx, ctx, has, inten, cont = _draw(rng, b, z_all, inten_all, cont_all, tok, context_share, dev)
-        x = _noise(rng, b, z_all, tok, dev)
-        states = [x]
-        for i in range(steps):
-            walk = teacher_walk(grid[i], grid[i + 1], per_interval)
-            x_c = sampler.sample(model._x0_fn(base_all[idx][has], inten[has], cont[has], guidance, ctx[has]),
-                                 x[has], walk) if has.any() else x[has]
-            x_u = sampler.sample(model._x0_fn(base_all[idx][~has], inten[~has], cont[~has], guidance, None),
-                                 x[~has], walk) if (~has).any() else x[~has]
-            x = torch.empty_like(x)
-            x[has], x[~has] = x_c, x_u
-            states.append(x)
-        _keep(out, torch.stack(states, 1), base_all[idx], inten, cont, ctx, has)
-        done = lo + b
-        print(f"\rteacher trajectories {done}/{n} ({done / (time.time() - t0):.1f}/s)", end="", flush=True)
-    print()
-    cat = {k: torch.cat(v) for k, v in out.items()}
-    return Trajectories(cat["xs"], cat["base"], cat["inten"], cat["cont"], cat["context"], cat["has"], grid)
-
-
 def _advance(model: TwinModel, sampler, x: torch.Tensor, mask: torch.Tensor, has: torch.Tensor,
              cond: tuple[torch.Tensor, ...], walk: list[int], guidance: float, net) -> torch.Tensor:
     """The samples of ``x`` in ``mask`` along ``walk``: one call for those continuing a context,
@@ -135,6 +102,39 @@ def _advance(model: TwinModel, sampler, x: torch.Tensor, mask: torch.Tensor, has
 
 
 @torch.no_grad()
+def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, teacher_steps: int,
+                         guidance: float, seed: int = 0, batch: int = 128,
+                         context_share: float = 0.5) -> Trajectories:
+    """Run the guided DPM-Solver++ teacher on ``n`` draws of (record's base vector, record's
+    state, noise) and keep its states at the student's ``steps`` timesteps."""
+    from models.schedulers import get_sampler
+
+    rng, dev, tok = np.random.default_rng(seed), model.device, model.tokens
+    z_all, base_all, inten_all, cont_all = _sources(model, ts)
+    grid = student_grid(model, steps)
+    per_interval = max(1, round(teacher_steps / steps))
+    sampler = get_sampler("dpmpp2m", model.schedule)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("xs", "base", "inten", "cont", "context", "has")}
+    t0 = time.time()
+    for lo in range(0, n, batch):
+        b = min(batch, n - lo)
+        idx, ctx, has, inten, cont = _draw(rng, b, z_all, inten_all, cont_all, tok, context_share, dev)
+        x = _noise(rng, b, z_all, tok, dev)
+        states = [x]
+        every = torch.ones_like(has)
+        for i in range(steps):
+            x = _advance(model, sampler, x, every, has, (base_all[idx], inten, cont, ctx),
+                         teacher_walk(grid[i], grid[i + 1], per_interval), guidance, None)
+            states.append(x)
+        _keep(out, torch.stack(states, 1), base_all[idx], inten, cont, ctx, has)
+        done = lo + b
+        print(f"\rteacher trajectories {done}/{n} ({done / (time.time() - t0):.1f}/s)", end="", flush=True)
+    print()
+    cat = {k: torch.cat(v) for k, v in out.items()}
+    return Trajectories(cat["xs"], cat["base"], cat["inten"], cat["cont"], cat["context"], cat["has"], grid)
+
+
+@torch.no_grad()
 def onpolicy_pairs(model: TwinModel, ts: TrainingSet, n: int, steps: int, teacher_steps: int,
                    guidance: float, seed: int = 0, batch: int = 256, context_share: float = 0.5) -> Trajectories:
     """Pairs on the student's own path (DAgger for distillation): for a random interval i, the
@@ -146,11 +146,8 @@ def onpolicy_pairs(model: TwinModel, ts: TrainingSet, n: int, steps: int, teache
 
     if model.student is None:
         raise ValueError("on-policy distillation needs a student to start from (a first round)")
-    rng = np.random.default_rng(seed)
-    dev = model.device
-    z_all, base_all = record_latents_and_bases(model, ts, dev)
-    inten_all, cont_all = encode_states(ts.states, model.meta.vocab)
-    tok = model.tokens
+    rng, dev, tok = np.random.default_rng(seed), model.device, model.tokens
+    z_all, base_all, inten_all, cont_all = _sources(model, ts)
     grid = student_grid(model, steps)
     per_interval = max(1, round(teacher_steps / steps))
     teacher, ddim = get_sampler("dpmpp2m", model.schedule), get_sampler("ddim", model.schedule)
