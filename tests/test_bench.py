@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from twin_engine.bench import bench_generate, table
+from twin_engine.bench import bench_generate, bench_serve, table
 from twin_engine.config import load_settings
 
 
@@ -26,3 +26,15 @@ def test_bench_generate_rows_and_serving_summary(distilled_model_dir, tmp_path):
         assert "NVIDIA GPU" in skipped["skipped"]
         assert all(math.isnan(r["fraction_of_peak"]) for r in rows)
     assert "Serving configuration (torch distilled 4 steps)" in table(res)
+
+
+def test_bench_serve_reports_throughput_latency_and_where_the_cores_go(distilled_model_dir, data_dir, tmp_path):
+    s = load_settings(env={})
+    s.model_path, s.cache_dir, s.data_dir, s.segment_seconds = distilled_model_dir, tmp_path, data_dir, 1.0
+    [run] = bench_serve(s, [4], duration=3.0, speed=0.0, realtime=0, realtime_duration=0)["runs"]
+    assert run["patients"] == 4 and run["segments_per_s_end_to_end"] > 0
+    assert run["events_measured"] == 10 and run["event_to_effect_p50_s"] > 0
+    assert all(run[f"{h}_mean_s"] >= 0 for h in ("to_service", "in_service", "to_downstream"))
+    # bench serve started its own embedded broker: its CPU and this process's are both read
+    assert run["broker_cpu_cores"] > 0 and run["service_process_cpu_cores"] > 0
+    assert len(run["broker_cpu_cores_halves"]) == 2

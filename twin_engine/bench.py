@@ -10,6 +10,7 @@ to quote.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ import statistics
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -220,8 +222,24 @@ def table(result: dict) -> str:
 
 # ---- serve --------------------------------------------------------------------------------------
 
+def _cpu_shares(marks: list[tuple[float, float | None, float]]) -> dict:
+    """Cores used by the broker and by this process (service and the downstream consumer) between
+    the marks (wall time, broker CPU s, process CPU s): start, middle and end of a run."""
+    if len(marks) < 2:
+        return {}
+    out = {}
+    for name, i in (("broker", 1), ("service_process", 2)):
+        if any(m[i] is None for m in marks):
+            continue
+        share = [(b[i] - a[i]) / (b[0] - a[0]) for a, b in itertools.pairwise(marks) if b[0] > a[0]]
+        out[f"{name}_cpu_cores"] = (marks[-1][i] - marks[0][i]) / (marks[-1][0] - marks[0][0])
+        out[f"{name}_cpu_cores_halves"] = share
+    return out
+
+
 async def _serve_once(settings: Settings, model, patients: int, duration: float, speed: float,
-                      changes: int, data_dir: Path) -> dict:
+                      changes: int, data_dir: Path,
+                      broker_cpu: Callable[[], float | None] = lambda: None) -> dict:
     from aiokafka import AIOKafkaConsumer
 
     from models.data.ptbxl import PTBXL
@@ -255,7 +273,14 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     t0 = loop.time()
     next_change = 0
     measuring_until = None
+    marks: list[tuple[float, float | None, float]] = []  # CPU at the start, middle and end
+
+    def mark() -> None:
+        marks.append((loop.time(), broker_cpu(), time.process_time()))
+
     while loop.time() < t_end:
+        if t_first is not None and len(marks) == 1 and loop.time() >= t_first + duration / 2:
+            mark()
         if t_first is not None and next_change < len(change_times) and loop.time() - t_first >= change_times[next_change]:
             pid = f"p{next_change * 7 % patients:05d}"
             eid = f"chg-{next_change}"
@@ -271,6 +296,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
                     t_first = loop.time()
                     measuring_until = t_first + duration
                     count = 0
+                    mark()
                 if t_first is not None and loop.time() <= measuring_until:
                     count += 1
                 if seg.event_id in sent:
@@ -284,6 +310,8 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
                         hops["to_downstream"].append(loop.time() - ch.published)
                     if speed == 1.0:  # stream time is wall time: the segment starts at its boundary
                         overhead.append(effect[-1] - max(0.0, seg.start_time - t_wall))
+        if measuring_until is not None and loop.time() > measuring_until and len(marks) == 2:
+            mark()
         if measuring_until is not None and loop.time() > measuring_until and not sent:
             break
     await consumer.stop()
@@ -308,7 +336,9 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
             # the same means over the first and the second half of the events: a hop that slows
             # as the run goes on (the embedded broker's in-memory log grows) shows here
             **{f"{k}_mean_halves_s": [float(np.mean(h)) for h in np.array_split(np.array(v), 2)]
-               for k, v in hops.items() if len(v) >= 2}}
+               for k, v in hops.items() if len(v) >= 2},
+            # where the machine's cores go: the embedded broker's share grows with its log
+            **_cpu_shares(marks)}
 
 
 def bench_serve(settings: Settings, counts: list[int], duration: float, speed: float, realtime: int,
@@ -318,17 +348,19 @@ def bench_serve(settings: Settings, counts: list[int], duration: float, speed: f
     model = load_model(settings)
     bootstrap, broker = bootstrap_or_embedded(settings)
     settings.kafka.bootstrap_servers = bootstrap
+    cpu = broker.cpu_seconds if broker is not None else (lambda: None)
     runs = []
     try:
         for n in counts:
-            r = asyncio.run(_serve_once(settings, model, n, duration, speed, 10, settings.data_dir))
+            r = asyncio.run(_serve_once(settings, model, n, duration, speed, 10, settings.data_dir, cpu))
             runs.append(r)
             print(json.dumps(r), flush=True)
         if realtime:
             # one condition change a second: about 480 in 10 minutes, enough for a p99 that is
             # not one or two events
             changes = max(10, int(realtime_duration * 0.8))
-            r = asyncio.run(_serve_once(settings, model, realtime, realtime_duration, 1.0, changes, settings.data_dir))
+            r = asyncio.run(_serve_once(settings, model, realtime, realtime_duration, 1.0, changes, settings.data_dir,
+                                        cpu))
             runs.append(r)
             print(json.dumps(r), flush=True)
     finally:

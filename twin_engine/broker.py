@@ -75,6 +75,20 @@ class EmbeddedBroker:
     def log_path(self) -> str:
         return self._log_file.name
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the broker process has used (user + system), or None off Linux or when it
+        is not running. Benchmarks read it because on a 2-core machine the broker's share is
+        taken from generation: Tansu's memory store makes every fetch that returns records cost
+        more as its partition grows (docs/BENCHMARKS.md)."""
+        if self._proc is None:
+            return None
+        try:
+            with open(f"/proc/{self._proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         """Start the broker and return once it answers Kafka metadata requests."""
         url = f"tcp://{self.host}:{self.port}"
