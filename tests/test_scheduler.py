@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from models.conditions import CardiacState
 from stream.events import state_to_dict
@@ -22,9 +23,10 @@ def _hr_generator(reqs):
     return [np.full((r.n_samples, 12), r.state.heart_rate, np.float32) for r in reqs]
 
 
-async def _stream(speed: float, lookahead: int = 3):
+async def _stream(speed: float, lookahead: int = 3, gen=_hr_generator, context: int = 10):
+    """A 1 s-segment stream (100 samples at 100 Hz) on ``gen``; published: (segment, monotonic)."""
     metrics = Metrics()
-    batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
+    batcher = MicroBatcher(gen, 16, 0.001, metrics)
     batcher.start()
     published = []
 
@@ -33,7 +35,7 @@ async def _stream(speed: float, lookahead: int = 3):
 
     p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
     clock = StreamClock(speed)
-    s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10,
+    s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=context,
                       lookahead=lookahead, leads=LEADS, model_version="m", publish=publish, metrics=metrics)
     s.start()
     return s, batcher, published, metrics
@@ -56,6 +58,32 @@ async def test_realtime_publishes_on_schedule():
     gaps = np.diff([t for _, t in published])
     assert 0.03 < np.median(gaps) < 0.08
     assert metrics.deadline_misses._value.get() == 0
+
+
+async def test_a_new_stream_starts_when_its_first_segment_is_ready():
+    """A first segment that comes late (a burst of registrations) moves the stream's origin to
+    when it is published instead of counting a miss; later segments keep the new origin. A later
+    late segment is still a miss."""
+    calls = []
+
+    def slow_first(reqs):
+        calls.append(len(reqs))
+        if len(calls) in (1, 6):  # the first window, and one well into the stream
+            time.sleep(0.6)
+        return _hr_generator(reqs)
+
+    # 1 s segments at x4: due every 0.25 s, the first 0.25 s after start; no look-ahead to hide
+    # the later slow window behind
+    s, batcher, published, metrics = await _stream(4.0, lookahead=1, gen=slow_first)
+    await _until(lambda: len(published) >= 9)
+    await s.stop()
+    await batcher.stop()
+    (seg0, t0), (seg1, t1) = published[:2]
+    assert abs(s.clock.due(seg0.start_time) - t0) < 0.1  # stamped with when it actually went out
+    assert t0 - s.clock.t0_mono > 0.5  # ... which was late against the original origin
+    assert seg1.start_time - seg0.start_time == pytest.approx(1.0)
+    assert abs(s.clock.due(seg1.start_time) - t1) < 0.1
+    assert metrics.deadline_misses._value.get() >= 1  # the slow sixth window, not the first
 
 
 async def test_change_takes_effect_at_next_unpublished_segment_despite_lookahead():
@@ -101,23 +129,11 @@ async def test_lookahead_tail_spans_several_short_segments():
             out.append(np.full((r.n_samples, 12), float(r.seed % 1000), np.float32))
         return out
 
-    metrics = Metrics()
-    batcher = MicroBatcher(gen, 16, 0.001, metrics)
-    batcher.start()
-    published = []
-
-    async def publish(p, seg, change):
-        published.append(seg)
-
-    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState()), state_event_id="reg")
-    s = PatientStream(p, clock=StreamClock(50.0), batcher=batcher, fs=100, segment_samples=100,
-                      context_samples=250, lookahead=3, leads=LEADS, model_version="m", publish=publish,
-                      metrics=metrics)
-    s.start()
+    s, batcher, published, _ = await _stream(50.0, gen=gen, context=250)
     await _until(lambda: len(published) >= 6)
     await s.stop()
     await batcher.stop()
-    value = {seg.seq: seg.samples[0, 0] for seg in published}
+    value = {seg.seq: seg.samples[0, 0] for seg, _ in published}
     for r in seen:
         seq = next((k for k, v in value.items() if v == float(r.seed % 1000)), None) if r.tail is not None else None
         if seq is None or seq < 3:
@@ -143,29 +159,17 @@ async def test_window_samples_beyond_a_segment_open_the_next_one():
             out.append(x)
         return out
 
-    metrics = Metrics()
-    batcher = MicroBatcher(gen, 16, 0.001, metrics)
-    batcher.start()
-    published = []
-
-    async def publish(p, seg, change):
-        published.append(seg)
-
-    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
-    s = PatientStream(p, clock=StreamClock(50.0), batcher=batcher, fs=100, segment_samples=100,
-                      context_samples=10, lookahead=3, leads=LEADS, model_version="m", publish=publish,
-                      metrics=metrics)
-    s.start()
+    s, batcher, published, _ = await _stream(50.0, gen=gen)
     await _until(lambda: len(published) >= 6)
     s.change_state(StateChange(CardiacState(), None, CardiacState({"AFIB": 1.0}, 120), "chg", None, 0.0, time.monotonic()))
-    await _until(lambda: sum(seg.event_id == "chg" for seg in published) >= 4)
+    await _until(lambda: sum(seg.event_id == "chg" for seg, _ in published) >= 4)
     await s.stop()
     await batcher.stop()
     assert asked[:4] == [100, 50, 100, 50]  # segments 0-5 from four windows, 2 and 5 from spare alone
-    count = np.round(np.concatenate([seg.samples[:, 0] for seg in published]) * 1000).astype(int)
+    count = np.round(np.concatenate([seg.samples[:, 0] for seg, _ in published]) * 1000).astype(int)
     np.testing.assert_array_equal(count, np.arange(len(count)))
-    assert [seg.seq for seg in published] == list(range(len(published)))
-    for seg in published:
+    assert [seg.seq for seg, _ in published] == list(range(len(published)))
+    for seg, _ in published:
         assert np.all(seg.samples[:, 1] == (120 if seg.event_id == "chg" else 60))
 
 
