@@ -1,4 +1,5 @@
 import asyncio
+import json
 
 import numpy as np
 import wfdb
@@ -18,6 +19,15 @@ def test_segment_round_trip_quantises_to_gain():
     seg = decode_segment(_seg(3, x, {"heart_rate": 70}).to_json())
     assert seg.seq == 3 and seg.leads == LEADS
     assert np.abs(seg.samples - x).max() <= 0.5 / 1000 + 1e-6
+
+
+def test_segment_json_is_the_plain_encoding_even_with_hostile_strings():
+    # to_json splices the samples in; whatever a patient id or state holds, the value must be
+    # exactly what the JSON encoder makes of the fields
+    x = np.random.default_rng(1).standard_normal((250, 12)).astype(np.float32)
+    seg = Segment('bed "samples_b64": "" 7', 1, 1.0, 250, LEADS, x, {"note": '"samples_b64": ""\\'}, None, "m")
+    assert json.loads(seg.to_json()) == seg.to_dict()
+    assert json.loads(seg.to_json(type="segment")) == {"type": "segment", **seg.to_dict()}
 
 
 def test_wfdb_export_with_annotations(tmp_path):

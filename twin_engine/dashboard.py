@@ -60,7 +60,7 @@ class SubscriberHub:
 
     async def segment(self, seg: Segment) -> None:
         if any(c.wants(seg.patient_id) for c in self.clients):
-            self._offer(seg.patient_id, json.dumps({"type": "segment", **seg.to_dict()}))
+            self._offer(seg.patient_id, seg.to_json(type="segment").decode())
 
     async def annotation(self, patient_id: str, raw: bytes) -> None:
         if self.clients:
