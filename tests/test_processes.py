@@ -1,0 +1,128 @@
+"""The CLI as a user runs it, in processes of its own: the README's main command (`demo`, with
+its own embedded broker) and `serve` stopped by SIGTERM the way an orchestrator stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from models.conditions import CardiacState
+from stream.events import Event
+from stream.segments import decode_segment
+from twin_engine.broker import free_port
+from twin_engine.config import KafkaConfig
+
+
+def _metric(text: str, name: str) -> float:
+    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_demo_runs_the_whole_service_on_its_own_broker(tiny_model_dir, data_dir, tmp_path):
+    port = free_port()
+    env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_DATA_DIR": str(data_dir),
+           "TWIN_ENGINE_CACHE_DIR": str(tmp_path), "TWIN_ENGINE_HTTP_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "demo", "--patients", "3", "--duration", "30"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                seen = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                seen = ""
+            if _metric(seen, "twin_live_patients") == 3 and _metric(seen, "twin_segments_published_total") >= 6:
+                break
+            time.sleep(0.5)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert _metric(seen, "twin_live_patients") == 3, seen[-2000:]
+    assert _metric(seen, "twin_segments_published_total") >= 6
+    assert "demo: onboarded 3 patients" in out
+    assert f"dashboard http://127.0.0.1:{port}/" in out
+    # the scenario moves a patient every 15 s: at least one change within the 30 s
+    assert re.search(r"demo: bed-0[1-3] -> \S+ \d+ bpm", out), out[-3000:]
+    assert "Traceback" not in out
+
+
+def _get(url: str) -> str:
+    try:
+        return urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return ""
+
+
+async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_dir, data_dir, tmp_path):
+    port = free_port()
+    k = KafkaConfig().namespaced(f"sig{uuid.uuid4().hex[:6]}")
+    env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_DATA_DIR": str(data_dir),
+           "TWIN_ENGINE_CACHE_DIR": str(tmp_path), "TWIN_ENGINE_HTTP_PORT": str(port),
+           "TWIN_ENGINE_SPEED": "10", "TWIN_ENGINE_SEGMENT_SECONDS": "1",
+           "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TWIN_ENGINE_KAFKA_PARTITIONS": "4",
+           "TWIN_ENGINE_KAFKA_GROUP_ID": k.group_id,
+           **{f"TWIN_ENGINE_KAFKA_{name.upper()}": getattr(k, name) for name in KafkaConfig.TOPIC_FIELDS}}
+    proc = subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "serve"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = f"http://127.0.0.1:{port}/metrics"
+    loop = asyncio.get_running_loop()
+
+    async def until(cond, timeout=90.0):
+        end = loop.time() + timeout
+        while not cond():
+            assert proc.poll() is None and loop.time() < end, proc.communicate(timeout=30)[0][-3000:] if proc.poll() is not None else "timed out"
+            await asyncio.sleep(0.3)
+
+    prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        await until(lambda: _get(f"http://127.0.0.1:{port}/readyz") != "")
+        await prod.start()
+        for i, rec in enumerate(["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/00000/00043_250"]):
+            ev = Event(f"reg-{i}", f"bed-{i}", "register", CardiacState({"NORM": 1.0}, 70), reference={"wfdb": rec})
+            await prod.send_and_wait(k.topic_events, ev.to_json(), key=ev.patient_id.encode())
+        await until(lambda: _metric(_get(metrics), "twin_segments_published_total") >= 6)
+        ev = Event("afib", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120))
+        await prod.send_and_wait(k.topic_events, ev.to_json(), key=b"bed-0")
+        await until(lambda: _metric(_get(metrics), "twin_event_to_effect_seconds_count") >= 1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        await prod.stop()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "shutting down" in out and "Traceback" not in out
+
+    # every event it consumed is committed: a successor in the group starts after them
+    c = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers, group_id=k.group_id, enable_auto_commit=False)
+    await c.start()
+    try:
+        tps = [TopicPartition(k.topic_events, p) for p in range(4)]
+        ends = await c.end_offsets(tps)
+        assert {tp: await c.committed(tp) or 0 for tp in tps} == ends
+        seg_tps = [TopicPartition(k.topic_segments, p) for p in range(4)]
+        c.assign(seg_tps)
+        await c.seek_to_beginning(*seg_tps)
+        segs = []
+        while batch := await c.getmany(timeout_ms=1500):
+            segs += [decode_segment(m.value) for msgs in batch.values() for m in msgs]
+    finally:
+        await c.stop()
+    # the segments that went out are whole and in order, the AFIB change among them
+    for pid in ("bed-0", "bed-1"):
+        mine = [s for s in segs if s.patient_id == pid]
+        assert [s.seq for s in mine] == list(range(len(mine))) and len(mine) >= 3
+        assert all(s.samples.shape == (250, 12) for s in mine)
+    assert any(s.event_id == "afib" for s in segs if s.patient_id == "bed-0")
