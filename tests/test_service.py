@@ -198,3 +198,50 @@ async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(br
         assert q.state_event_id == f"{pid}-e9" and len(q.history) == 10 and len(q.base_vector) == 256
     everything = await Registry(None, topic, parts).restore(kw, list(range(parts)))
     assert sorted(everything) == pids[:5]
+
+
+async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(broker, tiny_model_dir, prefix, data_dir):
+    """Scale-out: a worker joining the group takes some partitions; the patients on them move
+    with their state and stream position (from the registry), no sequence number is skipped or
+    repeated across the handoff, and events for a moved patient are applied by its new owner."""
+    from twin_engine.registry import partition_of
+
+    model = TwinModel.load(tiny_model_dir)
+    settings = _settings(broker, prefix, data_dir=data_dir)
+    parts = settings.kafka.partitions
+    pids, i = [], 0
+    while {partition_of(p, parts) for p in pids} != set(range(parts)):  # a patient on every partition
+        pid = f"bed-{i}"
+        if sum(partition_of(p, parts) == partition_of(pid, parts) for p in pids) < 1:
+            pids.append(pid)
+        i += 1
+    a = TwinService(settings, model)
+    await a.start()
+    await asyncio.wait_for(a.ready.wait(), 30)
+    for pid in pids:
+        await a.send_event(Event(f"reg-{pid}", pid, "register", CardiacState({"NORM": 1.0}, 70),
+                                 reference={"base_vector": np.eye(model.ibe.cfg.base_dim)[len(pid)].tolist()}))
+    await _wait_for(lambda: all(p in a.streams and a.streams[p].p.next_seq >= 2 for p in pids))
+
+    b = TwinService(settings, model)
+    await b.start()
+    await _wait_for(lambda: a._owned and b._owned and a._owned | b._owned == set(range(parts)), timeout=60)
+    assert not a._owned & b._owned
+    await _wait_for(lambda: sorted(list(a.streams) + list(b.streams)) == sorted(pids))
+    moved = sorted(b.streams)
+    assert moved and all(partition_of(p, parts) in b._owned for p in moved)
+    handoff = {p: b.streams[p].p.next_seq for p in moved}
+    assert all(n >= 2 for n in handoff.values())  # carried on from the registry, not from 0
+    # an event for a moved patient is consumed and applied by its new owner
+    target = moved[0]
+    await a.send_event(Event("afib-moved", target, "condition", CardiacState({"AFIB": 1.0}, 120)))
+    await _wait_for(lambda: b.streams[target].change is not None and b.streams[target].change.first_seq is not None)
+    await _wait_for(lambda: all(s.p.next_seq >= handoff.get(p, 0) + 2 for w in (a, b) for p, s in w.streams.items()))
+    await a.stop()
+    await b.stop()
+
+    segs = [decode_segment(m.value) for m in await _read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
+    for pid in pids:
+        seqs = [s.seq for s in segs if s.patient_id == pid]
+        assert seqs == list(range(len(seqs))), f"{pid}: {seqs}"
+    assert any(s.event_id == "afib-moved" for s in segs if s.patient_id == target)
