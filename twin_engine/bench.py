@@ -157,11 +157,11 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     candidates = [r for r in rows if "realtime_patients" in r and r["sampler"] == serving and r["steps"] == settings.steps]
     # ... on the backend the service would pick with these settings, when it was measured
     # (in isolation another backend can be a little faster; the service's choice is what serves)
-    try:
-        from twin_engine.runtime import choose_backend
+    from twin_engine.runtime import BackendUnavailable, choose_backend
 
+    try:
         served = [r for r in candidates if (r["backend"], r["device"]) == choose_backend(settings)]
-    except Exception:  # BackendUnavailable: a backend named in the settings that this machine lacks
+    except BackendUnavailable:  # a backend named in the settings that this machine lacks
         served = []
     best = max(served or candidates, key=lambda r: r["realtime_patients"], default=None)
     state_kb = None
