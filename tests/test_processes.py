@@ -52,6 +52,7 @@ def test_demo_runs_the_whole_service_on_its_own_broker(tiny_model_dir, data_dir,
     assert _metric(seen, "twin_live_patients") == 3, seen[-2000:]
     assert _metric(seen, "twin_segments_published_total") >= 6
     assert "demo: onboarded 3 patients" in out
+    assert "embedded broker keeps every record in memory, about 141 MB an hour for 3 patients" in out
     assert f"dashboard http://127.0.0.1:{port}/" in out
     # the scenario moves a patient every 15 s: at least one change within the 30 s
     assert re.search(r"demo: bed-0[1-3] -> \S+ \d+ bpm", out), out[-3000:]

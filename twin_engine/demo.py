@@ -59,9 +59,18 @@ def make_scenario(settings: Settings, patients: int, every: float = 15.0, seed: 
     return scenario
 
 
+# broker memory a patient's segments take on the embedded broker per hour: 8.15 kB/s of segment
+# JSON at 250 Hz, held at about 1.6x (measured, docs/BENCHMARKS.md "The embedded broker slows")
+EMBEDDED_MB_PER_PATIENT_HOUR = 47
+
+
 def run_demo(settings: Settings, duration: float = 0, patients: int = 8) -> int:
     from twin_engine.doctor import print_report
 
     print_report(settings)
     print()
+    if not settings.kafka.bootstrap_servers:
+        print(f"note: the embedded broker keeps every record in memory, about "
+              f"{patients * EMBEDDED_MB_PER_PATIENT_HOUR} MB an hour for {patients} patients; for long runs set "
+              f"kafka.bootstrap_servers to an Apache Kafka (deploy/)", flush=True)
     return run_app(settings, make_scenario(settings, patients), duration)
