@@ -44,3 +44,10 @@ def test_bench_serve_reports_throughput_latency_and_where_the_cores_go(distilled
     # bench serve started its own embedded broker: its CPU and this process's are both read
     assert run["broker_cpu_cores"] > 0 and run["service_process_cpu_cores"] > 0
     assert len(run["broker_cpu_cores_halves"]) == 2
+
+
+def test_bench_serve_with_the_null_generator_measures_the_service_alone(tiny_model_dir, data_dir, tmp_path):
+    s = load_settings(env={})
+    s.model_path, s.cache_dir, s.data_dir, s.segment_seconds = tiny_model_dir, tmp_path, data_dir, 1.0
+    [run] = bench_serve(s, [20], duration=2.0, speed=0.0, realtime=0, realtime_duration=0, null=True)["runs"]
+    assert run["generator"] == "null" and run["segments_per_s_end_to_end"] > 0 and run["events_measured"] == 10

@@ -245,9 +245,14 @@ def _cpu_shares(marks: list[tuple[float, float | None, float]]) -> dict:
     return out
 
 
+def null_generate(reqs: list) -> list[np.ndarray]:
+    """Instant "generation" (flat zeros): what is left to measure is the service itself."""
+    return [np.zeros((r.n_samples, 12), np.float32) for r in reqs]
+
+
 async def _serve_once(settings: Settings, model, patients: int, duration: float, speed: float,
                       changes: int, data_dir: Path,
-                      broker_cpu: Callable[[], float | None] = lambda: None) -> dict:
+                      broker_cpu: Callable[[], float | None] = lambda: None, null: bool = False) -> dict:
     from aiokafka import AIOKafkaConsumer
 
     from models.data.ptbxl import PTBXL
@@ -257,7 +262,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
 
     s = Settings(**{**settings.__dict__, "speed": speed})
     k = s.kafka = settings.kafka.namespaced(f"bench{uuid.uuid4().hex[:6]}")
-    svc = TwinService(s, model)
+    svc = TwinService(s, model, generate=null_generate if null else None)
     await svc.start()
     await asyncio.wait_for(svc.ready.wait(), 60)
     db = PTBXL(data_dir / "ptbxl-subset", model.meta.fs)
@@ -326,7 +331,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     misses = svc.metrics.deadline_misses._value.get()
     await svc.stop()
     span = duration if t_first is not None else loop.time() - t0
-    return {"patients": patients, "speed": speed, "duration_s": duration,
+    return {"patients": patients, "speed": speed, "duration_s": duration, "generator": "null" if null else "model",
             "segments_per_s_end_to_end": count / span, "segment_seconds": s.segment_seconds,
             "event_to_effect_p50_s": float(np.percentile(effect, 50)) if effect else None,
             "event_to_effect_p99_s": float(np.percentile(effect, 99)) if effect else None,
@@ -350,7 +355,9 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
 
 
 def bench_serve(settings: Settings, counts: list[int], duration: float, speed: float, realtime: int,
-                realtime_duration: float) -> dict:
+                realtime_duration: float, null: bool = False) -> dict:
+    """``null``: instant generation instead of the model, so the figures are the service's own
+    ceiling per worker (scheduling, publishing, registry writes, the downstream consumer)."""
     from twin_engine.app import bootstrap_or_embedded, load_model
 
     model = load_model(settings)
@@ -360,7 +367,7 @@ def bench_serve(settings: Settings, counts: list[int], duration: float, speed: f
     runs = []
     try:
         for n in counts:
-            r = asyncio.run(_serve_once(settings, model, n, duration, speed, 10, settings.data_dir, cpu))
+            r = asyncio.run(_serve_once(settings, model, n, duration, speed, 10, settings.data_dir, cpu, null))
             runs.append(r)
             print(json.dumps(r), flush=True)
         if realtime:
@@ -368,7 +375,7 @@ def bench_serve(settings: Settings, counts: list[int], duration: float, speed: f
             # not one or two events
             changes = max(10, int(realtime_duration * 0.8))
             r = asyncio.run(_serve_once(settings, model, realtime, realtime_duration, 1.0, changes, settings.data_dir,
-                                        cpu))
+                                        cpu, null))
             runs.append(r)
             print(json.dumps(r), flush=True)
     finally:

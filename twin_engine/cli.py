@@ -149,7 +149,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench.bench_ws(settings, int(args.patients.split(",")[0]), args.clients, args.duration)
     else:
         result = bench.bench_serve(settings, ints(args.patients), args.duration, args.speed,
-                                   args.realtime_patients, args.realtime_duration)
+                                   args.realtime_patients, args.realtime_duration, args.generator == "null")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
@@ -269,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--speed", type=float, default=0.0, help="serve: accelerated speed (0 = as fast as possible)")
     bn.add_argument("--realtime-patients", type=int, default=100, help="serve: real-time run (0 skips)")
     bn.add_argument("--realtime-duration", type=float, default=600.0)
+    bn.add_argument("--generator", choices=["model", "null"], default="model",
+                    help="serve: null = instant flat segments, to measure the service without the model")
     bn.add_argument("--json", default=None, help="also write the figures as JSON here")
     bn.set_defaults(func=cmd_bench)
 

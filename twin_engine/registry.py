@@ -29,6 +29,7 @@ from aiokafka.partitioner import murmur2
 
 from models.conditions import CardiacState
 from stream.events import state_from_dict, state_to_dict
+from stream.segments import dumps_spliced
 
 log = logging.getLogger(__name__)
 HISTORY_LIMIT = 50
@@ -85,7 +86,8 @@ class Patient:
         return json.dumps(asdict(self)).encode()
 
     def position_json(self) -> bytes:
-        return json.dumps({k: getattr(self, k) for k in POSITION_FIELDS}).encode()
+        d = {k: getattr(self, k) for k in POSITION_FIELDS}
+        return dumps_spliced(d, "tail_b64") if d.get("tail_b64") else json.dumps(d).encode()
 
     def apply_position(self, raw: bytes) -> None:
         for k, v in json.loads(raw).items():

@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from stream.segments import Segment, annotation
 from twin_engine.batcher import MicroBatcher
 from twin_engine.broker import TopicSpec, ensure_topics
 from twin_engine.config import Settings
-from twin_engine.generator import ContinuousGenerator
+from twin_engine.generator import ContinuousGenerator, GenRequest
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient, Registry, partition_of
 from twin_engine.runtime import log_choice
@@ -53,7 +54,11 @@ class _Rebalance(ConsumerRebalanceListener):
 
 class TwinService:
     def __init__(self, settings: Settings, model: TwinModel, sinks: list[Sink] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 generate: Callable[[list[GenRequest]], list[np.ndarray]] | None = None) -> None:
+        """``generate``: the batched generation call, by default the model's continuous
+        generator; `bench serve --generator null` passes an instant one to measure what the
+        service itself costs per segment."""
         self.settings, self.model = settings, model
         self.metrics = metrics or Metrics()
         self.sinks: list[Sink] = list(sinks or [])
@@ -61,7 +66,7 @@ class TwinService:
         self.kafka_kwargs = k.client_kwargs()
         self.topics = k
         self.generator = ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale)
-        self.batcher = MicroBatcher(self.generator.generate, settings.max_batch,
+        self.batcher = MicroBatcher(generate or self.generator.generate, settings.max_batch,
                                     settings.max_wait_ms / 1000, self.metrics)
         self.clock = StreamClock(settings.speed)
         self.segment_samples = int(round(settings.segment_seconds * model.meta.fs))
