@@ -33,9 +33,9 @@ TOPIC = "growth.segments"
 
 def _rss_mb(broker: EmbeddedBroker) -> float | None:
     try:
-        with open(f"/proc/{broker._proc.pid}/status") as f:
+        with open(f"/proc/{broker.pid}/status") as f:
             return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
-    except (OSError, AttributeError, StopIteration):
+    except (OSError, StopIteration):
         return None
 
 

@@ -28,8 +28,11 @@ def dumps_spliced(d: dict[str, Any], key: str) -> bytes:
     """``json.dumps(d).encode()`` with the base64 string ``d[key]`` spliced in rather than passed
     through the encoder, which would scan all of it for characters to escape that base64 never
     contains. Half the encoding cost of a segment; the service encodes every segment and every
-    stream position, and at GPU rates that, not the model, is what limits a worker."""
+    stream position, and at GPU rates that, not the model, is what limits a worker. A value that
+    is not a string (no tail yet: None) goes through the encoder like any other."""
     b64 = d[key]
+    if not isinstance(b64, str):
+        return json.dumps(d).encode()
     # every string value is escaped by the encoder, so the key itself is the only unescaped match
     return json.dumps({**d, key: ""}).replace(f'"{key}": ""', f'"{key}": "{b64}"', 1).encode()
 

@@ -10,6 +10,7 @@ to quote.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -245,9 +246,9 @@ def _cpu_shares(marks: list[tuple[float, float | None, float]]) -> dict:
     return out
 
 
-def null_generate(reqs: list) -> list[np.ndarray]:
+def null_generate(reqs: list, leads: int) -> list[np.ndarray]:
     """Instant "generation" (flat zeros): what is left to measure is the service itself."""
-    return [np.zeros((r.n_samples, 12), np.float32) for r in reqs]
+    return [np.zeros((r.n_samples, leads), np.float32) for r in reqs]
 
 
 async def _serve_once(settings: Settings, model, patients: int, duration: float, speed: float,
@@ -262,7 +263,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
 
     s = Settings(**{**settings.__dict__, "speed": speed})
     k = s.kafka = settings.kafka.namespaced(f"bench{uuid.uuid4().hex[:6]}")
-    svc = TwinService(s, model, generate=null_generate if null else None)
+    svc = TwinService(s, model, generate=functools.partial(null_generate, leads=len(model.meta.leads)) if null else None)
     await svc.start()
     await asyncio.wait_for(svc.ready.wait(), 60)
     db = PTBXL(data_dir / "ptbxl-subset", model.meta.fs)

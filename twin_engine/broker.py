@@ -75,15 +75,20 @@ class EmbeddedBroker:
     def log_path(self) -> str:
         return self._log_file.name
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process, while it runs (benchmarks read its CPU and memory in /proc)."""
+        return self._proc.pid if self._proc is not None else None
+
     def cpu_seconds(self) -> float | None:
         """CPU time the broker process has used (user + system), or None off Linux or when it
         is not running. Benchmarks read it because on a 2-core machine the broker's share is
         taken from generation: Tansu's memory store makes every fetch that returns records cost
         more as its partition grows (docs/BENCHMARKS.md)."""
-        if self._proc is None:
+        if self.pid is None:
             return None
         try:
-            with open(f"/proc/{self._proc.pid}/stat") as f:
+            with open(f"/proc/{self.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             return None

@@ -86,8 +86,7 @@ class Patient:
         return json.dumps(asdict(self)).encode()
 
     def position_json(self) -> bytes:
-        d = {k: getattr(self, k) for k in POSITION_FIELDS}
-        return dumps_spliced(d, "tail_b64") if d.get("tail_b64") else json.dumps(d).encode()
+        return dumps_spliced({k: getattr(self, k) for k in POSITION_FIELDS}, "tail_b64")
 
     def apply_position(self, raw: bytes) -> None:
         for k, v in json.loads(raw).items():
