@@ -26,7 +26,8 @@ class NoiseSchedule:
     def ab(self, t: torch.Tensor | int) -> torch.Tensor:
         """alpha-bar at t; t = -1 means clean (1.0)."""
         t = torch.as_tensor(t)
-        out = torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], torch.ones((), dtype=torch.float64))
+        ac = self.alphas_cumprod.to(t.device)  # timesteps on a GPU index a copy there
+        out = torch.where(t >= 0, ac[t.clamp(min=0)], torch.ones((), dtype=torch.float64, device=t.device))
         return out.float()
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

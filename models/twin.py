@@ -228,8 +228,9 @@ class TwinModel(torch.nn.Module):
         inten, cont = self._cond(states)
         b = len(states)
         seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
-        noise = torch.stack([torch.randn(self.dit.cfg.latent_channels, self.tokens,
-                                         generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        g = torch.Generator()  # one generator re-seeded per row: the same noise, less per-row cost
+        noise = torch.stack([torch.randn(self.dit.cfg.latent_channels, self.tokens, generator=g.manual_seed(int(s)))
+                             for s in seeds])
         gen = torch.Generator().manual_seed(int(seeds[0]))
         sampler = self.resolve_sampler(sampler, steps)
         if sampler == "distilled":

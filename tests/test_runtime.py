@@ -20,11 +20,21 @@ TRT_TOL = 5e-2  # fp16 engine: half precision through every layer
 def test_choice_on_this_machine():
     s = load_settings(env={})
     backend, device = choose_backend(s)
-    # a GPU: PyTorch; the CPU: ONNX Runtime (a core dependency), faster inside the service
-    assert (backend, device) == (("torch", "cuda") if torch.cuda.is_available() else ("onnxruntime", "cpu"))
+    # a GPU: PyTorch from CUDA graphs; the CPU: ONNX Runtime (a core dependency), faster inside the service
+    assert (backend, device) == (("cuda-graphs", "cuda") if torch.cuda.is_available() else ("onnxruntime", "cpu"))
     if not torch.cuda.is_available():
-        with pytest.raises(BackendUnavailable, match="NVIDIA GPU"):
-            choose_backend(load_settings(env={"TWIN_ENGINE_BACKEND": "tensorrt"}))
+        for name in ("tensorrt", "cuda-graphs"):
+            with pytest.raises(BackendUnavailable, match="NVIDIA GPU"):
+                choose_backend(load_settings(env={"TWIN_ENGINE_BACKEND": name}))
+
+
+def test_batch_limit_defaults_to_the_measured_best_per_device():
+    from twin_engine.runtime import batch_limit
+
+    auto = load_settings(env={})
+    assert (batch_limit(auto, "cpu"), batch_limit(auto, "cuda"), batch_limit(auto, "cuda:1")) == (16, 4096, 4096)
+    explicit = load_settings(env={"TWIN_ENGINE_MAX_BATCH": "64"})
+    assert (batch_limit(explicit, "cpu"), batch_limit(explicit, "cuda")) == (64, 64)
 
 
 def test_onnxruntime_parity(tiny_model_dir, tmp_path):
@@ -55,10 +65,44 @@ def test_tensorrt_parity(tiny_model_dir, tmp_path):
     ref = TwinModel.load(tiny_model_dir, "cuda")
     trt_model = TwinModel.load(tiny_model_dir)
     attach_backend(trt_model, "tensorrt", "cuda", tmp_path, max_batch=8)
-    z, t, b, c = (x.cuda() for x in example_inputs(ref, 4))
+    z, t, b, c = (x.cuda() for x in example_inputs(TwinModel.load(tiny_model_dir), 4))  # made on the CPU
     with torch.no_grad():
         torch.testing.assert_close(trt_model.denoiser(z, t, b, c), ref.dit(z, t, b, c), atol=TRT_TOL, rtol=TRT_TOL)
         torch.testing.assert_close(trt_model.decoder(z), ref.ae.decode(z), atol=TRT_TOL, rtol=TRT_TOL)
+
+
+def test_cuda_graph_buckets_cover_every_batch_up_to_the_largest():
+    from twin_engine.cuda_graphs import LARGEST_BUCKET, buckets
+
+    assert buckets(8) == [8]
+    assert buckets(13) == [8, 16]
+    for max_batch in (1, 100, 5000, LARGEST_BUCKET, 10**6):
+        bs = buckets(max_batch)
+        assert all(b2 == 2 * b1 for b1, b2 in zip(bs, bs[1:], strict=False))  # a batch pads to less than twice itself
+        assert bs[-1] >= min(max_batch, LARGEST_BUCKET) and bs[-1] <= LARGEST_BUCKET
+
+
+CUDA_GRAPH_TOL = 2e-2  # FP16 under autocast; the default model measured 3.5e-3 relative (docs/BENCHMARKS.md)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need an NVIDIA GPU")
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_graph_parity(distilled_model_dir, tmp_path, compile):
+    ref = TwinModel.load(distilled_model_dir, "cuda")
+    graphed = TwinModel.load(distilled_model_dir)
+    attach_backend(graphed, "cuda-graphs", "cuda", tmp_path, max_batch=8, compile=compile)
+    cpu = TwinModel.load(distilled_model_dir)  # example inputs are made on the CPU
+    for batch in (1, 5, 8, 13):  # padded into buckets of 8 and 16, and chunked beyond the largest
+        z, t, b, c = (x.cuda() for x in example_inputs(cpu, batch))
+        with torch.no_grad():
+            torch.testing.assert_close(graphed.student_denoiser(z, t, b, c), ref.student(z, t, b, c),
+                                       atol=CUDA_GRAPH_TOL, rtol=CUDA_GRAPH_TOL)
+            torch.testing.assert_close(graphed.decoder(z), ref.ae.decode(z), atol=CUDA_GRAPH_TOL, rtol=CUDA_GRAPH_TOL)
+    base = np.ones((2, ref.ibe.cfg.base_dim), np.float32) / np.sqrt(ref.ibe.cfg.base_dim)
+    states = [CardiacState(), CardiacState({"AFIB": 1.0}, 120)]
+    a, g = ref.generate(base, states, 4, 3, "distilled"), graphed.generate(base, states, 4, 3, "distilled")
+    assert np.linalg.norm(a - g) / np.linalg.norm(a) < CUDA_GRAPH_TOL
 
 
 def test_onnxruntime_parity_of_the_distilled_student(distilled_model_dir, tmp_path):

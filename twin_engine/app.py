@@ -14,7 +14,7 @@ from models.twin import TwinModel
 from twin_engine.broker import EmbeddedBroker
 from twin_engine.config import Settings
 from twin_engine.http_api import serve_http
-from twin_engine.runtime import attach_backend, choose_backend
+from twin_engine.runtime import attach_backend, batch_limit, choose_backend
 from twin_engine.service import TwinService
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,13 @@ def load_model(settings: Settings) -> TwinModel:
     backend, device = choose_backend(settings)
     model = TwinModel.load(Path(settings.model_path), "cpu")
     try:
-        attach_backend(model, backend, device, settings.cache_dir, settings.max_batch)
+        attach_backend(model, backend, device, settings.cache_dir, batch_limit(settings, device), settings.precision)
     except Exception as exc:
         if settings.backend != "auto" or backend == "torch":
             raise
         log.warning("backend %s could not be set up (%s: %s); serving with torch on %s instead",
                     backend, exc.__class__.__name__, exc, device)
-        attach_backend(model, "torch", device, settings.cache_dir, settings.max_batch)
+        attach_backend(model, "torch", device, settings.cache_dir, batch_limit(settings, device))
     return model
 
 

@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="benchmarks: generation and the whole service (figures, not tests)")
     bn.add_argument("what", choices=["generate", "serve", "ws"])
     bn.add_argument("--clients", type=int, default=50, help="ws: concurrent WebSocket subscribers")
-    bn.add_argument("--backends", default="torch,torch-compile,onnxruntime,tensorrt")
+    bn.add_argument("--backends", default="torch,torch-compile,cuda-graphs,onnxruntime,tensorrt")
     bn.add_argument("--samplers", default="distilled,dpmpp2m,ddim")
     bn.add_argument("--steps", default="1,2,4")
     bn.add_argument("--batches", default="1,16,64")

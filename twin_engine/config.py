@@ -104,14 +104,15 @@ class Settings:
     model_path: Path = field(default_factory=lambda: REPO_ROOT / "models" / "default")
     cache_dir: Path = field(default_factory=lambda: REPO_ROOT / "runs" / "cache")  # ONNX / engines
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    backend: str = "auto"  # auto, torch, torch-compile, onnxruntime, tensorrt
+    backend: str = "auto"  # auto, torch, torch-compile, cuda-graphs, onnxruntime, tensorrt
+    precision: str = "fp16"  # cuda-graphs on a GPU: fp16, bf16 or fp32 (docs/BENCHMARKS.md, GPU)
     sampler: str = "auto"  # the model's distilled student where it has one, else dpmpp2m
     steps: int = 4  # the distilled student's count: better than the teacher at 8 (docs/EVALUATION.md)
     guidance_scale: float = 1.5
     segment_seconds: float = 2.0
     lookahead_segments: int = 2
     speed: float = 1.0  # 1.0 real time; 0 as fast as possible; N: N x real time
-    max_batch: int = 16  # best CPU throughput in docs/BENCHMARKS.md; raise on GPUs
+    max_batch: int = 0  # 0: 16 on the CPU, 4096 on a GPU (runtime.batch_limit; docs/BENCHMARKS.md)
     max_wait_ms: float = 20.0
     wfdb_export_dir: str = ""  # non-empty: write each patient's stream as WFDB on shutdown
     http_host: str = "127.0.0.1"
@@ -123,14 +124,15 @@ class Settings:
         """Raise ConfigError naming the first bad field."""
         checks = [
             ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")),
-            ("backend", self.backend in ("auto", "torch", "torch-compile", "onnxruntime", "tensorrt")),
+            ("backend", self.backend in ("auto", "torch", "torch-compile", "cuda-graphs", "onnxruntime", "tensorrt")),
+            ("precision", self.precision in ("fp16", "bf16", "fp32")),
             ("sampler", self.sampler in ("auto", "distilled", "ddpm", "ddim", "dpmpp2m")),
             ("steps", 1 <= self.steps <= 1000),
             ("guidance_scale", 0.0 <= self.guidance_scale <= 20.0),
             ("segment_seconds", 1.0 <= self.segment_seconds <= 10.0),
             ("lookahead_segments", 1 <= self.lookahead_segments <= 100),
             ("speed", self.speed >= 0.0),
-            ("max_batch", 1 <= self.max_batch <= 65536),
+            ("max_batch", 0 <= self.max_batch <= 65536),
             ("max_wait_ms", 0.0 <= self.max_wait_ms <= 10_000),
             ("http_port", 0 <= self.http_port <= 65535),
             ("kafka.partitions", 1 <= self.kafka.partitions <= 10_000),

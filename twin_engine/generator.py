@@ -44,8 +44,9 @@ def unpack_tail(s: str | None, leads: int) -> np.ndarray | None:
 
 def extend_tail(tail: np.ndarray | None, new: np.ndarray, context: int) -> np.ndarray:
     """The last ``context`` samples of the stream after ``new`` is appended to ``tail``."""
-    joined = new if tail is None else np.concatenate([tail, new])
-    return joined[-context:]
+    if tail is None or len(new) >= context:  # the usual case: no copy of a whole window
+        return new[-context:]
+    return np.concatenate([tail, new])[-context:]
 
 
 def patient_seed(patient_id: str, seq: int, window: int = 0) -> int:
@@ -92,30 +93,45 @@ class ContinuousGenerator:
                     produced[i] += len(x)
                     tails[i] = extend_tail(tails[i], x, self.context)
             rnd += 1
-        return [np.concatenate(o) for o in outs]
+        return [o[0] if len(o) == 1 else np.concatenate(o) for o in outs]
 
     def _windows(self, reqs: list[GenRequest], tails: list[np.ndarray] | None, rnd: int) -> list[np.ndarray]:
         m = self.model
         base = np.stack([r.base for r in reqs])
         seeds = [r.seed + rnd for r in reqs]
-        ctx = None
+        ctx = t = None
         if tails is not None:
-            t = torch.from_numpy(np.stack(tails).transpose(0, 2, 1).copy()).to(m.device)
-            ctx = m.ae.encode(t)
+            t = to_device(tails, m.device)  # (B, C, leads)
+            ctx = m.ae.encode(t.transpose(1, 2).contiguous())
         z = m.generate_latent(base, [r.state for r in reqs], self.steps, seeds, self.sampler,
                               self.guidance, context=ctx)
-        x = m.decode(z)
-        if tails is None:
-            return list(x)
-        out = []
-        ramp = np.exp(-np.arange(self.new_per_window) / max(1, self.splice))[:, None]
-        for xi, ti in zip(x, tails, strict=True):
-            new = xi[self.context:]
+        y = m.decoder(z).float()  # (B, leads, window), where the model runs
+        if t is not None:  # the splice runs there too, and only the new part leaves the device
+            y = y[..., self.context:]
+            ramp = torch.exp(-torch.arange(self.new_per_window, device=y.device) / max(1, self.splice))
             # splice: the first new sample continues the last published one's level and slope
-            predicted_next = ti[-1] + (ti[-1] - ti[-2])
-            offset = predicted_next - new[0]
-            out.append((new + offset[None] * ramp).astype(np.float32))
-        return out
+            predicted_next = t[:, -1] + (t[:, -1] - t[:, -2])
+            y = y + (predicted_next - y[..., 0])[..., None] * ramp
+        return list(to_host(y.transpose(1, 2).contiguous()))
+
+
+def to_device(arrays: list[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Stacked onto ``device``; to a GPU through page-locked memory, which the caching host
+    allocator recycles (pageable copies ran at 1.5 GB/s on the H200 machine, pinned at 55)."""
+    if device.type != "cuda":
+        return torch.from_numpy(np.stack(arrays))
+    buf = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.float32, pin_memory=True)
+    np.stack(arrays, out=buf.numpy())
+    return buf.to(device, non_blocking=True)
+
+
+def to_host(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a NumPy array; from a GPU through page-locked memory (604 MB: 11 ms, not 400)."""
+    if x.device.type != "cuda":
+        return x.numpy()
+    out = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    out.copy_(x)
+    return out.numpy()
 
 
 def measure_continuity(gen: ContinuousGenerator, base: np.ndarray, state: CardiacState,

@@ -46,15 +46,31 @@ def choose_backend(settings: Settings) -> tuple[str, str]:
         return "onnxruntime", "cuda" if has_cuda else "cpu"
     if want in ("torch", "torch-compile"):
         return want, "cuda" if has_cuda else "cpu"
-    # auto: PyTorch on a GPU (TensorRT stays opt-in until its parity test has passed on the GPU
-    # that would serve; no GPU was available where this was written). On the CPU, ONNX Runtime:
-    # in isolation it is no faster than eager PyTorch, but in the service the generation thread
-    # shares the interpreter with the event loop, and one ONNX Runtime call per denoiser step
-    # holds the GIL far less than eager PyTorch's per-operator dispatch: 1,000 patients as fast
-    # as possible, alternating runs: median 95 vs 83 segments/s (docs/bench/backend-ab-cpu.txt)
+    if want == "cuda-graphs":
+        if not has_cuda:
+            raise BackendUnavailable("cuda-graphs backend needs an NVIDIA GPU (cuda=no)")
+        return "cuda-graphs", "cuda"
+    # auto: on a GPU, PyTorch compiled and replayed from CUDA graphs in FP16 (on an H200, 1.5x
+    # eager FP32 from the graphs and half precision, 3.2x with Inductor's fusion; output within
+    # 0.4% of FP32: docs/BENCHMARKS.md, GPU). TensorRT stays opt-in: it could not be installed on
+    # the GPU machine this was measured on, so its parity test has never run. On the CPU, ONNX
+    # Runtime: in isolation it is no faster than eager PyTorch, but in the service the generation
+    # thread shares the interpreter with the event loop, and one ONNX Runtime call per denoiser
+    # step holds the GIL far less than eager PyTorch's per-operator dispatch: 1,000 patients as
+    # fast as possible, alternating runs: median 95 vs 83 segments/s (docs/bench/backend-ab-cpu.txt)
     if has_cuda:
-        return "torch", "cuda"
+        return "cuda-graphs", "cuda"
     return ("onnxruntime" if has_ort else "torch"), "cpu"
+
+
+# the best measured batch limits: the 2-core CPU's throughput peaks at 16; on an H100 and an
+# H200, generation gains little beyond a few thousand while each batch takes longer
+BATCH_LIMIT = {"cpu": 16, "cuda": 4096}
+
+
+def batch_limit(settings: Settings, device: str) -> int:
+    """``max_batch``, or for 0 (the default) the measured best for ``device``."""
+    return settings.max_batch or BATCH_LIMIT["cuda" if device.startswith("cuda") else "cpu"]
 
 
 def log_choice(model, settings: Settings) -> tuple[str, str]:
@@ -66,11 +82,25 @@ def log_choice(model, settings: Settings) -> tuple[str, str]:
     return backend, device
 
 
-def attach_backend(model, backend: str, device: str, cache_dir: Path, max_batch: int = 64) -> None:
-    """Swap ``model.denoiser`` / ``model.decoder`` for the chosen backend's implementations."""
+def attach_backend(model, backend: str, device: str, cache_dir: Path, max_batch: int = 64,
+                   precision: str = "fp16", compile: bool | None = None) -> None:
+    """Swap ``model.denoiser`` / ``model.decoder`` for the chosen backend's implementations.
+
+    ``precision`` and ``compile`` (Inductor before capture; default: where Triton is installed)
+    apply to cuda-graphs; TensorRT builds FP16."""
     if backend == "torch":
         model.to(device)
         model.set_backend("torch", model.dit, model.ae.decode, model.student)
+        return
+    if backend == "cuda-graphs":
+        from twin_engine.cuda_graphs import GraphedCall
+
+        if compile is None:
+            compile = importlib.util.find_spec("triton") is not None
+        model.to("cuda")
+        student = GraphedCall(model.student, max_batch, precision, compile) if model.student is not None else None
+        model.set_backend("cuda-graphs", GraphedCall(model.dit, max_batch * 2, precision, compile),  # CFG doubles it
+                          GraphedCall(model.ae.decode, max_batch, precision, compile), student)
         return
     if backend == "torch-compile":
         # Inductor graphs of the denoisers, dynamic in the batch: 1.2-1.3x on the 2-core CPU

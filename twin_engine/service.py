@@ -34,7 +34,7 @@ from twin_engine.config import Settings
 from twin_engine.generator import ContinuousGenerator, GenRequest
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient, Registry, partition_of
-from twin_engine.runtime import log_choice
+from twin_engine.runtime import batch_limit, log_choice
 from twin_engine.scheduler import PatientStream, StateChange, StreamClock
 from twin_engine.sinks import Sink
 
@@ -66,7 +66,7 @@ class TwinService:
         self.kafka_kwargs = k.client_kwargs()
         self.topics = k
         self.generator = ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale)
-        self.batcher = MicroBatcher(generate or self.generator.generate, settings.max_batch,
+        self.batcher = MicroBatcher(generate or self.generator.generate, batch_limit(settings, model.device.type),
                                     settings.max_wait_ms / 1000, self.metrics)
         self.clock = StreamClock(settings.speed)
         self.segment_samples = int(round(settings.segment_seconds * model.meta.fs))
