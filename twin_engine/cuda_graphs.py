@@ -81,7 +81,9 @@ class GraphedCall:
                     self._run(*inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), torch.no_grad():
+        # thread_local: the service's other threads (a registration encoding reference ECGs)
+        # may use the GPU while the generation thread captures
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"), torch.no_grad():
             output = self._run(*inputs)
         return _Captured(graph, inputs, output)
 
