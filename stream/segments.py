@@ -15,6 +15,7 @@ Annotation value (one per state interval; re-sent with ``end_time`` when it clos
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,11 @@ from typing import Any
 import numpy as np
 
 GAIN = 1000.0
+
+
+def quantize(x: np.ndarray) -> np.ndarray:
+    """float samples in units -> little-endian int16 at ``GAIN``, saturating."""
+    return np.clip(np.round(x * GAIN), -32768, 32767).astype("<i2")
 
 
 def dumps_spliced(d: dict[str, Any], key: str) -> bytes:
@@ -53,8 +59,14 @@ class Segment:
     def duration(self) -> float:
         return len(self.samples) / self.fs
 
+    @functools.cached_property
+    def quantized(self) -> np.ndarray:
+        """The samples as published, int16 (physical = value / gain): computed once per segment,
+        which the Kafka record, the dashboard and the stream position all use."""
+        return quantize(self.samples)
+
     def to_dict(self) -> dict[str, Any]:
-        q = np.clip(np.round(self.samples * GAIN), -32768, 32767).astype("<i2")
+        q = self.quantized
         return {"schema_version": 1, "patient_id": self.patient_id, "seq": self.seq,
                 "start_time": self.start_time, "fs": self.fs, "leads": list(self.leads),
                 "gain": GAIN, "units": "zscore", "n_samples": int(len(q)),

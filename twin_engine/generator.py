@@ -18,7 +18,7 @@ import torch
 
 from models.conditions import CardiacState
 from models.twin import TwinModel
-from stream.segments import GAIN
+from stream.segments import GAIN, quantize
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ class GenRequest:
 
 
 def pack_tail(x: np.ndarray) -> str:
-    return base64.b64encode(np.clip(np.round(x * GAIN), -32768, 32767).astype("<i2").tobytes()).decode()
+    """Base64 of the tail as int16 (``x`` already quantized, or float samples in units)."""
+    q = x if x.dtype == np.dtype("<i2") else quantize(x)
+    return base64.b64encode(q.tobytes()).decode()
 
 
 def unpack_tail(s: str | None, leads: int) -> np.ndarray | None:

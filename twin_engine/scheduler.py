@@ -94,6 +94,7 @@ class PatientStream:
         self.published: Pending | None = None  # the last segment out, with its spare samples
         self.change: StateChange | None = None
         self.state = patient.cardiac_state
+        self.base = patient.base()  # fixed for the stream's life: re-registration starts a new one
         self._changed = asyncio.Event()
         self._stopping = False
         self._gen: asyncio.Task | None = None
@@ -158,7 +159,7 @@ class PatientStream:
         spare = prev.spare if prev is not None and (prev.state, prev.event_id) == (state, event_id) else None
         have = np.zeros((0, len(self.leads)), np.float32) if spare is None else spare
         if len(have) < self.n:
-            req = GenRequest(self.p.base(), state, extend_tail(tail, have, self.context) if len(have) else tail,
+            req = GenRequest(self.base, state, extend_tail(tail, have, self.context) if len(have) else tail,
                              self.n - len(have), patient_seed(self.p.patient_id, seq))
             have = np.concatenate([have, await self.batcher.submit(req, self.clock.due(self.start_time(seq)))])
         samples = have[:self.n]
@@ -224,7 +225,8 @@ class PatientStream:
         if change is not None and item.event_id == change.event_id and change.first_seq is None:
             change.first_seq, change.published = item.seq, time.monotonic()
             self.metrics.event_to_effect.observe(change.published - change.received)
-        self.p.tail_b64 = pack_tail(item.tail)
+        # the tail as published: the segment's own int16 samples when it is at least that long
+        self.p.tail_b64 = pack_tail(seg.quantized[-self.context:] if len(item.samples) >= self.context else item.tail)
         self.published = item
         self.p.next_seq = item.seq + 1
         await self.publish(self.p, seg, change)
