@@ -120,8 +120,8 @@ def parity(tails: np.ndarray, batch: int) -> list[dict]:
         err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
         rows.append({"backend": backend, "precision": precision, "compile": compile, "batch": batch,
                      "rel_l2_vs_torch_fp32_cuda": float(err),
-                     "max_abs_mv": float(np.abs(out - ref).max()), "finite": bool(np.isfinite(out).all())})
-        print(f"parity {backend:12s} {precision} compile={compile}: rel {err:.2e}, max {rows[-1]['max_abs_mv']:.4f} mV", flush=True)
+                     "max_abs_units": float(np.abs(out - ref).max()), "finite": bool(np.isfinite(out).all())})
+        print(f"parity {backend:12s} {precision} compile={compile}: rel {err:.2e}, max {rows[-1]['max_abs_units']:.4f} (z-score units)", flush=True)
     return rows
 
 
