@@ -50,9 +50,9 @@ def choose_backend(settings: Settings) -> tuple[str, str]:
         if not has_cuda:
             raise BackendUnavailable("cuda-graphs backend needs an NVIDIA GPU (cuda=no)")
         return "cuda-graphs", "cuda"
-    # auto: on a GPU, PyTorch compiled and replayed from CUDA graphs in FP16 (on an H200, 1.5x
-    # eager FP32 from the graphs and half precision, 3.2x with Inductor's fusion; output within
-    # 0.4% of FP32: docs/BENCHMARKS.md, GPU). TensorRT stays opt-in: it could not be installed on
+    # auto: on a GPU, PyTorch compiled and replayed from CUDA graphs in FP16 (the model alone, on
+    # an H200: 1.5x eager FP32 from the graphs and half precision, 3.2-3.5x with Inductor's
+    # fusion; output within 0.4% of FP32: docs/BENCHMARKS.md, GPU). TensorRT stays opt-in: it could not be installed on
     # the GPU machine this was measured on, so its parity test has never run. On the CPU, ONNX
     # Runtime: in isolation it is no faster than eager PyTorch, but in the service the generation
     # thread shares the interpreter with the event loop, and one ONNX Runtime call per denoiser
