@@ -77,8 +77,9 @@ def log_choice(model, settings: Settings) -> tuple[str, str]:
     """(backend, device) that ``model`` serves with, logged with what was configured."""
     backend = model.backend
     device = "cuda" if backend == "tensorrt" or model.device.type == "cuda" else "cpu"
-    log.info("generation backend: %s on %s (configured backend=%s device=%s)",
-             backend, device, settings.backend, settings.device)
+    detail = {"cuda-graphs": f", {settings.precision}", "tensorrt": ", fp16"}.get(backend, "")
+    log.info("generation backend: %s on %s%s, batches up to %d (configured backend=%s device=%s)",
+             backend, device, detail, batch_limit(settings, device), settings.backend, settings.device)
     return backend, device
 
 
