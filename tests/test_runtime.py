@@ -28,6 +28,18 @@ def test_choice_on_this_machine():
                 choose_backend(load_settings(env={"TWIN_ENGINE_BACKEND": name}))
 
 
+def test_warm_up_runs_the_serving_sampler(distilled_model_dir):
+    from twin_engine.runtime import warm_up
+
+    model = TwinModel.load(distilled_model_dir)
+    calls = []
+    student = model.student_denoiser
+    model.set_backend("torch", model.dit, model.ae.decode, lambda *a: calls.append(a[0].shape) or student(*a))
+    assert warm_up(model, load_settings(env={}), batch=3) > 0
+    # the distilled student at its step count, on the batch asked for: what serving compiles first
+    assert calls == [torch.Size([3, model.dit.cfg.latent_channels, model.tokens])] * model.meta.student_steps
+
+
 def test_batch_limit_defaults_to_the_measured_best_per_device():
     from twin_engine.runtime import batch_limit
 

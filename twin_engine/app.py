@@ -14,7 +14,7 @@ from models.twin import TwinModel
 from twin_engine.broker import EmbeddedBroker
 from twin_engine.config import Settings
 from twin_engine.http_api import serve_http
-from twin_engine.runtime import attach_backend, batch_limit, choose_backend
+from twin_engine.runtime import WARM_UP, attach_backend, batch_limit, choose_backend, warm_up
 from twin_engine.service import TwinService
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def load_model(settings: Settings) -> TwinModel:
         log.warning("backend %s could not be set up (%s: %s); serving with torch on %s instead",
                     backend, exc.__class__.__name__, exc, device)
         attach_backend(model, "torch", device, settings.cache_dir, batch_limit(settings, device))
+    if model.backend in WARM_UP:
+        log.info("backend %s warmed up in %.1f s", model.backend, warm_up(model, settings))
     return model
 
 
