@@ -6,7 +6,8 @@ with its optimum at the scheduler's typical batch. Imported only when the Tensor
 chosen, so machines without TensorRT never load it.
 
 Status: written against the TensorRT 10 Python API; its parity test (tests/test_runtime.py)
-runs only on a GPU machine and had not run when this was committed.
+runs only on a GPU machine with TensorRT, and has not run: the GPU machines lent so far (an H100
+and an H200, 2026-11-26) could not install it. The cuda-graphs backend is the measured GPU path.
 """
 
 from __future__ import annotations
