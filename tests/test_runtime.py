@@ -168,3 +168,23 @@ def test_auto_falls_back_to_torch_when_its_pick_cannot_be_set_up(tiny_model_dir,
     s.backend = "onnxruntime"
     with pytest.raises(RuntimeError, match="export failed"):
         app.load_model(s)
+
+
+def test_auto_backend_that_fails_its_warm_up_falls_back_to_torch(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    """A GPU whose compiler or graph capture fails on the first call must not take the service
+    down: the warm-up finds out at start, and auto falls back to PyTorch."""
+    import twin_engine.app as app
+
+    def warm_up(model, settings):
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(app, "choose_backend", lambda s: ("torch-compile", "cpu"))
+    monkeypatch.setattr(app, "warm_up", warm_up)
+    s = load_settings(env={})
+    s.model_path, s.cache_dir = tiny_model_dir, tmp_path
+    with caplog.at_level("WARNING"):
+        model = app.load_model(s)
+    assert model.backend == "torch" and "torch-compile could not be set up" in caplog.text
+    s.backend = "torch-compile"
+    with pytest.raises(RuntimeError, match="capture failed"):
+        app.load_model(s)

@@ -22,21 +22,21 @@ EMBEDDED_PORT = 9092
 
 
 def load_model(settings: Settings) -> TwinModel:
-    """The model on the configured backend. A backend picked by ``auto`` that cannot be set up
-    here (an ONNX export that fails) falls back to PyTorch with a warning; one configured by
-    name fails loudly."""
+    """The model on the configured backend, warmed up where its first call compiles. A backend
+    picked by ``auto`` that cannot be set up here (an ONNX export, a compile or a graph capture
+    that fails) falls back to PyTorch with a warning; one configured by name fails loudly."""
     backend, device = choose_backend(settings)
     model = TwinModel.load(Path(settings.model_path), "cpu")
     try:
         attach_backend(model, backend, device, settings.cache_dir, batch_limit(settings, device), settings.precision)
+        if backend in WARM_UP:  # where compiling or capturing fails, it fails here, not mid-stream
+            log.info("backend %s warmed up in %.1f s", backend, warm_up(model, settings))
     except Exception as exc:
         if settings.backend != "auto" or backend == "torch":
             raise
         log.warning("backend %s could not be set up (%s: %s); serving with torch on %s instead",
                     backend, exc.__class__.__name__, exc, device)
         attach_backend(model, "torch", device, settings.cache_dir, batch_limit(settings, device))
-    if model.backend in WARM_UP:
-        log.info("backend %s warmed up in %.1f s", model.backend, warm_up(model, settings))
     return model
 
 
