@@ -6,45 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from models.conditions import CardiacState
-from models.twin import TwinModel
-from stream.events import Event
 from tests.cdp import Chromium, chromium_binary
-from tests.test_service import RECORDS, _settings, _wait_for
-from twin_engine.broker import free_port
+from tests.support import start_with_dashboard
 from twin_engine.dashboard import SubscriberHub
-from twin_engine.http_api import serve_http
-from twin_engine.service import TwinService
 
 ARTIFACTS = Path(os.environ.get("TWIN_ENGINE_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
 
 
-async def _start(broker, tiny_model_dir, data_dir, speed=1.0, patients=2):
-    prefix = f"d{uuid.uuid4().hex[:8]}"
-    settings = _settings(broker, prefix, data_dir=data_dir, speed=speed)
-    settings.http_port = free_port()
-    hub = SubscriberHub(queue_frames=16)
-    svc = TwinService(settings, TwinModel.load(tiny_model_dir), sinks=[hub])
-    hub.metrics = svc.metrics
-    await svc.start()
-    runner = await serve_http(svc, "127.0.0.1", settings.http_port, hub)
-    await asyncio.wait_for(svc.ready.wait(), 30)
-    for i in range(patients):
-        await svc.send_event(Event(f"reg-{i}", f"bed-{i}", "register", CardiacState(),
-                                   reference={"wfdb": RECORDS[i % len(RECORDS)]}))
-    await _wait_for(lambda: len(svc.streams) == patients)
-    return svc, hub, runner, settings
-
-
 @pytest.mark.skipif(chromium_binary() is None, reason="Debian chromium not installed (./twin test installs it as root)")
 async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
-    svc, hub, runner, settings = await _start(broker, tiny_model_dir, data_dir)
+    svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir)
     try:
         async with Chromium(chromium_binary()) as browser:
             page = await browser.open(f"http://127.0.0.1:{settings.http_port}/")
@@ -74,7 +50,7 @@ async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
 async def test_slow_subscriber_drops_frames_not_memory(broker, tiny_model_dir, data_dir):
     """A client that never reads: its queue stays bounded, drops are counted; a reading client
     in the same hub gets every segment."""
-    svc, hub, runner, settings = await _start(broker, tiny_model_dir, data_dir, speed=10.0, patients=2)
+    svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=10.0, patients=2)
     url = f"http://127.0.0.1:{settings.http_port}/ws"
     try:
         async with aiohttp.ClientSession() as session:

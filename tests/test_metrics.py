@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.test_dashboard import _start
+from tests.support import start_with_dashboard
 from twin_engine.broker import free_port
 from twin_engine.metrics import Metrics
 
@@ -37,7 +37,7 @@ def test_grafana_dashboard_uses_exported_metrics():
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian prometheus not installed")
 async def test_prometheus_scrapes_the_service(broker, tiny_model_dir, data_dir, tmp_path):
-    svc, hub, runner, settings = await _start(broker, tiny_model_dir, data_dir, speed=5.0, patients=2)
+    svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=5.0, patients=2)
     port = free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: twin\n"

@@ -18,10 +18,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from models.conditions import CardiacState
 from stream.events import Event
 from stream.segments import decode_segment
+from tests.support import read_all
 from twin_engine.broker import free_port
 from twin_engine.config import KafkaConfig
-
-from .test_service import _read_all
 
 
 def _metric(text: str, name: str) -> float:
@@ -114,7 +113,7 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
         assert {tp: await c.committed(tp) or 0 for tp in tps} == ends
     finally:
         await c.stop()
-    segs = [decode_segment(m.value) for m in await _read_all(broker.bootstrap_servers, k.topic_segments)]
+    segs = [decode_segment(m.value) for m in await read_all(broker.bootstrap_servers, k.topic_segments)]
     # the segments that went out are whole and in order, the AFIB change among them
     for pid in ("bed-0", "bed-1"):
         mine = [s for s in segs if s.patient_id == pid]

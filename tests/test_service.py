@@ -9,49 +9,14 @@ import uuid
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.events import Event
 from stream.segments import decode_segment
-from twin_engine.config import load_settings
+from tests.support import RECORDS, read_all, service_settings, wait_for
 from twin_engine.service import TwinService
-
-RECORDS = ["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/00000/00043_250",
-           "ptbxl-subset/records250/00000/00055_250"]
-
-
-def _settings(broker, prefix: str, **kw):
-    s = load_settings(env={}, speed=kw.pop("speed", 10.0), segment_seconds=1.0, **kw)
-    s.kafka = s.kafka.namespaced(prefix)
-    s.kafka.bootstrap_servers, s.kafka.partitions = broker.bootstrap_servers, 4
-    return s
-
-
-async def _read_all(bs: str, topic: str, timeout_ms: int = 1500) -> list:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bs, auto_offset_reset="earliest", enable_auto_commit=False)
-    await c.start()
-    out = []
-    try:
-        while True:
-            batch = await c.getmany(timeout_ms=timeout_ms)
-            if not batch:
-                break
-            for msgs in batch.values():
-                out.extend(msgs)
-    finally:
-        await c.stop()
-    return out
-
-
-async def _wait_for(cond, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -61,7 +26,7 @@ def prefix() -> str:
 
 async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_model_dir, prefix, data_dir):
     model = TwinModel.load(tiny_model_dir)
-    settings = _settings(broker, prefix, data_dir=data_dir)
+    settings = service_settings(broker, prefix, data_dir=data_dir)
     svc = TwinService(settings, model)
     await svc.start()
     await asyncio.wait_for(svc.ready.wait(), 30)
@@ -70,7 +35,7 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
     for pid, rec in zip(pids, RECORDS, strict=True):
         await svc.send_event(Event(f"reg-{pid}", pid, "register", CardiacState({"NORM": 1.0, "SR": 1.0}, 70),
                                    reference={"wfdb": rec}))
-    await _wait_for(lambda: all(p in svc.streams and svc.streams[p].p.next_seq >= 3 for p in pids))
+    await wait_for(lambda: all(p in svc.streams and svc.streams[p].p.next_seq >= 3 for p in pids))
 
     # AFIB on for bed-0, a heart-rate change for bed-1, then bad messages of several kinds
     afib = CardiacState({"AFIB": 1.0}, 120)
@@ -89,10 +54,10 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
         await prod.send_and_wait(settings.kafka.topic_events, raw, key=key)
     await prod.stop()
     change_seq = {}
-    await _wait_for(lambda: svc.streams["bed-0"].change is not None and svc.streams["bed-0"].change.first_seq is not None
+    await wait_for(lambda: svc.streams["bed-0"].change is not None and svc.streams["bed-0"].change.first_seq is not None
                     and svc.streams["bed-1"].change is not None and svc.streams["bed-1"].change.first_seq is not None)
     change_seq = {p: svc.streams[p].change.first_seq for p in ("bed-0", "bed-1")}
-    await _wait_for(lambda: all(svc.streams[p].p.next_seq >= change_seq.get(p, 0) + 3 for p in pids))
+    await wait_for(lambda: all(svc.streams[p].p.next_seq >= change_seq.get(p, 0) + 3 for p in pids))
     published_before_restart = {p: svc.streams[p].p.next_seq for p in pids}
     assert svc.registry.get("bed-0").seen_events.count("afib-on") == 1
     await svc.stop()
@@ -101,13 +66,13 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
     svc2 = TwinService(settings, model)
     await svc2.start()
     await asyncio.wait_for(svc2.ready.wait(), 30)
-    await _wait_for(lambda: all(p in svc2.streams for p in pids))
+    await wait_for(lambda: all(p in svc2.streams for p in pids))
     assert svc2.registry.get("bed-0").state["statements"] == {"AFIB": 1.0}
-    await _wait_for(lambda: all(svc2.streams[p].p.next_seq >= published_before_restart[p] + 2 for p in pids))
+    await wait_for(lambda: all(svc2.streams[p].p.next_seq >= published_before_restart[p] + 2 for p in pids))
     await svc2.stop()
 
     bs = broker.bootstrap_servers
-    segs = [decode_segment(m.value) for m in await _read_all(bs, settings.kafka.topic_segments)]
+    segs = [decode_segment(m.value) for m in await read_all(bs, settings.kafka.topic_segments)]
     by_pid: dict[str, list] = {}
     for s in segs:
         by_pid.setdefault(s.patient_id, []).append(s)
@@ -127,7 +92,7 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
     assert all(s.event_id == "reg-bed-2" for s in by_pid["bed-2"])
 
     # annotations: for each patient, intervals in order, matching the events
-    anns = [json.loads(m.value) for m in await _read_all(bs, settings.kafka.topic_annotations)]
+    anns = [json.loads(m.value) for m in await read_all(bs, settings.kafka.topic_annotations)]
     opened = {}
     for a in anns:
         if a["end_time"] is None:
@@ -142,7 +107,7 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
     assert closed and closed[0]["event_id"] == "reg-bed-0" and closed[0]["end_time"] == pytest.approx(first_afib.start_time)
 
     # dead letters: every bad message, with a reason and the original bytes
-    dlq = [json.loads(m.value) for m in await _read_all(bs, settings.kafka.topic_dead_letter)]
+    dlq = [json.loads(m.value) for m in await read_all(bs, settings.kafka.topic_dead_letter)]
     originals = {base64.b64decode(d["original_b64"]) for d in dlq}
     assert set(bad) <= originals
     reasons = " | ".join(d["reason"] for d in dlq)
@@ -207,7 +172,7 @@ async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(
     from twin_engine.registry import partition_of
 
     model = TwinModel.load(tiny_model_dir)
-    settings = _settings(broker, prefix, data_dir=data_dir)
+    settings = service_settings(broker, prefix, data_dir=data_dir)
     parts = settings.kafka.partitions
     pids, i = [], 0
     while {partition_of(p, parts) for p in pids} != set(range(parts)):  # a patient on every partition
@@ -221,13 +186,13 @@ async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(
     for pid in pids:
         await a.send_event(Event(f"reg-{pid}", pid, "register", CardiacState({"NORM": 1.0}, 70),
                                  reference={"base_vector": np.eye(model.ibe.cfg.base_dim)[len(pid)].tolist()}))
-    await _wait_for(lambda: all(p in a.streams and a.streams[p].p.next_seq >= 2 for p in pids))
+    await wait_for(lambda: all(p in a.streams and a.streams[p].p.next_seq >= 2 for p in pids))
 
     b = TwinService(settings, model)
     await b.start()
-    await _wait_for(lambda: a._owned and b._owned and a._owned | b._owned == set(range(parts)), timeout=60)
+    await wait_for(lambda: a._owned and b._owned and a._owned | b._owned == set(range(parts)), timeout=60)
     assert not a._owned & b._owned
-    await _wait_for(lambda: sorted(list(a.streams) + list(b.streams)) == sorted(pids))
+    await wait_for(lambda: sorted(list(a.streams) + list(b.streams)) == sorted(pids))
     moved = sorted(b.streams)
     assert moved and all(partition_of(p, parts) in b._owned for p in moved)
     handoff = {p: b.streams[p].p.next_seq for p in moved}
@@ -235,12 +200,12 @@ async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(
     # an event for a moved patient is consumed and applied by its new owner
     target = moved[0]
     await a.send_event(Event("afib-moved", target, "condition", CardiacState({"AFIB": 1.0}, 120)))
-    await _wait_for(lambda: b.streams[target].change is not None and b.streams[target].change.first_seq is not None)
-    await _wait_for(lambda: all(s.p.next_seq >= handoff.get(p, 0) + 2 for w in (a, b) for p, s in w.streams.items()))
+    await wait_for(lambda: b.streams[target].change is not None and b.streams[target].change.first_seq is not None)
+    await wait_for(lambda: all(s.p.next_seq >= handoff.get(p, 0) + 2 for w in (a, b) for p, s in w.streams.items()))
     await a.stop()
     await b.stop()
 
-    segs = [decode_segment(m.value) for m in await _read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
+    segs = [decode_segment(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
     for pid in pids:
         seqs = [s.seq for s in segs if s.patient_id == pid]
         assert seqs == list(range(len(seqs))), f"{pid}: {seqs}"

@@ -1,0 +1,70 @@
+"""Helpers the service, dashboard, metrics and process tests share: settings on the test broker,
+reading a topic back, waiting for a condition, and a service with its dashboard."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiokafka import AIOKafkaConsumer
+
+from models.conditions import CardiacState
+from models.twin import TwinModel
+from stream.events import Event
+from twin_engine.broker import free_port
+from twin_engine.config import load_settings
+from twin_engine.dashboard import SubscriberHub
+from twin_engine.http_api import serve_http
+from twin_engine.service import TwinService
+
+RECORDS = ["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/00000/00043_250",
+           "ptbxl-subset/records250/00000/00055_250"]
+
+
+def service_settings(broker, prefix: str, **kw):
+    s = load_settings(env={}, speed=kw.pop("speed", 10.0), segment_seconds=1.0, **kw)
+    s.kafka = s.kafka.namespaced(prefix)
+    s.kafka.bootstrap_servers, s.kafka.partitions = broker.bootstrap_servers, 4
+    return s
+
+
+async def read_all(bs: str, topic: str, timeout_ms: int = 1500) -> list:
+    c = AIOKafkaConsumer(topic, bootstrap_servers=bs, auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    out = []
+    try:
+        while True:
+            batch = await c.getmany(timeout_ms=timeout_ms)
+            if not batch:
+                break
+            for msgs in batch.values():
+                out.extend(msgs)
+    finally:
+        await c.stop()
+    return out
+
+
+async def wait_for(cond, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def start_with_dashboard(broker, tiny_model_dir, data_dir, speed=1.0, patients=2):
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+    settings = service_settings(broker, prefix, data_dir=data_dir, speed=speed)
+    settings.http_port = free_port()
+    hub = SubscriberHub(queue_frames=16)
+    svc = TwinService(settings, TwinModel.load(tiny_model_dir), sinks=[hub])
+    hub.metrics = svc.metrics
+    await svc.start()
+    runner = await serve_http(svc, "127.0.0.1", settings.http_port, hub)
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    for i in range(patients):
+        await svc.send_event(Event(f"reg-{i}", f"bed-{i}", "register", CardiacState(),
+                                   reference={"wfdb": RECORDS[i % len(RECORDS)]}))
+    await wait_for(lambda: len(svc.streams) == patients)
+    return svc, hub, runner, settings
