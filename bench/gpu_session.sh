@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run THERE, on a lent GPU machine, in one call after bench/gpu_prepare.sh ran here:
+#   run(command="bash bench/gpu_session.sh", carry=[".gpudata"], timeout_s=600)
+# About 8 minutes. Each step writes under $OUT and goes on if the one before failed:
+#   1. bench/gpu_generate.py: parity, model-only and served real-time capacity per backend
+#   2. pytest -m gpu: the GPU parity tests (tiny model trained on the carried records)
+#   3. bench serve: the whole service on the GPU (embedded broker, cuda-graphs), as fast as
+#      possible and in real time, with the per-worker CPU share
+# Environment: SERVE_PATIENTS (default 1000,4000), RT_PATIENTS (2000), RT_SECONDS (120).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+"$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpudata/whl/*.whl \
+  && export PYTHONPATH=/tmp/site:$PWD
+shared=$(dirname "$PWD")/shared
+[ -e "$shared/data" ] || { mkdir -p "$shared" && ln -sfn "$PWD/.gpudata/data" "$shared/data"; }
+nvidia-smi -L | tee "$OUT/gpu.txt"
+
+echo "== 1. generation"
+timeout 200 "$PY" bench/gpu_generate.py --out "$OUT/gpu-generate.json" --budget-s 120 \
+  --batches 1024,4096,16384 --variants torch:fp32,cuda-graphs:fp16:inductor 2>&1 \
+  | grep -v "^W1" | tee "$OUT/gpu-generate.txt" | tail -12
+
+echo "== 2. GPU tests"
+timeout 150 "$PY" -m pytest -q -m gpu tests/test_runtime.py -p no:cacheprovider -rs -W ignore 2>&1 \
+  | tee "$OUT/pytest-gpu.txt" | tail -4
+
+echo "== 3. the service on this GPU"
+timeout 330 "$PY" -m twin_engine.cli bench serve --patients "${SERVE_PATIENTS:-1000,4000}" --duration 30 \
+  --realtime-patients "${RT_PATIENTS:-2000}" --realtime-duration "${RT_SECONDS:-120}" \
+  --json "$OUT/serve-gpu.json" > "$OUT/serve-gpu.log" 2>&1
+grep -E '^\{"patients' "$OUT/serve-gpu.log" | "$PY" -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print(r["patients"], "x%s" % r["speed"], "%.1f segments/s" % r["segments_per_s_end_to_end"],
+          "misses", r.get("deadline_misses"), "p99 %.2f s" % r["event_to_effect_p99_s"],
+          "service cores %.2f" % r["service_process_cpu_cores"])'
