@@ -52,8 +52,9 @@ def choose_backend(settings: Settings) -> tuple[str, str]:
         return "cuda-graphs", "cuda"
     # auto: on a GPU, PyTorch compiled and replayed from CUDA graphs in FP16 (the model alone, on
     # an H200: 1.5x eager FP32 from the graphs and half precision, 3.2-3.5x with Inductor's
-    # fusion; output within 0.4% of FP32: docs/BENCHMARKS.md, GPU). TensorRT stays opt-in: it could not be installed on
-    # the GPU machine this was measured on, so its parity test has never run. On the CPU, ONNX
+    # fusion; output within 0.4% of FP32: docs/BENCHMARKS.md, GPU). TensorRT stays opt-in: it
+    # could not be installed on the GPU machines this was measured on, so its parity test has
+    # never run. On the CPU, ONNX
     # Runtime: in isolation it is no faster than eager PyTorch, but in the service the generation
     # thread shares the interpreter with the event loop, and one ONNX Runtime call per denoiser
     # step holds the GIL far less than eager PyTorch's per-operator dispatch: 1,000 patients as

@@ -24,7 +24,7 @@ class WfdbSink:
     def __init__(self, folder: str | Path, patients: set[str] | None = None) -> None:
         self.folder = Path(folder)
         self.patients = patients
-        self._chunks: dict[str, list[np.ndarray]] = {}
+        self._chunks: dict[str, list[np.ndarray]] = {}  # int16 samples per patient
         self._notes: dict[str, list[tuple[int, str]]] = {}
         self._meta: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._count: dict[str, int] = {}
@@ -32,7 +32,7 @@ class WfdbSink:
     async def segment(self, seg: Segment) -> None:
         if self.patients is not None and seg.patient_id not in self.patients:
             return
-        self._chunks.setdefault(seg.patient_id, []).append(seg.samples)
+        self._chunks.setdefault(seg.patient_id, []).append(seg.quantized)  # int16, as published
         self._meta[seg.patient_id] = (seg.fs, seg.leads)
         self._count[seg.patient_id] = self._count.get(seg.patient_id, 0) + len(seg.samples)
 
@@ -50,9 +50,8 @@ class WfdbSink:
         written = []
         for pid, chunks in self._chunks.items():
             fs, leads = self._meta[pid]
-            sig = np.concatenate(chunks)
+            q = np.concatenate(chunks)
             name = "".join(c if c.isalnum() else "_" for c in pid)
-            q = np.clip(np.round(sig * GAIN), -32768, 32767).astype(np.int16)
             wfdb.wrsamp(name, fs=fs, units=["z"] * len(leads), sig_name=list(leads), d_signal=q,
                         fmt=["16"] * len(leads), adc_gain=[GAIN] * len(leads), baseline=[0] * len(leads),
                         write_dir=str(self.folder))
