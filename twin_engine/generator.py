@@ -33,9 +33,8 @@ class GenRequest:
 
 
 def pack_tail(x: np.ndarray) -> str:
-    """Base64 of the tail as int16 (``x`` already quantized, or float samples in units)."""
-    q = x if x.dtype == np.dtype("<i2") else quantize(x)
-    return base64.b64encode(q.tobytes()).decode()
+    """Base64 of the tail as published: int16 at ``GAIN``."""
+    return base64.b64encode(quantize(x).tobytes()).decode()
 
 
 def unpack_tail(s: str | None, leads: int) -> np.ndarray | None:

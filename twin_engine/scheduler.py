@@ -225,8 +225,7 @@ class PatientStream:
         if change is not None and item.event_id == change.event_id and change.first_seq is None:
             change.first_seq, change.published = item.seq, time.monotonic()
             self.metrics.event_to_effect.observe(change.published - change.received)
-        # the tail as published: the segment's own int16 samples when it is at least that long
-        self.p.tail_b64 = pack_tail(seg.quantized[-self.context:] if len(item.samples) >= self.context else item.tail)
+        self.p.tail_b64 = pack_tail(item.tail)
         self.published = item
         self.p.next_seq = item.seq + 1
         await self.publish(self.p, seg, change)
