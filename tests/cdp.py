@@ -7,6 +7,7 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -26,8 +27,8 @@ def chromium_binary() -> str | None:
 
 
 class Page:
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, target_id: str = "") -> None:
+        self.ws, self.target_id = ws, target_id
         self._ids = itertools.count(1)
 
     async def send(self, method: str, params: dict | None = None) -> dict:
@@ -91,9 +92,31 @@ class Chromium:
         async with self.session.put(f"http://127.0.0.1:{self.port}/json/new?{url}") as r:
             target = await r.json()
         ws = await self.session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0)
-        page = Page(ws)
+        page = Page(ws, target["id"])
         await page.send("Page.enable")
         return page
+
+    async def close(self, page: Page) -> None:
+        """Close the page's tab: a benchmark measures one page at a time."""
+        await page.ws.close()
+        async with self.session.get(f"http://127.0.0.1:{self.port}/json/close/{page.target_id}"):
+            pass
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the browser and every process it started, as far as they
+        still run: what drawing the page costs, renderer, compositor and all."""
+        procs: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+        tick = os.sysconf("SC_CLK_TCK")
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                procs[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        tree, total = {self.proc.pid}, 0.0
+        for _ in range(6):  # browser -> zygotes -> renderers: a few levels deep
+            tree |= {pid for pid, (ppid, _) in procs.items() if ppid in tree}
+        for pid in tree:
+            total += procs.get(pid, (0, 0.0))[1]
+        return total
 
     async def __aexit__(self, *exc) -> None:
         if self.session:

@@ -25,11 +25,14 @@ async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
         async with Chromium(chromium_binary()) as browser:
             page = await browser.open(f"http://127.0.0.1:{settings.http_port}/")
             await page.wait_for("document.querySelectorAll('.card').length === 2", 30)
-            # traces move: the drawn-until stream time advances
-            t1 = float(await page.wait_for("document.querySelector('.card[data-pid=\"bed-0\"]').dataset.drawnUntil"))
+            # traces move: the sweep's stream time advances, each frame drawing only what is new
+            # (a whole redraw only at the start, on a layout change or after a stall)
+            t1 = float(await page.wait_for("patients.get('bed-0').drawn"))
+            redraws = await page.eval("patients.get('bed-0').redraws")
             await asyncio.sleep(1.5)
-            t2 = float(await page.eval("document.querySelector('.card[data-pid=\"bed-0\"]').dataset.drawnUntil"))
+            t2 = float(await page.eval("patients.get('bed-0').drawn"))
             assert t2 > t1 + 0.5
+            assert await page.eval("patients.get('bed-0').redraws") - redraws <= 1
             # change the state from the page, as a user would
             await page.eval("""(() => { const s = document.querySelector('.card[data-pid="bed-0"] .set');
                                s.value = 'AFIB 115'; s.dispatchEvent(new Event('change')); return true; })()""")
