@@ -387,7 +387,8 @@ def bench_serve(settings: Settings, counts: list[int], duration: float, speed: f
 
 # ---- WebSocket subscribers -----------------------------------------------------------------------
 
-async def _ws_once(settings: Settings, model, patients: int, clients: int, duration: float) -> dict:
+async def _ws_once(settings: Settings, model, patients: int, clients: int, duration: float,
+                   deflate: bool) -> dict:
     import aiohttp
 
     from stream.events import Event
@@ -398,7 +399,7 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
 
     s = Settings(**{**settings.__dict__})
     s.kafka = settings.kafka.namespaced(f"benchws{uuid.uuid4().hex[:6]}")
-    hub = SubscriberHub()
+    hub = SubscriberHub(deflate=deflate)
     svc = TwinService(s, model, sinks=[hub])
     hub.metrics = svc.metrics
     await svc.start()
@@ -412,7 +413,8 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
     received = [0] * clients
 
     async def client(i: int, session: aiohttp.ClientSession) -> None:
-        async with session.ws_connect(f"http://127.0.0.1:{port}/ws", max_msg_size=0) as ws:
+        # offering permessage-deflate as browsers do: the hub accepts it only with ``deflate``
+        async with session.ws_connect(f"http://127.0.0.1:{port}/ws", max_msg_size=0, compress=15) as ws:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     received[i] += 1
@@ -421,34 +423,40 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
     async with aiohttp.ClientSession() as session:
         tasks = [asyncio.create_task(client(i, session)) for i in range(clients)]
         pub0 = svc.metrics.published._value.get()
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         while time.monotonic() - t0 < duration:
             await asyncio.sleep(1.0)
             with open("/proc/self/status") as f:
                 rss.append(next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024)
         published = svc.metrics.published._value.get() - pub0
+        cpu = (time.process_time() - cpu0) / (time.monotonic() - t0)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     dropped = svc.metrics.ws_dropped._value.get()
     await runner.cleanup()
     await svc.stop()
-    return {"patients": patients, "clients": clients, "duration_s": duration,
+    return {"patients": patients, "clients": clients, "duration_s": duration, "deflate": deflate,
             "segments_published_per_s": published / duration,
+            # the service and the clients share this process: the clients' reading is in it too
+            "process_cpu_cores": cpu,
             "frames_received_per_client_per_s": float(np.median(received)) / duration,
             "dropped_frames": dropped, "rss_mb_start": rss[0], "rss_mb_max": max(rss), "rss_mb_end": rss[-1]}
 
 
-def bench_ws(settings: Settings, patients: int, clients: int, duration: float) -> dict:
+def bench_ws(settings: Settings, patients: int, clients: int, duration: float,
+             deflate: tuple[bool, ...] = (False,)) -> dict:
     from twin_engine.app import bootstrap_or_embedded, load_model
 
     model = load_model(settings)
     bootstrap, broker = bootstrap_or_embedded(settings)
     settings.kafka.bootstrap_servers = bootstrap
     try:
-        r = asyncio.run(_ws_once(settings, model, patients, clients, duration))
+        runs = []
+        for d in deflate:  # side by side, in the order given
+            runs.append(asyncio.run(_ws_once(settings, model, patients, clients, duration, d)))
+            print(json.dumps(runs[-1]), flush=True)
     finally:
         if broker is not None:
             broker.stop()
-    print(json.dumps(r), flush=True)
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(), "run": r}
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(), "runs": runs}

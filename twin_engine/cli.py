@@ -146,7 +146,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print()
         print(bench.table(result))
     elif args.what == "ws":
-        result = bench.bench_ws(settings, int(args.patients.split(",")[0]), args.clients, args.duration)
+        deflate = tuple(x == "on" for x in args.ws_deflate.split(","))
+        result = bench.bench_ws(settings, int(args.patients.split(",")[0]), args.clients, args.duration, deflate)
     else:
         result = bench.bench_serve(settings, ints(args.patients), args.duration, args.speed,
                                    args.realtime_patients, args.realtime_duration, args.generator == "null")
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="benchmarks: generation and the whole service (figures, not tests)")
     bn.add_argument("what", choices=["generate", "serve", "ws"])
     bn.add_argument("--clients", type=int, default=50, help="ws: concurrent WebSocket subscribers")
+    bn.add_argument("--ws-deflate", default="off", choices=["off", "on", "off,on", "on,off", "off,on,off,on"],
+                    help="ws: runs with the hub declining or accepting the clients' permessage-deflate, in this order")
     bn.add_argument("--backends", default="torch,torch-compile,cuda-graphs,onnxruntime,tensorrt")
     bn.add_argument("--samplers", default="distilled,dpmpp2m,ddim")
     bn.add_argument("--steps", default="1,2,4")
