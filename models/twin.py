@@ -21,6 +21,22 @@ from models.dit import AdaXDiT, DiTConfig
 from models.rpeaks import label_heart_rate
 from models.schedulers import NoiseSchedule, get_sampler
 
+
+def to_device(x: np.ndarray | Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """``x`` (one float32 array, or rows of equal shape to stack) as a tensor on ``device``. To a
+    GPU it goes through page-locked memory, which the caching host allocator recycles: pageable
+    copies ran at 1.5 GB/s on the H200 machine, page-locked ones at 55 (docs/BENCHMARKS.md)."""
+    rows = not isinstance(x, np.ndarray)
+    if device.type != "cuda":
+        return torch.from_numpy(np.stack(x) if rows else np.ascontiguousarray(x, np.float32)).to(device)
+    shape = (len(x), *x[0].shape) if rows else x.shape
+    buf = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+    if rows:
+        np.stack(x, out=buf.numpy())
+    else:
+        buf.numpy()[...] = x
+    return buf.to(device, non_blocking=True)
+
 PRESETS: dict[str, dict] = {
     "tiny": {
         "ae": AEConfig(enc_channels=(16, 16, 16), dec_channels=(16, 16, 16)),
@@ -157,7 +173,7 @@ class TwinModel(torch.nn.Module):
         for s in states:
             s.validate(self.meta.vocab)
         inten, cont = encode_states(list(states), self.meta.vocab)
-        return torch.from_numpy(inten).to(self.device), torch.from_numpy(cont).to(self.device)
+        return to_device(inten, self.device), to_device(cont, self.device)
 
     # ---- base vectors -----------------------------------------------------------------
     @torch.no_grad()
@@ -224,13 +240,13 @@ class TwinModel(torch.nn.Module):
 
         ``sampler="distilled"`` runs the distilled student with DDIM at the step count it was
         trained for, one forward pass per step (guidance is folded in, ``guidance`` is ignored)."""
-        base = torch.as_tensor(np.asarray(base_vectors, np.float32)).to(self.device)
+        base = to_device(np.asarray(base_vectors, np.float32), self.device)
         inten, cont = self._cond(states)
         b = len(states)
         seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
         g = torch.Generator()  # one generator re-seeded per row: the same noise, less per-row cost
-        noise = torch.stack([torch.randn(self.dit.cfg.latent_channels, self.tokens, generator=g.manual_seed(int(s)))
-                             for s in seeds])
+        noise = to_device([torch.randn(self.dit.cfg.latent_channels, self.tokens, generator=g.manual_seed(int(s))).numpy()
+                           for s in seeds], self.device)
         gen = torch.Generator().manual_seed(int(seeds[0]))
         sampler = self.resolve_sampler(sampler, steps)
         if sampler == "distilled":
@@ -244,7 +260,7 @@ class TwinModel(torch.nn.Module):
             sampler = "ddim"
         else:
             fn = self._x0_fn(base, inten, cont, guidance, context, controller)
-        return get_sampler(sampler, self.schedule).sample(fn, noise.to(self.device), steps, gen)
+        return get_sampler(sampler, self.schedule).sample(fn, noise, steps, gen)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:

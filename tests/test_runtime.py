@@ -9,7 +9,7 @@ import torch
 
 from models.conditions import CardiacState
 from models.export import example_inputs
-from models.twin import TwinModel
+from models.twin import TwinModel, to_device
 from twin_engine.config import load_settings
 from twin_engine.runtime import BackendUnavailable, attach_backend, choose_backend
 
@@ -95,6 +95,27 @@ def test_cuda_graph_buckets_cover_every_batch_up_to_the_largest():
 
 
 CUDA_GRAPH_TOL = 2e-2  # FP16 under autocast; the default model measured 3.5e-3 relative (docs/BENCHMARKS.md)
+
+
+def test_to_device_stacks_rows_or_takes_one_array():
+    rows = [np.full((3, 2), i, np.float32) for i in range(4)]
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        a, b = to_device(rows, torch.device(device)), to_device(np.stack(rows), torch.device(device))
+        assert a.device.type == device and a.shape == (4, 3, 2) and a.dtype == torch.float32
+        torch.testing.assert_close(a, b)
+        assert float(a[3].sum()) == 18.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_cuda_generation_matches_the_cpu(distilled_model_dir):
+    """Base vectors, conditions, noise and tails reach the GPU through page-locked buffers with
+    asynchronous copies: eager PyTorch there gives the CPU's ECG for the same seeds."""
+    cpu, gpu = TwinModel.load(distilled_model_dir), TwinModel.load(distilled_model_dir, "cuda")
+    base = np.ones((3, cpu.ibe.cfg.base_dim), np.float32) / np.sqrt(cpu.ibe.cfg.base_dim)
+    states = [CardiacState(), CardiacState({"AFIB": 1.0}, 120), CardiacState({"PVC": 1.0}, 80)]
+    a, g = cpu.generate(base, states, 4, [3, 4, 5], "distilled"), gpu.generate(base, states, 4, [3, 4, 5], "distilled")
+    assert np.linalg.norm(a - g) / np.linalg.norm(a) < 1e-3
 
 
 @pytest.mark.gpu
