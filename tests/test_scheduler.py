@@ -237,3 +237,20 @@ async def test_batcher_shrinks_a_batch_to_meet_an_urgent_deadline():
     await asyncio.gather(*late)
     assert sizes == [64]
     await batcher.stop()
+
+
+def test_count_due_matches_a_full_count_up_to_its_limit():
+    """The batcher counts late requests by walking the heap from its root: the same count as a
+    scan of the whole queue, up to the limit, on heaps of every shape."""
+    import heapq
+    import random
+
+    from twin_engine.batcher import count_due
+
+    rng = random.Random(0)
+    for trial in range(300):
+        heap: list[tuple[float, int]] = []
+        for i in range(rng.randrange(0, 200)):
+            heapq.heappush(heap, (rng.uniform(-5, 5), i))
+        now, limit = rng.uniform(-6, 6), rng.randrange(1, 80)
+        assert count_due(heap, now, limit) == min(limit, sum(d <= now for d, _ in heap)), trial

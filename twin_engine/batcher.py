@@ -24,6 +24,19 @@ from twin_engine.generator import GenRequest
 from twin_engine.metrics import Metrics
 
 
+def count_due(heap: list[tuple], now: float, limit: int) -> int:
+    """How many heap entries are due (deadline ``entry[0] <= now``), counting at most ``limit``.
+    A walk down the heap that stops at entries not yet due (their children are later still), so
+    the cost follows ``limit``, a batch, and not the queue, which on a GPU holds a request for
+    every live patient."""
+    count, todo = 0, [0] if heap and heap[0][0] <= now else []
+    while todo and count < limit:
+        i = todo.pop()
+        count += 1
+        todo.extend(c for c in (2 * i + 1, 2 * i + 2) if c < len(heap) and heap[c][0] <= now)
+    return count
+
+
 class MicroBatcher:
     def __init__(self, generate: Callable[[list[GenRequest]], list[np.ndarray]], max_batch: int,
                  max_wait: float, metrics: Metrics) -> None:
@@ -63,7 +76,7 @@ class MicroBatcher:
         slack = self._heap[0][0] - now
         if not math.isfinite(slack) or self._item_s == 0 or slack >= n * self._item_s:
             return n
-        late = sum(1 for entry in self._heap if entry[0] <= now)
+        late = count_due(self._heap, now, n)
         return max(1, min(n, max(late, int(max(0.0, slack) / self._item_s))))
 
     async def _run(self) -> None:
