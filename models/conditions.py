@@ -42,6 +42,8 @@ class CardiacState:
             raise ConditionError(f"heart_rate must be 20-250 bpm, got {self.heart_rate}")
         if self.sex not in (-1, 0, 1):
             raise ConditionError(f"sex must be 0, 1 or -1, got {self.sex}")
+        if not math.isnan(self.age) and not 0.0 <= self.age <= 300.0:  # PTB-XL writes 300 for over 89
+            raise ConditionError(f"age must be 0-300 years or absent, got {self.age}")
         return self
 
     @staticmethod

@@ -75,9 +75,11 @@ def state_from_dict(d: Any, vocab: tuple[str, ...] = VOCAB) -> CardiacState:
     try:
         hr = float(d.get("heart_rate", 70.0))
         age = float(d["age"]) if d.get("age") is not None else float("nan")
-        sex = int(d.get("sex", -1))
+        sex = d.get("sex", -1)
+        if isinstance(sex, bool) or not isinstance(sex, int):
+            raise TypeError(f"sex must be 0, 1 or -1, got {sex!r}")
         return CardiacState({str(k): float(v) for k, v in st.items()}, hr, age, sex).validate(vocab)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # "sex": Infinity is valid JSON to Python
         raise EventError(f"invalid state: {exc}") from exc
 
 

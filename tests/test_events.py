@@ -1,8 +1,9 @@
 import json
 
+import numpy as np
 import pytest
 
-from models.conditions import CardiacState
+from models.conditions import CardiacState, encode_states
 from stream.events import Event, EventError, parse_event
 
 
@@ -46,3 +47,44 @@ def test_register_reference_kinds():
         assert ev.reference == ref
     with pytest.raises(EventError, match="exactly one"):
         parse_event(_ev(type="register", reference={"wfdb": "a", "base_vector": [1]}))
+
+
+def test_any_mutation_parses_or_says_why():
+    """Random damage to valid events (wrong types, NaN and infinities, huge and negative
+    numbers, nesting, missing and extra fields, broken bytes) is either a valid event or an
+    EventError with a reason, never another exception, which would stop the consumer."""
+    import copy
+    import math
+    import random
+
+    rng = random.Random(0)
+    junk = [None, True, -1, 0, 1e308, -1e308, math.nan, math.inf, -math.inf, 2**70, "", "x" * 10_000,
+            "ü\u0000", [], [1, "a"], {}, {"a": {"b": [None]}}, {"wfdb": None}, {"base_vector": ["a"]},
+            {"samples": [[1, 2], [3]]}, {"samples": [[math.nan] * 12] * 3}, {"base_vector": []},
+            {"statements": {"AFIB": math.nan}}, {"statements": []}, {"heart_rate": "fast"},
+            {"heart_rate": math.nan}, {"statements": {"AFIB": 1}, "heart_rate": -5}]
+    fields = ["schema_version", "event_id", "patient_id", "type", "state", "effective_time",
+              "transition_seconds", "reference", "extra"]
+    for trial in range(3000):
+        body = json.loads(_ev(type=rng.choice(["condition", "register", "remove"]),
+                              reference={"wfdb": "x/y"}))
+        for _ in range(rng.randrange(1, 4)):
+            f = rng.choice(fields)
+            if rng.random() < 0.2:
+                body.pop(f, None)
+            elif f == "state" and isinstance(body.get("state"), dict) and rng.random() < 0.5:
+                body["state"][rng.choice(["statements", "heart_rate", "age", "sex"])] = copy.deepcopy(rng.choice(junk))
+            else:
+                body[f] = copy.deepcopy(rng.choice(junk))
+        raw = json.dumps(body).encode()  # NaN and Infinity as Python writes them
+        if rng.random() < 0.1:
+            cut = rng.randrange(len(raw))
+            raw = raw[:cut] + bytes([rng.randrange(256)]) + raw[cut + 1:]
+        try:
+            ev = parse_event(raw)
+        except EventError as e:
+            assert str(e), trial
+            continue
+        assert isinstance(ev, Event) and ev.event_id and ev.patient_id, trial
+        if ev.state is not None:  # what the model is given is finite
+            assert all(np.isfinite(a).all() for a in encode_states([ev.state])), (trial, ev.state)
