@@ -260,7 +260,10 @@ class TwinService:
                     refs.append(to_model_input(read_wfdb_signal(p), rec_fs, fs, leads))
             else:
                 x = np.asarray(ref["samples"], np.float32)
-                refs = [to_model_input(x, float(ref.get("fs", fs)), fs, leads)]
+                ref_fs = ref.get("fs", fs)
+                if isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float)) or not 50 <= ref_fs <= 10_000:
+                    raise EventError(f"reference fs must be 50-10000 Hz, got {ref_fs!r}")
+                refs = [to_model_input(x, float(ref_fs), fs, leads)]
             return self.model.encode(refs)
         except (DataError, ValueError, TypeError) as exc:
             if isinstance(exc, EventError):
