@@ -31,15 +31,18 @@ class Page:
         self.ws, self.target_id = ws, target_id
         self._ids = itertools.count(1)
 
-    async def send(self, method: str, params: dict | None = None) -> dict:
+    async def send(self, method: str, params: dict | None = None, timeout: float = 30.0) -> dict:
+        """One CDP command's result; a page that stops answering (a dialog blocks its script)
+        fails the caller after ``timeout`` instead of hanging it."""
         mid = next(self._ids)
         await self.ws.send_str(json.dumps({"id": mid, "method": method, "params": params or {}}))
-        while True:
-            msg = json.loads((await self.ws.receive()).data)
-            if msg.get("id") == mid:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg["result"]
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = json.loads((await self.ws.receive()).data)
+                if msg.get("id") == mid:
+                    if "error" in msg:
+                        raise RuntimeError(f"{method}: {msg['error']}")
+                    return msg["result"]
 
     async def eval(self, expr: str):
         r = await self.send("Runtime.evaluate", {"expression": expr, "returnByValue": True, "awaitPromise": True})

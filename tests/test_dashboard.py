@@ -42,6 +42,14 @@ async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
             # and the mark is on screen: wait until the playhead has passed it
             await page.wait_for("""(() => { const p = patients.get('bed-0'); const m = p.marks[p.marks.length - 1];
                                    return playhead(p) > m.t + 1; })()""", 30)
+            # onboard a patient from the page's record list, as a user would
+            await page.wait_for("document.getElementById('record').options.length > 0", 30)
+            await page.eval("""(() => { document.getElementById('newpid').value = 'bed-new';
+                               document.getElementById('onboard').click(); return true; })()""")
+            await page.wait_for("document.getElementById('notice').textContent.includes('bed-new')", 10)
+            assert "onboarding" in await page.eval("document.getElementById('notice').textContent")
+            await page.wait_for("document.querySelectorAll('.card').length === 3 && patients.get('bed-new').last", 60)
+            assert "bed-new" in svc.streams
             shot = await page.screenshot(ARTIFACTS / "dashboard.png")
             assert shot.stat().st_size > 10_000
     finally:

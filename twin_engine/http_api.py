@@ -66,14 +66,31 @@ async def get_patient(request: web.Request) -> web.Response:
     return _json(view) if view else _json({"error": "unknown patient"}, 404)
 
 
-async def _send(request: web.Request, pid: str, typ: str) -> web.Response:
+async def _body(request: web.Request) -> dict:
+    """The request's JSON object ({} without a body)."""
+    if not request.body_exists:
+        return {}
+    try:
+        body = json.loads(await request.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EventError(f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise EventError("body must be a JSON object")
+    return body
+
+
+async def _send(request: web.Request, pid: str | None, typ: str) -> web.Response:
+    """Validate the request as an event of type ``typ`` and send it (202), or say why not (400).
+    ``pid`` None: the patient id is the body's ``patient_id``."""
     svc = request.app[SERVICE]
     try:
-        body = await request.json() if request.can_read_body else {}
-        if not isinstance(body, dict):
-            raise EventError("body must be a JSON object")
+        body = await _body(request)
+        if pid is None:
+            if not isinstance(body.get("patient_id"), str):
+                raise EventError("body must be a JSON object with patient_id and reference")
+            pid = body["patient_id"]
         ev = _event_from_body(body, pid, typ, svc)
-    except (json.JSONDecodeError, EventError) as exc:
+    except EventError as exc:
         return _json({"error": str(exc)}, 400)
     await svc.send_event(ev)
     return _json({"accepted": True, "event_id": ev.event_id, "patient_id": pid,
@@ -81,12 +98,7 @@ async def _send(request: web.Request, pid: str, typ: str) -> web.Response:
 
 
 async def create_patient(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-        pid = body["patient_id"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return _json({"error": "body must be a JSON object with patient_id and reference"}, 400)
-    return await _send(request, str(pid), "register")
+    return await _send(request, None, "register")
 
 
 async def change_state(request: web.Request) -> web.Response:

@@ -1,0 +1,68 @@
+"""The HTTP API against the service on the embedded broker: health, readiness, patients CRUD and
+state, and bad requests answered with 400 and a reason, never a 500."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from tests.support import RECORDS, start_with_dashboard, wait_for
+
+
+async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data_dir):
+    svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=10.0, patients=1)
+    url = f"http://127.0.0.1:{settings.http_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def call(method: str, path: str, **kw) -> tuple[int, dict]:
+                async with http.request(method, url + path, **kw) as r:
+                    return r.status, await r.json(content_type=None)
+
+            assert await call("GET", "/healthz") == (200, {"status": "ok"})
+            status, body = await call("GET", "/readyz")
+            assert status == 200 and body["ready"] and body["patients"] == 1
+
+            # onboard, as a client would: accepted as an event, visible once applied
+            status, body = await call("POST", "/patients", json={"patient_id": "bed-9", "reference": {"wfdb": RECORDS[1]},
+                                                                 "state": {"statements": {"SR": 1}, "heart_rate": 64}})
+            assert status == 202 and body["patient_id"] == "bed-9" and body["event_id"], body
+            await wait_for(lambda: "bed-9" in svc.streams)
+            status, body = await call("GET", "/patients/bed-9")
+            assert status == 200 and body["state"]["heart_rate"] == 64 and body["model_version"]
+            status, body = await call("GET", "/patients")
+            assert sorted(p["patient_id"] for p in body["patients"]) == ["bed-0", "bed-9"]
+
+            # change its state; the current state follows
+            status, body = await call("POST", "/patients/bed-9/state",
+                                      json={"state": {"statements": {"AFIB": 1}, "heart_rate": 118}})
+            assert status == 202 and body["state"]["statements"] == {"AFIB": 1.0}
+            await wait_for(lambda: svc.registry.get("bed-9").state["statements"] == {"AFIB": 1.0})
+            assert (await call("GET", "/patients/bed-9"))[1]["state"]["heart_rate"] == 118
+
+            # bad requests: 400 with a reason, and nothing sent
+            bad = [("POST", "/patients", {"data": b"{not json"}),
+                   ("POST", "/patients", {"data": b"\xff\xfe\x00"}),
+                   ("POST", "/patients", {"json": [1, 2]}),
+                   ("POST", "/patients", {"json": {"reference": {"wfdb": RECORDS[0]}}}),
+                   ("POST", "/patients", {"json": {"patient_id": "bad id!", "reference": {"wfdb": RECORDS[0]}}}),
+                   ("POST", "/patients", {"json": {"patient_id": "bed-8"}}),
+                   ("POST", "/patients/bed-9/state", {"json": {"state": {"statements": {"NOPE": 1}}}}),
+                   ("POST", "/patients/bed-9/state", {"json": {"state": {"heart_rate": 1e999}}}),
+                   ("POST", "/patients/bed-9/state", {"json": {"state": {"age": -3}}}),
+                   ("POST", "/patients/bed-9/state", {"json": {}}),
+                   ("POST", "/patients/bed-9/state", {"data": b"[]"})]
+            for method, path, kw in bad:
+                status, body = await call(method, path, **kw)
+                assert status == 400 and body["error"], (path, kw, status, body)
+            state = svc.registry.get("bed-9").state
+            assert (state["statements"], state["heart_rate"]) == ({"AFIB": 1.0}, 118.0)
+
+            assert (await call("GET", "/patients/ghost"))[0] == 404
+
+            # remove: the stream stops and the patient is gone
+            assert (await call("DELETE", "/patients/bed-9"))[0] == 202
+            await wait_for(lambda: "bed-9" not in svc.streams and svc.registry.get("bed-9") is None)
+            assert (await call("GET", "/patients/bed-9"))[0] == 404
+    finally:
+        await runner.cleanup()
+        await hub.close()
+        await svc.stop()
