@@ -120,3 +120,40 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
         assert [s.seq for s in mine] == list(range(len(mine))) and len(mine) >= 3
         assert all(s.samples.shape == (250, 12) for s in mine)
     assert any(s.event_id == "afib" for s in segs if s.patient_id == "bed-0")
+
+
+async def test_cli_register_send_tail_against_a_running_service(broker, tiny_model_dir, data_dir):
+    """`register`, `send` and `tail` in processes of their own, talking to a running service only
+    through its topics; a bad statement or intensity is refused with a message, not a traceback."""
+    from tests.support import RECORDS, start_with_dashboard, wait_for
+
+    svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=10.0, patients=0)
+    k = settings.kafka
+    env = {**os.environ, "TWIN_ENGINE_DATA_DIR": str(data_dir),
+           "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+           **{f"TWIN_ENGINE_KAFKA_{name.upper()}": getattr(k, name) for name in KafkaConfig.TOPIC_FIELDS}}
+
+    async def cli(*args: str) -> subprocess.CompletedProcess:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.cli", *args, env=env,
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+    try:
+        r = await cli("register", "bed-cli", "--wfdb", RECORDS[0], "SR", "--hr", "66")
+        assert r.returncode == 0 and "register bed-cli" in r.stdout, r.stderr[-2000:]
+        await wait_for(lambda: "bed-cli" in svc.streams and svc.streams["bed-cli"].p.next_seq >= 2)
+        r = await cli("send", "bed-cli", "AFIB", "PVC=0.5", "--hr", "121")
+        assert r.returncode == 0 and "sent" in r.stdout, r.stderr[-2000:]
+        await wait_for(lambda: svc.registry.get("bed-cli").state["statements"] == {"AFIB": 1.0, "PVC": 0.5})
+        r = await cli("tail", "bed-cli", "--limit", "3", "--from-beginning")
+        lines = [line for line in r.stdout.splitlines() if line.startswith("bed-cli seq=")]
+        assert r.returncode == 0 and [int(re.search(r"seq=(\d+)", x).group(1)) for x in lines] == [0, 1, 2], r.stdout
+        for bad, says in ((["send", "bed-cli", "NOPE"], "NOPE"), (["send", "bed-cli", "AFIB=abc"], "AFIB=abc"),
+                          (["send", "bed-cli", "AFIB", "--hr", "900"], "heart_rate")):
+            r = await cli(*bad)
+            assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr[-2000:])
+    finally:
+        await runner.cleanup()
+        await hub.close()
+        await svc.stop()

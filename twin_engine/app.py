@@ -11,14 +11,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from models.twin import TwinModel
-from twin_engine.broker import EmbeddedBroker
+from twin_engine.broker import EMBEDDED_PORT, EmbeddedBroker
 from twin_engine.config import Settings
 from twin_engine.http_api import serve_http
 from twin_engine.runtime import WARM_UP, attach_backend, batch_limit, choose_backend, warm_up
 from twin_engine.service import TwinService
 
 log = logging.getLogger(__name__)
-EMBEDDED_PORT = 9092
 
 
 def load_model(settings: Settings) -> TwinModel:

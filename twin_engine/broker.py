@@ -19,6 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# where `serve` and `demo` start the embedded broker when none is configured, and where the CLI's
+# clients (`send`, `register`, `tail`) look for it
+EMBEDDED_PORT = 9092
+
 log = logging.getLogger(__name__)
 
 

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 
+from models.conditions import ConditionError
 from twin_engine.config import ConfigError, Settings, load_settings
 
 
@@ -305,7 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "statement", None), list) and not any(x.startswith("-") for x in extra):
+        # codes after an option (`register bed-1 --wfdb REC SR`): argparse ends the positionals
+        # at the first option, so the codes the README shows there arrive here
+        args.statement += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -314,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ConditionError as exc:  # a state given on the command line (send, register)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -9,11 +9,11 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from models.conditions import CardiacState
+from models.conditions import CardiacState, ConditionError
 from models.rpeaks import heart_rate
 from stream.events import Event, new_event_id
 from stream.segments import decode_segment
-from twin_engine.app import EMBEDDED_PORT
+from twin_engine.broker import EMBEDDED_PORT
 from twin_engine.config import Settings
 
 
@@ -28,7 +28,10 @@ def parse_statements(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         code, _, value = item.partition("=")
-        out[code] = float(value) if value else 1.0
+        try:
+            out[code] = float(value) if value else 1.0
+        except ValueError:
+            raise ConditionError(f"{item}: the intensity after '=' must be a number in [0, 1]") from None
     return out
 
 
