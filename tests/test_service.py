@@ -154,6 +154,16 @@ async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(br
             await reg.put_position(p)
     assert len(p.position_json()) < 0.6 * len(p.to_json())
     await reg.delete("bed-5")
+    # damaged records (another producer's, a bad write) are skipped, never stop a restore: the
+    # patient and position written before them stand
+    good = json.loads(reg.get("bed-0").to_json())
+    damaged = [(None, b"no key"), (b"\xff\xfe", b"{}"), (b"bed-0", b"not json"), (b"bed-0", b"[1, 2]"),
+               (b"bed-0", json.dumps({**good, "base_vector": "abc"}).encode()),
+               (b"bed-0", json.dumps({**good, "state": {"heart_rate": "fast"}}).encode()),
+               (b"bed-0", json.dumps({**good, "surprise": 1}).encode()),
+               (b"bed-0#position", json.dumps({"next_seq": "x"}).encode()), (b"bed-0#position", b"7")]
+    for key, value in damaged:
+        await prod.send_and_wait(topic, value, key=key, partition=partition_of("bed-0", parts))
     await prod.stop()
 
     fresh = Registry(None, topic, parts)

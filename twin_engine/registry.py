@@ -89,13 +89,43 @@ class Patient:
         return dumps_spliced({k: getattr(self, k) for k in POSITION_FIELDS}, "tail_b64")
 
     def apply_position(self, raw: bytes) -> None:
-        for k, v in json.loads(raw).items():
+        """Update from a stream-position record; a damaged one (ValueError) changes nothing."""
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise ValueError("a position record is a JSON object")
+        before = {k: getattr(self, k) for k in POSITION_FIELDS}
+        for k, v in d.items():
             if k in POSITION_FIELDS:
                 setattr(self, k, v)
+        try:
+            self._check_position()
+        except ValueError:
+            for k, v in before.items():
+                setattr(self, k, v)
+            raise
 
     @staticmethod
     def from_json(raw: bytes) -> Patient:
-        return Patient(**json.loads(raw))
+        """A patient record as written by ``to_json``; ValueError for anything else, so that one
+        damaged changelog record is skipped on restore instead of stopping a worker's start."""
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise ValueError("a patient record is a JSON object")
+        p = Patient(**d)
+        base = np.asarray(p.base_vector, np.float32)
+        if not isinstance(p.patient_id, str) or base.ndim != 1 or not np.isfinite(base).all():
+            raise ValueError("patient_id must be a string and base_vector finite numbers")
+        state_from_dict(p.state)  # EventError is a ValueError
+        p._check_position()
+        return p
+
+    def _check_position(self) -> None:
+        if isinstance(self.next_seq, bool) or not isinstance(self.next_seq, int) or self.next_seq < 0:
+            raise ValueError(f"next_seq must be a count, got {self.next_seq!r}")
+        if self.stream_start is not None and not isinstance(self.stream_start, (int, float)):
+            raise ValueError(f"stream_start must be epoch seconds, got {self.stream_start!r}")
+        if self.tail_b64 is not None and not isinstance(self.tail_b64, str):
+            raise ValueError("tail_b64 must be base64 text")
 
 
 class Registry:
@@ -159,8 +189,10 @@ class Registry:
                 batch = await consumer.getmany(*remaining, timeout_ms=1000)
                 for tp, msgs in batch.items():
                     for m in msgs:
-                        key = m.key.decode()
+                        key = m.key.decode(errors="replace") if m.key is not None else None
                         try:
+                            if key is None:
+                                raise ValueError("record without a key")
                             if not key.endswith(POSITION_SUFFIX):
                                 restored[key] = Patient.from_json(m.value) if m.value is not None else None
                             elif m.value is not None and restored.get(key[:-len(POSITION_SUFFIX)]) is not None:
