@@ -140,6 +140,10 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
         return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
 
     try:
+        prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)  # not a segment: tail skips it
+        await prod.start()
+        await prod.send_and_wait(k.topic_segments, b"{oops", key=b"bed-cli")
+        await prod.stop()
         r = await cli("register", "bed-cli", "--wfdb", RECORDS[0], "SR", "--hr", "66")
         assert r.returncode == 0 and "register bed-cli" in r.stdout, r.stderr[-2000:]
         await wait_for(lambda: "bed-cli" in svc.streams and svc.streams["bed-cli"].p.next_seq >= 2)
@@ -147,6 +151,7 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
         assert r.returncode == 0 and "sent" in r.stdout, r.stderr[-2000:]
         await wait_for(lambda: svc.registry.get("bed-cli").state["statements"] == {"AFIB": 1.0, "PVC": 0.5})
         r = await cli("tail", "bed-cli", "--limit", "3", "--from-beginning")
+        assert "skipped record" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
         lines = [line for line in r.stdout.splitlines() if line.startswith("bed-cli seq=")]
         assert r.returncode == 0 and [int(re.search(r"seq=(\d+)", x).group(1)) for x in lines] == [0, 1, 2], r.stdout
         for bad, says in ((["send", "bed-cli", "NOPE"], "NOPE"), (["send", "bed-cli", "AFIB=abc"], "AFIB=abc"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -70,7 +71,12 @@ async def tail(settings: Settings, patient_id: str | None, limit: int = 0, from_
         async for msg in cons:
             if patient_id and msg.key and msg.key.decode() != patient_id:
                 continue
-            seg = decode_segment(msg.value)
+            try:
+                seg = decode_segment(msg.value)
+            except (ValueError, KeyError, TypeError) as exc:  # not a segment: say so, keep following
+                print(f"skipped record {msg.partition}@{msg.offset}: not a segment ({exc.__class__.__name__}: {exc})",
+                      file=sys.stderr, flush=True)
+                continue
             hr = heart_rate(seg.samples, seg.fs)
             st = "+".join(seg.state.get("statements", {})) or "-"
             print(f"{seg.patient_id} seq={seg.seq} t={time.strftime('%H:%M:%S', time.localtime(seg.start_time))} "
