@@ -13,6 +13,7 @@ import time
 import urllib.request
 import uuid
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import CardiacState
@@ -70,6 +71,7 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
     env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_DATA_DIR": str(data_dir),
            "TWIN_ENGINE_CACHE_DIR": str(tmp_path), "TWIN_ENGINE_HTTP_PORT": str(port),
            "TWIN_ENGINE_SPEED": "10", "TWIN_ENGINE_SEGMENT_SECONDS": "1",
+           "TWIN_ENGINE_WFDB_EXPORT_DIR": str(tmp_path / "wfdb"),
            "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TWIN_ENGINE_KAFKA_PARTITIONS": "4",
            "TWIN_ENGINE_KAFKA_GROUP_ID": k.group_id,
            **{f"TWIN_ENGINE_KAFKA_{name.upper()}": getattr(k, name) for name in KafkaConfig.TOPIC_FIELDS}}
@@ -120,6 +122,18 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
         assert [s.seq for s in mine] == list(range(len(mine))) and len(mine) >= 3
         assert all(s.samples.shape == (250, 12) for s in mine)
     assert any(s.event_id == "afib" for s in segs if s.patient_id == "bed-0")
+
+    # the WFDB export written at shutdown holds each stream as published, its states annotated
+    import wfdb
+
+    assert f"wrote WFDB record {tmp_path / 'wfdb' / 'bed_0'}" in out
+    mine = sorted((s for s in segs if s.patient_id == "bed-0"), key=lambda s: s.seq)
+    rec = wfdb.rdrecord(str(tmp_path / "wfdb" / "bed_0"))
+    assert rec.fs == 250 and rec.sig_len == 250 * len(mine) and rec.n_sig == 12
+    assert abs(rec.p_signal - np.concatenate([s.samples for s in mine])).max() < 1e-6
+    ann = wfdb.rdann(str(tmp_path / "wfdb" / "bed_0"), "atr")
+    afib_at = next(s.seq for s in mine if s.event_id == "afib") * 250
+    assert list(ann.sample) == [0, afib_at] and ann.aux_note[1].startswith("(AFIB HR120")
 
 
 async def test_cli_register_send_tail_against_a_running_service(broker, tiny_model_dir, data_dir):
