@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from stream.events import Event
 from tests.cdp import Chromium, chromium_binary
 from tests.support import start_with_dashboard
 from twin_engine.dashboard import SubscriberHub
@@ -50,6 +51,9 @@ async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
             assert "onboarding" in await page.eval("document.getElementById('notice').textContent")
             await page.wait_for("document.querySelectorAll('.card').length === 3 && patients.get('bed-new').last", 60)
             assert "bed-new" in svc.streams
+            # discharged: its card goes
+            await svc.send_event(Event("rm-new", "bed-new", "remove"))
+            await page.wait_for("document.querySelectorAll('.card').length === 2 && !patients.has('bed-new')", 30)
             shot = await page.screenshot(ARTIFACTS / "dashboard.png")
             assert shot.stat().st_size > 10_000
     finally:

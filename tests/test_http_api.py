@@ -58,10 +58,20 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
 
             assert (await call("GET", "/patients/ghost"))[0] == 404
 
-            # remove: the stream stops and the patient is gone
+            # remove: the stream stops, the patient is gone, and live subscribers are told
+            await wait_for(lambda: svc.streams["bed-9"].p.next_seq >= 2)  # an interval to close
+            ws = await http.ws_connect(url + "/ws?patients=bed-9")
+            assert (await ws.receive_json(timeout=10))["type"] == "hello"  # subscribed from here on
             assert (await call("DELETE", "/patients/bed-9"))[0] == 202
             await wait_for(lambda: "bed-9" not in svc.streams and svc.registry.get("bed-9") is None)
             assert (await call("GET", "/patients/bed-9"))[0] == 404
+            frames = []
+            while not frames or frames[-1]["type"] != "removed":
+                frames.append(await ws.receive_json(timeout=10))
+            assert frames[-1] == {"type": "removed", "patient_id": "bed-9"}
+            # its last interval was closed before: the annotation with an end time came first
+            assert any(f["type"] == "annotation" and f["end_time"] is not None for f in frames)
+            await ws.close()
     finally:
         await runner.cleanup()
         await hub.close()

@@ -6,7 +6,7 @@ without bound. A segment is serialised once and the same bytes go to every subsc
 
 Client -> server: ``{"subscribe": ["bed-1", "bed-2"]}`` or ``{"subscribe": "*"}``.
 Server -> client: ``{"type": "hello", ...}``, ``{"type": "segment", ...segment fields}``,
-``{"type": "annotation", ...}``.
+``{"type": "annotation", ...}``, ``{"type": "removed", "patient_id": ...}``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,10 @@ class SubscriberHub:
     async def annotation(self, patient_id: str, raw: bytes) -> None:
         if self.clients:
             self._offer(patient_id, json.dumps({"type": "annotation", **json.loads(raw)}))
+
+    async def removed(self, patient_id: str) -> None:
+        if self.clients:  # pages drop the patient's card
+            self._offer(patient_id, json.dumps({"type": "removed", "patient_id": patient_id}))
 
     async def close(self) -> None:
         for c in list(self.clients):

@@ -206,6 +206,8 @@ class TwinService:
                 await stream.stop()
             await self._close_annotation(p, self.clock.now() if stream is None else stream.start_time(p.next_seq))
             await self.registry.delete(ev.patient_id)
+            for sink in self.sinks:
+                await sink.removed(ev.patient_id)
         else:
             stream = self.streams[ev.patient_id]
             p.set_state(ev.state, ev.event_id, p.next_seq, time.time())

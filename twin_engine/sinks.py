@@ -16,6 +16,9 @@ class Sink(Protocol):
 
     async def annotation(self, patient_id: str, raw: bytes) -> None: ...
 
+    async def removed(self, patient_id: str) -> None:
+        """The patient was removed: its stream has ended (after its last segment and annotation)."""
+
 
 class WfdbSink:
     """Writes each patient's stream as a WFDB record (``<pid>.hea/.dat``) plus an annotation file
@@ -42,6 +45,9 @@ class WfdbSink:
             label = "+".join(sorted(d["state"].get("statements", {}))) or "none"
             note = f"({label} HR{d['state'].get('heart_rate', 0):.0f}"
             self._notes.setdefault(patient_id, []).append((self._count.get(patient_id, 0), note))
+
+    async def removed(self, patient_id: str) -> None:
+        """Nothing to do: the record so far is written with the others at ``close()``."""
 
     def close(self) -> list[Path]:
         import wfdb
