@@ -254,3 +254,33 @@ def test_count_due_matches_a_full_count_up_to_its_limit():
             heapq.heappush(heap, (rng.uniform(-5, 5), i))
         now, limit = rng.uniform(-6, 6), rng.randrange(1, 80)
         assert count_due(heap, now, limit) == min(limit, sum(d <= now for d, _ in heap)), trial
+
+
+async def test_a_failed_publication_is_retried_and_the_stream_goes_on(monkeypatch):
+    """The broker unreachable past the producer's own retries: the segment stays, is sent again,
+    and the stream neither dies nor skips a sequence number."""
+    import twin_engine.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "PUBLISH_RETRY_S", 0.05)
+    metrics = Metrics()
+    batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
+    batcher.start()
+    published, calls = [], []
+
+    async def publish(p, seg, change):
+        calls.append(seg.seq)
+        if len(calls) in (3, 4):  # the third segment fails twice
+            raise ConnectionError("broker unreachable")
+        published.append(seg)
+
+    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
+    s = PatientStream(p, clock=StreamClock(20.0), batcher=batcher, fs=100, segment_samples=100, context_samples=10,
+                      lookahead=3, leads=LEADS, model_version="m", publish=publish, metrics=metrics)
+    s.start()
+    await _until(lambda: len(published) >= 6)
+    assert not s.task.done()
+    await s.stop()
+    await batcher.stop()
+    assert calls[:5] == [0, 1, 2, 2, 2]
+    assert [seg.seq for seg in published] == list(range(len(published)))
+    assert metrics.publish_failures._value.get() == 2

@@ -27,6 +27,7 @@ from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient
 
 log = logging.getLogger(__name__)
+PUBLISH_RETRY_S = 1.0  # after a failed publication (broker unreachable past the producer's own retries)
 
 
 class StreamClock:
@@ -200,7 +201,15 @@ class PatientStream:
                         continue
                     self.pending.append(gen.result())
                 if self.pending and time.monotonic() >= self.clock.due(self.start_time(self.pending[0].seq)):
-                    await self._publish(self.pending.popleft())
+                    item = self.pending.popleft()
+                    try:
+                        await self._publish(item)
+                    except Exception as exc:  # Kafka or a sink failed: keep the segment, try again
+                        self.pending.appendleft(item)
+                        self.metrics.publish_failures.inc()
+                        log.error("publishing %s seq %d failed (%s: %s); retrying in %.1f s", self.p.patient_id,
+                                  item.seq, exc.__class__.__name__, exc, PUBLISH_RETRY_S)
+                        await asyncio.sleep(PUBLISH_RETRY_S)
         finally:
             if self._gen is not None:
                 self._gen.cancel()
@@ -225,7 +234,14 @@ class PatientStream:
         if change is not None and item.event_id == change.event_id and change.first_seq is None:
             change.first_seq, change.published = item.seq, time.monotonic()
             self.metrics.event_to_effect.observe(change.published - change.received)
+        before = self.p.tail_b64, self.published, self.p.next_seq
         self.p.tail_b64 = pack_tail(item.tail)
         self.published = item
         self.p.next_seq = item.seq + 1
-        await self.publish(self.p, seg, change)
+        try:
+            await self.publish(self.p, seg, change)
+        except Exception:
+            # not out (or not durably): the stream stays where it was, and the retry sends this
+            # segment again (at least once: a consumer may see a sequence number twice)
+            self.p.tail_b64, self.published, self.p.next_seq = before
+            raise
