@@ -223,3 +223,37 @@ async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(
         seqs = [s.seq for s in segs if s.patient_id == pid]
         assert seqs == list(range(len(seqs))), f"{pid}: {seqs}"
     assert any(s.event_id == "afib-moved" for s in segs if s.patient_id == target)
+
+
+async def test_a_segment_the_broker_did_not_take_is_sent_again(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
+    """A segment record whose delivery fails (the broker never acknowledged it) is not skipped:
+    the stream's position stays, the segment goes again, and the topic holds every sequence
+    number (at least once). Before, the record was lost and the stream moved on."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    import twin_engine.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "PUBLISH_RETRY_S", 0.05)
+    settings = service_settings(broker, prefix, data_dir=data_dir)
+    svc = TwinService(settings, TwinModel.load(tiny_model_dir))
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    await svc.send_event(Event("reg-b", "bed-0", "register", CardiacState({"NORM": 1.0}, 70),
+                               reference={"wfdb": RECORDS[0]}))
+    await wait_for(lambda: "bed-0" in svc.streams and svc.streams["bed-0"].p.next_seq >= 2)
+    send, failed = svc.producer.send, []
+
+    async def flaky_send(topic, value=None, *args, **kw):
+        if topic == settings.kafka.topic_segments and not failed:
+            failed.append(json.loads(value)["seq"])
+            lost = asyncio.get_running_loop().create_future()
+            lost.set_exception(KafkaTimeoutError())
+            return lost
+        return await send(topic, value, *args, **kw)
+
+    monkeypatch.setattr(svc.producer, "send", flaky_send)
+    await wait_for(lambda: failed and svc.streams["bed-0"].p.next_seq >= failed[0] + 3)
+    await svc.stop()
+    assert svc.metrics.publish_failures._value.get() == 1
+    seqs = [decode_segment(m.value).seq for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
+    assert failed[0] in seqs and sorted(set(seqs)) == list(range(max(seqs) + 1)), (failed, seqs)

@@ -285,27 +285,49 @@ class TwinService:
 
     async def _close_annotation(self, p: Patient, end_time: float) -> None:
         if p.published_since is not None:
-            await self._annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
-                                               p.published_since, p.next_seq, end_time))
+            await (await self._annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
+                                                      p.published_since, p.next_seq, end_time)))
 
-    async def _annotate(self, p: Patient, raw: bytes) -> None:
+    async def _annotate(self, p: Patient, raw: bytes) -> asyncio.Future:
+        """Queue the annotation; returns its delivery future (the caller awaits it)."""
         assert self.producer is not None
-        await self.producer.send(self.topics.topic_annotations, raw, key=p.patient_id.encode())
+        delivered = await self.producer.send(self.topics.topic_annotations, raw, key=p.patient_id.encode())
         for sink in self.sinks:
             await sink.annotation(p.patient_id, raw)
+        return delivered
 
     async def _publish(self, p: Patient, seg: Segment, change: StateChange | None) -> None:
+        """Out once this returns: the segment, its annotations and the stream position are all
+        acknowledged by the broker. If any is not, this raises and the stream sends the segment
+        again (at least once), rather than moving on past a record the broker never took."""
         assert self.producer is not None and self.registry is not None
+        before = p.published_event_id, p.published_state, p.published_since
+        try:
+            await self._publish_once(p, seg)
+        except Exception:
+            p.published_event_id, p.published_state, p.published_since = before  # its annotations go again
+            raise
+        self.metrics.published.inc()
+
+    async def _publish_once(self, p: Patient, seg: Segment) -> None:
+        assert self.producer is not None and self.registry is not None
+        delivered = []
         if p.published_since is None or seg.event_id != p.published_event_id or seg.state != p.published_state:
             if p.published_since is not None:
-                await self._annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
-                                                   p.published_since, p.next_seq - 1, seg.start_time))
+                delivered.append(await self._annotate(p, annotation(
+                    p.patient_id, p.published_event_id, p.published_state or {}, p.published_since, p.next_seq - 1,
+                    seg.start_time)))
             p.published_event_id, p.published_state, p.published_since = seg.event_id, seg.state, seg.start_time
-            await self._annotate(p, annotation(p.patient_id, seg.event_id, seg.state, seg.start_time, seg.seq))
-        await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode())
+            delivered.append(await self._annotate(p, annotation(p.patient_id, seg.event_id, seg.state,
+                                                                seg.start_time, seg.seq)))
+        delivered.append(await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode()))
         for sink in self.sinks:
             await sink.segment(seg)
-        self.metrics.published.inc()
+        # the position moves on only once the broker has the records: a restart after a failure
+        # here resumes at this segment, not past it
+        for outcome in await asyncio.gather(*delivered, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         await self.registry.put_position(p)
 
     # ---- requests from the HTTP API and CLI ----------------------------------------------------
