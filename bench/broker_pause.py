@@ -1,0 +1,90 @@
+"""The service through a broker outage: the embedded broker is paused (SIGSTOP) for longer than
+the Kafka clients' request timeout, then resumed, while the default model twins a few patients in
+real time. Prints, per patient, the next sequence number before the pause, on resuming and
+after catching up, whether every stream is still running, how many publications failed and were
+retried, and whether the segments topic holds every sequence number.
+
+    .venv/bin/python bench/broker_pause.py [--patients 4] [--pause 50] [--after 20]
+
+A check started by hand (it takes about two minutes), not a test; results in docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stream.events import Event  # noqa: E402
+from stream.segments import decode_segment  # noqa: E402
+from tests.support import read_all  # noqa: E402
+from twin_engine.app import load_model  # noqa: E402
+from twin_engine.broker import EmbeddedBroker  # noqa: E402
+from twin_engine.config import load_settings  # noqa: E402
+from twin_engine.demo import demo_patients  # noqa: E402
+from twin_engine.service import TwinService  # noqa: E402
+
+
+def _seqs(svc: TwinService) -> dict[str, int]:
+    return {pid: s.p.next_seq for pid, s in sorted(svc.streams.items())}
+
+
+async def run(broker: EmbeddedBroker, patients: int, pause: float, after: float) -> dict:
+    settings = load_settings(env={}, speed=1.0)
+    settings.kafka.bootstrap_servers = broker.bootstrap_servers
+    svc = TwinService(settings, load_model(settings))
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 60)
+    for pid, path, state in demo_patients(settings, patients):
+        await svc.send_event(Event(f"reg-{pid}", pid, "register", state, reference={"wfdb": path}))
+    while len(svc.streams) < patients or min(_seqs(svc).values()) < 3:
+        await asyncio.sleep(0.2)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "patients": patients, "pause_s": pause,
+           "before": _seqs(svc)}
+    os.kill(broker.pid, signal.SIGSTOP)
+    await asyncio.sleep(pause)
+    os.kill(broker.pid, signal.SIGCONT)
+    out["on_resume"] = _seqs(svc)
+    await asyncio.sleep(after)
+    out["after"] = _seqs(svc)
+    out["streams_running"] = all(not s.task.done() for s in svc.streams.values())
+    out["publish_failures"] = svc.metrics.publish_failures._value.get()
+    out["deadline_misses"] = svc.metrics.deadline_misses._value.get()
+    await svc.stop()
+    final = _seqs(svc) or out["after"]
+    segs = [decode_segment(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
+    out["final"] = final
+    out["topic_complete"] = all(sorted({s.seq for s in segs if s.patient_id == pid}) == list(range(n))
+                                for pid, n in final.items())
+    out["segments_in_topic"] = len(segs)
+    out["duplicates_in_topic"] = len(segs) - len({(s.patient_id, s.seq) for s in segs})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--patients", type=int, default=4)
+    ap.add_argument("--pause", type=float, default=50.0, help="seconds the broker is stopped (clients time out at 40)")
+    ap.add_argument("--after", type=float, default=20.0, help="seconds watched after it resumes")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    broker = EmbeddedBroker().start()
+    try:
+        out = asyncio.run(run(broker, args.patients, args.pause, args.after))
+    finally:
+        broker.stop()
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
