@@ -257,3 +257,41 @@ async def test_a_segment_the_broker_did_not_take_is_sent_again(broker, tiny_mode
     assert svc.metrics.publish_failures._value.get() == 1
     seqs = [decode_segment(m.value).seq for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
     assert failed[0] in seqs and sorted(set(seqs)) == list(range(max(seqs) + 1)), (failed, seqs)
+
+
+async def test_kafka_failing_while_an_event_is_applied_retries_it(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
+    """The registry write of a state change fails (Kafka unreachable): the event is neither
+    dead-lettered nor lost. The consumer rewinds to it, applies it again after a back-off, makes
+    it durable, and goes on consuming. Before, the error went to the dead-letter topic as an
+    internal error, or (with the dead-letter write failing too) ended the consumer."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    import twin_engine.service as service
+    from twin_engine.registry import Patient
+
+    monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
+    settings = service_settings(broker, prefix, data_dir=data_dir)
+    svc = TwinService(settings, TwinModel.load(tiny_model_dir))
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    await svc.send_event(Event("reg-k", "bed-0", "register", CardiacState({"NORM": 1.0}, 70),
+                               reference={"wfdb": RECORDS[0]}))
+    await wait_for(lambda: "bed-0" in svc.streams)
+    put, failures = svc.registry.put, []
+
+    async def flaky_put(p):
+        if p.state["statements"] == {"AFIB": 1.0} and not failures:
+            failures.append(p.patient_id)
+            raise KafkaTimeoutError()
+        await put(p)
+
+    monkeypatch.setattr(svc.registry, "put", flaky_put)
+    await svc.send_event(Event("afib-k", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120)))
+    await svc.send_event(Event("hr-k", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 130)))
+    await wait_for(lambda: svc.registry.get("bed-0").state["heart_rate"] == 130)
+    await svc.stop()
+    assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1
+    assert not await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)
+    records = [Patient.from_json(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_registry)
+               if m.key == b"bed-0" and m.value]
+    assert [r.state_event_id for r in records] == ["reg-k", "afib-k", "hr-k"]

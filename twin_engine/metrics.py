@@ -32,6 +32,8 @@ class Metrics:
                                          "From receiving a condition event to publishing the first segment in the new state",
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.deadline_misses = Counter("twin_deadline_misses", "Segments published after their due time", registry=r)
+        self.kafka_errors = Counter("twin_event_kafka_errors", "Event batches retried because Kafka failed",
+                                    registry=r)
         self.publish_failures = Counter("twin_publish_failures", "Segment publications that failed and were retried",
                                         registry=r)
         self.lag = Gauge("twin_realtime_lag_seconds", "Largest lateness of the last published segments", registry=r)

@@ -159,11 +159,13 @@ class Registry:
                                               partition=partition_of(p.patient_id, self.partitions))
 
     async def delete(self, pid: str) -> None:
-        self.patients.pop(pid, None)
+        """Durable once this returns; the patient stays known until then, so that a failed
+        delete is applied again when its event is."""
         if self.producer is not None:
             await self.producer.send_and_wait(self.topic, None, key=pid.encode())
             await self.producer.send_and_wait(self.topic, None, key=(pid + POSITION_SUFFIX).encode(),
                                               partition=partition_of(pid, self.partitions))
+        self.patients.pop(pid, None)
 
     def drop_partitions(self, partitions: set[int]) -> list[str]:
         """Forget patients of revoked partitions (their new owner rebuilds them)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from models.conditions import CardiacState
 from models.data.preprocess import to_model_input
@@ -39,6 +39,7 @@ from twin_engine.scheduler import PatientStream, StateChange, StreamClock
 from twin_engine.sinks import Sink
 
 log = logging.getLogger(__name__)
+CONSUME_RETRY_S = 1.0  # after Kafka failed while events were applied
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -76,6 +77,7 @@ class TwinService:
         self.registry: Registry | None = None
         self.ready = asyncio.Event()
         self._owned: set[int] = set()
+        self._not_durable: set[str] = set()  # patients whose last registry write failed
         self._task: asyncio.Task | None = None
         # Rebalance callbacks and event handling never interleave: aiokafka may deliver records
         # of a partition while its on_partitions_assigned (the registry restore) still runs.
@@ -153,21 +155,44 @@ class TwinService:
     async def _consume(self) -> None:
         assert self.consumer is not None
         while True:
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
-            if not batch:
-                continue
-            async with self._partition_lock:
-                for tp, msgs in batch.items():
-                    if tp.partition not in self._owned:
-                        continue  # revoked meanwhile: its new owner re-reads from the commit
-                    for m in msgs:
-                        await self._handle(m)
+            try:
+                await self._consume_batch()
+            except KafkaError as exc:  # the broker unreachable past the clients' own retries
+                self.metrics.kafka_errors.inc()
+                log.error("consuming events failed (%s: %s); retrying in %.0f s", exc.__class__.__name__, exc,
+                          CONSUME_RETRY_S)
+                await asyncio.sleep(CONSUME_RETRY_S)
+
+    async def _consume_batch(self) -> None:
+        """One fetch, applied and committed. If Kafka fails while applying (a registry or
+        dead-letter write), this partition rewinds to the failed event and the partitions not
+        yet handled to their first: all are fetched again after the back-off, none skipped."""
+        assert self.consumer is not None
+        batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
+        if not batch:
+            return
+        async with self._partition_lock:
+            todo = [(tp, msgs) for tp, msgs in batch.items() if msgs]
+            for i, (tp, msgs) in enumerate(todo):
+                if tp.partition not in self._owned:
+                    continue  # revoked meanwhile: its new owner re-reads from the commit
+                for m in msgs:
                     try:
-                        await self.consumer.commit({tp: msgs[-1].offset + 1})
-                    except (CommitFailedError, IllegalStateError) as exc:
-                        # lost the partition mid-batch: the new owner re-reads from the last
-                        # commit and skips the event ids already applied
-                        log.warning("commit of %s failed: %s", tp, exc)
+                        await self._handle(m)
+                    except KafkaError:
+                        self.consumer.seek(tp, m.offset)
+                        for later, later_msgs in todo[i + 1:]:
+                            if later.partition in self._owned:
+                                self.consumer.seek(later, later_msgs[0].offset)
+                        raise
+                try:
+                    await self.consumer.commit({tp: msgs[-1].offset + 1})
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # lost the partition mid-batch: the new owner re-reads from the last
+                    # commit and skips the event ids already applied
+                    log.warning("commit of %s failed: %s", tp, exc)
+                except KafkaError as exc:  # applied and durable: a later commit covers them
+                    log.warning("commit of %s failed: %s", tp, exc)
 
     async def _handle(self, msg: Any) -> None:
         try:
@@ -178,16 +203,18 @@ class TwinService:
             await self.apply(event)
         except EventError as exc:
             await self._dead_letter(msg, str(exc))
+        except KafkaError:  # not the event's fault: it is applied again, not dead-lettered
+            raise
         except Exception as exc:  # never let one message stop the stream
             log.exception("event at %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
             await self._dead_letter(msg, f"internal error: {exc.__class__.__name__}: {exc}")
 
     async def _dead_letter(self, msg: Any, reason: str) -> None:
         assert self.producer is not None
-        self.metrics.dead_letters.labels(reason.split(":")[0][:60]).inc()
         record = {"reason": reason, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
                   "time": time.time(), "original_b64": base64.b64encode(msg.value or b"").decode()}
         await self.producer.send_and_wait(self.topics.topic_dead_letter, json.dumps(record).encode(), key=msg.key)
+        self.metrics.dead_letters.labels(reason.split(":")[0][:60]).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
     async def apply(self, ev: Event) -> None:
@@ -195,7 +222,23 @@ class TwinService:
         assert self.registry is not None
         p = self.registry.get(ev.patient_id)
         if p is not None and p.saw(ev.event_id):
+            if ev.patient_id in self._not_durable:  # applied before, but its registry write failed
+                await self.registry.put(p)
+                self._not_durable.discard(ev.patient_id)
+                if ev.patient_id not in self.streams:
+                    self._start_stream(p)
             return  # re-delivery
+        try:
+            await self._apply_new(ev, p)
+        except KafkaError:
+            if p is not None or ev.type == "register":
+                self._not_durable.add(ev.patient_id)
+            raise
+        self._not_durable.discard(ev.patient_id)
+        self.metrics.live_patients.set(len(self.streams))
+
+    async def _apply_new(self, ev: Event, p: Patient | None) -> None:
+        assert self.registry is not None
         if ev.type == "register":
             await self._register(ev, p)
         elif p is None:
@@ -218,7 +261,6 @@ class TwinService:
             stream.change_state(StateChange(ev.state, None, ev.state, ev.event_id, ev.effective_time,
                                             ev.transition_seconds, time.monotonic()))
             await self.registry.put(p)
-        self.metrics.live_patients.set(len(self.streams))
 
     async def _register(self, ev: Event, existing: Patient | None) -> None:
         base = await asyncio.to_thread(self.base_vector_from_reference, ev.reference)
