@@ -2,7 +2,8 @@
 the Kafka clients' request timeout, then resumed, while the default model twins a few patients in
 real time. Prints, per patient, the next sequence number before the pause, on resuming and
 after catching up, whether every stream is still running, how many publications failed and were
-retried, and whether the segments topic holds every sequence number.
+retried, how soon a condition change sent after the outage took effect, and whether the segments
+topic holds every sequence number.
 
     .venv/bin/python bench/broker_pause.py [--patients 4] [--pause 50] [--after 20]
 
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from models.conditions import CardiacState  # noqa: E402
 from stream.events import Event  # noqa: E402
 from stream.segments import decode_segment  # noqa: E402
 from tests.support import read_all  # noqa: E402
@@ -52,11 +54,20 @@ async def run(broker: EmbeddedBroker, patients: int, pause: float, after: float)
     await asyncio.sleep(pause)
     os.kill(broker.pid, signal.SIGCONT)
     out["on_resume"] = _seqs(svc)
-    await asyncio.sleep(after)
+    # the consumer came back too: a condition change sent now takes effect
+    target = next(iter(svc.streams))
+    t0 = time.monotonic()
+    await svc.send_event(Event("after-pause", target, "condition", CardiacState({"AFIB": 1.0}, 120)))
+    while time.monotonic() - t0 < after and svc.registry.get(target).state_event_id != "after-pause":
+        await asyncio.sleep(0.1)
+    out["event_after_resume_applied_s"] = (round(time.monotonic() - t0, 2)
+                                           if svc.registry.get(target).state_event_id == "after-pause" else None)
+    await asyncio.sleep(max(0.0, after - (time.monotonic() - t0)))
     out["after"] = _seqs(svc)
     out["streams_running"] = all(not s.task.done() for s in svc.streams.values())
     out["publish_failures"] = svc.metrics.publish_failures._value.get()
     out["deadline_misses"] = svc.metrics.deadline_misses._value.get()
+    out["event_kafka_errors"] = svc.metrics.kafka_errors._value.get()
     await svc.stop()
     final = _seqs(svc) or out["after"]
     segs = [decode_segment(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
