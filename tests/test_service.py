@@ -225,6 +225,18 @@ async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(
     assert any(s.event_id == "afib-moved" for s in segs if s.patient_id == target)
 
 
+async def _serving_one_patient(broker, tiny_model_dir, prefix: str, data_dir, reg_id: str):
+    """A started service streaming bed-0 (registered by event ``reg_id``), two segments out."""
+    settings = service_settings(broker, prefix, data_dir=data_dir)
+    svc = TwinService(settings, TwinModel.load(tiny_model_dir))
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    await svc.send_event(Event(reg_id, "bed-0", "register", CardiacState({"NORM": 1.0}, 70),
+                               reference={"wfdb": RECORDS[0]}))
+    await wait_for(lambda: "bed-0" in svc.streams and svc.streams["bed-0"].p.next_seq >= 2)
+    return svc, settings
+
+
 async def test_a_segment_the_broker_did_not_take_is_sent_again(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
     """A segment record whose delivery fails (the broker never acknowledged it) is not skipped:
     the stream's position stays, the segment goes again, and the topic holds every sequence
@@ -234,13 +246,7 @@ async def test_a_segment_the_broker_did_not_take_is_sent_again(broker, tiny_mode
     import twin_engine.scheduler as scheduler
 
     monkeypatch.setattr(scheduler, "PUBLISH_RETRY_S", 0.05)
-    settings = service_settings(broker, prefix, data_dir=data_dir)
-    svc = TwinService(settings, TwinModel.load(tiny_model_dir))
-    await svc.start()
-    await asyncio.wait_for(svc.ready.wait(), 30)
-    await svc.send_event(Event("reg-b", "bed-0", "register", CardiacState({"NORM": 1.0}, 70),
-                               reference={"wfdb": RECORDS[0]}))
-    await wait_for(lambda: "bed-0" in svc.streams and svc.streams["bed-0"].p.next_seq >= 2)
+    svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-b")
     send, failed = svc.producer.send, []
 
     async def flaky_send(topic, value=None, *args, **kw):
@@ -270,13 +276,7 @@ async def test_kafka_failing_while_an_event_is_applied_retries_it(broker, tiny_m
     from twin_engine.registry import Patient
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
-    settings = service_settings(broker, prefix, data_dir=data_dir)
-    svc = TwinService(settings, TwinModel.load(tiny_model_dir))
-    await svc.start()
-    await asyncio.wait_for(svc.ready.wait(), 30)
-    await svc.send_event(Event("reg-k", "bed-0", "register", CardiacState({"NORM": 1.0}, 70),
-                               reference={"wfdb": RECORDS[0]}))
-    await wait_for(lambda: "bed-0" in svc.streams)
+    svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-k")
     put, failures = svc.registry.put, []
 
     async def flaky_put(p):
