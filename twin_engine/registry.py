@@ -85,23 +85,30 @@ class Patient:
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
+    def position(self) -> dict[str, Any]:
+        """The stream position: what the per-segment record carries, and what a failed
+        publication or a damaged record puts back with ``set_position``."""
+        return {k: getattr(self, k) for k in POSITION_FIELDS}
+
+    def set_position(self, position: dict[str, Any]) -> None:
+        for k, v in position.items():
+            if k in POSITION_FIELDS:
+                setattr(self, k, v)
+
     def position_json(self) -> bytes:
-        return dumps_spliced({k: getattr(self, k) for k in POSITION_FIELDS}, "tail_b64")
+        return dumps_spliced(self.position(), "tail_b64")
 
     def apply_position(self, raw: bytes) -> None:
         """Update from a stream-position record; a damaged one (ValueError) changes nothing."""
         d = json.loads(raw)
         if not isinstance(d, dict):
             raise ValueError("a position record is a JSON object")
-        before = {k: getattr(self, k) for k in POSITION_FIELDS}
-        for k, v in d.items():
-            if k in POSITION_FIELDS:
-                setattr(self, k, v)
+        before = self.position()
+        self.set_position(d)
         try:
             self._check_position()
         except ValueError:
-            for k, v in before.items():
-                setattr(self, k, v)
+            self.set_position(before)
             raise
 
     @staticmethod

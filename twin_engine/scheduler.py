@@ -234,14 +234,16 @@ class PatientStream:
         if change is not None and item.event_id == change.event_id and change.first_seq is None:
             change.first_seq, change.published = item.seq, time.monotonic()
             self.metrics.event_to_effect.observe(change.published - change.received)
-        before = self.p.tail_b64, self.published, self.p.next_seq
+        before = self.p.position(), self.published
         self.p.tail_b64 = pack_tail(item.tail)
         self.published = item
         self.p.next_seq = item.seq + 1
         try:
             await self.publish(self.p, seg, change)
         except Exception:
-            # not out (or not durably): the stream stays where it was, and the retry sends this
-            # segment again (at least once: a consumer may see a sequence number twice)
-            self.p.tail_b64, self.published, self.p.next_seq = before
+            # not out (or not durably): the whole stream position, the state last published
+            # included, stays where it was, and the retry sends this segment and its annotations
+            # again (at least once: a consumer may see a sequence number twice)
+            position, self.published = before
+            self.p.set_position(position)
             raise

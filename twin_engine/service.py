@@ -340,18 +340,9 @@ class TwinService:
 
     async def _publish(self, p: Patient, seg: Segment, change: StateChange | None) -> None:
         """Out once this returns: the segment, its annotations and the stream position are all
-        acknowledged by the broker. If any is not, this raises and the stream sends the segment
-        again (at least once), rather than moving on past a record the broker never took."""
-        assert self.producer is not None and self.registry is not None
-        before = p.published_event_id, p.published_state, p.published_since
-        try:
-            await self._publish_once(p, seg)
-        except Exception:
-            p.published_event_id, p.published_state, p.published_since = before  # its annotations go again
-            raise
-        self.metrics.published.inc()
-
-    async def _publish_once(self, p: Patient, seg: Segment) -> None:
+        acknowledged by the broker. If any is not, this raises; the stream puts its position back
+        (``Patient.set_position``) and sends the segment again (at least once), rather than
+        moving on past a record the broker never took."""
         assert self.producer is not None and self.registry is not None
         delivered = []
         if p.published_since is None or seg.event_id != p.published_event_id or seg.state != p.published_state:
@@ -371,6 +362,7 @@ class TwinService:
             if isinstance(outcome, BaseException):
                 raise outcome
         await self.registry.put_position(p)
+        self.metrics.published.inc()
 
     # ---- requests from the HTTP API and CLI ----------------------------------------------------
     async def send_event(self, ev: Event) -> None:
