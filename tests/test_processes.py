@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from models.conditions import CardiacState
 from stream.events import Event
 from stream.segments import decode_segment
-from tests.support import read_all
+from tests.support import RECORDS, read_all, start_with_dashboard, wait_for
 from twin_engine.broker import free_port
 from twin_engine.config import KafkaConfig
 
@@ -139,8 +139,6 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
 async def test_cli_register_send_tail_against_a_running_service(broker, tiny_model_dir, data_dir):
     """`register`, `send` and `tail` in processes of their own, talking to a running service only
     through its topics; a bad statement or intensity is refused with a message, not a traceback."""
-    from tests.support import RECORDS, start_with_dashboard, wait_for
-
     svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=10.0, patients=0)
     k = settings.kafka
     env = {**os.environ, "TWIN_ENGINE_DATA_DIR": str(data_dir),
