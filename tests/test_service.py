@@ -9,7 +9,7 @@ import uuid
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from models.conditions import CardiacState
 from models.twin import TwinModel
@@ -273,24 +273,33 @@ async def test_kafka_failing_while_an_event_is_applied_retries_it(broker, tiny_m
     from aiokafka.errors import KafkaTimeoutError
 
     import twin_engine.service as service
-    from twin_engine.registry import Patient
+    from twin_engine.registry import Patient, partition_of
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-k")
-    put, failures = svc.registry.put, []
+    stage, failures = svc.registry.stage, []
 
-    async def flaky_put(p):
+    async def flaky_stage(p):  # the broker never acknowledges the AFIB record
         if p.state["statements"] == {"AFIB": 1.0} and not failures:
             failures.append(p.patient_id)
-            raise KafkaTimeoutError()
-        await put(p)
+            lost = asyncio.get_running_loop().create_future()
+            lost.set_exception(KafkaTimeoutError())
+            return lost
+        return await stage(p)
 
-    monkeypatch.setattr(svc.registry, "put", flaky_put)
+    monkeypatch.setattr(svc.registry, "stage", flaky_stage)
     await svc.send_event(Event("afib-k", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120)))
+    # committed past the AFIB event only once its record is durable, here by the retry alone
+    # (no later event carries the state along)
+    tp = TopicPartition(settings.kafka.topic_events, partition_of("bed-0", settings.kafka.partitions))
+    for _ in range(100):
+        if await svc.consumer.committed(tp) == 2:  # reg-k, afib-k
+            break
+        await asyncio.sleep(0.1)
+    assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1
     await svc.send_event(Event("hr-k", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 130)))
     await wait_for(lambda: svc.registry.get("bed-0").state["heart_rate"] == 130)
     await svc.stop()
-    assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1
     assert not await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)
     records = [Patient.from_json(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_registry)
                if m.key == b"bed-0" and m.value]

@@ -78,6 +78,8 @@ class TwinService:
         self.ready = asyncio.Event()
         self._owned: set[int] = set()
         self._not_durable: set[str] = set()  # patients whose last registry write failed
+        # registry writes of the batch being applied, awaited together before its commit
+        self._writes: list[tuple[str, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
         # Rebalance callbacks and event handling never interleave: aiokafka may deliver records
         # of a partition while its on_partitions_assigned (the registry restore) still runs.
@@ -164,9 +166,11 @@ class TwinService:
                 await asyncio.sleep(CONSUME_RETRY_S)
 
     async def _consume_batch(self) -> None:
-        """One fetch, applied and committed. If Kafka fails while applying (a registry or
-        dead-letter write), this partition rewinds to the failed event and the partitions not
-        yet handled to their first: all are fetched again after the back-off, none skipped."""
+        """One fetch, applied and committed. The registry writes of a partition's events go out
+        together and are awaited once, before its commit. If Kafka fails while applying (a
+        registry or dead-letter write), this partition rewinds to the first event whose write
+        was not confirmed (or the failed one) and the partitions not yet handled to their
+        first: all are fetched again after the back-off, none skipped."""
         assert self.consumer is not None
         batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
         if not batch:
@@ -176,15 +180,23 @@ class TwinService:
             for i, (tp, msgs) in enumerate(todo):
                 if tp.partition not in self._owned:
                     continue  # revoked meanwhile: its new owner re-reads from the commit
-                for m in msgs:
-                    try:
+                first_staged = current = None  # offsets: first event with a write in flight, event at hand
+                try:
+                    for m in msgs:
+                        current, staged = m.offset, len(self._writes)
                         await self._handle(m)
-                    except KafkaError:
-                        self.consumer.seek(tp, m.offset)
-                        for later, later_msgs in todo[i + 1:]:
-                            if later.partition in self._owned:
-                                self.consumer.seek(later, later_msgs[0].offset)
-                        raise
+                        if first_staged is None and len(self._writes) > staged:
+                            first_staged = m.offset
+                    current = None
+                    await self._confirm_writes()
+                except KafkaError:
+                    self._not_durable.update(pid for pid, _ in self._writes)
+                    self._writes.clear()
+                    self.consumer.seek(tp, min(o for o in (first_staged, current) if o is not None))
+                    for later, later_msgs in todo[i + 1:]:
+                        if later.partition in self._owned:
+                            self.consumer.seek(later, later_msgs[0].offset)
+                    raise
                 try:
                     await self.consumer.commit({tp: msgs[-1].offset + 1})
                 except (CommitFailedError, IllegalStateError) as exc:
@@ -193,6 +205,20 @@ class TwinService:
                     log.warning("commit of %s failed: %s", tp, exc)
                 except KafkaError as exc:  # applied and durable: a later commit covers them
                     log.warning("commit of %s failed: %s", tp, exc)
+
+    async def _confirm_writes(self) -> None:
+        """Wait for the staged registry writes; the first failure is raised (a KafkaError)."""
+        writes, self._writes = self._writes, []
+        outcomes = await asyncio.gather(*(f for _, f in writes), return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            self._not_durable.update(pid for pid, _ in writes)
+            raise failed[0]
+
+    async def _write(self, p: Patient) -> None:
+        """The patient's registry record, durable by this batch's commit (``_confirm_writes``)."""
+        assert self.registry is not None
+        self._writes.append((p.patient_id, await self.registry.stage(p)))
 
     async def _handle(self, msg: Any) -> None:
         try:
@@ -218,12 +244,13 @@ class TwinService:
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
     async def apply(self, ev: Event) -> None:
-        """Apply one validated event; durable in the registry when this returns."""
+        """Apply one validated event; its registry write is staged (``_write``), and durable
+        once the batch's writes are confirmed, before the offset commit."""
         assert self.registry is not None
         p = self.registry.get(ev.patient_id)
         if p is not None and p.saw(ev.event_id):
             if ev.patient_id in self._not_durable:  # applied before, but its registry write failed
-                await self.registry.put(p)
+                await self._write(p)
                 self._not_durable.discard(ev.patient_id)
                 if ev.patient_id not in self.streams:
                     self._start_stream(p)
@@ -260,7 +287,7 @@ class TwinService:
             # the event, so the one write's latency is kept off the event-to-effect path
             stream.change_state(StateChange(ev.state, None, ev.state, ev.event_id, ev.effective_time,
                                             ev.transition_seconds, time.monotonic()))
-            await self.registry.put(p)
+            await self._write(p)
 
     async def _register(self, ev: Event, existing: Patient | None) -> None:
         base = await asyncio.to_thread(self.base_vector_from_reference, ev.reference)
@@ -276,7 +303,7 @@ class TwinService:
             p = Patient(ev.patient_id, base.tolist(), self.model.meta.version, state_to_dict(state))
         p.set_state(state, ev.event_id, p.next_seq, time.time())
         p.remember(ev.event_id)
-        await self.registry.put(p)
+        await self._write(p)
         self._start_stream(p)
 
     def base_vector_from_reference(self, ref: dict[str, Any]) -> np.ndarray:
