@@ -50,3 +50,29 @@ def test_wfdb_export_with_annotations(tmp_path):
     ann = wfdb.rdann(str(path), "atr")
     assert list(ann.sample) == [0, 500]
     assert ann.aux_note[1].startswith("(AFIB")
+
+
+def test_wfdb_export_streams_to_disk_and_a_removed_patient_is_readable_at_once(tmp_path):
+    """Samples reach the .dat file as they are published (a long run holds no segments in
+    memory); the removal of a patient completes its record; a later run replaces it."""
+    rng = np.random.default_rng(2)
+    chunks = [rng.standard_normal((250, 12)).astype(np.float32) * 3 for _ in range(4)]
+
+    async def feed(sink, n):
+        for i in range(n):
+            await sink.segment(_seg(i, chunks[i], {}))
+
+    sink = WfdbSink(tmp_path, patients={"bed 1"})
+    asyncio.run(feed(sink, 3))
+    assert (tmp_path / "bed_1.dat").stat().st_size == 3 * 250 * 12 * 2 and not (tmp_path / "bed_1.hea").exists()
+    asyncio.run(sink.removed("bed 1"))
+    rec = wfdb.rdrecord(str(tmp_path / "bed_1"), physical=False)
+    want = np.concatenate([_seg(i, chunks[i], {}).quantized for i in range(3)])
+    assert np.array_equal(rec.d_signal, want)
+    assert rec.init_value == [int(v) for v in want[0]]
+    assert rec.checksum == [int(v) for v in want.astype(np.int64).sum(0) % 65536]
+
+    again = WfdbSink(tmp_path)
+    asyncio.run(feed(again, 1))
+    (path,) = again.close()
+    assert wfdb.rdsamp(str(path))[0].shape == (250, 12)

@@ -114,7 +114,7 @@ class Settings:
     speed: float = 1.0  # 1.0 real time; 0 as fast as possible; N: N x real time
     max_batch: int = 0  # 0: 16 on the CPU, 4096 on a GPU (runtime.batch_limit; docs/BENCHMARKS.md)
     max_wait_ms: float = 20.0
-    wfdb_export_dir: str = ""  # non-empty: write each patient's stream as WFDB on shutdown
+    wfdb_export_dir: str = ""  # non-empty: each patient's stream as a WFDB record there, as published
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     seed: int = 0

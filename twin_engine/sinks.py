@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,50 +21,82 @@ class Sink(Protocol):
         """The patient was removed: its stream has ended (after its last segment and annotation)."""
 
 
+@dataclass
+class _WfdbRecord:
+    name: str
+    fs: int
+    leads: tuple[str, ...]
+    samples: int = 0
+    checksum: np.ndarray | None = None  # per lead, the sum of samples (WFDB's, mod 2**16)
+    init_value: list[int] = field(default_factory=list)
+    notes: list[tuple[int, str]] = field(default_factory=list)
+
+
 class WfdbSink:
     """Writes each patient's stream as a WFDB record (``<pid>.hea/.dat``) plus an annotation file
-    (``.atr``, one '+' rhythm annotation per state change) when ``close()`` is called."""
+    (``.atr``, one '+' rhythm annotation per state change). Samples go to the ``.dat`` file as
+    they are published, so a run of days holds only a few numbers per patient in memory (it held
+    every segment until shutdown: 2 GB an hour at 100 patients); header and annotations are
+    written when the patient is removed and at ``close()``."""
 
     def __init__(self, folder: str | Path, patients: set[str] | None = None) -> None:
         self.folder = Path(folder)
         self.patients = patients
-        self._chunks: dict[str, list[np.ndarray]] = {}  # int16 samples per patient
-        self._notes: dict[str, list[tuple[int, str]]] = {}
-        self._meta: dict[str, tuple[int, tuple[str, ...]]] = {}
-        self._count: dict[str, int] = {}
+        self._records: dict[str, _WfdbRecord] = {}
+        self._notes: dict[str, list[tuple[int, str]]] = {}  # before the patient's first segment
+
+    def _wanted(self, patient_id: str) -> bool:
+        return self.patients is None or patient_id in self.patients
 
     async def segment(self, seg: Segment) -> None:
-        if self.patients is not None and seg.patient_id not in self.patients:
+        if not self._wanted(seg.patient_id):
             return
-        self._chunks.setdefault(seg.patient_id, []).append(seg.quantized)  # int16, as published
-        self._meta[seg.patient_id] = (seg.fs, seg.leads)
-        self._count[seg.patient_id] = self._count.get(seg.patient_id, 0) + len(seg.samples)
+        q = seg.quantized  # int16, as published
+        r = self._records.get(seg.patient_id)
+        if r is None:
+            name = "".join(c if c.isalnum() else "_" for c in seg.patient_id)
+            r = self._records[seg.patient_id] = _WfdbRecord(name, seg.fs, seg.leads,
+                                                            notes=self._notes.pop(seg.patient_id, []))
+            r.init_value = [int(v) for v in q[0]]
+            r.checksum = np.zeros(len(seg.leads), np.int64)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._dat(r).write_bytes(b"")  # a record of this name from an earlier run is replaced
+        with self._dat(r).open("ab") as f:  # format 16: little-endian int16, leads interleaved
+            f.write(np.ascontiguousarray(q, "<i2").tobytes())
+        r.samples += len(q)
+        r.checksum = (r.checksum + q.sum(0, dtype=np.int64)) % 65536
 
     async def annotation(self, patient_id: str, raw: bytes) -> None:
         d = json.loads(raw)
-        if d["end_time"] is None and (self.patients is None or patient_id in self.patients):
+        if d["end_time"] is None and self._wanted(patient_id):
             label = "+".join(sorted(d["state"].get("statements", {}))) or "none"
             note = f"({label} HR{d['state'].get('heart_rate', 0):.0f}"
-            self._notes.setdefault(patient_id, []).append((self._count.get(patient_id, 0), note))
+            r = self._records.get(patient_id)
+            notes = r.notes if r is not None else self._notes.setdefault(patient_id, [])
+            notes.append((r.samples if r is not None else 0, note))
 
     async def removed(self, patient_id: str) -> None:
-        """Nothing to do: the record so far is written with the others at ``close()``."""
+        """The stream has ended: its record is complete and can be read now."""
+        r = self._records.get(patient_id)
+        if r is not None:
+            self._write_header(r)
 
     def close(self) -> list[Path]:
+        for r in self._records.values():
+            self._write_header(r)
+        return [self.folder / r.name for r in self._records.values()]
+
+    def _dat(self, r: _WfdbRecord) -> Path:
+        return self.folder / f"{r.name}.dat"
+
+    def _write_header(self, r: _WfdbRecord) -> None:
         import wfdb
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        written = []
-        for pid, chunks in self._chunks.items():
-            fs, leads = self._meta[pid]
-            q = np.concatenate(chunks)
-            name = "".join(c if c.isalnum() else "_" for c in pid)
-            wfdb.wrsamp(name, fs=fs, units=["z"] * len(leads), sig_name=list(leads), d_signal=q,
-                        fmt=["16"] * len(leads), adc_gain=[GAIN] * len(leads), baseline=[0] * len(leads),
-                        write_dir=str(self.folder))
-            notes = self._notes.get(pid, [])
-            if notes:
-                wfdb.wrann(name, "atr", np.array([n[0] for n in notes]), np.array(["+"] * len(notes)),
-                           aux_note=[n[1] for n in notes], write_dir=str(self.folder))
-            written.append(self.folder / name)
-        return written
+        n = len(r.leads)
+        wfdb.Record(record_name=r.name, n_sig=n, fs=r.fs, sig_len=r.samples, file_name=[f"{r.name}.dat"] * n,
+                    fmt=["16"] * n, adc_gain=[GAIN] * n, baseline=[0] * n, units=["z"] * n, sig_name=list(r.leads),
+                    checksum=[int(c) for c in r.checksum], init_value=r.init_value, adc_res=[16] * n,
+                    adc_zero=[0] * n, block_size=[0] * n).wrheader(write_dir=str(self.folder))
+        if r.notes:
+            wfdb.wrann(r.name, "atr", np.array([at for at, _ in r.notes]), np.array(["+"] * len(r.notes)),
+                       aux_note=[note for _, note in r.notes], write_dir=str(self.folder))
