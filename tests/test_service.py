@@ -304,3 +304,41 @@ async def test_kafka_failing_while_an_event_is_applied_retries_it(broker, tiny_m
     records = [Patient.from_json(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_registry)
                if m.key == b"bed-0" and m.value]
     assert [r.state_event_id for r in records] == ["reg-k", "afib-k", "hr-k"]
+
+
+async def test_a_failed_write_before_a_removal_in_the_same_batch_is_retried_not_dead_lettered(
+        broker, tiny_model_dir, prefix, data_dir, monkeypatch):
+    """A state change whose registry write fails, and the patient's removal right behind it:
+    the removal waits for the batch's writes, so the rewind re-applies both. Had the removal
+    gone first, both events would come back for a patient no longer known: dead letters."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    import twin_engine.service as service
+    from twin_engine.registry import partition_of
+
+    monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
+    svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-r")
+    stage, failures = svc.registry.stage, []
+
+    async def flaky_stage(p):
+        if p.state["statements"] == {"AFIB": 1.0} and not failures:
+            failures.append(p.patient_id)
+            lost = asyncio.get_running_loop().create_future()
+            lost.set_exception(KafkaTimeoutError())
+            return lost
+        return await stage(p)
+
+    monkeypatch.setattr(svc.registry, "stage", flaky_stage)
+    await svc.send_events([Event("afib-r", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120)),
+                           Event("rm-r", "bed-0", "remove")])
+    tp = TopicPartition(settings.kafka.topic_events, partition_of("bed-0", settings.kafka.partitions))
+    for _ in range(100):  # committed past the removal: both events handled for good
+        if await svc.consumer.committed(tp) == 3:
+            break
+        await asyncio.sleep(0.1)
+    await svc.stop()
+    assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1
+    assert svc.registry.get("bed-0") is None and "bed-0" not in svc.streams
+    assert not await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)
+    last = [m for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_registry) if m.key == b"bed-0"][-1]
+    assert last.value is None  # the tombstone is the patient's last record

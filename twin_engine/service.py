@@ -271,6 +271,9 @@ class TwinService:
         elif p is None:
             raise EventError(f"unknown patient {ev.patient_id!r}")
         elif ev.type == "remove":
+            # the batch's earlier writes first: one that failed after the patient was gone would
+            # re-deliver its event to an unknown patient (a dead letter, not a retry)
+            await self._confirm_writes()
             stream = self.streams.pop(ev.patient_id, None)
             if stream:
                 await stream.stop()
