@@ -342,3 +342,35 @@ async def test_a_failed_write_before_a_removal_in_the_same_batch_is_retried_not_
     assert not await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)
     last = [m for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_registry) if m.key == b"bed-0"][-1]
     assert last.value is None  # the tombstone is the patient's last record
+
+
+async def test_a_removal_applied_again_closes_the_annotation_once(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
+    """The registry delete of a removal fails: the removal is applied again, and the ground
+    truth still gets one end for the patient's last state, not a second one with a later time."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    import twin_engine.service as service
+    from twin_engine.registry import partition_of
+
+    monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
+    svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-a")
+    delete, failures = svc.registry.delete, []
+
+    async def flaky_delete(pid):
+        if not failures:
+            failures.append(pid)
+            raise KafkaTimeoutError()
+        await delete(pid)
+
+    monkeypatch.setattr(svc.registry, "delete", flaky_delete)
+    await svc.send_event(Event("rm-a", "bed-0", "remove"))
+    tp = TopicPartition(settings.kafka.topic_events, partition_of("bed-0", settings.kafka.partitions))
+    for _ in range(100):
+        if await svc.consumer.committed(tp) == 2:  # reg-a, rm-a
+            break
+        await asyncio.sleep(0.1)
+    await svc.stop()
+    assert failures == ["bed-0"] and svc.registry.get("bed-0") is None
+    ends = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_annotations)
+            if m.key == b"bed-0"]
+    assert [a["event_id"] for a in ends if a["end_time"] is not None] == ["reg-a"]

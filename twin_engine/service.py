@@ -359,6 +359,7 @@ class TwinService:
         if p.published_since is not None:
             await (await self._annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
                                                       p.published_since, p.next_seq, end_time)))
+            p.published_since = None  # closed: a removal applied again (its delete failed) adds no second end
 
     async def _annotate(self, p: Patient, raw: bytes) -> asyncio.Future:
         """Queue the annotation; returns its delivery future (the caller awaits it)."""
