@@ -237,6 +237,35 @@ async def _serving_one_patient(broker, tiny_model_dir, prefix: str, data_dir, re
     return svc, settings
 
 
+def _lose_first_afib_write(svc, monkeypatch) -> list[str]:
+    """The broker never acknowledges the first registry record in the AFIB state."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    stage, failures = svc.registry.stage, []
+
+    async def flaky_stage(p):
+        if p.state["statements"] == {"AFIB": 1.0} and not failures:
+            failures.append(p.patient_id)
+            lost = asyncio.get_running_loop().create_future()
+            lost.set_exception(KafkaTimeoutError())
+            return lost
+        return await stage(p)
+
+    monkeypatch.setattr(svc.registry, "stage", flaky_stage)
+    return failures
+
+
+async def _committed(svc, settings, offset: int, timeout: float = 10.0) -> None:
+    """Until bed-0's event partition is committed up to ``offset``: its events are durable."""
+    from twin_engine.registry import partition_of
+
+    tp = TopicPartition(settings.kafka.topic_events, partition_of("bed-0", settings.kafka.partitions))
+    for _ in range(int(timeout / 0.1)):
+        if await svc.consumer.committed(tp) == offset:
+            return
+        await asyncio.sleep(0.1)
+
+
 async def test_a_segment_the_broker_did_not_take_is_sent_again(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
     """A segment record whose delivery fails (the broker never acknowledged it) is not skipped:
     the stream's position stays, the segment goes again, and the topic holds every sequence
@@ -270,32 +299,17 @@ async def test_kafka_failing_while_an_event_is_applied_retries_it(broker, tiny_m
     dead-lettered nor lost. The consumer rewinds to it, applies it again after a back-off, makes
     it durable, and goes on consuming. Before, the error went to the dead-letter topic as an
     internal error, or (with the dead-letter write failing too) ended the consumer."""
-    from aiokafka.errors import KafkaTimeoutError
 
     import twin_engine.service as service
-    from twin_engine.registry import Patient, partition_of
+    from twin_engine.registry import Patient
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-k")
-    stage, failures = svc.registry.stage, []
-
-    async def flaky_stage(p):  # the broker never acknowledges the AFIB record
-        if p.state["statements"] == {"AFIB": 1.0} and not failures:
-            failures.append(p.patient_id)
-            lost = asyncio.get_running_loop().create_future()
-            lost.set_exception(KafkaTimeoutError())
-            return lost
-        return await stage(p)
-
-    monkeypatch.setattr(svc.registry, "stage", flaky_stage)
+    failures = _lose_first_afib_write(svc, monkeypatch)
     await svc.send_event(Event("afib-k", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120)))
     # committed past the AFIB event only once its record is durable, here by the retry alone
     # (no later event carries the state along)
-    tp = TopicPartition(settings.kafka.topic_events, partition_of("bed-0", settings.kafka.partitions))
-    for _ in range(100):
-        if await svc.consumer.committed(tp) == 2:  # reg-k, afib-k
-            break
-        await asyncio.sleep(0.1)
+    await _committed(svc, settings, 2)  # reg-k, afib-k
     assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1
     await svc.send_event(Event("hr-k", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 130)))
     await wait_for(lambda: svc.registry.get("bed-0").state["heart_rate"] == 130)
@@ -311,31 +325,15 @@ async def test_a_failed_write_before_a_removal_in_the_same_batch_is_retried_not_
     """A state change whose registry write fails, and the patient's removal right behind it:
     the removal waits for the batch's writes, so the rewind re-applies both. Had the removal
     gone first, both events would come back for a patient no longer known: dead letters."""
-    from aiokafka.errors import KafkaTimeoutError
 
     import twin_engine.service as service
-    from twin_engine.registry import partition_of
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-r")
-    stage, failures = svc.registry.stage, []
-
-    async def flaky_stage(p):
-        if p.state["statements"] == {"AFIB": 1.0} and not failures:
-            failures.append(p.patient_id)
-            lost = asyncio.get_running_loop().create_future()
-            lost.set_exception(KafkaTimeoutError())
-            return lost
-        return await stage(p)
-
-    monkeypatch.setattr(svc.registry, "stage", flaky_stage)
+    failures = _lose_first_afib_write(svc, monkeypatch)
     await svc.send_events([Event("afib-r", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120)),
                            Event("rm-r", "bed-0", "remove")])
-    tp = TopicPartition(settings.kafka.topic_events, partition_of("bed-0", settings.kafka.partitions))
-    for _ in range(100):  # committed past the removal: both events handled for good
-        if await svc.consumer.committed(tp) == 3:
-            break
-        await asyncio.sleep(0.1)
+    await _committed(svc, settings, 3)  # past the removal: both events handled for good
     await svc.stop()
     assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1
     assert svc.registry.get("bed-0") is None and "bed-0" not in svc.streams
@@ -350,7 +348,6 @@ async def test_a_removal_applied_again_closes_the_annotation_once(broker, tiny_m
     from aiokafka.errors import KafkaTimeoutError
 
     import twin_engine.service as service
-    from twin_engine.registry import partition_of
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-a")
@@ -364,11 +361,7 @@ async def test_a_removal_applied_again_closes_the_annotation_once(broker, tiny_m
 
     monkeypatch.setattr(svc.registry, "delete", flaky_delete)
     await svc.send_event(Event("rm-a", "bed-0", "remove"))
-    tp = TopicPartition(settings.kafka.topic_events, partition_of("bed-0", settings.kafka.partitions))
-    for _ in range(100):
-        if await svc.consumer.committed(tp) == 2:  # reg-a, rm-a
-            break
-        await asyncio.sleep(0.1)
+    await _committed(svc, settings, 2)  # reg-a, rm-a
     await svc.stop()
     assert failures == ["bed-0"] and svc.registry.get("bed-0") is None
     ends = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_annotations)
