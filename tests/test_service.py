@@ -147,7 +147,7 @@ async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(br
         p = Patient(pid, rng.standard_normal(256).tolist(), "v1", {"statements": {"NORM": 1.0}, "heart_rate": 70})
         for i in range(10):
             p.set_state(CardiacState({"AFIB": 1.0}, 100 + i), f"{pid}-e{i}", i, 1.7e9 + i)
-        await reg.put(p)
+        await (await reg.stage(p))  # durable
         for seq in range(1, 4):  # three published segments after the last state change
             p.next_seq, p.stream_start = seq, 1.7e9
             p.tail_b64 = pack_tail(rng.standard_normal((256, 12)).astype(np.float32))

@@ -157,10 +157,6 @@ class Registry:
     def get(self, pid: str) -> Patient | None:
         return self.patients.get(pid)
 
-    async def put(self, p: Patient) -> None:
-        """Durable once this returns: the broker acknowledged the changelog record."""
-        await (await self.stage(p))
-
     async def stage(self, p: Patient) -> asyncio.Future:
         """Queue the patient's record and return its delivery, so that the records of a whole
         batch of events share broker round trips: durable once the returned future is done
@@ -173,7 +169,7 @@ class Registry:
         return await self.producer.send(self.topic, p.to_json(), key=p.patient_id.encode())
 
     async def put_position(self, p: Patient) -> None:
-        """Durable once this returns, like ``put``, for the stream position alone."""
+        """Durable once this returns: the broker acknowledged the stream-position record."""
         if self.producer is not None:
             await self.producer.send_and_wait(self.topic, p.position_json(), key=(p.patient_id + POSITION_SUFFIX).encode(),
                                               partition=partition_of(p.patient_id, self.partitions))

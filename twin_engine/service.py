@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 CONSUME_RETRY_S = 1.0  # after Kafka failed while events were applied
 
 
+async def _delivered(futures: Iterable[asyncio.Future]) -> None:
+    """Wait for every delivery, then raise the first failure (each is retrieved: none is left
+    to be logged as never retrieved)."""
+    for outcome in await asyncio.gather(*futures, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, service: TwinService) -> None:
         self.service = service
@@ -209,11 +217,11 @@ class TwinService:
     async def _confirm_writes(self) -> None:
         """Wait for the staged registry writes; the first failure is raised (a KafkaError)."""
         writes, self._writes = self._writes, []
-        outcomes = await asyncio.gather(*(f for _, f in writes), return_exceptions=True)
-        failed = [o for o in outcomes if isinstance(o, BaseException)]
-        if failed:
+        try:
+            await _delivered(f for _, f in writes)
+        except BaseException:
             self._not_durable.update(pid for pid, _ in writes)
-            raise failed[0]
+            raise
 
     async def _write(self, p: Patient) -> None:
         """The patient's registry record, durable by this batch's commit (``_confirm_writes``)."""
@@ -389,9 +397,7 @@ class TwinService:
             await sink.segment(seg)
         # the position moves on only once the broker has the records: a restart after a failure
         # here resumes at this segment, not past it
-        for outcome in await asyncio.gather(*delivered, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await _delivered(delivered)
         await self.registry.put_position(p)
         self.metrics.published.inc()
 
@@ -404,6 +410,5 @@ class TwinService:
         """Publish many events and wait once for all of them: a ward of thousands onboards in one
         producer batch, not one broker round trip each behind the streams already running."""
         assert self.producer is not None
-        sent = [await self.producer.send(self.topics.topic_events, ev.to_json(), key=ev.patient_id.encode())
-                for ev in events]
-        await asyncio.gather(*sent)
+        await _delivered([await self.producer.send(self.topics.topic_events, ev.to_json(), key=ev.patient_id.encode())
+                          for ev in events])
