@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -26,10 +26,9 @@ class _WfdbRecord:
     name: str
     fs: int
     leads: tuple[str, ...]
+    init_value: list[int]  # per lead, the first sample
+    checksum: np.ndarray  # per lead, the sum of samples (WFDB's, mod 2**16)
     samples: int = 0
-    checksum: np.ndarray | None = None  # per lead, the sum of samples (WFDB's, mod 2**16)
-    init_value: list[int] = field(default_factory=list)
-    notes: list[tuple[int, str]] = field(default_factory=list)
 
 
 class WfdbSink:
@@ -43,7 +42,7 @@ class WfdbSink:
         self.folder = Path(folder)
         self.patients = patients
         self._records: dict[str, _WfdbRecord] = {}
-        self._notes: dict[str, list[tuple[int, str]]] = {}  # before the patient's first segment
+        self._notes: dict[str, list[tuple[int, str]]] = {}  # (sample, text) per patient
 
     def _wanted(self, patient_id: str) -> bool:
         return self.patients is None or patient_id in self.patients
@@ -55,10 +54,8 @@ class WfdbSink:
         r = self._records.get(seg.patient_id)
         if r is None:
             name = "".join(c if c.isalnum() else "_" for c in seg.patient_id)
-            r = self._records[seg.patient_id] = _WfdbRecord(name, seg.fs, seg.leads,
-                                                            notes=self._notes.pop(seg.patient_id, []))
-            r.init_value = [int(v) for v in q[0]]
-            r.checksum = np.zeros(len(seg.leads), np.int64)
+            r = self._records[seg.patient_id] = _WfdbRecord(name, seg.fs, seg.leads, [int(v) for v in q[0]],
+                                                            np.zeros(len(seg.leads), np.int64))
             self.folder.mkdir(parents=True, exist_ok=True)
             self._dat(r).write_bytes(b"")  # a record of this name from an earlier run is replaced
         with self._dat(r).open("ab") as f:  # format 16: little-endian int16, leads interleaved
@@ -71,25 +68,24 @@ class WfdbSink:
         if d["end_time"] is None and self._wanted(patient_id):
             label = "+".join(sorted(d["state"].get("statements", {}))) or "none"
             note = f"({label} HR{d['state'].get('heart_rate', 0):.0f}"
-            r = self._records.get(patient_id)
-            notes = r.notes if r is not None else self._notes.setdefault(patient_id, [])
-            notes.append((r.samples if r is not None else 0, note))
+            r = self._records.get(patient_id)  # none yet: the annotation of the first segment
+            self._notes.setdefault(patient_id, []).append((r.samples if r is not None else 0, note))
 
     async def removed(self, patient_id: str) -> None:
         """The stream has ended: its record is complete and can be read now."""
         r = self._records.get(patient_id)
         if r is not None:
-            self._write_header(r)
+            self._write_header(r, self._notes.get(patient_id, []))
 
     def close(self) -> list[Path]:
-        for r in self._records.values():
-            self._write_header(r)
+        for pid, r in self._records.items():
+            self._write_header(r, self._notes.get(pid, []))
         return [self.folder / r.name for r in self._records.values()]
 
     def _dat(self, r: _WfdbRecord) -> Path:
         return self.folder / f"{r.name}.dat"
 
-    def _write_header(self, r: _WfdbRecord) -> None:
+    def _write_header(self, r: _WfdbRecord, notes: list[tuple[int, str]]) -> None:
         import wfdb
 
         n = len(r.leads)
@@ -97,6 +93,6 @@ class WfdbSink:
                     fmt=["16"] * n, adc_gain=[GAIN] * n, baseline=[0] * n, units=["z"] * n, sig_name=list(r.leads),
                     checksum=[int(c) for c in r.checksum], init_value=r.init_value, adc_res=[16] * n,
                     adc_zero=[0] * n, block_size=[0] * n).wrheader(write_dir=str(self.folder))
-        if r.notes:
-            wfdb.wrann(r.name, "atr", np.array([at for at, _ in r.notes]), np.array(["+"] * len(r.notes)),
-                       aux_note=[note for _, note in r.notes], write_dir=str(self.folder))
+        if notes:
+            wfdb.wrann(r.name, "atr", np.array([at for at, _ in notes]), np.array(["+"] * len(notes)),
+                       aux_note=[note for _, note in notes], write_dir=str(self.folder))
