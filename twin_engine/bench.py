@@ -254,6 +254,15 @@ def null_generate(reqs: list, leads: int) -> list[np.ndarray]:
     return [np.zeros((r.n_samples, leads), np.float32) for r in reqs]
 
 
+async def _register(svc, base: np.ndarray, patients: int) -> None:
+    """Patients p00000, p00001, ... from one stored base vector, in one producer batch:
+    onboarding cost is not what the service benchmarks measure."""
+    from stream.events import Event
+
+    await svc.send_events(Event(f"reg-{i}", f"p{i:05d}", "register", CardiacState(),
+                                reference={"base_vector": base.tolist()}) for i in range(patients))
+
+
 async def _serve_once(settings: Settings, model, patients: int, duration: float, speed: float,
                       changes: int, data_dir: Path,
                       broker_cpu: Callable[[], float | None] = lambda: None, null: bool = False) -> dict:
@@ -272,9 +281,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     db = PTBXL(data_dir / "ptbxl-subset", model.meta.fs)
     base = model.encode([db.record(db.ecg_ids[0]).signal])
     t_reg = time.perf_counter()
-    # stored base vectors: onboarding cost is not what is measured
-    await svc.send_events(Event(f"reg-{i}", f"p{i:05d}", "register", CardiacState(),
-                                reference={"base_vector": base.tolist()}) for i in range(patients))
+    await _register(svc, base, patients)
     log.info("%d registrations sent in %.1f s", patients, time.perf_counter() - t_reg)
     consumer = AIOKafkaConsumer(k.topic_segments, auto_offset_reset="earliest", **s.kafka.consumer_kwargs())
     await consumer.start()
@@ -398,7 +405,6 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
                    deflate: bool) -> dict:
     import aiohttp
 
-    from stream.events import Event
     from twin_engine.broker import free_port
     from twin_engine.dashboard import SubscriberHub
     from twin_engine.http_api import serve_http
@@ -414,8 +420,7 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
     runner = await serve_http(svc, "127.0.0.1", port, hub)
     await asyncio.wait_for(svc.ready.wait(), 60)
     base = np.ones(model.ibe.cfg.base_dim, np.float32) / np.sqrt(model.ibe.cfg.base_dim)
-    await svc.send_events(Event(f"reg-{i}", f"p{i:05d}", "register", CardiacState(),
-                                reference={"base_vector": base.tolist()}) for i in range(patients))
+    await _register(svc, base, patients)
     received = [0] * clients
 
     async def client(i: int, session: aiohttp.ClientSession) -> None:
