@@ -28,6 +28,18 @@ def service_settings(broker, prefix: str, **kw):
     return s
 
 
+def one_patient_per_partition(partitions: int) -> list[str]:
+    """Patient ids ``bed-N``, one on each partition (so that every worker of a group has some)."""
+    from twin_engine.registry import partition_of
+
+    by_partition: dict[int, str] = {}
+    i = 0
+    while len(by_partition) < partitions:
+        by_partition.setdefault(partition_of(f"bed-{i}", partitions), f"bed-{i}")
+        i += 1
+    return [by_partition[p] for p in range(partitions)]
+
+
 async def read_all(bs: str, topic: str, timeout_ms: int = 1500) -> list:
     c = AIOKafkaConsumer(topic, bootstrap_servers=bs, auto_offset_reset="earliest", enable_auto_commit=False)
     await c.start()

@@ -1,5 +1,6 @@
 """The CLI as a user runs it, in processes of its own: the README's main command (`demo`, with
-its own embedded broker) and `serve` stopped by SIGTERM the way an orchestrator stops it."""
+its own embedded broker), `serve` stopped by SIGTERM the way an orchestrator stops it, and the
+clients (`register`, `send`, `tail`, `monitor`) beside a running service."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 import urllib.request
 import uuid
 
+import aiohttp
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -170,6 +172,28 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
                           (["send", "bed-cli", "AFIB", "--hr", "900"], "heart_rate")):
             r = await cli(*bad)
             assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr[-2000:])
+
+        # `monitor`: the patients and their states as the registry holds them, from another process
+        port = free_port()
+        mon = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.cli", "monitor", "--port", str(port),
+                                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        async with aiohttp.ClientSession() as http:
+            async def patients() -> list:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/patients") as resp:
+                        return (await resp.json())["patients"] if resp.status == 200 else []
+                except aiohttp.ClientError:
+                    return []
+
+            end = asyncio.get_running_loop().time() + 60
+            while not (seen := await patients()):
+                assert mon.returncode is None and asyncio.get_running_loop().time() < end
+                await asyncio.sleep(0.3)
+        assert [p["patient_id"] for p in seen] == ["bed-cli"] and seen[0]["state"]["heart_rate"] == 121, seen
+        mon.send_signal(signal.SIGTERM)
+        out = (await asyncio.wait_for(mon.communicate(), 30))[0].decode()
+        assert mon.returncode == 0 and f"twin-engine monitor: dashboard http://127.0.0.1:{port}/" in out, out[-2000:]
+        assert "Traceback" not in out, out[-2000:]
     finally:
         await runner.cleanup()
         await hub.close()

@@ -15,7 +15,7 @@ from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.events import Event
 from stream.segments import decode_segment
-from tests.support import RECORDS, read_all, service_settings, wait_for
+from tests.support import RECORDS, one_patient_per_partition, read_all, service_settings, wait_for
 from twin_engine.service import TwinService
 
 
@@ -187,12 +187,7 @@ async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(
     model = TwinModel.load(tiny_model_dir)
     settings = service_settings(broker, prefix, data_dir=data_dir)
     parts = settings.kafka.partitions
-    pids, i = [], 0
-    while {partition_of(p, parts) for p in pids} != set(range(parts)):  # a patient on every partition
-        pid = f"bed-{i}"
-        if sum(partition_of(p, parts) == partition_of(pid, parts) for p in pids) < 1:
-            pids.append(pid)
-        i += 1
+    pids = one_patient_per_partition(parts)
     a = TwinService(settings, model)
     await a.start()
     await asyncio.wait_for(a.ready.wait(), 30)

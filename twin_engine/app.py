@@ -50,6 +50,17 @@ def bootstrap_or_embedded(settings: Settings) -> tuple[str, EmbeddedBroker | Non
     return broker.bootstrap_servers, broker
 
 
+async def _until_stopped(duration: float) -> None:
+    """Until SIGINT or SIGTERM, or ``duration`` seconds (0: no limit)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration or None)
+
+
 async def run_service(settings: Settings, model: TwinModel,
                       scenario: Callable[[TwinService], Awaitable[None]] | None = None,
                       duration: float = 0) -> None:
@@ -70,11 +81,6 @@ async def run_service(settings: Settings, model: TwinModel,
     except OSError:  # port taken: leave no consumer or producer behind
         await service.stop()
         raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     print(f"twin-engine serving: dashboard http://{settings.http_host}:{settings.http_port}/  "
           f"metrics http://{settings.http_host}:{settings.http_port}/metrics  "
           f"kafka {settings.kafka.bootstrap_servers}", flush=True)
@@ -82,11 +88,7 @@ async def run_service(settings: Settings, model: TwinModel,
     if scenario is not None:
         tasks.append(asyncio.create_task(scenario(service)))
     try:
-        if duration:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), duration)
-        else:
-            await stop.wait()
+        await _until_stopped(duration)
     finally:
         log.info("shutting down: finishing in-flight segments")
         for t in tasks:
@@ -110,3 +112,26 @@ def run_app(settings: Settings, scenario=None, duration: float = 0) -> int:
         if broker is not None:
             broker.stop()
     return 0
+
+
+async def run_monitor(settings: Settings, duration: float = 0) -> None:
+    """A monitor (``twin_engine.monitor``) on the configured Kafka, or on the embedded broker's
+    default port where none is configured (a monitor starts no broker: it watches one)."""
+    from twin_engine.monitor import Monitor
+
+    settings.kafka.bootstrap_servers = settings.kafka.bootstrap_servers or f"127.0.0.1:{EMBEDDED_PORT}"
+    monitor = Monitor(settings)
+    await monitor.start()
+    try:
+        runner = await serve_http(monitor, settings.http_host, settings.http_port, monitor.hub)
+    except OSError:
+        await monitor.stop()
+        raise
+    url = f"http://{settings.http_host}:{settings.http_port}"
+    print(f"twin-engine monitor: dashboard {url}/  patients {url}/patients  metrics {url}/metrics  "
+          f"kafka {settings.kafka.bootstrap_servers}", flush=True)
+    try:
+        await _until_stopped(duration)
+    finally:
+        await monitor.stop()
+        await runner.cleanup()

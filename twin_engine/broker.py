@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from twin_engine.config import KafkaConfig
+
 # where `serve` and `demo` start the embedded broker when none is configured, and where the CLI's
 # clients (`send`, `register`, `tail`) look for it
 EMBEDDED_PORT = 9092
@@ -152,6 +154,13 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def engine_topics(k: KafkaConfig) -> list[TopicSpec]:
+    """The topics a deployment uses; workers and monitors create the missing ones at start."""
+    return [TopicSpec(k.topic_events, k.partitions), TopicSpec(k.topic_segments, k.partitions),
+            TopicSpec(k.topic_annotations, k.partitions), TopicSpec(k.topic_dead_letter, k.partitions),
+            TopicSpec(k.topic_registry, k.partitions, compacted=True)]
 
 
 async def ensure_topics(kafka_kwargs: dict, topics: Iterable[TopicSpec], replication: int = 1) -> None:

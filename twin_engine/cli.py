@@ -164,6 +164,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_app(_settings(args), duration=args.duration)
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from twin_engine.app import run_monitor
+
+    settings = _settings(args)
+    if args.port is not None:
+        settings.http_port = args.port
+    asyncio.run(run_monitor(settings, args.duration))
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from twin_engine.clients import send
 
@@ -281,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the twin service (embedded broker if none configured)")
     sv.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until SIGTERM")
     sv.set_defaults(func=cmd_serve)
+
+    mo = sub.add_parser("monitor", help="page, API and metrics for every patient of a deployment, read from its topics")
+    mo.add_argument("--port", type=int, default=None, help="HTTP port (default: http_port)")
+    mo.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until SIGTERM")
+    mo.set_defaults(func=cmd_monitor)
 
     se = sub.add_parser("send", help="send a condition event")
     se.add_argument("patient")

@@ -49,8 +49,9 @@ class SubscriberHub:
         # it is declined. ``deflate=True`` accepts it (bench ws measures the difference).
         self.deflate = deflate
         self.clients: set[Subscriber] = set()
-        self.metrics = None  # set by the app: twin_engine.metrics.Metrics
-        self.service = None  # set by the app: twin_engine.service.TwinService
+        self.metrics = None  # set by the app: anything with ws_dropped and ws_clients (twin_engine.metrics)
+        # what a page needs to draw the streams (speed, segment_seconds, vocab); set by the app
+        self.hello: dict = {"speed": 1.0, "segment_seconds": None, "vocab": []}
 
     def _offer(self, pid: str, frame: str) -> None:
         for c in self.clients:
@@ -66,6 +67,13 @@ class SubscriberHub:
     async def segment(self, seg: Segment) -> None:
         if any(c.wants(seg.patient_id) for c in self.clients):
             self._offer(seg.patient_id, seg.to_json(type="segment").decode())
+
+    def relay_segment(self, patient_id: str, record: bytes) -> None:
+        """A segment record as it lies on the segments topic (``Segment.to_json``): the frame is
+        the record with its type put first, never decoded, so that a monitor reading the whole
+        topic pays per segment only for the patients someone is watching."""
+        if record[:2] == b'{"' and any(c.wants(patient_id) for c in self.clients):
+            self._offer(patient_id, '{"type": "segment", ' + record[1:].decode())
 
     async def annotation(self, patient_id: str, raw: bytes) -> None:
         if self.clients:
@@ -90,11 +98,7 @@ class SubscriberHub:
         if self.metrics is not None:
             self.metrics.ws_clients.set(len(self.clients))
         writer = asyncio.create_task(self._write(client))
-        svc = self.service
-        hello = {"type": "hello", "speed": svc.settings.speed if svc else 1.0,
-                 "segment_seconds": svc.settings.segment_seconds if svc else None,
-                 "vocab": list(svc.model.meta.vocab) if svc else []}
-        await ws.send_str(json.dumps(hello))
+        await ws.send_str(json.dumps({"type": "hello", **self.hello}))
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:

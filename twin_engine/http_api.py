@@ -1,33 +1,53 @@
-"""HTTP API on the service's event loop: health, readiness, metrics, patients, state.
+"""HTTP API: health, readiness, metrics, patients, state; served by a worker or a monitor.
 
 Writes (register, change state, remove) are turned into events on the events topic, the same
 path a Kafka producer or the CLI takes, so they are validated, ordered per patient, durable and
-dead-lettered exactly like any other event. Reads answer from this worker's registry (the
-patients of its partitions).
+dead-lettered exactly like any other event. Reads answer from the frontend's view: a worker
+(``TwinService``) knows the patients of its partitions, a monitor (``twin_engine.monitor``)
+every patient of the deployment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from stream.events import Event, EventError, new_event_id, parse_event, state_to_dict
+from twin_engine.config import Settings
 from twin_engine.dashboard import SubscriberHub, add_routes
-from twin_engine.service import TwinService
 
-SERVICE = web.AppKey("service", TwinService)
+
+class Frontend(Protocol):
+    """What the API serves from."""
+
+    settings: Settings
+    metrics: Any  # exposition() -> bytes
+    ready: asyncio.Event
+    vocab: tuple[str, ...]
+    fs: int
+
+    def patient_ids(self) -> list[str]: ...
+
+    def patient_view(self, pid: str) -> dict | None: ...
+
+    async def send_event(self, ev: Event) -> None: ...
+
+
+SERVICE = web.AppKey("service", Frontend)
 
 
 def _json(data, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
 
 
-def _event_from_body(body: dict, patient_id: str, typ: str, service: TwinService) -> Event:
+def _event_from_body(body: dict, patient_id: str, typ: str, service: Frontend) -> Event:
     body = {"schema_version": 1, "event_id": body.get("event_id") or new_event_id(),
             "patient_id": patient_id, "type": typ, **{k: v for k, v in body.items() if k != "patient_id"}}
     body["type"] = typ
-    return parse_event(json.dumps(body), service.model.meta.vocab)
+    return parse_event(json.dumps(body), service.vocab)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -37,7 +57,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     ok = svc.ready.is_set()
-    return _json({"ready": ok, "patients": len(svc.streams)}, 200 if ok else 503)
+    return _json({"ready": ok, "patients": len(svc.patient_ids())}, 200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -45,24 +65,14 @@ async def metrics(request: web.Request) -> web.Response:
                         content_type="text/plain", charset="utf-8")
 
 
-def _patient_view(svc: TwinService, pid: str) -> dict | None:
-    p = svc.registry.get(pid) if svc.registry else None
-    if p is None:
-        return None
-    stream = svc.streams.get(pid)
-    return {"patient_id": pid, "model_version": p.model_version, "state": p.state,
-            "state_event_id": p.state_event_id, "next_seq": p.next_seq,
-            "published_state": p.published_state, "history": p.history[-20:],
-            "stream_time": stream.start_time(p.next_seq) if stream else None}
-
-
 async def list_patients(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
-    return _json({"patients": [_patient_view(svc, pid) for pid in sorted(svc.streams)]})
+    views = (svc.patient_view(pid) for pid in svc.patient_ids())
+    return _json({"patients": [v for v in views if v is not None]})
 
 
 async def get_patient(request: web.Request) -> web.Response:
-    view = _patient_view(request.app[SERVICE], request.match_info["pid"])
+    view = request.app[SERVICE].patient_view(request.match_info["pid"])
     return _json(view) if view else _json({"error": "unknown patient"}, 404)
 
 
@@ -116,7 +126,7 @@ async def list_records(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     root = svc.settings.data_dir / "ptbxl-subset"
     try:
-        db = PTBXL(root, svc.model.meta.fs)
+        db = PTBXL(root, svc.fs)
     except Exception as exc:
         return _json({"records": [], "error": str(exc)})
     _, held = db.split()
@@ -125,11 +135,12 @@ async def list_records(request: web.Request) -> web.Response:
     return _json({"records": rows})
 
 
-def build_app(service: TwinService, hub: SubscriberHub | None = None) -> web.Application:
+def build_app(service: Frontend, hub: SubscriberHub | None = None) -> web.Application:
     app = web.Application()
     app[SERVICE] = service
     if hub is not None:
-        hub.service = service
+        hub.hello = {"speed": service.settings.speed, "segment_seconds": service.settings.segment_seconds,
+                     "vocab": list(service.vocab)}
         add_routes(app, hub)
     app.router.add_get("/api/records", list_records)
     app.router.add_get("/healthz", health)
@@ -143,7 +154,7 @@ def build_app(service: TwinService, hub: SubscriberHub | None = None) -> web.App
     return app
 
 
-async def serve_http(service: TwinService, host: str, port: int,
+async def serve_http(service: Frontend, host: str, port: int,
                      hub: SubscriberHub | None = None) -> web.AppRunner:
     runner = web.AppRunner(build_app(service, hub))
     await runner.setup()

@@ -47,3 +47,19 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class MonitorMetrics:
+    """A monitor's own series (``twin-engine monitor``): it generates nothing, so it exposes no
+    engine series that a sum over a deployment's pods would have to leave out."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.records = Counter("twin_monitor_records", "Records read from the deployment's topics, by topic",
+                               ["topic"], registry=r)
+        self.patients = Gauge("twin_monitor_patients", "Patients in the registry, as the monitor reads it", registry=r)
+        self.ws_dropped = Counter("twin_subscriber_dropped_frames", "Frames dropped for slow subscribers", registry=r)
+        self.ws_clients = Gauge("twin_subscribers", "Connected WebSocket subscribers", registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

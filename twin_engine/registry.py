@@ -83,6 +83,14 @@ class Patient:
         self.history.append({"event_id": event_id, "state": self.state, "seq": seq, "time": when})
         del self.history[:-HISTORY_LIMIT]
 
+    def view(self, segment_seconds: float | None) -> dict[str, Any]:
+        """What the HTTP API shows of a patient (``segment_seconds`` None: not streaming)."""
+        live = segment_seconds is not None and self.stream_start is not None
+        return {"patient_id": self.patient_id, "model_version": self.model_version, "state": self.state,
+                "state_event_id": self.state_event_id, "next_seq": self.next_seq,
+                "published_state": self.published_state, "history": self.history[-20:],
+                "stream_time": float(self.stream_start) + self.next_seq * segment_seconds if live else None}
+
     def to_json(self) -> bytes:
         # the fields hold JSON values already: a shallow dict serialises the same record as
         # dataclasses.asdict, without its deep copy of the history (1.7 ms -> 0.25 ms a record,

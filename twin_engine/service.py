@@ -29,7 +29,7 @@ from models.twin import TwinModel
 from stream.events import Event, EventError, parse_event, state_to_dict
 from stream.segments import Segment, annotation
 from twin_engine.batcher import MicroBatcher
-from twin_engine.broker import TopicSpec, ensure_topics
+from twin_engine.broker import engine_topics, ensure_topics
 from twin_engine.config import Settings
 from twin_engine.generator import ContinuousGenerator, GenRequest
 from twin_engine.metrics import Metrics
@@ -98,11 +98,7 @@ class TwinService:
         k = self.topics
         backend, device = log_choice(self.model, self.settings)
         self.metrics.backend.labels(backend, device).set(1)
-        await ensure_topics(self.kafka_kwargs, [
-            TopicSpec(k.topic_events, k.partitions), TopicSpec(k.topic_segments, k.partitions),
-            TopicSpec(k.topic_annotations, k.partitions), TopicSpec(k.topic_dead_letter, k.partitions),
-            TopicSpec(k.topic_registry, k.partitions, compacted=True),
-        ], k.replication_factor)
+        await ensure_topics(self.kafka_kwargs, engine_topics(k), k.replication_factor)
         # a segment is 16 kB (2 s) to 80 kB (10 s) of JSON, over aiokafka's 16 kB default batch,
         # so each went out in a produce request of its own; 512 kB lets the sender group what
         # queues while a request is in flight (under Kafka's 1 MB message.max.bytes default)
@@ -402,6 +398,23 @@ class TwinService:
         self.metrics.published.inc()
 
     # ---- requests from the HTTP API and CLI ----------------------------------------------------
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        return self.model.meta.vocab
+
+    @property
+    def fs(self) -> int:
+        return self.model.meta.fs
+
+    def patient_ids(self) -> list[str]:
+        """The patients streaming here: those of this worker's partitions."""
+        return sorted(self.streams)
+
+    def patient_view(self, pid: str) -> dict | None:
+        p = self.registry.get(pid) if self.registry else None
+        stream = self.streams.get(pid)
+        return None if p is None else p.view(stream.seconds if stream else None)
+
     async def send_event(self, ev: Event) -> None:
         """Publish an event to the events topic: the same path as any producer's events."""
         await self.send_events([ev])

@@ -1,0 +1,164 @@
+"""The read side of a deployment: every patient, whichever worker streams it.
+
+A worker knows only the patients of its partitions, so with several workers neither its page nor
+its API shows the whole ward. A monitor reads the deployment's topics instead (no consumer
+group: every partition, and nothing it does moves a worker's offsets): the registry changelog
+from the beginning, for the patients and their states; the segments and annotations from now
+on, relayed to its WebSocket subscribers without decoding them. Writes become events on the
+events topic, as from a worker's API. It loads no model and touches no accelerator, so it
+scales apart from the workers: one or more behind a load balancer, each reading everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from models.conditions import VOCAB
+from stream.events import Event
+from twin_engine.broker import engine_topics, ensure_topics
+from twin_engine.config import Settings
+from twin_engine.dashboard import SubscriberHub
+from twin_engine.metrics import MonitorMetrics
+from twin_engine.registry import POSITION_SUFFIX, Patient
+
+log = logging.getLogger(__name__)
+
+
+def model_meta(model_path: Path) -> tuple[tuple[str, ...], int]:
+    """Vocabulary and sampling rate of the model the workers serve, from its config.json (the
+    monitor validates events against the same vocabulary without loading the model)."""
+    try:
+        meta = json.loads((Path(model_path) / "config.json").read_text())["meta"]
+        return tuple(meta["vocab"]), int(meta["fs"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        log.warning("no model meta at %s (%s); using the default vocabulary", model_path, exc)
+        return VOCAB, 250
+
+
+class Monitor:
+    """Implements ``twin_engine.http_api.Frontend`` from the topics."""
+
+    def __init__(self, settings: Settings, hub: SubscriberHub | None = None) -> None:
+        self.settings = settings
+        self.metrics = MonitorMetrics()
+        self.hub = hub or SubscriberHub()
+        self.hub.metrics = self.metrics
+        self.vocab, self.fs = model_meta(settings.model_path)
+        self.patients: dict[str, Patient] = {}
+        self.ready = asyncio.Event()
+        self.kafka_kwargs = settings.kafka.client_kwargs()
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        k = self.settings.kafka
+        await ensure_topics(self.kafka_kwargs, engine_topics(k), k.replication_factor)
+        self.producer = AIOKafkaProducer(acks="all", **self.kafka_kwargs)
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(enable_auto_commit=False, **k.consumer_kwargs())
+        await self.consumer.start()
+        live, registry = [], []
+        for topic, out in ((k.topic_segments, live), (k.topic_annotations, live), (k.topic_registry, registry)):
+            parts = self.consumer.partitions_for_topic(topic) or await self._partitions(topic)
+            out.extend(TopicPartition(topic, p) for p in sorted(parts))
+        self.consumer.assign(live + registry)
+        await self.consumer.seek_to_end(*live)
+        await self.consumer.seek_to_beginning(*registry)
+        ends = await self.consumer.end_offsets(registry)
+        self._task = asyncio.create_task(self._read({tp: n for tp, n in ends.items() if n > 0}), name="monitor")
+
+    async def _partitions(self, topic: str, attempts: int = 20) -> set[int]:
+        """The topic's partitions, once the metadata has them (a topic just created may take a
+        moment to appear)."""
+        assert self.consumer is not None
+        for _ in range(attempts):
+            await self.consumer.topics()  # refreshes the metadata of every topic
+            parts = self.consumer.partitions_for_topic(topic)
+            if parts:
+                return parts
+            await asyncio.sleep(0.25)
+        raise RuntimeError(f"topic {topic} has no partitions")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.hub.close()
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                await client.stop()
+
+    async def _read(self, registry_ends: dict[TopicPartition, int]) -> None:
+        """Follow the topics; ready once the registry is read to where it ended at start."""
+        assert self.consumer is not None
+        k = self.settings.kafka
+        if not registry_ends:
+            self.ready.set()
+        while True:
+            try:
+                batch = await self.consumer.getmany(timeout_ms=500, max_records=2000)
+            except KafkaError as exc:  # the broker unreachable past the client's own retries
+                log.error("reading the topics failed (%s: %s); retrying in 1 s", exc.__class__.__name__, exc)
+                await asyncio.sleep(1.0)
+                continue
+            for tp, msgs in batch.items():
+                self.metrics.records.labels(tp.topic).inc(len(msgs))
+                for m in msgs:
+                    pid = m.key.decode(errors="replace") if m.key is not None else None
+                    if pid is None:
+                        continue
+                    if tp.topic == k.topic_segments and m.value is not None:
+                        self.hub.relay_segment(pid, m.value)
+                    elif tp.topic == k.topic_annotations and m.value is not None:
+                        with contextlib.suppress(ValueError):
+                            await self.hub.annotation(pid, m.value)
+                    elif tp.topic == k.topic_registry:
+                        await self._registry_record(pid, m.value, m.offset)
+                if tp in registry_ends and msgs and msgs[-1].offset + 1 >= registry_ends[tp]:
+                    del registry_ends[tp]
+                    if not registry_ends:
+                        log.info("registry read: %d patients", len(self.patients))
+                        self.ready.set()
+            self.metrics.patients.set(len(self.patients))
+
+    async def _registry_record(self, key: str, value: bytes | None, offset: int) -> None:
+        """A patient (or its tombstone) or its stream position; the monitor keeps what the API
+        shows, not what a restart needs (no base vector, no tail)."""
+        try:
+            if key.endswith(POSITION_SUFFIX):
+                p = self.patients.get(key[:-len(POSITION_SUFFIX)])
+                if p is not None and value is not None:
+                    p.apply_position(value)
+                    p.tail_b64 = None
+            elif value is None:
+                if self.patients.pop(key, None) is not None:
+                    await self.hub.removed(key)
+            else:
+                p = Patient.from_json(value)
+                old = self.patients.get(key)
+                if old is not None:  # a state change: the record's position is older than the last position read
+                    p.set_position(old.position())
+                p.base_vector, p.seen_events, p.tail_b64 = [], [], None
+                self.patients[key] = p
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.error("skipping unreadable registry record %s@%d: %s", key, offset, exc)
+
+    # ---- Frontend ------------------------------------------------------------------------
+    def patient_ids(self) -> list[str]:
+        return sorted(self.patients)
+
+    def patient_view(self, pid: str) -> dict | None:
+        p = self.patients.get(pid)
+        return None if p is None else p.view(self.settings.segment_seconds)
+
+    async def send_event(self, ev: Event) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.settings.kafka.topic_events, ev.to_json(), key=ev.patient_id.encode())
