@@ -108,3 +108,43 @@ async def test_a_monitor_serves_every_patient_of_two_workers(broker, tiny_model_
         await monitor.stop()
         await a.stop()
         await b.stop()
+
+
+async def test_a_fetch_of_many_segments_reaches_a_subscriber_whole(broker, data_dir):
+    """Hundreds of segments arrive in one fetch; a subscriber's queue holds 64 frames. The
+    monitor lets the subscriber's writer run while it relays them, so none is dropped."""
+    from aiokafka import AIOKafkaProducer
+
+    from stream.segments import Segment
+
+    settings = service_settings(broker, f"m{uuid.uuid4().hex[:8]}", data_dir=data_dir)
+    settings.http_port = free_port()
+    monitor = Monitor(settings)
+    await monitor.start()
+    runner = await serve_http(monitor, "127.0.0.1", settings.http_port, monitor.hub)
+    prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=50, max_batch_size=1 << 20)
+    await prod.start()
+    n, samples = 400, np.zeros((25, 12), np.float32)
+    try:
+        await asyncio.wait_for(monitor.ready.wait(), 30)
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(f"http://127.0.0.1:{settings.http_port}/ws?patients=*")
+            assert (await ws.receive_json(timeout=10))["type"] == "hello"
+            for i in range(n):
+                seg = Segment(f"bed-{i % 50}", i // 50, float(i), 250, tuple("ABCDEFGHIJKL"), samples, {}, None, "t")
+                await prod.send(settings.kafka.topic_segments, seg.to_json(), key=seg.patient_id.encode(), partition=0)
+            await prod.flush()
+            got = []
+            while len(got) < n:
+                try:
+                    got.append(await ws.receive_json(timeout=3))
+                except TimeoutError:
+                    break
+            dropped = sum(c.dropped for c in monitor.hub.clients)
+            await ws.close()
+        assert len(got) == n and dropped == 0, f"{len(got)} of {n} frames received, {dropped} dropped"
+        assert [f["start_time"] for f in got] == [float(i) for i in range(n)]  # in order
+    finally:
+        await prod.stop()
+        await runner.cleanup()
+        await monitor.stop()

@@ -29,6 +29,7 @@ from twin_engine.metrics import MonitorMetrics
 from twin_engine.registry import POSITION_SUFFIX, Patient
 
 log = logging.getLogger(__name__)
+YIELD_EVERY = 16  # records relayed between turns of the subscribers' writers (their queues hold 64)
 
 
 def model_meta(model_path: Path) -> tuple[tuple[str, ...], int]:
@@ -111,7 +112,12 @@ class Monitor:
                 continue
             for tp, msgs in batch.items():
                 self.metrics.records.labels(tp.topic).inc(len(msgs))
-                for m in msgs:
+                for i, m in enumerate(msgs):
+                    if i % YIELD_EVERY == YIELD_EVERY - 1:
+                        # let the subscribers' writers drain their queues: a fetch holds hundreds
+                        # of segments, and offered all at once they would overflow a queue
+                        # (and be dropped as if the subscriber were slow)
+                        await asyncio.sleep(0)
                     pid = m.key.decode(errors="replace") if m.key is not None else None
                     if pid is None:
                         continue
