@@ -13,7 +13,7 @@ import pytest
 
 from stream.events import Event
 from tests.cdp import Chromium, chromium_binary
-from tests.support import start_with_dashboard
+from tests.support import start_with_dashboard, wait_for
 from twin_engine.dashboard import SubscriberHub
 
 ARTIFACTS = Path(os.environ.get("TWIN_ENGINE_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
@@ -56,6 +56,13 @@ async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
             await page.wait_for("document.querySelectorAll('.card').length === 2 && !patients.has('bed-new')", 30)
             shot = await page.screenshot(ARTIFACTS / "dashboard.png")
             assert shot.stat().st_size > 10_000
+            # a page for some patients only (/?patients=...): the others' frames never reach it
+            only = await browser.open(f"http://127.0.0.1:{settings.http_port}/?patients=bed-1")
+            await only.wait_for("patients.has('bed-1') && patients.get('bed-1').last", 30)
+            seq = svc.streams["bed-0"].p.next_seq
+            await wait_for(lambda: svc.streams["bed-0"].p.next_seq >= seq + 2)
+            assert await only.eval("[...patients.keys()].join(',')") == "bed-1"
+            assert "1 patients" in await only.eval("document.getElementById('status').textContent")
     finally:
         await runner.cleanup()
         await hub.close()

@@ -157,6 +157,7 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
         prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)  # not a segment: tail skips it
         await prod.start()
         await prod.send_and_wait(k.topic_segments, b"{oops", key=b"bed-cli")
+        await prod.send_and_wait(k.topic_events, b'{"schema_version": 1, "bad": true}', key=b"bed-cli")  # dead-lettered
         await prod.stop()
         r = await cli("register", "bed-cli", "--wfdb", RECORDS[0], "SR", "--hr", "66")
         assert r.returncode == 0 and "register bed-cli" in r.stdout, r.stderr[-2000:]
@@ -168,6 +169,9 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
         assert "skipped record" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
         lines = [line for line in r.stdout.splitlines() if line.startswith("bed-cli seq=")]
         assert r.returncode == 0 and [int(re.search(r"seq=(\d+)", x).group(1)) for x in lines] == [0, 1, 2], r.stdout
+        r = await cli("tail", "bed-cli", "--dead-letters", "--from-beginning", "--limit", "1")
+        assert r.returncode == 0 and r.stdout.startswith(f"{k.topic_events}[") and '{"schema_version": 1, "bad": true}' in r.stdout, r
+        assert "event_id must be" in r.stdout, r.stdout  # the reason
         for bad, says in ((["send", "bed-cli", "NOPE"], "NOPE"), (["send", "bed-cli", "AFIB=abc"], "AFIB=abc"),
                           (["send", "bed-cli", "AFIB", "--hr", "900"], "heart_rate")):
             r = await cli(*bad)

@@ -198,7 +198,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from twin_engine.clients import tail
 
     try:
-        asyncio.run(tail(_settings(args), args.patient, args.limit, args.from_beginning))
+        asyncio.run(tail(_settings(args), args.patient, args.limit, args.from_beginning, args.dead_letters))
     except KeyboardInterrupt:
         pass
     return 0
@@ -314,10 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--hr", type=float, default=70.0)
     rg.set_defaults(func=cmd_register)
 
-    tl = sub.add_parser("tail", help="follow segments on the console")
+    tl = sub.add_parser("tail", help="follow segments (or dead-lettered events) on the console")
     tl.add_argument("patient", nargs="?")
     tl.add_argument("--limit", type=int, default=0)
     tl.add_argument("--from-beginning", action="store_true")
+    tl.add_argument("--dead-letters", action="store_true", help="the events refused, with the reason and their bytes")
     tl.set_defaults(func=cmd_tail)
     return p
 

@@ -4,6 +4,7 @@ through its topics, like any other producer or monitor would."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 import time
@@ -60,28 +61,45 @@ def register(settings: Settings, patient_id: str, wfdb: list[str], statements: l
     return ev
 
 
-async def tail(settings: Settings, patient_id: str | None, limit: int = 0, from_beginning: bool = False) -> int:
-    """Print one line per segment: seq, start time, measured HR, state."""
-    cons = AIOKafkaConsumer(settings.kafka.topic_segments, auto_offset_reset="earliest" if from_beginning else "latest",
+def segment_line(raw: bytes) -> str:
+    """A segment as one console line (ValueError, KeyError or TypeError for other records)."""
+    seg = decode_segment(raw)
+    hr = heart_rate(seg.samples, seg.fs)
+    st = "+".join(seg.state.get("statements", {})) or "-"
+    return (f"{seg.patient_id} seq={seg.seq} t={time.strftime('%H:%M:%S', time.localtime(seg.start_time))} "
+            f"n={len(seg.samples)} hr_measured={hr:.0f} target={seg.state['heart_rate']:.0f} state={st} "
+            f"event={seg.event_id}")
+
+
+def dead_letter_line(raw: bytes) -> str:
+    """A dead-letter record as one line: where the event was, why it was refused, its bytes."""
+    d = json.loads(raw)
+    original = base64.b64decode(d["original_b64"]).decode(errors="replace")
+    return f"{d['topic']}[{d['partition']}]@{d['offset']} {d['reason']} | {original[:300]}"
+
+
+async def tail(settings: Settings, patient_id: str | None, limit: int = 0, from_beginning: bool = False,
+               dead_letters: bool = False) -> int:
+    """Print one line per segment (seq, start time, measured HR, state), or per dead-lettered
+    event with its reason."""
+    topic, line = ((settings.kafka.topic_dead_letter, dead_letter_line) if dead_letters
+                   else (settings.kafka.topic_segments, segment_line))
+    cons = AIOKafkaConsumer(topic, auto_offset_reset="earliest" if from_beginning else "latest",
                             enable_auto_commit=False, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
                             **_kwargs(settings))
     await cons.start()
     n = 0
     try:
         async for msg in cons:
-            if patient_id and msg.key and msg.key.decode() != patient_id:
+            if patient_id and msg.key and msg.key.decode(errors="replace") != patient_id:
                 continue
             try:
-                seg = decode_segment(msg.value)
-            except (ValueError, KeyError, TypeError) as exc:  # not a segment: say so, keep following
-                print(f"skipped record {msg.partition}@{msg.offset}: not a segment ({exc.__class__.__name__}: {exc})",
+                text = line(msg.value)
+            except (ValueError, KeyError, TypeError) as exc:  # not the record expected: say so, keep following
+                print(f"skipped record {msg.partition}@{msg.offset}: unreadable ({exc.__class__.__name__}: {exc})",
                       file=sys.stderr, flush=True)
                 continue
-            hr = heart_rate(seg.samples, seg.fs)
-            st = "+".join(seg.state.get("statements", {})) or "-"
-            print(f"{seg.patient_id} seq={seg.seq} t={time.strftime('%H:%M:%S', time.localtime(seg.start_time))} "
-                  f"n={len(seg.samples)} hr_measured={hr:.0f} target={seg.state['heart_rate']:.0f} state={st} "
-                  f"event={seg.event_id}", flush=True)
+            print(text, flush=True)
             n += 1
             if limit and n >= limit:
                 break
