@@ -60,6 +60,9 @@ async def test_a_monitor_serves_every_patient_of_two_workers(broker, tiny_model_
             assert status == 200 and body["state"]["heart_rate"] == 70
             assert body["next_seq"] >= 2 and body["stream_time"] is not None  # from the position records
             assert a.patient_view(on_b[0]) is None  # the worker itself knows only its partitions
+            assert "which this worker does not serve" in a.why_unknown(on_b[0])
+            ghost = next(g for g in (f"ghost-{i}" for i in range(100)) if partition_of(g, parts) in a._owned)
+            assert a.why_unknown(ghost) == "unknown patient"
 
             # live segments of both workers' patients, relayed as the workers' pages get them
             ws = await http.ws_connect(url + "/ws")

@@ -33,6 +33,8 @@ class Frontend(Protocol):
 
     def patient_view(self, pid: str) -> dict | None: ...
 
+    def why_unknown(self, pid: str) -> str: ...
+
     async def send_event(self, ev: Event) -> None: ...
 
 
@@ -72,8 +74,9 @@ async def list_patients(request: web.Request) -> web.Response:
 
 
 async def get_patient(request: web.Request) -> web.Response:
-    view = request.app[SERVICE].patient_view(request.match_info["pid"])
-    return _json(view) if view else _json({"error": "unknown patient"}, 404)
+    svc, pid = request.app[SERVICE], request.match_info["pid"]
+    view = svc.patient_view(pid)
+    return _json(view) if view else _json({"error": svc.why_unknown(pid)}, 404)
 
 
 async def _body(request: web.Request) -> dict:

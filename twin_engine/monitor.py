@@ -165,6 +165,9 @@ class Monitor:
         p = self.patients.get(pid)
         return None if p is None else p.view(self.settings.segment_seconds)
 
+    def why_unknown(self, pid: str) -> str:
+        return "unknown patient"
+
     async def send_event(self, ev: Event) -> None:
         assert self.producer is not None
         await self.producer.send_and_wait(self.settings.kafka.topic_events, ev.to_json(), key=ev.patient_id.encode())

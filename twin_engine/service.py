@@ -415,6 +415,14 @@ class TwinService:
         stream = self.streams.get(pid)
         return None if p is None else p.view(stream.seconds if stream else None)
 
+    def why_unknown(self, pid: str) -> str:
+        """A patient of another worker's partitions is not unknown, only not here: say so."""
+        part = partition_of(pid, self.topics.partitions)
+        if part in self._owned:
+            return "unknown patient"
+        return (f"patient {pid!r} would be on partition {part}, which this worker does not serve "
+                f"(it serves {sorted(self._owned)}); `twin-engine monitor` shows every patient")
+
     async def send_event(self, ev: Event) -> None:
         """Publish an event to the events topic: the same path as any producer's events."""
         await self.send_events([ev])
