@@ -14,13 +14,14 @@ import pytest
 
 from tests.support import start_with_dashboard
 from twin_engine.broker import free_port
-from twin_engine.metrics import Metrics
+from twin_engine.metrics import Metrics, MonitorMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_grafana_dashboard_uses_exported_metrics():
-    exposed = set(re.findall(r"^# TYPE (\w+) (\w+)", Metrics().exposition().decode(), re.M))
+    text = (Metrics().exposition() + MonitorMetrics().exposition()).decode()  # workers and monitors
+    exposed = set(re.findall(r"^# TYPE (\w+) (\w+)", text, re.M))
     names = set()
     for name, kind in exposed:
         names.add(name)
