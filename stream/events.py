@@ -3,7 +3,10 @@
     {"schema_version": 1, "event_id": "e-42", "patient_id": "bed-7",
      "type": "condition",                       # or "register", "remove"
      "effective_time": 1764081000.0,            # stream time, epoch s (= wall time at x1); optional:
-                                                # default is the next segment not yet published
+                                                # default is the next segment not yet published;
+                                                # the state holds from the first segment starting
+                                                # at or after it, so changes scheduled ahead all
+                                                # happen, in the order of their times
      "state": {"statements": {"AFIB": 1.0}, "heart_rate": 118, "age": 67, "sex": 1},
      "transition_seconds": 0}                   # heart rate ramps linearly over this time
 

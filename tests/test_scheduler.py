@@ -91,7 +91,7 @@ async def test_change_takes_effect_at_next_unpublished_segment_despite_lookahead
     await _until(lambda: len(published) >= 3)
     await _until(lambda: len(s.pending) >= 2)  # segments already generated ahead in the old state
     n_before = len(published)
-    s.change_state(StateChange(CardiacState(), None, CardiacState({"AFIB": 1.0}, 120), "chg", None, 0.0, time.monotonic()))
+    s.change_state(StateChange(CardiacState({"AFIB": 1.0}, 120), "chg", None, 0.0, time.monotonic()))
     await _until(lambda: len(published) >= n_before + 3)
     await s.stop()
     await batcher.stop()
@@ -107,7 +107,7 @@ async def test_effective_time_and_heart_rate_transition():
     s, batcher, published, _ = await _stream(speed=20.0)
     await _until(lambda: len(published) >= 2)
     at = s.start_time(s.p.next_seq + 4)
-    s.change_state(StateChange(CardiacState(), None, CardiacState({"SR": 1.0}, 100), "ramp", at, 4.0, time.monotonic()))
+    s.change_state(StateChange(CardiacState({"SR": 1.0}, 100), "ramp", at, 4.0, time.monotonic()))
     await _until(lambda: any(seg.event_id == "ramp" and seg.samples[0, 0] == 100 for seg, _ in published))
     await s.stop()
     await batcher.stop()
@@ -115,6 +115,54 @@ async def test_effective_time_and_heart_rate_transition():
     assert ramp[0][0] >= at - 1e-6  # nothing before the effective time
     hrs = [hr for _, hr in ramp]
     assert hrs[:4] == [70.0, 80.0, 90.0, 100.0]  # 4 s ramp over 1 s segments
+
+
+async def test_changes_scheduled_ahead_all_happen_in_the_order_of_their_times():
+    """Event time: two changes sent together for later times both happen, each from its time;
+    a change for now, sent after them, does not cancel them; a heart-rate ramp starts from the
+    rate of the segment before it."""
+    s, batcher, published, _ = await _stream(speed=20.0)
+    await _until(lambda: len(published) >= 2)
+    n, now = s.p.next_seq, time.monotonic()
+    s.change_state(StateChange(CardiacState({"SR": 1.0}, 90), "a", s.start_time(n + 3), 0.0, now))
+    s.change_state(StateChange(CardiacState({"AFIB": 1.0}, 130), "b", s.start_time(n + 6), 2.0, now))
+    s.change_state(StateChange(CardiacState({"SR": 1.0}, 75), "now", None, 0.0, now))
+    await _until(lambda: len(published) >= n + 10)
+    await s.stop()
+    await batcher.stop()
+    got = {seg.seq: (seg.event_id, float(seg.samples[0, 0])) for seg, _ in published if seg.seq >= n}
+    want = {n + i: ("now", 75.0) if i < 3 else ("a", 90.0) if i < 6 else ("b", 110.0) if i == 6 else ("b", 130.0)
+            for i in range(10)}
+    assert got == want
+    assert len(s.changes) <= 1  # what is wholly in effect is folded into the settled state
+
+
+async def test_a_restored_stream_still_makes_the_changes_scheduled_ahead():
+    """The registry's history keeps each change's time: a stream rebuilt from it (another
+    worker, a restart) holds the state in effect at its next segment and makes the later ones."""
+    metrics = Metrics()
+    batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
+    batcher.start()
+    published = []
+
+    async def publish(p, seg, change):
+        published.append(seg)
+
+    clock = StreamClock(20.0)
+    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
+    p.set_state(CardiacState({"SR": 1.0}, 60), "reg", 0, 0.0)
+    p.stream_start, p.next_seq = clock.now() - 5.0, 5  # five 1 s segments out before the restart
+    nxt = p.stream_start + 5.0
+    p.set_state(CardiacState({"SR": 1.0}, 80), "past", 3, 0.0, at=nxt - 2.0)
+    p.set_state(CardiacState({"AFIB": 1.0}, 120), "later", 5, 0.0, at=nxt + 2.0)
+    s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10, lookahead=3,
+                      leads=LEADS, model_version="m", publish=publish, metrics=metrics)
+    s.start()
+    await _until(lambda: len(published) >= 5)
+    await s.stop()
+    await batcher.stop()
+    assert [(seg.seq, seg.event_id, float(seg.samples[0, 0])) for seg in published[:4]] == [
+        (5, "past", 80.0), (6, "past", 80.0), (7, "later", 120.0), (8, "later", 120.0)]
 
 
 async def test_lookahead_tail_spans_several_short_segments():
@@ -161,7 +209,7 @@ async def test_window_samples_beyond_a_segment_open_the_next_one():
 
     s, batcher, published, _ = await _stream(50.0, gen=gen)
     await _until(lambda: len(published) >= 6)
-    s.change_state(StateChange(CardiacState(), None, CardiacState({"AFIB": 1.0}, 120), "chg", None, 0.0, time.monotonic()))
+    s.change_state(StateChange(CardiacState({"AFIB": 1.0}, 120), "chg", None, 0.0, time.monotonic()))
     await _until(lambda: sum(seg.event_id == "chg" for seg, _ in published) >= 4)
     await s.stop()
     await batcher.stop()

@@ -42,6 +42,9 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
     await svc.send_event(Event("afib-on", "bed-0", "condition", afib))
     await svc.send_event(Event("afib-on", "bed-0", "condition", afib))  # re-delivery: applied once
     await svc.send_event(Event("hr-up", "bed-1", "condition", CardiacState({"NORM": 1.0, "SR": 1.0}, 140)))
+    # scheduled 40 segments ahead (4 s at x10): it falls due across the restart below
+    later_at = svc.streams["bed-2"].start_time(svc.streams["bed-2"].p.next_seq + 40)
+    await svc.send_event(Event("afib-later", "bed-2", "condition", afib, effective_time=later_at))
     prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
     await prod.start()
     bad = [b"\xff\xfe not json", b'{"schema_version": 9}',
@@ -71,6 +74,8 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
     await wait_for(lambda: all(p in svc2.streams for p in pids))
     assert svc2.registry.get("bed-0").state["statements"] == {"AFIB": 1.0}
     await wait_for(lambda: all(svc2.streams[p].p.next_seq >= published_before_restart[p] + 2 for p in pids))
+    assert svc2.registry.get("bed-2").history[-1]["at"] == pytest.approx(later_at)
+    await wait_for(lambda: svc2.streams["bed-2"].p.published_event_id == "afib-later")
     await svc2.stop()
 
     bs = broker.bootstrap_servers
@@ -91,7 +96,11 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
             assert (s.event_id == eid) == (s.seq >= first), (pid, s.seq, s.event_id)
     assert by_pid["bed-0"][-1].state["statements"] == {"AFIB": 1.0}
     assert by_pid["bed-1"][-1].state["heart_rate"] == 140
-    assert all(s.event_id == "reg-bed-2" for s in by_pid["bed-2"])
+    # the change scheduled ahead holds from the first segment at its time; the registry kept its
+    # time through the restart (a restored stream makes what is still to come: test_scheduler)
+    assert published_before_restart["bed-2"] <= next(s.seq for s in by_pid["bed-2"] if s.event_id == "afib-later")
+    for s in by_pid["bed-2"]:
+        assert s.event_id == ("afib-later" if s.start_time >= later_at - 1e-6 else "reg-bed-2"), (s.seq, s.event_id)
 
     # annotations: for each patient, intervals in order, matching the events
     anns = [json.loads(m.value) for m in await read_all(bs, settings.kafka.topic_annotations)]
@@ -100,7 +109,7 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
         if a["end_time"] is None:
             opened.setdefault(a["patient_id"], []).append(a)
     assert [a["event_id"] for a in opened["bed-0"]] == ["reg-bed-0", "afib-on"]
-    assert [a["event_id"] for a in opened["bed-2"]] == ["reg-bed-2"]
+    assert [a["event_id"] for a in opened["bed-2"]] == ["reg-bed-2", "afib-later"]
     afib_ann = opened["bed-0"][1]
     assert afib_ann["start_seq"] == change_seq["bed-0"]
     first_afib = next(s for s in by_pid["bed-0"] if s.seq == change_seq["bed-0"])

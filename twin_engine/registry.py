@@ -76,11 +76,18 @@ class Patient:
         self.seen_events.append(event_id)
         del self.seen_events[:-SEEN_EVENTS_LIMIT]
 
-    def set_state(self, state: CardiacState, event_id: str, seq: int, when: float) -> None:
+    def set_state(self, state: CardiacState, event_id: str, seq: int, when: float, at: float | None = None,
+                  transition: float = 0.0) -> None:
+        """The state last asked for. ``at``: the stream time it holds from (with the heart-rate
+        ``transition`` seconds), kept in the history so that a restored stream still makes the
+        changes scheduled ahead; without it (registration) it holds from the stream's start."""
         self.state = state_to_dict(state)
         self.state_event_id = event_id
         self.state_since_seq = seq
-        self.history.append({"event_id": event_id, "state": self.state, "seq": seq, "time": when})
+        entry = {"event_id": event_id, "state": self.state, "seq": seq, "time": when}
+        if at is not None:
+            entry.update(at=at, transition=transition)
+        self.history.append(entry)
         del self.history[:-HISTORY_LIMIT]
 
     def view(self, segment_seconds: float | None) -> dict[str, Any]:

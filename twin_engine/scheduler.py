@@ -4,6 +4,11 @@ Each live patient has one ``PatientStream`` task. It keeps up to ``lookahead`` g
 pending (each continuing the one before), publishes the oldest when its start time comes on the
 ``StreamClock``, and on a state change drops what is pending, so the change takes effect from the
 next segment not yet published. Generation itself goes through the shared micro-batcher.
+
+States follow event time: each change has a stream time from which it holds (its
+``effective_time``, or the next segment not yet published), and a segment gets the state of the
+last change at or before its start. Changes scheduled ahead therefore all happen, in the order of
+their times, whatever order they arrive in: a change for now does not cancel one scheduled later.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -19,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from models.conditions import CardiacState
-from stream.events import state_to_dict
+from stream.events import state_from_dict, state_to_dict
 from stream.segments import Segment
 from twin_engine.batcher import MicroBatcher
 from twin_engine.generator import GenRequest, extend_tail, pack_tail, patient_seed, unpack_tail
@@ -56,16 +62,15 @@ class StreamClock:
 
 @dataclass
 class StateChange:
-    previous: CardiacState
-    previous_event_id: str | None
     state: CardiacState
     event_id: str
     effective_time: float | None  # stream time; None = next unpublished segment
     transition_seconds: float
     received: float  # monotonic
+    at: float = float("-inf")  # stream time it holds from (set by the stream: effective_time or the next segment)
     first_seq: int | None = None  # first segment published in the new state
     published: float | None = None  # monotonic, when that segment went to the sinks
-    ramp_start: float | None = None  # stream time of the first segment generated in it
+    ramp_from: float | None = None  # heart rate of the segment before its first, once known
 
 
 @dataclass
@@ -93,8 +98,10 @@ class PatientStream:
         self.leads, self.model_version, self.publish, self.metrics = leads, model_version, publish, metrics
         self.pending: deque[Pending] = deque()
         self.published: Pending | None = None  # the last segment out, with its spare samples
-        self.change: StateChange | None = None
-        self.state = patient.cardiac_state
+        self.change: StateChange | None = None  # the last one received
+        # changes not yet wholly in effect, by the time they hold from, and the state before them
+        self.changes: list[StateChange] = []
+        self.settled: tuple[CardiacState, str | None] = (patient.cardiac_state, patient.state_event_id)
         self.base = patient.base()  # fixed for the stream's life: re-registration starts a new one
         self._changed = asyncio.Event()
         self._stopping = False
@@ -104,9 +111,11 @@ class PatientStream:
             # a new stream begins one segment from now: its first segment is due only once it
             # could have been generated (a burst of registrations otherwise starts late)
             patient.stream_start = clock.anchor() + (self.seconds if clock.speed else 0.0)
-        elif clock.speed and self.start_time(patient.next_seq) < clock.now() - lookahead * self.seconds:
-            # restored after downtime: continue the sequence from now rather than replaying the gap
-            patient.stream_start = clock.now() - patient.next_seq * self.seconds
+        else:
+            if clock.speed and self.start_time(patient.next_seq) < clock.now() - lookahead * self.seconds:
+                # restored after downtime: continue the sequence from now rather than replaying the gap
+                patient.stream_start = clock.now() - patient.next_seq * self.seconds
+            self._restore_schedule()
 
     @property
     def seconds(self) -> float:
@@ -125,31 +134,79 @@ class PatientStream:
         if self.task:
             await asyncio.gather(self.task, return_exceptions=True)
 
-    def change_state(self, change: StateChange) -> None:
-        """Called by the service after the change is durable in the registry."""
-        prev_state, prev_event = self._state_and_event(self.p.next_seq)
-        change = replace(change, previous=prev_state, previous_event_id=prev_event)
+    def change_state(self, change: StateChange) -> float:
+        """Schedule ``change`` (the service calls this as it applies the event); returns the
+        stream time it holds from: its effective time, but never before the next segment not yet
+        published (what is out cannot change)."""
+        at = self.start_time(self.p.next_seq)
+        if change.effective_time is not None:
+            at = max(at, change.effective_time)
+        change = replace(change, at=at)
+        for later in self.changes:  # their ramps may now start from another heart rate
+            if later.at > at:
+                later.ramp_from = None
+        self.changes.append(change)
+        self.changes.sort(key=lambda c: c.at)  # stable: equal times keep their order of arrival
         self.change = change
-        self.state = change.state
         self._changed.set()
+        return at
+
+    def _restore_schedule(self) -> None:
+        """On a stream restored from the registry: the states its history schedules after the
+        next segment are still to come, and the one in effect there holds until then (entries
+        without a time, from registration, hold from the start)."""
+        nxt = self.start_time(self.p.next_seq)
+        for h in sorted(self.p.history, key=lambda h: h.get("at", float("-inf"))):
+            state, at, ramp = state_from_dict(h["state"]), h.get("at", float("-inf")), h.get("transition", 0.0)
+            if at + ramp <= nxt:
+                self.settled, self.changes = (state, h["event_id"]), []
+            else:  # still to come, or still ramping
+                self.changes.append(StateChange(state, h["event_id"], at, ramp, time.monotonic(), at=at))
+        self._settle()
 
     def state_for(self, seq: int) -> CardiacState:
         return self._state_and_event(seq)[0]
 
+    def _seq_at(self, t: float) -> int:
+        """The first segment starting at or after stream time ``t``."""
+        return max(0, math.ceil((t - float(self.p.stream_start)) / self.seconds - 1e-9))
+
     def _state_and_event(self, seq: int) -> tuple[CardiacState, str | None]:
-        ch = self.change
-        if ch is None:
-            return self.state, self.p.state_event_id
-        t = self.start_time(seq)
-        if ch.effective_time is not None and t < ch.effective_time:
-            return ch.previous, ch.previous_event_id
-        if ch.transition_seconds > 0:
-            if ch.ramp_start is None or t < ch.ramp_start:
-                ch.ramp_start = t
-            frac = min(1.0, (t - ch.ramp_start + self.seconds) / ch.transition_seconds)
-            hr = ch.previous.heart_rate + frac * (ch.state.heart_rate - ch.previous.heart_rate)
+        t = self.start_time(seq) + 1e-9
+        held = [c for c in self.changes if c.at <= t]
+        if not held:
+            return self.settled
+        ch = held[-1]
+        frac = self._ramp(ch, seq)
+        if frac < 1.0:  # the ramp runs from the heart rate of the segment before its first
+            if ch.ramp_from is None:
+                first = self._seq_at(ch.at)
+                ch.ramp_from = (self._state_and_event(first - 1)[0] if first > 0 else self.settled[0]).heart_rate
+            hr = ch.ramp_from + frac * (ch.state.heart_rate - ch.ramp_from)
             return replace(ch.state, heart_rate=hr), ch.event_id
         return ch.state, ch.event_id
+
+    def _ramp(self, ch: StateChange, seq: int) -> float:
+        """How far segment ``seq`` is along the change's heart-rate ramp (1: done or none)."""
+        if ch.transition_seconds <= 0:
+            return 1.0
+        return min(1.0, (seq - self._seq_at(ch.at) + 1) * self.seconds / ch.transition_seconds)
+
+    def _settle(self) -> None:
+        """Forget the oldest change once no segment still to come depends on it: when the next
+        one holds and no longer needs its heart rate to ramp from, or when it holds wholly
+        itself (its first segment out, its ramp done) and becomes the state later ones start
+        from. The list keeps only what is still to come."""
+        nxt = self.p.next_seq
+        while self.changes:
+            ch, later = self.changes[0], self.changes[1] if len(self.changes) > 1 else None
+            superseded = (later is not None and self._seq_at(later.at) <= nxt
+                          and (later.ramp_from is not None or self._ramp(later, nxt) >= 1.0))
+            done = nxt > self._seq_at(ch.at) and self._ramp(ch, nxt) >= 1.0
+            if not (superseded or done):
+                return
+            self.settled = (ch.state, ch.event_id)
+            self.changes.pop(0)
 
     async def _generate(self, seq: int, prev: Pending | None) -> Pending:
         """Segment ``seq``, continuing ``prev`` (the last segment generated) or the stored tail.
@@ -230,16 +287,19 @@ class PatientStream:
             self.metrics.lag.set(max(0.0, lateness))
         seg = Segment(self.p.patient_id, item.seq, self.start_time(item.seq), self.fs, self.leads,
                       item.samples, state_to_dict(item.state), item.event_id, self.model_version)
-        change = self.change
-        if change is not None and item.event_id == change.event_id and change.first_seq is None:
+        change = next((c for c in self.changes if c.event_id == item.event_id), None)
+        if change is not None and change.first_seq is None:
             change.first_seq, change.published = item.seq, time.monotonic()
-            self.metrics.event_to_effect.observe(change.published - change.received)
+            # from receiving the event, or from when its effective time came if that was later
+            due = self.clock.due(change.effective_time) if change.effective_time is not None else change.received
+            self.metrics.event_to_effect.observe(change.published - max(change.received, due))
         before = self.p.position(), self.published
         self.p.tail_b64 = pack_tail(item.tail)
         self.published = item
         self.p.next_seq = item.seq + 1
         try:
             await self.publish(self.p, seg, change)
+            self._settle()
         except Exception:
             # not out (or not durably): the whole stream position, the state last published
             # included, stays where it was, and the retry sends this segment and its annotations

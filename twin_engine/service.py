@@ -287,13 +287,13 @@ class TwinService:
                 await sink.removed(ev.patient_id)
         else:
             stream = self.streams[ev.patient_id]
-            p.set_state(ev.state, ev.event_id, p.next_seq, time.time())
-            p.remember(ev.event_id)
             # regeneration starts now, while the registry write is in flight: the offset commit
             # (after this returns) still waits for durability, and a crash before it re-delivers
             # the event, so the one write's latency is kept off the event-to-effect path
-            stream.change_state(StateChange(ev.state, None, ev.state, ev.event_id, ev.effective_time,
-                                            ev.transition_seconds, time.monotonic()))
+            at = stream.change_state(StateChange(ev.state, ev.event_id, ev.effective_time, ev.transition_seconds,
+                                                 time.monotonic()))
+            p.set_state(ev.state, ev.event_id, p.next_seq, time.time(), at, ev.transition_seconds)
+            p.remember(ev.event_id)
             await self._write(p)
 
     async def _register(self, ev: Event, existing: Patient | None) -> None:
@@ -308,7 +308,10 @@ class TwinService:
             p.model_version = self.model.meta.version
         else:
             p = Patient(ev.patient_id, base.tolist(), self.model.meta.version, state_to_dict(state))
-        p.set_state(state, ev.event_id, p.next_seq, time.time())
+        # a re-registered stream goes on: its state holds from the next segment, after what the
+        # history already holds there (a new one's holds from its start)
+        at = None if p.stream_start is None else float(p.stream_start) + p.next_seq * self.segment_samples / self.fs
+        p.set_state(state, ev.event_id, p.next_seq, time.time(), at)
         p.remember(ev.event_id)
         await self._write(p)
         self._start_stream(p)
