@@ -139,7 +139,8 @@ async def test_changes_scheduled_ahead_all_happen_in_the_order_of_their_times():
 
 async def test_a_restored_stream_still_makes_the_changes_scheduled_ahead():
     """The registry's history keeps each change's time: a stream rebuilt from it (another
-    worker, a restart) holds the state in effect at its next segment and makes the later ones."""
+    worker, a restart) goes on with the state in effect at its next segment, a heart-rate ramp
+    where it was, and makes the changes still to come."""
     metrics = Metrics()
     batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
     batcher.start()
@@ -153,7 +154,7 @@ async def test_a_restored_stream_still_makes_the_changes_scheduled_ahead():
     p.set_state(CardiacState({"SR": 1.0}, 60), "reg", 0, 0.0)
     p.stream_start, p.next_seq = clock.now() - 5.0, 5  # five 1 s segments out before the restart
     nxt = p.stream_start + 5.0
-    p.set_state(CardiacState({"SR": 1.0}, 80), "past", 3, 0.0, at=nxt - 2.0)
+    p.set_state(CardiacState({"SR": 1.0}, 80), "past", 3, 0.0, at=nxt - 2.0, transition=4.0)  # ramping 60 -> 80
     p.set_state(CardiacState({"AFIB": 1.0}, 120), "later", 5, 0.0, at=nxt + 2.0)
     s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10, lookahead=3,
                       leads=LEADS, model_version="m", publish=publish, metrics=metrics)
@@ -162,7 +163,7 @@ async def test_a_restored_stream_still_makes_the_changes_scheduled_ahead():
     await s.stop()
     await batcher.stop()
     assert [(seg.seq, seg.event_id, float(seg.samples[0, 0])) for seg in published[:4]] == [
-        (5, "past", 80.0), (6, "past", 80.0), (7, "later", 120.0), (8, "later", 120.0)]
+        (5, "past", 75.0), (6, "past", 80.0), (7, "later", 120.0), (8, "later", 120.0)]
 
 
 async def test_lookahead_tail_spans_several_short_segments():

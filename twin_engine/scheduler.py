@@ -160,8 +160,9 @@ class PatientStream:
             state, at, ramp = state_from_dict(h["state"]), h.get("at", float("-inf")), h.get("transition", 0.0)
             if at + ramp <= nxt:
                 self.settled, self.changes = (state, h["event_id"]), []
-            else:  # still to come, or still ramping
-                self.changes.append(StateChange(state, h["event_id"], at, ramp, time.monotonic(), at=at))
+            else:  # still to come, or still ramping (then its first segment is out: no new effect to time)
+                self.changes.append(StateChange(state, h["event_id"], at, ramp, time.monotonic(), at=at,
+                                                first_seq=self._seq_at(at) if at <= nxt else None))
         self._settle()
 
     def state_for(self, seq: int) -> CardiacState:
