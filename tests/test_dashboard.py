@@ -122,3 +122,16 @@ async def test_dropped_frames_are_counted():
         hub._offer("p", f"frame-{i}")
     assert client.queue.qsize() == 4 and client.dropped == 6
     assert hub.metrics.ws_dropped._value.get() == 6
+
+
+def test_the_page_ships_in_the_package():
+    """`pip install .` (the Docker image) installs only what package-data names: the page and the
+    example scenarios must be among it (the image once served no page)."""
+    import tomllib
+    from fnmatch import fnmatch
+
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["twin_engine"]
+    files = [p.relative_to(root / "twin_engine").as_posix()
+             for d in ("static", "scenarios") for p in (root / "twin_engine" / d).iterdir()]
+    assert files and all(any(fnmatch(f, g) for g in globs) for f in files), (files, globs)

@@ -58,6 +58,18 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
 
             assert (await call("GET", "/patients/ghost"))[0] == 404
 
+            # a change scheduled ahead: listed as such until it holds, the stream goes on as it was
+            later = (await call("GET", "/patients/bed-9"))[1]["stream_time"] + 600  # 60 s at x10
+            status, _ = await call("POST", "/patients/bed-9/state", json={
+                "event_id": "sched-1", "effective_time": later, "state": {"statements": {"SR": 1}, "heart_rate": 60}})
+            assert status == 202
+            await wait_for(lambda: svc.registry.get("bed-9").state_event_id == "sched-1")
+            seq = svc.streams["bed-9"].p.next_seq
+            await wait_for(lambda: svc.streams["bed-9"].p.next_seq >= seq + 2)  # the stream goes on
+            view = (await call("GET", "/patients/bed-9"))[1]
+            assert [(h["event_id"], h["at"]) for h in view["scheduled"]] == [("sched-1", later)]
+            assert view["published_state"]["heart_rate"] == 118  # in AFIB until then
+
             # remove: the stream stops, the patient is gone, and live subscribers are told
             await wait_for(lambda: svc.streams["bed-9"].p.next_seq >= 2)  # an interval to close
             ws = await http.ws_connect(url + "/ws?patients=bed-9")

@@ -1,6 +1,6 @@
 """The CLI as a user runs it, in processes of its own: the README's main command (`demo`, with
 its own embedded broker), `serve` stopped by SIGTERM the way an orchestrator stops it, and the
-clients (`register`, `send`, `tail`, `monitor`) beside a running service."""
+clients (`register`, `send`, `tail`, `play`, `monitor`) beside a running service."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
     assert list(ann.sample) == [0, afib_at] and ann.aux_note[1].startswith("(AFIB HR120")
 
 
-async def test_cli_register_send_tail_against_a_running_service(broker, tiny_model_dir, data_dir):
+async def test_cli_register_send_tail_against_a_running_service(broker, tiny_model_dir, data_dir, tmp_path):
     """`register`, `send` and `tail` in processes of their own, talking to a running service only
     through its topics; a bad statement or intensity is refused with a message, not a traceback."""
     svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=10.0, patients=0)
@@ -177,6 +177,16 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
             r = await cli(*bad)
             assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr[-2000:])
 
+        # `play`: a scenario's patient onboarded and its timeline scheduled
+        scenario = tmp_path / "s.toml"
+        scenario.write_text(f'[[patient]]\nid = "bed-play"\nwfdb = "{RECORDS[1]}"\n'
+                            '[[change]]\nat = 4\npatient = "bed-play"\nstate = { statements = { AFIB = 1 }, heart_rate = 110 }\n')
+        r = await cli("play", str(scenario))
+        assert r.returncode == 0 and "scheduled 1 changes for 1 patients" in r.stdout, (r.stdout, r.stderr[-2000:])
+        assert "bed-play at 4 s: AFIB 110 bpm" in r.stdout, r.stdout
+        await wait_for(lambda: "bed-play" in svc.streams and svc.streams["bed-play"].p.published_event_id is not None
+                       and svc.registry.get("bed-play").state["heart_rate"] == 110)
+
         # `monitor`: the patients and their states as the registry holds them, from another process
         port = free_port()
         mon = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.cli", "monitor", "--port", str(port),
@@ -193,7 +203,7 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
             while not (seen := await patients()):
                 assert mon.returncode is None and asyncio.get_running_loop().time() < end
                 await asyncio.sleep(0.3)
-        assert [p["patient_id"] for p in seen] == ["bed-cli"] and seen[0]["state"]["heart_rate"] == 121, seen
+        assert [p["patient_id"] for p in seen] == ["bed-cli", "bed-play"] and seen[0]["state"]["heart_rate"] == 121, seen
         mon.send_signal(signal.SIGTERM)
         out = (await asyncio.wait_for(mon.communicate(), 30))[0].decode()
         assert mon.returncode == 0 and f"twin-engine monitor: dashboard http://127.0.0.1:{port}/" in out, out[-2000:]

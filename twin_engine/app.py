@@ -117,10 +117,10 @@ def run_app(settings: Settings, scenario=None, duration: float = 0) -> int:
 async def run_monitor(settings: Settings, duration: float = 0) -> None:
     """A monitor (``twin_engine.monitor``) on the configured Kafka, or on the embedded broker's
     default port where none is configured (a monitor starts no broker: it watches one)."""
+    from twin_engine.clients import with_default_broker
     from twin_engine.monitor import Monitor
 
-    settings.kafka.bootstrap_servers = settings.kafka.bootstrap_servers or f"127.0.0.1:{EMBEDDED_PORT}"
-    monitor = Monitor(settings)
+    monitor = Monitor(with_default_broker(settings))
     await monitor.start()
     try:
         runner = await serve_http(monitor, settings.http_host, settings.http_port, monitor.hub)

@@ -176,6 +176,28 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_play(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from twin_engine.clients import with_default_broker
+    from twin_engine.scenario import load_scenario, play
+
+    settings = with_default_broker(_settings(args))
+    scenario = load_scenario(args.scenario)
+    start = asyncio.run(play(settings, scenario, args.timeout))
+    for pid, t in sorted(start.items()):
+        print(f"{pid}: stream starts {time.strftime('%H:%M:%S', time.localtime(t))}")
+    for c in scenario.changes:
+        st = "+".join(c.event.state.statements) or "-"
+        print(f"{c.event.patient_id} at {c.at:g} s: {st} {c.event.state.heart_rate:g} bpm"
+              + (f" over {c.event.transition_seconds:g} s" if c.event.transition_seconds else "")
+              + f" ({c.event.event_id})")
+    print(f"scheduled {len(scenario.changes)} changes for {len(start)} patients; "
+          f"when each began: the annotations topic ({settings.kafka.topic_annotations})")
+    return 0
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from twin_engine.clients import send
 
@@ -298,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--port", type=int, default=None, help="HTTP port (default: http_port)")
     mo.add_argument("--duration", type=float, default=0, help="seconds; 0 runs until SIGTERM")
     mo.set_defaults(func=cmd_monitor)
+
+    pl2 = sub.add_parser("play", help="onboard a scenario's patients and schedule its timeline of changes")
+    pl2.add_argument("scenario", help="TOML file (example: twin_engine/scenarios/ward.toml)")
+    pl2.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the first segments")
+    pl2.set_defaults(func=cmd_play)
 
     se = sub.add_parser("send", help="send a condition event")
     se.add_argument("patient")

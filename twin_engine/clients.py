@@ -19,10 +19,15 @@ from twin_engine.broker import EMBEDDED_PORT
 from twin_engine.config import Settings
 
 
+def with_default_broker(settings: Settings) -> Settings:
+    """The configured Kafka, or the embedded broker's default port (where `serve` and `demo`
+    start it): the clients look for a running service, they start none."""
+    settings.kafka.bootstrap_servers = settings.kafka.bootstrap_servers or f"127.0.0.1:{EMBEDDED_PORT}"
+    return settings
+
+
 def _kwargs(settings: Settings) -> dict:
-    kw = settings.kafka.client_kwargs()
-    kw["bootstrap_servers"] = kw["bootstrap_servers"] or f"127.0.0.1:{EMBEDDED_PORT}"
-    return kw
+    return with_default_broker(settings).kafka.client_kwargs()
 
 
 def parse_statements(items: list[str]) -> dict[str, float]:

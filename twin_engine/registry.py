@@ -91,12 +91,15 @@ class Patient:
         del self.history[:-HISTORY_LIMIT]
 
     def view(self, segment_seconds: float | None) -> dict[str, Any]:
-        """What the HTTP API shows of a patient (``segment_seconds`` None: not streaming)."""
+        """What the HTTP API shows of a patient (``segment_seconds`` None: not streaming).
+        ``state`` is the last one asked for; ``published_state`` the one streaming now, and
+        ``scheduled`` the changes still to come (their ``at`` after the next segment)."""
         live = segment_seconds is not None and self.stream_start is not None
+        nxt = float(self.stream_start) + self.next_seq * segment_seconds if live else None
         return {"patient_id": self.patient_id, "model_version": self.model_version, "state": self.state,
                 "state_event_id": self.state_event_id, "next_seq": self.next_seq,
-                "published_state": self.published_state, "history": self.history[-20:],
-                "stream_time": float(self.stream_start) + self.next_seq * segment_seconds if live else None}
+                "published_state": self.published_state, "history": self.history[-20:], "stream_time": nxt,
+                "scheduled": [h for h in self.history if nxt is not None and h.get("at", nxt) > nxt]}
 
     def to_json(self) -> bytes:
         # the fields hold JSON values already: a shallow dict serialises the same record as

@@ -1,0 +1,128 @@
+"""``twin-engine play``: a scenario file, a ward and its timeline, sent to a running service.
+
+A scenario is TOML: the patients to onboard, and the state changes, each at a time in seconds of
+that patient's stream (from its first segment in the scenario's state), optionally with a
+heart-rate ramp. See ``twin_engine/scenarios/ward.toml``.
+
+The player registers the patients, waits for each one's first segment to learn where its stream
+starts, then sends every change at once with its ``effective_time``: the service makes each at
+the first segment at or after its time (event time), at any speed, and the annotations topic
+records when each began. So a stress test replays the same timeline, segment for segment, on
+any machine. Every event goes through the events topic like any producer's, validated by the
+same schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from models.conditions import VOCAB
+from stream.events import Event, EventError, new_event_id, parse_event
+from twin_engine.config import Settings
+
+
+class ScenarioError(ValueError):
+    """The scenario cannot be played; the message names the entry."""
+
+
+@dataclass
+class Change:
+    at: float  # seconds of the patient's stream
+    event: Event  # its effective_time is set once the stream's start is known
+
+
+@dataclass
+class Scenario:
+    registrations: list[Event]
+    changes: list[Change]
+
+
+def _event(d: dict[str, Any], vocab: tuple[str, ...], where: str) -> Event:
+    try:
+        return parse_event(json.dumps({"schema_version": 1, "event_id": new_event_id(), **d}), vocab)
+    except (EventError, TypeError, ValueError) as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+
+
+def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
+    """Parse and validate the whole file before anything is sent."""
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
+    unknown = set(doc) - {"patient", "change"}
+    if unknown:
+        raise ScenarioError(f"{path}: unknown sections {sorted(unknown)} (known: patient, change)")
+    regs = []
+    for i, p in enumerate(doc.get("patient", [])):
+        where = f"patient {i + 1} ({p.get('id', '?')})"
+        ref = {k: p[k] for k in ("wfdb", "base_vector") if k in p}
+        if len(ref) != 1:
+            raise ScenarioError(f"{where}: give one reference, wfdb or base_vector")
+        regs.append(_event({"patient_id": p.get("id"), "type": "register", "reference": ref,
+                            **({"state": p["state"]} if "state" in p else {})}, vocab, where))
+    ids = [e.patient_id for e in regs]
+    if not ids or len(set(ids)) != len(ids):
+        raise ScenarioError(f"{path}: patients must be listed, each id once")
+    changes = []
+    for i, c in enumerate(doc.get("change", [])):
+        where = f"change {i + 1} (at {c.get('at', '?')} s, {c.get('patient', '?')})"
+        at = c.get("at")
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0:
+            raise ScenarioError(f"{where}: at must be seconds >= 0")
+        if c.get("patient") not in ids:
+            raise ScenarioError(f"{where}: patient must be one of the scenario's {ids}")
+        changes.append(Change(float(at), _event({"patient_id": c["patient"], "type": "condition",
+                                                 "state": c.get("state"),
+                                                 "transition_seconds": c.get("transition", 0)}, vocab, where)))
+    return Scenario(regs, sorted(changes, key=lambda c: c.at))
+
+
+async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -> dict[str, float]:
+    """Onboard the scenario's patients, then schedule its changes; returns each patient's stream
+    start (the start time of its first segment in the scenario's state)."""
+    kw = settings.kafka.client_kwargs()
+    topic = settings.kafka.topic_segments
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.kafka.consumer_kwargs())
+    producer = AIOKafkaProducer(acks="all", **kw)
+    await consumer.start()
+    await producer.start()
+    try:
+        await consumer.topics()  # the metadata of every topic
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            raise ScenarioError(f"no topic {topic}: is the service running on {kw['bootstrap_servers']}?")
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:  # the end is fixed now: no first segment published after it is missed
+            await consumer.position(tp)
+        await _send(producer, settings.kafka.topic_events, scenario.registrations)
+        waiting = {e.event_id: e.patient_id for e in scenario.registrations}
+        start: dict[str, float] = {}
+        async with asyncio.timeout(timeout):
+            while waiting:
+                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                    for m in msgs:
+                        head = json.loads(m.value) if m.value and m.value[:1] == b"{" else {}
+                        pid = waiting.pop(head.get("event_id"), None)
+                        if pid is not None:
+                            start[pid] = float(head["start_time"])
+        for c in scenario.changes:
+            c.event = replace(c.event, effective_time=start[c.event.patient_id] + c.at)
+        await _send(producer, settings.kafka.topic_events, [c.event for c in scenario.changes])
+        return start
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, events: list[Event]) -> None:
+    futures = [await producer.send(topic, e.to_json(), key=e.patient_id.encode()) for e in events]
+    await asyncio.gather(*futures)
