@@ -186,6 +186,10 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
         assert "bed-play at 4 s: AFIB 110 bpm" in r.stdout, r.stdout
         await wait_for(lambda: "bed-play" in svc.streams and svc.streams["bed-play"].p.published_event_id is not None
                        and svc.registry.get("bed-play").state["heart_rate"] == 110)
+        scenario.write_text('[[patient]]\nid = "bed-typo"\nwfdb = "no/such/record"\n')
+        r = await cli("play", str(scenario), "--timeout", "60")  # refused: says why, no waiting it out
+        assert r.returncode == 2 and "bed-typo: the service refused its registration: cannot read WFDB header" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
 
         # `monitor`: the patients and their states as the registry holds them, from another process
         port = free_port()

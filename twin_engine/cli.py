@@ -10,6 +10,7 @@ import time
 
 from models.conditions import ConditionError
 from twin_engine.config import ConfigError, Settings, load_settings
+from twin_engine.scenario import ScenarioError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -370,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ConditionError as exc:  # a state given on the command line (send, register)
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ScenarioError as exc:  # a scenario file that cannot be played (play)
+        print(f"scenario error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -15,6 +15,7 @@ same schema.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import tomllib
 from dataclasses import dataclass, replace
@@ -89,31 +90,34 @@ async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -
     """Onboard the scenario's patients, then schedule its changes; returns each patient's stream
     start (the start time of its first segment in the scenario's state)."""
     kw = settings.kafka.client_kwargs()
-    topic = settings.kafka.topic_segments
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **settings.kafka.consumer_kwargs())
+    k = settings.kafka
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **k.consumer_kwargs())
     producer = AIOKafkaProducer(acks="all", **kw)
     await consumer.start()
     await producer.start()
     try:
+        # the first segments tell where each stream starts; a dead letter, why one never will
         await consumer.topics()  # the metadata of every topic
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            raise ScenarioError(f"no topic {topic}: is the service running on {kw['bootstrap_servers']}?")
+        tps = [TopicPartition(t, p) for t in (k.topic_segments, k.topic_dead_letter)
+               for p in sorted(consumer.partitions_for_topic(t) or ())]
+        if not any(tp.topic == k.topic_segments for tp in tps):
+            raise ScenarioError(f"no topic {k.topic_segments}: is the service running on {kw['bootstrap_servers']}?")
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
-        for tp in tps:  # the end is fixed now: no first segment published after it is missed
+        for tp in tps:  # the end is fixed now: nothing published after it is missed
             await consumer.position(tp)
-        await _send(producer, settings.kafka.topic_events, scenario.registrations)
+        await _send(producer, k.topic_events, scenario.registrations)
         waiting = {e.event_id: e.patient_id for e in scenario.registrations}
         start: dict[str, float] = {}
-        async with asyncio.timeout(timeout):
-            while waiting:
-                for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                    for m in msgs:
-                        head = json.loads(m.value) if m.value and m.value[:1] == b"{" else {}
-                        pid = waiting.pop(head.get("event_id"), None)
-                        if pid is not None:
-                            start[pid] = float(head["start_time"])
+        try:
+            async with asyncio.timeout(timeout):
+                while waiting:
+                    for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+                        for m in msgs:
+                            _first_segment(m.value, tp.topic == k.topic_dead_letter, waiting, start)
+        except TimeoutError:
+            raise ScenarioError(f"no first segment within {timeout:g} s for {sorted(waiting.values())}: "
+                                "is a worker consuming the events topic?") from None
         for c in scenario.changes:
             c.event = replace(c.event, effective_time=start[c.event.patient_id] + c.at)
         await _send(producer, settings.kafka.topic_events, [c.event for c in scenario.changes])
@@ -121,6 +125,22 @@ async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+def _first_segment(value: bytes | None, dead_letter: bool, waiting: dict[str, str], start: dict[str, float]) -> None:
+    """Note a registration's first segment (its start time), or fail on its dead letter."""
+    try:
+        d = json.loads(value or b"")
+        if dead_letter:
+            event_id = json.loads(base64.b64decode(d["original_b64"])).get("event_id")
+            if event_id in waiting:
+                raise ScenarioError(f"{waiting[event_id]}: the service refused its registration: {d['reason']}")
+        elif d.get("event_id") in waiting:
+            start[waiting.pop(d["event_id"])] = float(d["start_time"])
+    except ScenarioError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # another producer's record
 
 
 async def _send(producer: AIOKafkaProducer, topic: str, events: list[Event]) -> None:
