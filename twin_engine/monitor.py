@@ -128,11 +128,12 @@ class Monitor:
                             await self.hub.annotation(pid, m.value)
                     elif tp.topic == k.topic_registry:
                         await self._registry_record(pid, m.value, m.offset)
-                if tp in registry_ends and msgs and msgs[-1].offset + 1 >= registry_ends[tp]:
+            if registry_ends:  # by position, not the last record: compaction leaves gaps at the end
+                for tp in [tp for tp in registry_ends if await self.consumer.position(tp) >= registry_ends[tp]]:
                     del registry_ends[tp]
-                    if not registry_ends:
-                        log.info("registry read: %d patients", len(self.patients))
-                        self.ready.set()
+                if not registry_ends:
+                    log.info("registry read: %d patients", len(self.patients))
+                    self.ready.set()
             self.metrics.patients.set(len(self.patients))
 
     async def _registry_record(self, key: str, value: bytes | None, offset: int) -> None:
