@@ -196,17 +196,19 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
         mon = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.cli", "monitor", "--port", str(port),
                                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         async with aiohttp.ClientSession() as http:
-            async def patients() -> list:
+            async def ready() -> bool:  # the registry read to where it ended at start
                 try:
-                    async with http.get(f"http://127.0.0.1:{port}/patients") as resp:
-                        return (await resp.json())["patients"] if resp.status == 200 else []
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        return resp.status == 200
                 except aiohttp.ClientError:
-                    return []
+                    return False
 
             end = asyncio.get_running_loop().time() + 60
-            while not (seen := await patients()):
+            while not await ready():
                 assert mon.returncode is None and asyncio.get_running_loop().time() < end
                 await asyncio.sleep(0.3)
+            async with http.get(f"http://127.0.0.1:{port}/patients") as resp:
+                seen = (await resp.json())["patients"]
         assert [p["patient_id"] for p in seen] == ["bed-cli", "bed-play"] and seen[0]["state"]["heart_rate"] == 121, seen
         mon.send_signal(signal.SIGTERM)
         out = (await asyncio.wait_for(mon.communicate(), 30))[0].decode()
