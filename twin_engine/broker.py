@@ -156,6 +156,20 @@ class EmbeddedBroker:
         self.stop()
 
 
+async def delivered(futures: Iterable[asyncio.Future]) -> None:
+    """Wait for every delivery, then raise the first failure (each is retrieved: none is left
+    to be logged as never retrieved)."""
+    for outcome in await asyncio.gather(*futures, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+async def send_events(producer, topic: str, events: Iterable) -> None:
+    """Publish condition events keyed by patient (the partition that owns the patient) and wait
+    once for all of them: many events share the broker round trips."""
+    await delivered([await producer.send(topic, ev.to_json(), key=ev.patient_id.encode()) for ev in events])
+
+
 def engine_topics(k: KafkaConfig) -> list[TopicSpec]:
     """The topics a deployment uses; workers and monitors create the missing ones at start."""
     return [TopicSpec(k.topic_events, k.partitions), TopicSpec(k.topic_segments, k.partitions),

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 
 from models.conditions import VOCAB
 from stream.events import Event
-from twin_engine.broker import engine_topics, ensure_topics
+from twin_engine.broker import engine_topics, ensure_topics, send_events
 from twin_engine.config import Settings
 from twin_engine.dashboard import SubscriberHub
 from twin_engine.metrics import MonitorMetrics
@@ -171,4 +171,4 @@ class Monitor:
 
     async def send_event(self, ev: Event) -> None:
         assert self.producer is not None
-        await self.producer.send_and_wait(self.settings.kafka.topic_events, ev.to_json(), key=ev.patient_id.encode())
+        await send_events(self.producer, self.settings.kafka.topic_events, [ev])

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import VOCAB
 from stream.events import Event, EventError, new_event_id, parse_event
+from twin_engine.broker import send_events
 from twin_engine.config import Settings
 
 
@@ -106,7 +107,7 @@ async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -
         await consumer.seek_to_end(*tps)
         for tp in tps:  # the end is fixed now: nothing published after it is missed
             await consumer.position(tp)
-        await _send(producer, k.topic_events, scenario.registrations)
+        await send_events(producer, k.topic_events, scenario.registrations)
         waiting = {e.event_id: e.patient_id for e in scenario.registrations}
         start: dict[str, float] = {}
         try:
@@ -120,7 +121,7 @@ async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -
                                 "is a worker consuming the events topic?") from None
         for c in scenario.changes:
             c.event = replace(c.event, effective_time=start[c.event.patient_id] + c.at)
-        await _send(producer, settings.kafka.topic_events, [c.event for c in scenario.changes])
+        await send_events(producer, settings.kafka.topic_events, [c.event for c in scenario.changes])
         return start
     finally:
         await producer.stop()
@@ -141,8 +142,3 @@ def _first_segment(value: bytes | None, dead_letter: bool, waiting: dict[str, st
         raise
     except (ValueError, KeyError, TypeError, AttributeError):
         return  # another producer's record
-
-
-async def _send(producer: AIOKafkaProducer, topic: str, events: list[Event]) -> None:
-    futures = [await producer.send(topic, e.to_json(), key=e.patient_id.encode()) for e in events]
-    await asyncio.gather(*futures)

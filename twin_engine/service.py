@@ -29,7 +29,7 @@ from models.twin import TwinModel
 from stream.events import Event, EventError, parse_event, state_to_dict
 from stream.segments import Segment, annotation
 from twin_engine.batcher import MicroBatcher
-from twin_engine.broker import engine_topics, ensure_topics
+from twin_engine.broker import delivered, engine_topics, ensure_topics, send_events
 from twin_engine.config import Settings
 from twin_engine.generator import ContinuousGenerator, GenRequest
 from twin_engine.metrics import Metrics
@@ -40,14 +40,6 @@ from twin_engine.sinks import Sink
 
 log = logging.getLogger(__name__)
 CONSUME_RETRY_S = 1.0  # after Kafka failed while events were applied
-
-
-async def _delivered(futures: Iterable[asyncio.Future]) -> None:
-    """Wait for every delivery, then raise the first failure (each is retrieved: none is left
-    to be logged as never retrieved)."""
-    for outcome in await asyncio.gather(*futures, return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            raise outcome
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -214,7 +206,7 @@ class TwinService:
         """Wait for the staged registry writes; the first failure is raised (a KafkaError)."""
         writes, self._writes = self._writes, []
         try:
-            await _delivered(f for _, f in writes)
+            await delivered(f for _, f in writes)
         except BaseException:
             self._not_durable.update(pid for pid, _ in writes)
             raise
@@ -371,10 +363,10 @@ class TwinService:
     async def _annotate(self, p: Patient, raw: bytes) -> asyncio.Future:
         """Queue the annotation; returns its delivery future (the caller awaits it)."""
         assert self.producer is not None
-        delivered = await self.producer.send(self.topics.topic_annotations, raw, key=p.patient_id.encode())
+        future = await self.producer.send(self.topics.topic_annotations, raw, key=p.patient_id.encode())
         for sink in self.sinks:
             await sink.annotation(p.patient_id, raw)
-        return delivered
+        return future
 
     async def _publish(self, p: Patient, seg: Segment, change: StateChange | None) -> None:
         """Out once this returns: the segment, its annotations and the stream position are all
@@ -382,21 +374,21 @@ class TwinService:
         (``Patient.set_position``) and sends the segment again (at least once), rather than
         moving on past a record the broker never took."""
         assert self.producer is not None and self.registry is not None
-        delivered = []
+        futures = []
         if p.published_since is None or seg.event_id != p.published_event_id or seg.state != p.published_state:
             if p.published_since is not None:
-                delivered.append(await self._annotate(p, annotation(
+                futures.append(await self._annotate(p, annotation(
                     p.patient_id, p.published_event_id, p.published_state or {}, p.published_since, p.next_seq - 1,
                     seg.start_time)))
             p.published_event_id, p.published_state, p.published_since = seg.event_id, seg.state, seg.start_time
-            delivered.append(await self._annotate(p, annotation(p.patient_id, seg.event_id, seg.state,
+            futures.append(await self._annotate(p, annotation(p.patient_id, seg.event_id, seg.state,
                                                                 seg.start_time, seg.seq)))
-        delivered.append(await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode()))
+        futures.append(await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode()))
         for sink in self.sinks:
             await sink.segment(seg)
         # the position moves on only once the broker has the records: a restart after a failure
         # here resumes at this segment, not past it
-        await _delivered(delivered)
+        await delivered(futures)
         await self.registry.put_position(p)
         self.metrics.published.inc()
 
@@ -434,5 +426,4 @@ class TwinService:
         """Publish many events and wait once for all of them: a ward of thousands onboards in one
         producer batch, not one broker round trip each behind the streams already running."""
         assert self.producer is not None
-        await _delivered([await self.producer.send(self.topics.topic_events, ev.to_json(), key=ev.patient_id.encode())
-                          for ev in events])
+        await send_events(self.producer, self.topics.topic_events, events)
