@@ -6,6 +6,9 @@
 #   2. pytest -m gpu: the GPU parity tests (tiny model trained on the carried records)
 #   3. bench serve: the whole service on the GPU (embedded broker, cuda-graphs), as fast as
 #      possible and in real time, with the per-worker CPU share
+#   4. bench/serve_workers.py: several `serve` processes in one consumer group sharing the GPU,
+#      in real time, with 2 s and with 10 s segments (WORKERS, PATIENTS_2S, PATIENTS_10S)
+# STEPS picks the steps (default 123; "4" runs only the workers).
 # Environment: SERVE_PATIENTS (default 1000,4000), SERVE_SECONDS (20), RT_PATIENTS (2000),
 # RT_SECONDS (60); each step's time limit T1 (150), T2 (120), T3 (250) seconds. On the 2026-11-26
 # H200 call, 361 s in all, of the 900 s of device time a session gets (step 3 ran to its limit
@@ -22,16 +25,21 @@ shared=$(dirname "$PWD")/shared
 [ -e "$shared/data" ] || { mkdir -p "$shared" && ln -sfn "$PWD/.gpudata/data" "$shared/data"; }
 nvidia-smi -L | tee "$OUT/gpu.txt"
 
-echo "== 1. generation"
+STEPS=${STEPS:-123}
+step() { [[ "$STEPS" == *"$1"* ]]; }
+
+step 1 && echo "== 1. generation" && {
 timeout "${T1:-150}" "$PY" bench/gpu_generate.py --out "$OUT/gpu-generate.json" --budget-s $(( ${T1:-150} * 6 / 10 )) \
   --batches 1024,4096,16384 --variants torch:fp32,cuda-graphs:fp16:inductor 2>&1 \
   | grep -v "^W1" | tee "$OUT/gpu-generate.txt" | tail -12
+}
 
-echo "== 2. GPU tests"
+step 2 && echo "== 2. GPU tests" && {
 timeout "${T2:-120}" "$PY" -m pytest -q -m gpu tests/test_runtime.py -p no:cacheprovider -rs -W ignore 2>&1 \
   | tee "$OUT/pytest-gpu.txt" | tail -4
+}
 
-echo "== 3. the service on this GPU"
+step 3 && echo "== 3. the service on this GPU" && {
 timeout "${T3:-250}" "$PY" -m twin_engine.cli bench serve --patients "${SERVE_PATIENTS:-1000,4000}" --duration "${SERVE_SECONDS:-20}" \
   --realtime-patients "${RT_PATIENTS:-2000}" --realtime-duration "${RT_SECONDS:-60}" \
   --json "$OUT/serve-gpu.json" > "$OUT/serve-gpu.log" 2>&1
@@ -42,3 +50,17 @@ for line in sys.stdin:
     print(r["patients"], "x%s" % r["speed"], "%.1f segments/s" % r["segments_per_s_end_to_end"],
           "misses", r.get("deadline_misses"), "p99 %.2f s" % r["event_to_effect_p99_s"],
           "service cores %.2f" % r["service_process_cpu_cores"])'
+}
+
+step 4 && echo "== 4. several workers on this GPU" && {
+# one thread each for the workers' host-side arithmetic and compiles: they share the cores
+export OMP_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=1
+for seg in 2 10; do
+  n=$([ "$seg" = 2 ] && echo "${PATIENTS_2S:-18000}" || echo "${PATIENTS_10S:-36000}")
+  timeout "${T4:-200}" "$PY" bench/serve_workers.py --workers "${WORKERS:-12}" --patients "$n" \
+    --segment-seconds "$seg" --seconds "${WINDOW_S:-40}" --warmup "${WARMUP_S:-25}" --logs /tmp/sw-logs \
+    --json "$OUT/serve-workers-gpu-${seg}s.json" 2>&1 | tee "$OUT/serve-workers-gpu-${seg}s.log" | tail -2
+done
+tar -czf "$OUT/serve-workers-logs.tar.gz" -C /tmp sw-logs 2>/dev/null
+nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/gpu.txt"
+}
