@@ -6,8 +6,9 @@
 #   2. pytest -m gpu: the GPU parity tests (tiny model trained on the carried records)
 #   3. bench serve: the whole service on the GPU (embedded broker, cuda-graphs), as fast as
 #      possible and in real time, with the per-worker CPU share
-#   4. bench/serve_workers.py: several `serve` processes in one consumer group sharing the GPU,
-#      in real time, with 2 s and with 10 s segments (WORKERS, PATIENTS_2S, PATIENTS_10S)
+#   4. bench/serve_workers.py: several `serve` processes in one consumer group sharing the GPU
+#      under MPS, in real time, with 2 s and with 10 s segments (WORKERS, PATIENTS_2S,
+#      PATIENTS_10S, MPS); about 5 minutes
 # STEPS picks the steps (default 123; "4" runs only the workers).
 # Environment: SERVE_PATIENTS (default 1000,4000), SERVE_SECONDS (20), RT_PATIENTS (2000),
 # RT_SECONDS (60); each step's time limit T1 (150), T2 (120), T3 (250) seconds. On the 2026-11-26
@@ -55,12 +56,16 @@ for line in sys.stdin:
 step 4 && echo "== 4. several workers on this GPU" && {
 # one thread each for the workers' host-side arithmetic and compiles: they share the cores
 export OMP_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=1
+# MPS (MPS=0: plain time-slicing): with 2 s segments, 12 workers time-sliced missed 11,508
+# segments in 40 s, under MPS 1 (H100, 2026-11-26; docs/BENCHMARKS.md)
+[ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d && echo "MPS on"
 for seg in 2 10; do
   n=$([ "$seg" = 2 ] && echo "${PATIENTS_2S:-18000}" || echo "${PATIENTS_10S:-36000}")
   timeout "${T4:-200}" "$PY" bench/serve_workers.py --workers "${WORKERS:-12}" --patients "$n" \
     --segment-seconds "$seg" --seconds "${WINDOW_S:-40}" --warmup "${WARMUP_S:-25}" --logs /tmp/sw-logs \
     --json "$OUT/serve-workers-gpu-${seg}s.json" 2>&1 | tee "$OUT/serve-workers-gpu-${seg}s.log" | tail -2
 done
+[ "${MPS:-1}" = 1 ] && echo quit | nvidia-cuda-mps-control 2>/dev/null
 tar -czf "$OUT/serve-workers-logs.tar.gz" -C /tmp sw-logs 2>/dev/null
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/gpu.txt"
 }
