@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from models.conditions import CardiacState
 from stream.events import state_from_dict, state_to_dict
+from stream.producer import QueuedProducer
+from stream.producer import partition_of as key_partition
 from stream.segments import dumps_spliced
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ POSITION_FIELDS = ("next_seq", "stream_start", "published_event_id", "published_
 
 
 def partition_of(patient_id: str, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2 of the key): where the patient's records live."""
-    return (murmur2(patient_id.encode()) & 0x7FFFFFFF) % partitions
+    """Where the patient's records live: Kafka's default partitioner of its id."""
+    return key_partition(patient_id.encode(), partitions)
 
 
 @dataclass
@@ -160,7 +161,7 @@ class Patient:
 class Registry:
     """In-memory view of the patients this worker owns, written through to the changelog."""
 
-    def __init__(self, producer: AIOKafkaProducer | None, topic: str, partitions: int) -> None:
+    def __init__(self, producer: QueuedProducer | AIOKafkaProducer | None, topic: str, partitions: int) -> None:
         self.producer = producer
         self.topic = topic
         self.partitions = partitions

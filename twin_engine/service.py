@@ -27,6 +27,7 @@ from models.data.preprocess import to_model_input
 from models.data.ptbxl import DataError, read_wfdb_signal
 from models.twin import TwinModel
 from stream.events import Event, EventError, parse_event, state_to_dict
+from stream.producer import QueuedProducer
 from stream.segments import Segment, annotation
 from twin_engine.batcher import MicroBatcher
 from twin_engine.broker import delivered, engine_topics, ensure_topics, send_events
@@ -72,7 +73,7 @@ class TwinService:
         self.clock = StreamClock(settings.speed)
         self.segment_samples = int(round(settings.segment_seconds * model.meta.fs))
         self.streams: dict[str, PatientStream] = {}
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: QueuedProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.registry: Registry | None = None
         self.ready = asyncio.Event()
@@ -94,8 +95,8 @@ class TwinService:
         # a segment is 16 kB (2 s) to 80 kB (10 s) of JSON, over aiokafka's 16 kB default batch,
         # so each went out in a produce request of its own; 512 kB lets the sender group what
         # queues while a request is in flight (under Kafka's 1 MB message.max.bytes default)
-        self.producer = AIOKafkaProducer(acks="all", linger_ms=k.linger_ms, max_batch_size=512 * 1024,
-                                         **self.kafka_kwargs)
+        self.producer = QueuedProducer(AIOKafkaProducer(acks="all", linger_ms=k.linger_ms, max_batch_size=512 * 1024,
+                                                        **self.kafka_kwargs), k.partitions)
         await self.producer.start()
         self.registry = Registry(self.producer, k.topic_registry, k.partitions)
         self.batcher.start()
