@@ -132,8 +132,8 @@ async def _scrape(http: aiohttp.ClientSession, workers: Workers) -> list[str]:
     return [t for _, t in await asyncio.gather(*(_get(http, u + "/metrics") for u in workers.urls()))]
 
 
-def _quantile(pairs: list[float], q: float) -> float | None:
-    return float(np.percentile(pairs, q)) if pairs else None
+def _quantile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
 
 
 async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, patients: int, seconds: float,
