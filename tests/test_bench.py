@@ -41,8 +41,10 @@ def test_bench_serve_reports_throughput_latency_and_where_the_cores_go(distilled
     assert run["patients"] == 4 and run["segments_per_s_end_to_end"] > 0
     assert run["events_measured"] == 10 and run["event_to_effect_p50_s"] > 0
     assert all(run[f"{h}_mean_s"] >= 0 for h in ("to_service", "in_service", "to_downstream"))
-    # bench serve started its own embedded broker: its CPU and this process's are both read
+    # bench serve started its own embedded broker: its CPU, this process's and that of the
+    # downstream consumer's process are all read
     assert run["broker_cpu_cores"] > 0 and run["service_process_cpu_cores"] > 0
+    assert run["downstream_process_cpu_cores"] > 0
     assert len(run["broker_cpu_cores_halves"]) == 2
 
 

@@ -14,6 +14,7 @@ import functools
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import statistics
@@ -234,13 +235,13 @@ def table(result: dict) -> str:
 
 # ---- serve --------------------------------------------------------------------------------------
 
-def _cpu_shares(marks: list[tuple[float, float | None, float]]) -> dict:
-    """Cores used by the broker and by this process (service and the downstream consumer) between
-    the marks (wall time, broker CPU s, process CPU s): start, middle and end of a run."""
+def _cpu_shares(marks: list[tuple[float, float | None, float, float | None]]) -> dict:
+    """Cores used by the broker, this process (the service) and the downstream consumer's
+    process between the marks (wall time, then each one's CPU s): start, middle and end of a run."""
     if len(marks) < 2:
         return {}
     out = {}
-    for name, i in (("broker", 1), ("service_process", 2)):
+    for name, i in (("broker", 1), ("service_process", 2), ("downstream_process", 3)):
         if any(m[i] is None for m in marks):
             continue
         share = [(b[i] - a[i]) / (b[0] - a[0]) for a, b in itertools.pairwise(marks) if b[0] > a[0]]
@@ -252,6 +253,37 @@ def _cpu_shares(marks: list[tuple[float, float | None, float]]) -> dict:
 def null_generate(reqs: list, leads: int) -> list[np.ndarray]:
     """Instant "generation" (flat zeros): what is left to measure is the service itself."""
     return [np.zeros((r.n_samples, leads), np.float32) for r in reqs]
+
+
+def _downstream(kafka, topic: str, conn) -> None:
+    """The benchmark's downstream consumer, in a process of its own as a monitor or a sink would
+    be. It decodes every segment and sends back, per fetch, (seen at, patient, seq, event id,
+    start time), "seen at" on the machine's monotonic clock, which is the service's loop clock
+    too. It stops when the parent sends anything. Until 2026-11-26 it ran in the service's
+    process and event loop, where that hop's p99 was 70-139 ms."""
+
+    async def main() -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        from stream.segments import decode_segment
+
+        consumer = AIOKafkaConsumer(topic, auto_offset_reset="earliest", **kafka.consumer_kwargs())
+        await consumer.start()
+        conn.send("ready")
+        try:
+            while not conn.poll():
+                rows = []
+                for msgs in (await consumer.getmany(timeout_ms=100)).values():
+                    for m in msgs:
+                        seg = decode_segment(m.value)
+                        rows.append((time.monotonic(), seg.patient_id, seg.seq, seg.event_id, seg.start_time))
+                if rows:
+                    conn.send(rows)
+        finally:
+            await consumer.stop()
+            conn.send("stopped")
+
+    asyncio.run(main())
 
 
 async def _register(svc, base: np.ndarray, patients: int) -> None:
@@ -266,11 +298,9 @@ async def _register(svc, base: np.ndarray, patients: int) -> None:
 async def _serve_once(settings: Settings, model, patients: int, duration: float, speed: float,
                       changes: int, data_dir: Path,
                       broker_cpu: Callable[[], float | None] = lambda: None, null: bool = False) -> dict:
-    from aiokafka import AIOKafkaConsumer
-
     from models.data.ptbxl import PTBXL
     from stream.events import Event
-    from stream.segments import decode_segment
+    from twin_engine.broker import process_cpu_seconds
     from twin_engine.service import TwinService
 
     s = Settings(**{**settings.__dict__, "speed": speed})
@@ -283,26 +313,30 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     t_reg = time.perf_counter()
     await _register(svc, base, patients)
     log.info("%d registrations sent in %.1f s", patients, time.perf_counter() - t_reg)
-    consumer = AIOKafkaConsumer(k.topic_segments, auto_offset_reset="earliest", **s.kafka.consumer_kwargs())
-    await consumer.start()
+    ctx = multiprocessing.get_context("spawn")
+    here, there = ctx.Pipe()
+    down = ctx.Process(target=_downstream, args=(k, k.topic_segments, there), daemon=True)
+    down.start()
+    if not await asyncio.to_thread(here.poll, 120) or here.recv() != "ready":
+        raise RuntimeError("the downstream consumer did not start")
     sent: dict[str, tuple[float, float]] = {}  # event id -> (loop time, wall time) at send
     effect: list[float] = []
     overhead: list[float] = []  # effect latency beyond the wait for the next segment boundary
     # where the time goes: send -> service has applied it; applied -> segment published (the wait
-    # for the boundary, or regeneration); published -> seen by this downstream consumer
+    # for the boundary, or regeneration); published -> seen by the downstream consumer
     hops: dict[str, list[float]] = {"to_service": [], "in_service": [], "to_downstream": []}
     count = 0
     t_first = None
-    loop = asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()  # its clock is time.monotonic(), as the downstream process's
     t_end = loop.time() + duration + 30
     change_times = np.linspace(duration * 0.1, duration * 0.9, changes) if changes else []
     t0 = loop.time()
     next_change = 0
     measuring_until = None
-    marks: list[tuple[float, float | None, float]] = []  # CPU at the start, middle and end
+    marks: list[tuple[float, float | None, float, float | None]] = []  # CPU at the start, middle and end
 
     def mark() -> None:
-        marks.append((loop.time(), broker_cpu(), time.process_time()))
+        marks.append((loop.time(), broker_cpu(), time.process_time(), process_cpu_seconds(down.pid)))
 
     while loop.time() < t_end:
         if t_first is not None and len(marks) == 1 and loop.time() >= t_first + duration / 2:
@@ -314,33 +348,38 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
             state = CardiacState({"AFIB": 1.0}, 110) if next_change % 2 == 0 else CardiacState({"NORM": 1.0}, 70)
             await svc.send_event(Event(eid, pid, "condition", state))
             next_change += 1
-        batch = await consumer.getmany(timeout_ms=100)
-        for msgs in batch.values():
-            for m in msgs:
-                seg = decode_segment(m.value)
-                if t_first is None and seg.seq >= 1:
-                    t_first = loop.time()
-                    measuring_until = t_first + duration
-                    count = 0
-                    mark()
-                if t_first is not None and loop.time() <= measuring_until:
-                    count += 1
-                if seg.event_id in sent:
-                    t_loop, t_wall = sent.pop(seg.event_id)
-                    effect.append(loop.time() - t_loop)
-                    stream = svc.streams.get(seg.patient_id)
-                    ch = stream.change if stream is not None else None
-                    if ch is not None and ch.event_id == seg.event_id and ch.published is not None:
-                        hops["to_service"].append(ch.received - t_loop)
-                        hops["in_service"].append(ch.published - ch.received)
-                        hops["to_downstream"].append(loop.time() - ch.published)
-                    if speed == 1.0:  # stream time is wall time: the segment starts at its boundary
-                        overhead.append(effect[-1] - max(0.0, seg.start_time - t_wall))
+        rows = []
+        while here.poll():
+            rows += here.recv()
+        if not rows:
+            await asyncio.sleep(0.02)
+        for seen, patient_id, seq, event_id, start_time in rows:
+            if t_first is None and seq >= 1:
+                t_first = seen
+                measuring_until = t_first + duration
+                count = 0
+                mark()
+            if t_first is not None and seen <= measuring_until:
+                count += 1
+            if event_id in sent:
+                t_loop, t_wall = sent.pop(event_id)
+                effect.append(seen - t_loop)
+                stream = svc.streams.get(patient_id)
+                ch = stream.change if stream is not None else None
+                if ch is not None and ch.event_id == event_id and ch.published is not None:
+                    hops["to_service"].append(ch.received - t_loop)
+                    hops["in_service"].append(ch.published - ch.received)
+                    hops["to_downstream"].append(seen - ch.published)
+                if speed == 1.0:  # stream time is wall time: the segment starts at its boundary
+                    overhead.append(effect[-1] - max(0.0, start_time - t_wall))
         if measuring_until is not None and loop.time() > measuring_until and len(marks) == 2:
             mark()
         if measuring_until is not None and loop.time() > measuring_until and not sent:
             break
-    await consumer.stop()
+    here.send("stop")
+    while await asyncio.to_thread(here.poll, 30) and here.recv() != "stopped":
+        pass
+    down.join(10)
     misses = svc.metrics.deadline_misses._value.get()
     t_stop = time.perf_counter()
     await svc.stop()

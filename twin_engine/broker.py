@@ -64,6 +64,17 @@ class TopicSpec:
     compacted: bool = False
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) process ``pid`` has used, from /proc; None off Linux or once it
+    has exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class EmbeddedBroker:
     """A Tansu process on a loopback port; a context manager that stops it on exit."""
 
@@ -91,14 +102,7 @@ class EmbeddedBroker:
         is not running. Benchmarks read it because on a 2-core machine the broker's share is
         taken from generation: Tansu's memory store makes every fetch that returns records cost
         more as its partition grows (docs/BENCHMARKS.md)."""
-        if self.pid is None:
-            return None
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.pid) if self.pid is not None else None
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
         """Start the broker and return once it answers Kafka metadata requests."""
