@@ -33,15 +33,16 @@ from aiokafka import AIOKafkaProducer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from stream.segments import Segment  # noqa: E402
-from twin_engine.broker import EmbeddedBroker, engine_topics, ensure_topics, free_port  # noqa: E402
+from twin_engine.broker import (  # noqa: E402
+    EmbeddedBroker,
+    engine_topics,
+    ensure_topics,
+    free_port,
+    process_cpu_seconds,
+)
 from twin_engine.config import KafkaConfig  # noqa: E402
 
 START = re.compile(r'"start_time": ([0-9.e+-]+)')
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _metric(text: str, name: str) -> float:
@@ -115,7 +116,7 @@ async def run(broker: EmbeddedBroker, rates: list[int], seconds: float, patients
                 sub = ctx.Process(target=_subscribe, args=(url, there), daemon=True)
                 sub.start()
                 await asyncio.to_thread(here.recv)  # subscribed
-                before, cpu0, t0 = await _scrape(http, url), _cpu_seconds(mon.pid), time.monotonic()
+                before, cpu0, t0 = await _scrape(http, url), process_cpu_seconds(mon.pid), time.monotonic()
                 broker_cpu0, own_cpu0 = broker.cpu_seconds(), time.process_time()
                 sent, seq = 0, 0
                 while (elapsed := time.monotonic() - t0) < seconds:
@@ -133,7 +134,7 @@ async def run(broker: EmbeddedBroker, rates: list[int], seconds: float, patients
                 delays, sub_cpu = await asyncio.to_thread(here.recv)
                 sub.join(10)
                 wall = time.monotonic() - t0
-                cpu = (_cpu_seconds(mon.pid) - cpu0) / wall
+                cpu = (process_cpu_seconds(mon.pid) - cpu0) / wall
                 others = {"subscriber": sub_cpu / wall, "broker": (broker.cpu_seconds() - broker_cpu0) / wall,
                           "producer": (time.process_time() - own_cpu0) / wall}
                 after = await _scrape(http, url)

@@ -44,13 +44,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models.conditions import CardiacState  # noqa: E402
 from stream.events import Event  # noqa: E402
-from twin_engine.broker import EmbeddedBroker, engine_topics, ensure_topics, free_port, send_events  # noqa: E402
+from twin_engine.broker import (  # noqa: E402
+    EmbeddedBroker,
+    engine_topics,
+    ensure_topics,
+    free_port,
+    process_cpu_seconds,
+    send_events,
+)
 from twin_engine.config import KafkaConfig  # noqa: E402
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -194,7 +196,7 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
             pids = [p.pid for p in workers.procs]
             before = await _scrape(http, workers)
             off0 = sum((await ends.end_offsets(seg_tps)).values())
-            cpu0 = [_cpu_seconds(p) for p in pids]
+            cpu0 = [process_cpu_seconds(p) for p in pids]
             bcpu0 = broker.cpu_seconds() if broker else None
             t0 = loop.time()
             sent: dict[str, float] = {}
@@ -218,7 +220,7 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
             wall = loop.time() - t0
             after = await _scrape(http, workers)
             off1 = sum((await ends.end_offsets(seg_tps)).values())
-            cores = [(_cpu_seconds(p) - c) / wall for p, c in zip(pids, cpu0, strict=True)]
+            cores = [(process_cpu_seconds(p) - c) / wall for p, c in zip(pids, cpu0, strict=True)]
             gpu = _gpu_memory_mb()
             rss = [_rss_mb(p) for p in pids]
             row = {
