@@ -3,12 +3,15 @@ state, and bad requests answered with 400 and a reason, never a 500."""
 
 from __future__ import annotations
 
+import logging
+
 import aiohttp
 
 from tests.support import RECORDS, start_with_dashboard, wait_for
 
 
-async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data_dir):
+async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data_dir, caplog):
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
     svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=10.0, patients=1)
     url = f"http://127.0.0.1:{settings.http_port}"
     try:
@@ -84,6 +87,13 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
             # its last interval was closed before: the annotation with an end time came first
             assert any(f["type"] == "annotation" and f["end_time"] is not None for f in frames)
             await ws.close()
+
+            # the access log has the API's requests, not the probes and scrapes
+            async with http.get(url + "/metrics") as r:
+                assert r.status == 200
+            logged = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+            assert any('"DELETE /patients/bed-9 ' in line for line in logged), logged[-5:]
+            assert not any(probe in line for line in logged for probe in ("/healthz", "/readyz", "/metrics"))
     finally:
         await runner.cleanup()
         await hub.close()

@@ -14,6 +14,7 @@ import json
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.web_log import AccessLogger
 
 from stream.events import Event, EventError, new_event_id, parse_event, state_to_dict
 from twin_engine.config import Settings
@@ -157,9 +158,23 @@ def build_app(service: Frontend, hub: SubscriberHub | None = None) -> web.Applic
     return app
 
 
+# what orchestrators and Prometheus call every few seconds
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class ApiAccessLogger(AccessLogger):
+    """aiohttp's access log without the probes and scrapes. Each worker got a line every few
+    seconds from its orchestrator and from Prometheus (twelve workers scraped every half second
+    in a benchmark filled their logs with nothing else), burying the API's own requests."""
+
+    def log(self, request, response, time: float) -> None:
+        if request.path not in PROBES:
+            super().log(request, response, time)
+
+
 async def serve_http(service: Frontend, host: str, port: int,
                      hub: SubscriberHub | None = None) -> web.AppRunner:
-    runner = web.AppRunner(build_app(service, hub))
+    runner = web.AppRunner(build_app(service, hub), access_log_class=ApiAccessLogger)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
