@@ -88,9 +88,7 @@ async def run(broker: EmbeddedBroker, rates: list[int], seconds: float, patients
     k = KafkaConfig(bootstrap_servers=broker.bootstrap_servers).namespaced(f"mr{uuid.uuid4().hex[:6]}")
     await ensure_topics(k.client_kwargs(), engine_topics(k))
     port = free_port()
-    env = {**os.environ, "TWIN_ENGINE_HTTP_PORT": str(port),
-           "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-           **{f"TWIN_ENGINE_KAFKA_{n.upper()}": getattr(k, n) for n in KafkaConfig.TOPIC_FIELDS}}
+    env = {**os.environ, "TWIN_ENGINE_HTTP_PORT": str(port), **k.to_env()}
     mon = subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "monitor"], env=env, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -86,10 +86,8 @@ class Workers:
         self.ports = [free_port() for _ in range(n)]
         self.procs: list[subprocess.Popen] = []
         self.logs = logs
-        base = {**os.environ, "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": k.bootstrap_servers,
-                "TWIN_ENGINE_KAFKA_PARTITIONS": str(k.partitions), "TWIN_ENGINE_KAFKA_GROUP_ID": k.group_id,
-                "TWIN_ENGINE_SEGMENT_SECONDS": str(segment_seconds), "TWIN_ENGINE_SPEED": "1",
-                **{f"TWIN_ENGINE_KAFKA_{f.upper()}": getattr(k, f) for f in KafkaConfig.TOPIC_FIELDS}}
+        base = {**os.environ, "TWIN_ENGINE_SEGMENT_SECONDS": str(segment_seconds), "TWIN_ENGINE_SPEED": "1",
+                **k.to_env()}
         self.env = [{**base, "TWIN_ENGINE_HTTP_PORT": str(port)} for port in self.ports]
 
     def launch(self, indices: range) -> None:

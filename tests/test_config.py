@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from twin_engine.config import ConfigError, load_settings
+from twin_engine.config import ConfigError, KafkaConfig, load_settings
 
 
 def test_defaults_validate():
@@ -56,3 +56,9 @@ def test_namespaced_kafka_copy():
     n = k.namespaced("run1")
     assert n.topic_events == "run1." + k.topic_events and n.group_id == "run1-" + k.group_id
     assert k.topic_events == "twin.conditions"  # the original is untouched
+
+
+def test_kafka_settings_travel_to_a_child_process_through_the_environment():
+    k = KafkaConfig(bootstrap_servers="kafka-0:9093", partitions=12, security_protocol="SASL_SSL",
+                    sasl_mechanism="SCRAM-SHA-512", fetch_max_wait_ms=250).namespaced("ward7")
+    assert load_settings(env=k.to_env()).kafka == k

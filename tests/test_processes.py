@@ -69,14 +69,11 @@ def test_demo_runs_the_whole_service_on_its_own_broker(tiny_model_dir, data_dir,
 
 async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_dir, data_dir, tmp_path):
     port = free_port()
-    k = KafkaConfig().namespaced(f"sig{uuid.uuid4().hex[:6]}")
+    k = KafkaConfig(bootstrap_servers=broker.bootstrap_servers, partitions=4).namespaced(f"sig{uuid.uuid4().hex[:6]}")
     env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_DATA_DIR": str(data_dir),
            "TWIN_ENGINE_CACHE_DIR": str(tmp_path), "TWIN_ENGINE_HTTP_PORT": str(port),
            "TWIN_ENGINE_SPEED": "10", "TWIN_ENGINE_SEGMENT_SECONDS": "1",
-           "TWIN_ENGINE_WFDB_EXPORT_DIR": str(tmp_path / "wfdb"),
-           "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TWIN_ENGINE_KAFKA_PARTITIONS": "4",
-           "TWIN_ENGINE_KAFKA_GROUP_ID": k.group_id,
-           **{f"TWIN_ENGINE_KAFKA_{name.upper()}": getattr(k, name) for name in KafkaConfig.TOPIC_FIELDS}}
+           "TWIN_ENGINE_WFDB_EXPORT_DIR": str(tmp_path / "wfdb"), **k.to_env()}
     proc = subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = f"http://127.0.0.1:{port}/metrics"
@@ -143,9 +140,7 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
     through its topics; a bad statement or intensity is refused with a message, not a traceback."""
     svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=10.0, patients=0)
     k = settings.kafka
-    env = {**os.environ, "TWIN_ENGINE_DATA_DIR": str(data_dir),
-           "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-           **{f"TWIN_ENGINE_KAFKA_{name.upper()}": getattr(k, name) for name in KafkaConfig.TOPIC_FIELDS}}
+    env = {**os.environ, "TWIN_ENGINE_DATA_DIR": str(data_dir), **k.to_env()}
 
     async def cli(*args: str) -> subprocess.CompletedProcess:
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.cli", *args, env=env,

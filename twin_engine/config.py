@@ -69,6 +69,11 @@ class KafkaConfig:
             setattr(out, name, f"{prefix}.{getattr(self, name)}")
         return out
 
+    def to_env(self) -> dict[str, str]:
+        """The ``TWIN_ENGINE_KAFKA_*`` variables that configure a child process (a worker or a
+        monitor that a test or a benchmark starts) with exactly these settings."""
+        return {f"{ENV_PREFIX}KAFKA_{f.name.upper()}": str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments common to aiokafka producers, consumers and admin clients."""
         kw: dict[str, Any] = {
