@@ -8,7 +8,9 @@
 #      possible and in real time, with the per-worker CPU share
 #   4. bench/serve_workers.py: several `serve` processes in one consumer group sharing the GPU
 #      under MPS, in real time, with 2 s and with 10 s segments (WORKERS, PATIENTS_2S,
-#      PATIENTS_10S, MPS); about 5 minutes
+#      PATIENTS_10S, MPS, SEGMENTS="2 10"); about 5 minutes; the first worker is profiled with
+#      py-spy (its threads' CPU and where they spend it: sw-logs/*/worker0-profile.txt)
+#   5. one worker on its own under py-spy (bench serve in real time, 3,000 patients, 10 s)
 # STEPS picks the steps (default 123; "4" runs only the workers).
 # Environment: SERVE_PATIENTS (default 1000,4000), SERVE_SECONDS (20), RT_PATIENTS (2000),
 # RT_SECONDS (60); each step's time limit T1 (150), T2 (120), T3 (250) seconds. On the 2026-11-26
@@ -59,11 +61,11 @@ export OMP_NUM_THREADS=1 TORCHINDUCTOR_COMPILE_THREADS=1
 # MPS (MPS=0: plain time-slicing): with 2 s segments, 12 workers time-sliced missed 11,508
 # segments in 40 s, under MPS 1 (H100, 2026-11-26; docs/BENCHMARKS.md)
 [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d && echo "MPS on"
-for seg in 2 10; do
+for seg in ${SEGMENTS:-2 10}; do
   n=$([ "$seg" = 2 ] && echo "${PATIENTS_2S:-18000}" || echo "${PATIENTS_10S:-36000}")
   timeout "${T4:-200}" "$PY" bench/serve_workers.py --workers "${WORKERS:-12}" --patients "$n" \
     --segment-seconds "$seg" --seconds "${WINDOW_S:-40}" --warmup "${WARMUP_S:-25}" --logs /tmp/sw-logs \
-    --json "$OUT/serve-workers-gpu-${seg}s.json" 2>&1 | tee "$OUT/serve-workers-gpu-${seg}s.log" | tail -2
+    --json "$OUT/serve-workers-gpu-${seg}s.json" --py-spy "$([ -x /tmp/site/bin/py-spy ] && echo /tmp/site/bin/py-spy)" 2>&1 | tee "$OUT/serve-workers-gpu-${seg}s.log" | tail -2
 done
 [ "${MPS:-1}" = 1 ] && echo quit | nvidia-cuda-mps-control 2>/dev/null
 tar -czf "$OUT/serve-workers-logs.tar.gz" -C /tmp sw-logs 2>/dev/null

@@ -54,6 +54,9 @@ from twin_engine.broker import (  # noqa: E402
 )
 from twin_engine.config import KafkaConfig  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from profile_summary import summarise, thread_cpu  # noqa: E402
+
 
 def _rss_mb(pid: int) -> float:
     m = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
@@ -137,7 +140,7 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 
 async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, patients: int, seconds: float,
-              warmup: float, segment_seconds: float, logs: Path) -> dict:
+              warmup: float, segment_seconds: float, logs: Path, py_spy: str = "") -> dict:
     k = KafkaConfig(bootstrap_servers=bootstrap).namespaced(f"sw{uuid.uuid4().hex[:6]}")
     k.partitions = max(8, 4 * n_workers)  # several per worker, so shares stay even
     await ensure_topics(k.client_kwargs(), engine_topics(k))
@@ -196,6 +199,12 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
             off0 = sum((await ends.end_offsets(seg_tps)).values())
             cpu0 = [process_cpu_seconds(p) for p in pids]
             bcpu0 = broker.cpu_seconds() if broker else None
+            # the first worker's threads: their CPU over the window, and with py-spy its profile
+            (logs / "worker0-cpu0.txt").write_text(thread_cpu(pids[0]))
+            spy = await asyncio.create_subprocess_exec(
+                py_spy, "record", "--pid", str(pids[0]), "--threads", "--format", "raw", "--rate", "100",
+                "--duration", str(int(seconds)), "-o", str(logs / "worker0.raw"),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL) if py_spy else None
             t0 = loop.time()
             sent: dict[str, float] = {}
             effect: list[float] = []
@@ -216,6 +225,8 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
                         if a["end_time"] is None and a["event_id"] in sent:
                             effect.append(loop.time() - sent.pop(a["event_id"]))
             wall = loop.time() - t0
+            (logs / "worker0-cpu1.txt").write_text(thread_cpu(pids[0]))
+            threads = sorted(((float(b) - float(a)) / wall for (_, a), (_, b) in _paired_cpu(logs)), reverse=True)
             after = await _scrape(http, workers)
             off1 = sum((await ends.end_offsets(seg_tps)).values())
             cores = [(process_cpu_seconds(p) - c) / wall for p, c in zip(pids, cpu0, strict=True)]
@@ -242,10 +253,17 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
                 if effect else None,
                 "worker_cpu_cores": [round(c, 2) for c in cores], "worker_cpu_cores_sum": round(sum(cores), 2),
                 "worker_rss_mb": [round(r) for r in rss],
+                # where a worker's CPU goes: its busiest threads (the event loop, the generation
+                # thread; worker0-profile.txt names them when py-spy ran)
+                "worker0_thread_cpu_cores": [round(c, 2) for c in threads if c >= 0.01],
                 "worker_gpu_memory_mb": [gpu.get(p) for p in pids] if gpu else None,
                 "broker_cpu_cores": round((broker.cpu_seconds() - bcpu0) / wall, 2) if broker else None,
                 "broker_rss_mb": round(_rss_mb(broker.pid)) if broker and broker.pid else None,
             }
+            if spy is not None:
+                await spy.wait()
+                (logs / "worker0-profile.txt").write_text(summarise(
+                    logs / "worker0.raw", 30, (logs / "worker0-cpu0.txt", logs / "worker0-cpu1.txt"), wall))
     finally:
         with contextlib.suppress(Exception):
             await ann.stop()
@@ -255,6 +273,13 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
     row["stop_s"] = round(stop_s, 1)
     row["worker_exit_codes"] = [p.returncode for p in workers.procs]
     return row
+
+
+def _paired_cpu(logs: Path) -> list[tuple[list[str], list[str]]]:
+    """(tid, before), (tid, after) per thread alive at both snapshots."""
+    before = dict(line.split() for line in (logs / "worker0-cpu0.txt").read_text().splitlines())
+    after = dict(line.split() for line in (logs / "worker0-cpu1.txt").read_text().splitlines())
+    return [((t, before[t]), (t, after[t])) for t in after if t in before]
 
 
 def _base_vector() -> list[float]:
@@ -275,6 +300,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", default="", help="an external broker (default: a fresh embedded one per run)")
     ap.add_argument("--logs", default="", help="keep the workers' logs here")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--py-spy", default="", help="py-spy binary: profile the first worker over the window")
     args = ap.parse_args()
     ws = [int(w) for w in args.workers.split(",")]
     ns = [int(n) for n in args.patients.split(",")]
@@ -289,11 +315,11 @@ def main() -> None:
         try:
             if args.bootstrap:
                 row = asyncio.run(run(args.bootstrap, None, w, n, args.seconds, args.warmup, args.segment_seconds,
-                                      run_logs))
+                                      run_logs, args.py_spy))
             else:
                 with EmbeddedBroker(port=free_port()) as broker:
                     row = asyncio.run(run(broker.bootstrap_servers, broker, w, n, args.seconds, args.warmup,
-                                          args.segment_seconds, run_logs))
+                                          args.segment_seconds, run_logs, args.py_spy))
         except Exception as exc:  # the next run may still tell something; the error is kept
             row = {"workers": w, "patients": n, "error": f"{type(exc).__name__}: {exc}"[-3000:]}
         print(json.dumps(row), flush=True)

@@ -22,11 +22,17 @@ class NoiseSchedule:
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float64) ** 2
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         self.steps = steps
+        self._on: dict[torch.device, torch.Tensor] = {}
 
     def ab(self, t: torch.Tensor | int) -> torch.Tensor:
         """alpha-bar at t; t = -1 means clean (1.0)."""
         t = torch.as_tensor(t)
-        ac = self.alphas_cumprod.to(t.device)  # timesteps on a GPU index a copy there
+        # timesteps on a GPU index a copy of the table there, made once: copying it at each call
+        # (every denoising step) made the host wait for all the GPU work queued before the step,
+        # as a copy from pageable memory does
+        ac = self._on.get(t.device)
+        if ac is None:
+            ac = self._on[t.device] = self.alphas_cumprod.to(t.device)
         out = torch.where(t >= 0, ac[t.clamp(min=0)], torch.ones((), dtype=torch.float64, device=t.device))
         return out.float()
 

@@ -144,3 +144,16 @@ def test_training_resumes(tmp_path, data_dir):
     info = json.loads((out / "training.json").read_text())
     assert torch.load(out / "autoencoder.state.pt", weights_only=True)["step"] == 10
     assert info["autoencoder"]["steps"] == 10
+
+
+def test_alpha_bar_table_lookup():
+    """ab(t) is the schedule's cumulative product at t and 1 at t = -1 (clean), for ints and
+    batches of timesteps alike, and stays so on repeated lookups (the table is kept per device)."""
+    s = NoiseSchedule()
+    expected = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2, 0)
+    t = torch.tensor([999, 500, 0, -1])
+    for _ in range(2):
+        got = s.ab(t)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, torch.cat([expected[[999, 500, 0]], torch.ones(1, dtype=torch.float64)]).float())
+    assert float(s.ab(-1)) == 1.0 and float(s.ab(999)) == pytest.approx(float(expected[999]), rel=1e-6)

@@ -333,3 +333,25 @@ async def test_a_failed_publication_is_retried_and_the_stream_goes_on(monkeypatc
     assert calls[:5] == [0, 1, 2, 2, 2]
     assert [seg.seq for seg in published] == list(range(len(published)))
     assert metrics.publish_failures._value.get() == 2
+
+
+@pytest.mark.parametrize("context", [10, 250])
+async def test_stored_tail_is_the_published_end_of_the_stream(context):
+    """The stream position's tail (what a restart continues from) is the last ``context``
+    samples as published, int16 and all: taken from the segment itself when the segment is
+    longer than the tail, and spanning segments when it is shorter (250 > 100)."""
+    from twin_engine.generator import unpack_tail
+
+    rng = np.random.default_rng(0)
+
+    def gen(reqs):
+        return [rng.standard_normal((r.n_samples, 12)).astype(np.float32) for r in reqs]
+
+    s, batcher, published, _ = await _stream(50.0, gen=gen, context=context)
+    await _until(lambda: len(published) >= 4)
+    await s.stop()
+    await batcher.stop()
+    stream = np.concatenate([seg.quantized for seg, _ in published])  # int16, as published
+    stored = unpack_tail(s.p.tail_b64, 12)
+    assert s.p.next_seq == published[-1][0].seq + 1
+    np.testing.assert_array_equal(np.round(stored * 1000).astype(np.int16), stream[-context:])
