@@ -338,8 +338,8 @@ async def test_a_failed_publication_is_retried_and_the_stream_goes_on(monkeypatc
 @pytest.mark.parametrize("context", [10, 250])
 async def test_stored_tail_is_the_published_end_of_the_stream(context):
     """The stream position's tail (what a restart continues from) is the last ``context``
-    samples as published, int16 and all: taken from the segment itself when the segment is
-    longer than the tail, and spanning segments when it is shorter (250 > 100)."""
+    samples as published, int16 and all, whether it lies within the last segment (10) or spans
+    several shorter segments (250 samples, 100 per segment)."""
     from twin_engine.generator import unpack_tail
 
     rng = np.random.default_rng(0)
