@@ -1,5 +1,8 @@
 """Summarise a py-spy profile (``py-spy record --format raw --threads``): per thread, the share
-of on-CPU samples with each function on top of the stack (self) and anywhere on it (inclusive).
+of its samples with each function on top of the stack (self) and anywhere on it (inclusive).
+py-spy leaves out samples it finds idle, but attached to a worker on the GPU machines it kept
+idle executor threads waiting for work (``_worker``), so a thread's sample count is no measure of
+its CPU: ``--cpu`` gives that.
 
 py-spy reads the stacks from outside the process, so it sees every thread without taking the
 GIL. An in-process sampler (a thread reading ``sys._current_frames``) was tried first and
@@ -68,7 +71,7 @@ def summarise(path: Path, top: int, cpu: tuple[Path, Path] | None = None, second
             self_n[thread][funcs[-1]] += count
         for f in set(funcs):
             incl_n[thread][f] += count
-    out = [f"{sum(total.values())} on-CPU samples"]
+    out = [f"{sum(total.values())} samples"]
     if cpu is not None and seconds > 0:
         names = {re.search(r"\((\d+)\)", t).group(1): t for t in total if re.search(r"\((\d+)\)", t)}
         before, after = _read_cpu(cpu[0]), _read_cpu(cpu[1])
