@@ -23,7 +23,11 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from twin_engine.broker import process_cpu_seconds  # noqa: E402
 
 _LINE = re.compile(r"^(.*) (\d+)$")
 _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
@@ -37,20 +41,12 @@ def _function(frame: str) -> str:
 
 def thread_cpu(pid: int) -> str:
     """``tid cpu_seconds`` lines for every thread of ``pid`` (user + system)."""
-    import os
-
-    tick = os.sysconf("SC_CLK_TCK")
-    lines = []
-    for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        lines.append(f"{task.name} {(int(fields[11]) + int(fields[12])) / tick}")
-    return "\n".join(lines) + "\n"
+    cpu = {t.name: process_cpu_seconds(pid, int(t.name)) for t in sorted(Path(f"/proc/{pid}/task").iterdir())}
+    return "".join(f"{t} {c}\n" for t, c in cpu.items() if c is not None)
 
 
-def _read_cpu(path: Path) -> dict[str, float]:
+def read_thread_cpu(path: Path) -> dict[str, float]:
+    """A ``thread_cpu`` snapshot: CPU seconds by thread id."""
     return {t: float(c) for t, c in (line.split() for line in path.read_text().splitlines() if line.strip())}
 
 
@@ -74,7 +70,7 @@ def summarise(path: Path, top: int, cpu: tuple[Path, Path] | None = None, second
     out = [f"{sum(total.values())} samples"]
     if cpu is not None and seconds > 0:
         names = {re.search(r"\((\d+)\)", t).group(1): t for t in total if re.search(r"\((\d+)\)", t)}
-        before, after = _read_cpu(cpu[0]), _read_cpu(cpu[1])
+        before, after = read_thread_cpu(cpu[0]), read_thread_cpu(cpu[1])
         used = sorted(((after[t] - before.get(t, 0.0)) / seconds, t) for t in after)
         out += ["", "CPU cores per thread over the window:"]
         out += [f"  {c:5.2f}  {names.get(t, 'thread ' + t)}" for c, t in reversed(used) if c >= 0.01]

@@ -55,7 +55,7 @@ from twin_engine.broker import (  # noqa: E402
 from twin_engine.config import KafkaConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from profile_summary import summarise, thread_cpu  # noqa: E402
+from profile_summary import read_thread_cpu, summarise, thread_cpu  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float:
@@ -226,7 +226,8 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
                             effect.append(loop.time() - sent.pop(a["event_id"]))
             wall = loop.time() - t0
             (logs / "worker0-cpu1.txt").write_text(thread_cpu(pids[0]))
-            threads = sorted(((float(b) - float(a)) / wall for (_, a), (_, b) in _paired_cpu(logs)), reverse=True)
+            before_t, after_t = (read_thread_cpu(logs / f"worker0-cpu{i}.txt") for i in (0, 1))
+            threads = sorted(((after_t[t] - before_t[t]) / wall for t in after_t if t in before_t), reverse=True)
             after = await _scrape(http, workers)
             off1 = sum((await ends.end_offsets(seg_tps)).values())
             cores = [(process_cpu_seconds(p) - c) / wall for p, c in zip(pids, cpu0, strict=True)]
@@ -273,13 +274,6 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
     row["stop_s"] = round(stop_s, 1)
     row["worker_exit_codes"] = [p.returncode for p in workers.procs]
     return row
-
-
-def _paired_cpu(logs: Path) -> list[tuple[list[str], list[str]]]:
-    """(tid, before), (tid, after) per thread alive at both snapshots."""
-    before = dict(line.split() for line in (logs / "worker0-cpu0.txt").read_text().splitlines())
-    after = dict(line.split() for line in (logs / "worker0-cpu1.txt").read_text().splitlines())
-    return [((t, before[t]), (t, after[t])) for t in after if t in before]
 
 
 def _base_vector() -> list[float]:

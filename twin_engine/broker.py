@@ -64,11 +64,11 @@ class TopicSpec:
     compacted: bool = False
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) process ``pid`` has used, from /proc; None off Linux or once it
-    has exited."""
+def process_cpu_seconds(pid: int, tid: int | None = None) -> float | None:
+    """CPU time (user + system) process ``pid`` (or only its thread ``tid``) has used, from /proc;
+    None off Linux or once it has exited."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
