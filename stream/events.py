@@ -10,7 +10,9 @@
      "state": {"statements": {"AFIB": 1.0}, "heart_rate": 118, "age": 67, "sex": 1},
      "transition_seconds": 0}                   # heart rate ramps linearly over this time
 
-``register`` adds ``reference``: {"wfdb": "path/to/record"} or {"samples": [[...12 leads...], ...],
+``remove`` ends the patient's stream and deletes it from the registry: at once, or with an
+``effective_time`` ahead, before the first segment starting at or after it (kept in the registry
+until then). ``register`` adds ``reference``: {"wfdb": "path/to/record"} or {"samples": [[...12 leads...], ...],
 "fs": 250} or {"base_vector": [...]}. Parsing either returns an Event or raises EventError whose
 message is the reason written to the dead-letter record.
 """

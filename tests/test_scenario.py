@@ -29,6 +29,8 @@ def test_the_example_loads_and_bad_files_say_which_entry(tmp_path):
         '[[patient]]\nid = "bad id!"\nwfdb = "x"\n': "patient 1 (bad id!)",
         head + head: "each id once",
         head + '[[event]]\nat = 1\n': "unknown sections",
+        head + '[[remove]]\nat = 5\npatient = "b9"\n': "remove 1 (at 5 s, b9): patient must be one of",
+        head + '[[remove]]\nat = 5\npatient = "b1"\n[[remove]]\nat = 6\npatient = "b1"\n': "removed once",
         "[[patient]\n": "ward.toml",
     }
     for text, says in bad.items():
@@ -61,12 +63,15 @@ transition = 3
 at = 7
 patient = "s-2"
 state = {{ statements = {{ SR = 1, PVC = 1 }}, heart_rate = 75 }}
+[[remove]]
+at = 8.5
+patient = "s-2"
 """)
     scenario = load_scenario(tmp_path / "s.toml")
     try:
         start = await play(settings, scenario, timeout=60)
         assert sorted(start) == ["s-1", "s-2"]
-        await wait_for(lambda: all(svc.streams[p].p.next_seq >= 12 for p in start), timeout=60)
+        await wait_for(lambda: svc.streams["s-1"].p.next_seq >= 12 and "s-2" not in svc.streams, timeout=60)
     finally:
         await runner.cleanup()
         await hub.close()
@@ -75,6 +80,8 @@ state = {{ statements = {{ SR = 1, PVC = 1 }}, heart_rate = 75 }}
     opened = {json.loads(m.value)["event_id"]: json.loads(m.value)
               for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_annotations)}
     for c in scenario.changes:  # each from the first segment at or after its time
+        if c.event.type == "remove":
+            continue
         pid = c.event.patient_id
         want = start[pid] + math.ceil(c.at / seconds - 1e-9) * seconds
         assert opened[c.event.event_id]["start_time"] == pytest.approx(want), (pid, c.at)
@@ -82,3 +89,8 @@ state = {{ statements = {{ SR = 1, PVC = 1 }}, heart_rate = 75 }}
                    if m.key == b"s-1"), key=lambda s: s.seq)
     hrs = [round(s.state["heart_rate"]) for s in segs if s.start_time >= start["s-1"] - 1e-6][:11]
     assert hrs == [60] * 6 + [70, 80, 90, 90, 120]  # the ramp over 3 s, then AFIB at 9.5 -> 10 s
+    # s-2 is removed at 8.5 s: its last segment is the one starting before then, in PVC since 7 s
+    segs2 = sorted((decode_segment(m.value) for m in await read_all(broker.bootstrap_servers,
+                    settings.kafka.topic_segments) if m.key == b"s-2"), key=lambda s: s.seq)
+    assert segs2[-1].start_time == pytest.approx(start["s-2"] + (math.ceil(8.5 / seconds) - 1) * seconds)
+    assert segs2[-1].state["statements"] == {"SR": 1.0, "PVC": 1.0}

@@ -355,3 +355,18 @@ async def test_stored_tail_is_the_published_end_of_the_stream(context):
     stored = unpack_tail(s.p.tail_b64, 12)
     assert s.p.next_seq == published[-1][0].seq + 1
     np.testing.assert_array_equal(np.round(stored * 1000).astype(np.int16), stream[-context:])
+
+
+async def test_a_scheduled_end_publishes_what_starts_before_it_then_ends_once():
+    """``remove_at`` set on a running stream: the segments starting before it go out (those
+    generated ahead past it never do), then ``on_end`` runs once and the stream's task ends."""
+    s, batcher, published, _ = await _stream(20.0, lookahead=3)  # 1 s segments every 50 ms
+    ended = []
+    s.on_end = lambda: ended.append(s.p.next_seq)
+    await _until(lambda: len(published) >= 2)
+    s.p.remove_at = s.start_time(s.p.next_seq + 2) + 0.5  # mid-segment: the one starting before it is the last
+    last = s.p.next_seq + 2
+    await asyncio.wait_for(s.task, 10)
+    await batcher.stop()
+    assert [seg.seq for seg, _ in published] == list(range(last + 1))
+    assert ended == [last + 1]

@@ -229,9 +229,9 @@ async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(
     assert any(s.event_id == "afib-moved" for s in segs if s.patient_id == target)
 
 
-async def _serving_one_patient(broker, tiny_model_dir, prefix: str, data_dir, reg_id: str):
+async def _serving_one_patient(broker, tiny_model_dir, prefix: str, data_dir, reg_id: str, speed: float = 10.0):
     """A started service streaming bed-0 (registered by event ``reg_id``), two segments out."""
-    settings = service_settings(broker, prefix, data_dir=data_dir)
+    settings = service_settings(broker, prefix, data_dir=data_dir, speed=speed)
     svc = TwinService(settings, TwinModel.load(tiny_model_dir))
     await svc.start()
     await asyncio.wait_for(svc.ready.wait(), 30)
@@ -371,3 +371,35 @@ async def test_a_removal_applied_again_closes_the_annotation_once(broker, tiny_m
     ends = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_annotations)
             if m.key == b"bed-0"]
     assert [a["event_id"] for a in ends if a["end_time"] is not None] == ["reg-a"]
+
+
+async def test_a_scheduled_removal_ends_the_stream_at_its_time_across_a_restart(broker, tiny_model_dir, prefix,
+                                                                               data_dir):
+    """A remove event with an effective time ahead: the stream publishes every segment that
+    starts before it and then the patient is removed (ground truth closed at the stream's end,
+    a tombstone last in the registry), even though the service restarted in between: the
+    scheduled time is in the patient's record."""
+    # x2: the end comes 30 s later, after the restart (about 20 s, most of it the group join)
+    svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-s", speed=2.0)
+    s = svc.streams["bed-0"]
+    end = s.start_time(s.p.next_seq + 60) + 0.5  # mid-segment
+    await svc.send_event(Event("rm-s", "bed-0", "remove", effective_time=end))
+    await _committed(svc, settings, 2)  # reg-s, rm-s: the scheduled removal is durable
+    assert svc.registry.get("bed-0").remove_at == end and "bed-0" in svc.streams
+    assert svc.patient_view("bed-0")["remove_at"] == end
+    await svc.stop()
+
+    svc2 = TwinService(settings, TwinModel.load(tiny_model_dir))
+    await svc2.start()
+    await wait_for(lambda: "bed-0" in svc2.streams)  # restored, with its removal still to come
+    await wait_for(lambda: svc2.registry.get("bed-0") is None and "bed-0" not in svc2.streams, timeout=60)
+    await svc2.stop()
+    bs = broker.bootstrap_servers
+    segs = sorted((decode_segment(m.value) for m in await read_all(bs, settings.kafka.topic_segments)
+                   if m.key == b"bed-0"), key=lambda g: g.seq)
+    assert segs[-1].start_time < end <= segs[-1].start_time + segs[-1].duration  # the last one before the end
+    ends = [json.loads(m.value) for m in await read_all(bs, settings.kafka.topic_annotations) if m.key == b"bed-0"]
+    assert ends[-1]["end_time"] == pytest.approx(segs[-1].start_time + segs[-1].duration)
+    last = [m for m in await read_all(bs, settings.kafka.topic_registry) if m.key == b"bed-0"][-1]
+    assert last.value is None
+    assert not await read_all(bs, settings.kafka.topic_dead_letter)

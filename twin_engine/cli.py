@@ -190,6 +190,9 @@ def cmd_play(args: argparse.Namespace) -> int:
     for pid, t in sorted(start.items()):
         print(f"{pid}: stream starts {time.strftime('%H:%M:%S', time.localtime(t))}")
     for c in scenario.changes:
+        if c.event.state is None:  # a removal
+            print(f"{c.event.patient_id} at {c.at:g} s: removed ({c.event.event_id})")
+            continue
         st = "+".join(c.event.state.statements) or "-"
         print(f"{c.event.patient_id} at {c.at:g} s: {st} {c.event.state.heart_rate:g} bpm"
               + (f" over {c.event.transition_seconds:g} s" if c.event.transition_seconds else "")

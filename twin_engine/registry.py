@@ -62,6 +62,8 @@ class Patient:
     published_state: dict[str, Any] | None = None
     published_since: float | None = None  # ... and the stream time it began
     tail_b64: str | None = None  # last samples published (int16, see stream.segments): continuity
+    remove_at: float | None = None  # stream time of a scheduled removal (a remove event's effective_time)
+    remove_event_id: str | None = None
 
     @property
     def cardiac_state(self) -> CardiacState:
@@ -100,7 +102,8 @@ class Patient:
         return {"patient_id": self.patient_id, "model_version": self.model_version, "state": self.state,
                 "state_event_id": self.state_event_id, "next_seq": self.next_seq,
                 "published_state": self.published_state, "history": self.history[-20:], "stream_time": nxt,
-                "scheduled": [h for h in self.history if nxt is not None and h.get("at", nxt) > nxt]}
+                "scheduled": [h for h in self.history if nxt is not None and h.get("at", nxt) > nxt],
+                "remove_at": self.remove_at}
 
     def to_json(self) -> bytes:
         # the fields hold JSON values already: a shallow dict serialises the same record as

@@ -1,8 +1,9 @@
 """``twin-engine play``: a scenario file, a ward and its timeline, sent to a running service.
 
-A scenario is TOML: the patients to onboard, and the state changes, each at a time in seconds of
+A scenario is TOML: the patients to onboard, the state changes, each at a time in seconds of
 that patient's stream (from its first segment in the scenario's state), optionally with a
-heart-rate ramp. See ``twin_engine/scenarios/ward.toml``.
+heart-rate ramp, and removals (``[[remove]]``: the patient's stream ends before the first segment
+at or after its time). See ``twin_engine/scenarios/ward.toml``.
 
 The player registers the patients, waits for each one's first segment to learn where its stream
 starts, then sends every change at once with its ``effective_time``: the service makes each at
@@ -43,7 +44,7 @@ class Change:
 @dataclass
 class Scenario:
     registrations: list[Event]
-    changes: list[Change]
+    changes: list[Change]  # the timeline: state changes and removals, in time order
 
 
 def _event(d: dict[str, Any], vocab: tuple[str, ...], where: str) -> Event:
@@ -59,9 +60,9 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
         doc = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
-    unknown = set(doc) - {"patient", "change"}
+    unknown = set(doc) - {"patient", "change", "remove"}
     if unknown:
-        raise ScenarioError(f"{path}: unknown sections {sorted(unknown)} (known: patient, change)")
+        raise ScenarioError(f"{path}: unknown sections {sorted(unknown)} (known: patient, change, remove)")
     regs = []
     for i, p in enumerate(doc.get("patient", [])):
         where = f"patient {i + 1} ({p.get('id', '?')})"
@@ -73,17 +74,23 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
     ids = [e.patient_id for e in regs]
     if not ids or len(set(ids)) != len(ids):
         raise ScenarioError(f"{path}: patients must be listed, each id once")
-    changes = []
-    for i, c in enumerate(doc.get("change", [])):
-        where = f"change {i + 1} (at {c.get('at', '?')} s, {c.get('patient', '?')})"
-        at = c.get("at")
-        if isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0:
-            raise ScenarioError(f"{where}: at must be seconds >= 0")
-        if c.get("patient") not in ids:
-            raise ScenarioError(f"{where}: patient must be one of the scenario's {ids}")
-        changes.append(Change(float(at), _event({"patient_id": c["patient"], "type": "condition",
-                                                 "state": c.get("state"),
-                                                 "transition_seconds": c.get("transition", 0)}, vocab, where)))
+    changes, removed = [], set()
+    for kind in ("change", "remove"):
+        for i, c in enumerate(doc.get(kind, [])):
+            where = f"{kind} {i + 1} (at {c.get('at', '?')} s, {c.get('patient', '?')})"
+            at = c.get("at")
+            if isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0:
+                raise ScenarioError(f"{where}: at must be seconds >= 0")
+            if c.get("patient") not in ids:
+                raise ScenarioError(f"{where}: patient must be one of the scenario's {ids}")
+            if kind == "remove":
+                if c["patient"] in removed:
+                    raise ScenarioError(f"{where}: a patient is removed once")
+                removed.add(c["patient"])
+                fields = {"type": "remove"}
+            else:
+                fields = {"type": "condition", "state": c.get("state"), "transition_seconds": c.get("transition", 0)}
+            changes.append(Change(float(at), _event({"patient_id": c["patient"], **fields}, vocab, where)))
     return Scenario(regs, sorted(changes, key=lambda c: c.at))
 
 

@@ -91,8 +91,12 @@ PublishFn = Callable[[Patient, Segment, StateChange | None], Awaitable[None]]
 class PatientStream:
     def __init__(self, patient: Patient, *, clock: StreamClock, batcher: MicroBatcher, fs: int,
                  segment_samples: int, context_samples: int, lookahead: int, leads: tuple[str, ...],
-                 model_version: str, publish: PublishFn, metrics: Metrics) -> None:
+                 model_version: str, publish: PublishFn, metrics: Metrics,
+                 on_end: Callable[[], None] | None = None) -> None:
         self.p = patient
+        # a scheduled end (stream time, the patient's ``remove_at``): segments starting at or
+        # after it are not published, and once the last one before it is out, ``on_end`` runs
+        self.on_end = on_end
         self.clock, self.batcher, self.fs = clock, batcher, fs
         self.n, self.context, self.lookahead = segment_samples, context_samples, lookahead
         self.leads, self.model_version, self.publish, self.metrics = leads, model_version, publish, metrics
@@ -126,6 +130,11 @@ class PatientStream:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"stream-{self.p.patient_id}")
+
+    def _ended_before(self, seq: int) -> bool:
+        """Whether segment ``seq`` starts at or after the stream's scheduled end."""
+        end = self.p.remove_at
+        return end is not None and self.start_time(seq) >= end - 1e-9
 
     async def stop(self) -> None:
         """Finish the publish in progress (if any), then end."""
@@ -228,10 +237,15 @@ class PatientStream:
     async def _run(self) -> None:
         try:
             while not self._stopping:
-                if self._gen is None and len(self.pending) < self.lookahead:
+                if self._gen is None and len(self.pending) < self.lookahead \
+                        and not self._ended_before(self.p.next_seq + len(self.pending)):
                     seq = self.p.next_seq + len(self.pending)
                     prev = self.pending[-1] if self.pending else self.published
                     self._gen = asyncio.create_task(self._generate(seq, prev))
+                if self._gen is None and not self.pending and self._ended_before(self.p.next_seq):
+                    if self.on_end is not None:
+                        self.on_end()
+                    return
                 waiters: set[asyncio.Future] = {asyncio.ensure_future(self._changed.wait())}
                 if self._gen is not None:
                     waiters.add(self._gen)
@@ -258,6 +272,9 @@ class PatientStream:
                         await asyncio.sleep(1.0)
                         continue
                     self.pending.append(gen.result())
+                if self.pending and self._ended_before(self.pending[0].seq):
+                    self.pending.clear()  # made before the end was scheduled: never published
+                    continue
                 if self.pending and time.monotonic() >= self.clock.due(self.start_time(self.pending[0].seq)):
                     item = self.pending.popleft()
                     try:

@@ -82,6 +82,7 @@ class TwinService:
         # registry writes of the batch being applied, awaited together before its commit
         self._writes: list[tuple[str, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
+        self._removals: set[asyncio.Task] = set()  # scheduled removals under way
         # Rebalance callbacks and event handling never interleave: aiokafka may deliver records
         # of a partition while its on_partitions_assigned (the registry restore) still runs.
         self._partition_lock = asyncio.Lock()
@@ -108,9 +109,10 @@ class TwinService:
 
     async def stop(self) -> None:
         """Graceful: stop consuming, finish in-flight publishes, commit, close."""
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, *self._removals):  # a removal cut short is redone on restart
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*(s.stop() for s in self.streams.values()))
         self.streams.clear()
         await self.batcher.stop()
@@ -268,16 +270,18 @@ class TwinService:
         elif p is None:
             raise EventError(f"unknown patient {ev.patient_id!r}")
         elif ev.type == "remove":
+            stream = self.streams.get(ev.patient_id)
+            if stream is not None and ev.effective_time is not None and ev.effective_time > stream.start_time(p.next_seq):
+                # scheduled: the stream publishes the segments that start before it, then ends
+                # (``_remove_scheduled``); the time is in the registry, so a restart keeps it
+                p.remove_at, p.remove_event_id = ev.effective_time, ev.event_id
+                p.remember(ev.event_id)
+                await self._write(p)
+                return
             # the batch's earlier writes first: one that failed after the patient was gone would
             # re-deliver its event to an unknown patient (a dead letter, not a retry)
             await self._confirm_writes()
-            stream = self.streams.pop(ev.patient_id, None)
-            if stream:
-                await stream.stop()
-            await self._close_annotation(p, self.clock.now() if stream is None else stream.start_time(p.next_seq))
-            await self.registry.delete(ev.patient_id)
-            for sink in self.sinks:
-                await sink.removed(ev.patient_id)
+            await self._remove(p, self.clock.now() if stream is None else stream.start_time(p.next_seq))
         else:
             stream = self.streams[ev.patient_id]
             # regeneration starts now, while the registry write is in flight: the offset commit
@@ -289,6 +293,45 @@ class TwinService:
             p.remember(ev.event_id)
             await self._write(p)
 
+    async def _remove(self, p: Patient, end_time: float) -> None:
+        """Stop the patient's stream, end its ground truth at ``end_time``, delete its record."""
+        assert self.registry is not None
+        stream = self.streams.pop(p.patient_id, None)
+        if stream:
+            await stream.stop()
+        await self._close_annotation(p, end_time)
+        await self.registry.delete(p.patient_id)
+        for sink in self.sinks:
+            await sink.removed(p.patient_id)
+        self.metrics.live_patients.set(len(self.streams))
+
+    def _stream_ended(self, pid: str) -> None:
+        """A stream reached its scheduled removal (called from the stream's own task)."""
+        task = asyncio.create_task(self._remove_scheduled(pid), name=f"remove-{pid}")
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    async def _remove_scheduled(self, pid: str) -> None:
+        """Remove a patient whose stream ended at its ``remove_at``, as its remove event would
+        have, retrying while the broker is unreachable. Until the delete is through, the record
+        keeps ``remove_at``, so a restart (or the partition's next owner) ends the stream again
+        and comes back here."""
+        async with self._partition_lock:  # not interleaved with events or a partition handover
+            p, stream = self.registry.get(pid) if self.registry else None, self.streams.get(pid)
+            if p is None or stream is None or p.remove_at is None:
+                return  # revoked, removed or re-registered meanwhile
+            end_time = stream.start_time(p.next_seq)
+            while True:
+                try:
+                    await self._remove(p, end_time)
+                    log.info("%s removed at its scheduled time (event %s)", pid, p.remove_event_id)
+                    return
+                except KafkaError as exc:
+                    self.metrics.kafka_errors.inc()
+                    log.error("removing %s failed (%s: %s); retrying in %.0f s", pid, exc.__class__.__name__, exc,
+                              CONSUME_RETRY_S)
+                    await asyncio.sleep(CONSUME_RETRY_S)
+
     async def _register(self, ev: Event, existing: Patient | None) -> None:
         base = await asyncio.to_thread(self.base_vector_from_reference, ev.reference)
         state = ev.state or (existing.cardiac_state if existing else None) or CardiacState()
@@ -299,6 +342,7 @@ class TwinService:
             p = existing
             p.base_vector = base.tolist()
             p.model_version = self.model.meta.version
+            p.remove_at = p.remove_event_id = None  # registered again: a scheduled removal is off
         else:
             p = Patient(ev.patient_id, base.tolist(), self.model.meta.version, state_to_dict(state))
         # a re-registered stream goes on: its state holds from the next segment, after what the
@@ -351,7 +395,8 @@ class TwinService:
             p, clock=self.clock, batcher=self.batcher, fs=self.model.meta.fs,
             segment_samples=self.segment_samples, context_samples=self.generator.context,
             lookahead=s.lookahead_segments, leads=self.model.meta.leads,
-            model_version=self.model.meta.version, publish=self._publish, metrics=self.metrics)
+            model_version=self.model.meta.version, publish=self._publish, metrics=self.metrics,
+            on_end=lambda: self._stream_ended(p.patient_id))
         self.streams[p.patient_id] = stream
         stream.start()
 
