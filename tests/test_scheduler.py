@@ -359,14 +359,16 @@ async def test_stored_tail_is_the_published_end_of_the_stream(context):
 
 async def test_a_scheduled_end_publishes_what_starts_before_it_then_ends_once():
     """``remove_at`` set on a running stream: the segments starting before it go out (those
-    generated ahead past it never do), then ``on_end`` runs once and the stream's task ends."""
+    generated ahead past it never do), then, once the last one has played out, ``on_end`` runs
+    once and the stream's task ends."""
     s, batcher, published, _ = await _stream(20.0, lookahead=3)  # 1 s segments every 50 ms
     ended = []
-    s.on_end = lambda: ended.append(s.p.next_seq)
+    s.on_end = lambda: ended.append((s.p.next_seq, time.monotonic()))
     await _until(lambda: len(published) >= 2)
     s.p.remove_at = s.start_time(s.p.next_seq + 2) + 0.5  # mid-segment: the one starting before it is the last
     last = s.p.next_seq + 2
     await asyncio.wait_for(s.task, 10)
     await batcher.stop()
     assert [seg.seq for seg, _ in published] == list(range(last + 1))
-    assert ended == [last + 1]
+    assert [seq for seq, _ in ended] == [last + 1]
+    assert ended[0][1] >= s.clock.due(s.start_time(last + 1)) - 0.005  # not before the last one ends

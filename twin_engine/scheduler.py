@@ -243,6 +243,12 @@ class PatientStream:
                     prev = self.pending[-1] if self.pending else self.published
                     self._gen = asyncio.create_task(self._generate(seq, prev))
                 if self._gen is None and not self.pending and self._ended_before(self.p.next_seq):
+                    wait = self.clock.due(self.start_time(self.p.next_seq)) - time.monotonic()
+                    if wait > 0:  # the end comes once the last segment has played out
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._changed.wait(), wait)
+                        self._changed.clear()  # stopping, or a change that no segment will carry
+                        continue
                     if self.on_end is not None:
                         self.on_end()
                     return
