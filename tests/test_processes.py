@@ -175,12 +175,14 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
         # `play`: a scenario's patient onboarded and its timeline scheduled
         scenario = tmp_path / "s.toml"
         scenario.write_text(f'[[patient]]\nid = "bed-play"\nwfdb = "{RECORDS[1]}"\n'
-                            '[[change]]\nat = 4\npatient = "bed-play"\nstate = { statements = { AFIB = 1 }, heart_rate = 110 }\n')
+                            '[[change]]\nat = 4\npatient = "bed-play"\nstate = { statements = { AFIB = 1 }, heart_rate = 110 }\n'
+                            '[[remove]]\nat = 3600\npatient = "bed-play"\n')
         r = await cli("play", str(scenario))
-        assert r.returncode == 0 and "scheduled 1 changes for 1 patients" in r.stdout, (r.stdout, r.stderr[-2000:])
-        assert "bed-play at 4 s: AFIB 110 bpm" in r.stdout, r.stdout
+        assert r.returncode == 0 and "scheduled 2 changes for 1 patients" in r.stdout, (r.stdout, r.stderr[-2000:])
+        assert "bed-play at 4 s: AFIB 110 bpm" in r.stdout and "bed-play at 3600 s: removed" in r.stdout, r.stdout
         await wait_for(lambda: "bed-play" in svc.streams and svc.streams["bed-play"].p.published_event_id is not None
-                       and svc.registry.get("bed-play").state["heart_rate"] == 110)
+                       and svc.registry.get("bed-play").state["heart_rate"] == 110
+                       and svc.registry.get("bed-play").remove_at is not None)  # an hour of its stream ahead
         scenario.write_text('[[patient]]\nid = "bed-typo"\nwfdb = "no/such/record"\n')
         r = await cli("play", str(scenario), "--timeout", "60")  # refused: says why, no waiting it out
         assert r.returncode == 2 and "bed-typo: the service refused its registration: cannot read WFDB header" in r.stderr, r.stderr
