@@ -403,3 +403,31 @@ async def test_a_scheduled_removal_ends_the_stream_at_its_time_across_a_restart(
     last = [m for m in await read_all(bs, settings.kafka.topic_registry) if m.key == b"bed-0"][-1]
     assert last.value is None
     assert not await read_all(bs, settings.kafka.topic_dead_letter)
+
+
+async def test_a_scheduled_removal_whose_delete_fails_is_retried(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
+    """The broker does not take the tombstone of a scheduled removal: it is tried again, the
+    patient ends up removed, and its ground truth has one end."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    import twin_engine.service as service
+
+    monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
+    svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-f")
+    delete, failures = svc.registry.delete, []
+
+    async def flaky_delete(pid):
+        if not failures:
+            failures.append(pid)
+            raise KafkaTimeoutError()
+        await delete(pid)
+
+    monkeypatch.setattr(svc.registry, "delete", flaky_delete)
+    s = svc.streams["bed-0"]
+    await svc.send_event(Event("rm-f", "bed-0", "remove", effective_time=s.start_time(s.p.next_seq + 5)))
+    await wait_for(lambda: svc.registry.get("bed-0") is None)
+    await svc.stop()
+    assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1 and "bed-0" not in svc.streams
+    ends = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_annotations)
+            if m.key == b"bed-0"]
+    assert [a["event_id"] for a in ends if a["end_time"] is not None] == ["reg-f"]

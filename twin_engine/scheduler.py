@@ -95,7 +95,8 @@ class PatientStream:
                  on_end: Callable[[], None] | None = None) -> None:
         self.p = patient
         # a scheduled end (stream time, the patient's ``remove_at``): segments starting at or
-        # after it are not published, and once the last one before it is out, ``on_end`` runs
+        # after it are not published, and once the last one before it has played out, ``on_end``
+        # runs (in this stream's task, which then ends)
         self.on_end = on_end
         self.clock, self.batcher, self.fs = clock, batcher, fs
         self.n, self.context, self.lookahead = segment_samples, context_samples, lookahead

@@ -316,12 +316,14 @@ class TwinService:
         have, retrying while the broker is unreachable. Until the delete is through, the record
         keeps ``remove_at``, so a restart (or the partition's next owner) ends the stream again
         and comes back here."""
-        async with self._partition_lock:  # not interleaved with events or a partition handover
-            p, stream = self.registry.get(pid) if self.registry else None, self.streams.get(pid)
-            if p is None or stream is None or p.remove_at is None:
-                return  # revoked, removed or re-registered meanwhile
-            end_time = stream.start_time(p.next_seq)
-            while True:
+        end_time = None
+        while True:
+            async with self._partition_lock:  # not interleaved with events or a partition handover
+                p, stream = self.registry.get(pid) if self.registry else None, self.streams.get(pid)
+                if p is None or p.remove_at is None or (end_time is None and stream is None):
+                    return  # revoked, removed or re-registered meanwhile
+                if end_time is None:
+                    end_time = stream.start_time(p.next_seq)
                 try:
                     await self._remove(p, end_time)
                     log.info("%s removed at its scheduled time (event %s)", pid, p.remove_event_id)
@@ -330,7 +332,7 @@ class TwinService:
                     self.metrics.kafka_errors.inc()
                     log.error("removing %s failed (%s: %s); retrying in %.0f s", pid, exc.__class__.__name__, exc,
                               CONSUME_RETRY_S)
-                    await asyncio.sleep(CONSUME_RETRY_S)
+            await asyncio.sleep(CONSUME_RETRY_S)  # with the lock free: events and handovers go on
 
     async def _register(self, ev: Event, existing: Patient | None) -> None:
         base = await asyncio.to_thread(self.base_vector_from_reference, ev.reference)
