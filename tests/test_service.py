@@ -259,6 +259,22 @@ def _lose_first_afib_write(svc, monkeypatch) -> list[str]:
     return failures
 
 
+def _lose_first_delete(svc, monkeypatch) -> list[str]:
+    """The broker never acknowledges the first registry tombstone."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    delete, failures = svc.registry.delete, []
+
+    async def flaky_delete(pid):
+        if not failures:
+            failures.append(pid)
+            raise KafkaTimeoutError()
+        await delete(pid)
+
+    monkeypatch.setattr(svc.registry, "delete", flaky_delete)
+    return failures
+
+
 async def _committed(svc, settings, offset: int, timeout: float = 10.0) -> None:
     """Until bed-0's event partition is committed up to ``offset``: its events are durable."""
     from twin_engine.registry import partition_of
@@ -349,21 +365,11 @@ async def test_a_failed_write_before_a_removal_in_the_same_batch_is_retried_not_
 async def test_a_removal_applied_again_closes_the_annotation_once(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
     """The registry delete of a removal fails: the removal is applied again, and the ground
     truth still gets one end for the patient's last state, not a second one with a later time."""
-    from aiokafka.errors import KafkaTimeoutError
-
     import twin_engine.service as service
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-a")
-    delete, failures = svc.registry.delete, []
-
-    async def flaky_delete(pid):
-        if not failures:
-            failures.append(pid)
-            raise KafkaTimeoutError()
-        await delete(pid)
-
-    monkeypatch.setattr(svc.registry, "delete", flaky_delete)
+    failures = _lose_first_delete(svc, monkeypatch)
     await svc.send_event(Event("rm-a", "bed-0", "remove"))
     await _committed(svc, settings, 2)  # reg-a, rm-a
     await svc.stop()
@@ -408,21 +414,11 @@ async def test_a_scheduled_removal_ends_the_stream_at_its_time_across_a_restart(
 async def test_a_scheduled_removal_whose_delete_fails_is_retried(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
     """The broker does not take the tombstone of a scheduled removal: it is tried again, the
     patient ends up removed, and its ground truth has one end."""
-    from aiokafka.errors import KafkaTimeoutError
-
     import twin_engine.service as service
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-f")
-    delete, failures = svc.registry.delete, []
-
-    async def flaky_delete(pid):
-        if not failures:
-            failures.append(pid)
-            raise KafkaTimeoutError()
-        await delete(pid)
-
-    monkeypatch.setattr(svc.registry, "delete", flaky_delete)
+    failures = _lose_first_delete(svc, monkeypatch)
     s = svc.streams["bed-0"]
     await svc.send_event(Event("rm-f", "bed-0", "remove", effective_time=s.start_time(s.p.next_seq + 5)))
     await wait_for(lambda: svc.registry.get("bed-0") is None)
