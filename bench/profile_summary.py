@@ -39,21 +39,30 @@ def _function(frame: str) -> str:
     return f"{m.group(1)} ({m.group(2)})" if m else frame
 
 
-def thread_cpu(pid: int) -> str:
-    """``tid cpu_seconds`` lines for every thread of ``pid`` (user + system)."""
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) by thread id, for every thread of ``pid``."""
     cpu = {t.name: process_cpu_seconds(pid, int(t.name)) for t in sorted(Path(f"/proc/{pid}/task").iterdir())}
-    return "".join(f"{t} {c}\n" for t, c in cpu.items() if c is not None)
+    return {t: c for t, c in cpu.items() if c is not None}
 
 
 def read_thread_cpu(path: Path) -> dict[str, float]:
-    """A ``thread_cpu`` snapshot: CPU seconds by thread id."""
+    """A snapshot as ``--snapshot`` prints it (``tid cpu_seconds`` lines)."""
     return {t: float(c) for t, c in (line.split() for line in path.read_text().splitlines() if line.strip())}
 
 
-def summarise(path: Path, top: int, cpu: tuple[Path, Path] | None = None, seconds: float = 0.0) -> str:
+def cores_per_thread(before: dict[str, float], after: dict[str, float], seconds: float) -> list[tuple[float, str]]:
+    """(cores, thread id) over the window between two snapshots, busiest first; a thread started
+    within the window counts from zero."""
+    return sorted((((c - before.get(t, 0.0)) / seconds, t) for t, c in after.items()), reverse=True)
+
+
+def summarise(path: Path, top: int, cpu: tuple[dict[str, float], dict[str, float]] | None = None,
+              seconds: float = 0.0) -> str:
+    """The per-thread tables; ``cpu``: two ``thread_cpu`` snapshots ``seconds`` apart."""
     self_n: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     incl_n: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     total: collections.Counter = collections.Counter()
+    names: dict[str, str] = {}  # thread id -> its label
     for line in path.read_text().splitlines():
         m = _LINE.match(line)
         if not m:
@@ -61,6 +70,8 @@ def summarise(path: Path, top: int, cpu: tuple[Path, Path] | None = None, second
         frames, count = m.group(1).split(";"), int(m.group(2))
         m = re.match(r"thread \((\d+)\): (.*)", frames[0])
         thread = f"{m.group(2)} ({m.group(1)})" if m else "?"
+        if m:
+            names[m.group(1)] = thread
         funcs = [_function(f) for f in frames[1:]]
         total[thread] += count
         if funcs:
@@ -69,11 +80,9 @@ def summarise(path: Path, top: int, cpu: tuple[Path, Path] | None = None, second
             incl_n[thread][f] += count
     out = [f"{sum(total.values())} samples"]
     if cpu is not None and seconds > 0:
-        names = {re.search(r"\((\d+)\)", t).group(1): t for t in total if re.search(r"\((\d+)\)", t)}
-        before, after = read_thread_cpu(cpu[0]), read_thread_cpu(cpu[1])
-        used = sorted(((after[t] - before.get(t, 0.0)) / seconds, t) for t in after)
+        used = cores_per_thread(*cpu, seconds)
         out += ["", "CPU cores per thread over the window:"]
-        out += [f"  {c:5.2f}  {names.get(t, 'thread ' + t)}" for c, t in reversed(used) if c >= 0.01]
+        out += [f"  {c:5.2f}  {names.get(t, 'thread ' + t)}" for c, t in used if c >= 0.01]
         out.append(f"  {sum(c for c, _ in used):5.2f}  all threads")
     for thread, n in total.most_common():
         out += ["", f"== {thread}: {n} samples ({100 * n / sum(total.values()):.0f}% of all)", "  self %"]
@@ -91,9 +100,10 @@ def main() -> None:
     ap.add_argument("--snapshot", type=int, metavar="PID", help="print a thread_cpu snapshot of PID and exit")
     args = ap.parse_args()
     if args.snapshot:
-        print(thread_cpu(args.snapshot), end="")
+        print("".join(f"{t} {c}\n" for t, c in thread_cpu(args.snapshot).items()), end="")
         return
-    print(summarise(args.raw, args.top, args.cpu, args.seconds))
+    cpu = (read_thread_cpu(args.cpu[0]), read_thread_cpu(args.cpu[1])) if args.cpu else None
+    print(summarise(args.raw, args.top, cpu, args.seconds))
 
 
 if __name__ == "__main__":

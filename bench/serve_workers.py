@@ -55,7 +55,7 @@ from twin_engine.broker import (  # noqa: E402
 from twin_engine.config import KafkaConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from profile_summary import read_thread_cpu, summarise, thread_cpu  # noqa: E402
+from profile_summary import cores_per_thread, summarise, thread_cpu  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float:
@@ -200,7 +200,7 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
             cpu0 = [process_cpu_seconds(p) for p in pids]
             bcpu0 = broker.cpu_seconds() if broker else None
             # the first worker's threads: their CPU over the window, and with py-spy its profile
-            (logs / "worker0-cpu0.txt").write_text(thread_cpu(pids[0]))
+            threads0 = thread_cpu(pids[0])
             spy = await asyncio.create_subprocess_exec(
                 py_spy, "record", "--pid", str(pids[0]), "--threads", "--format", "raw", "--rate", "100",
                 "--duration", str(int(seconds)), "-o", str(logs / "worker0.raw"),
@@ -225,9 +225,7 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
                         if a["end_time"] is None and a["event_id"] in sent:
                             effect.append(loop.time() - sent.pop(a["event_id"]))
             wall = loop.time() - t0
-            (logs / "worker0-cpu1.txt").write_text(thread_cpu(pids[0]))
-            before_t, after_t = (read_thread_cpu(logs / f"worker0-cpu{i}.txt") for i in (0, 1))
-            threads = sorted(((after_t[t] - before_t[t]) / wall for t in after_t if t in before_t), reverse=True)
+            threads1 = thread_cpu(pids[0])
             after = await _scrape(http, workers)
             off1 = sum((await ends.end_offsets(seg_tps)).values())
             cores = [(process_cpu_seconds(p) - c) / wall for p, c in zip(pids, cpu0, strict=True)]
@@ -256,15 +254,15 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
                 "worker_rss_mb": [round(r) for r in rss],
                 # where a worker's CPU goes: its busiest threads (the event loop, the generation
                 # thread; worker0-profile.txt names them when py-spy ran)
-                "worker0_thread_cpu_cores": [round(c, 2) for c in threads if c >= 0.01],
+                "worker0_thread_cpu_cores": [round(c, 2) for c, _ in cores_per_thread(threads0, threads1, wall)
+                                             if c >= 0.01],
                 "worker_gpu_memory_mb": [gpu.get(p) for p in pids] if gpu else None,
                 "broker_cpu_cores": round((broker.cpu_seconds() - bcpu0) / wall, 2) if broker else None,
                 "broker_rss_mb": round(_rss_mb(broker.pid)) if broker and broker.pid else None,
             }
             if spy is not None:
                 await spy.wait()
-                (logs / "worker0-profile.txt").write_text(summarise(
-                    logs / "worker0.raw", 30, (logs / "worker0-cpu0.txt", logs / "worker0-cpu1.txt"), wall))
+                (logs / "worker0-profile.txt").write_text(summarise(logs / "worker0.raw", 30, (threads0, threads1), wall))
     finally:
         with contextlib.suppress(Exception):
             await ann.stop()
