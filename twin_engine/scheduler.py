@@ -238,9 +238,8 @@ class PatientStream:
     async def _run(self) -> None:
         try:
             while not self._stopping:
-                if self._gen is None and len(self.pending) < self.lookahead \
-                        and not self._ended_before(self.p.next_seq + len(self.pending)):
-                    seq = self.p.next_seq + len(self.pending)
+                seq = self.p.next_seq + len(self.pending)
+                if self._gen is None and len(self.pending) < self.lookahead and not self._ended_before(seq):
                     prev = self.pending[-1] if self.pending else self.published
                     self._gen = asyncio.create_task(self._generate(seq, prev))
                 if self._gen is None and not self.pending and self._ended_before(self.p.next_seq):
