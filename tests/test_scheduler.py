@@ -372,3 +372,29 @@ async def test_a_scheduled_end_publishes_what_starts_before_it_then_ends_once():
     assert [seg.seq for seg, _ in published] == list(range(last + 1))
     assert [seq for seq, _ in ended] == [last + 1]
     assert ended[0][1] >= s.clock.due(s.start_time(last + 1)) - 0.005  # not before the last one ends
+
+
+async def test_an_end_moved_later_while_the_last_segment_plays_out_costs_no_deadline():
+    """A second ``remove`` moving the end later reaches a stream already waiting out its last
+    segment: it generates on at once, so a generator slower than nothing still meets every
+    deadline, and ``on_end`` runs once, at the new end."""
+    def slow(reqs):
+        time.sleep(0.2)  # well within a 0.5 s segment, but too slow to start only when one is due
+        return _hr_generator(reqs)
+
+    s, batcher, published, metrics = await _stream(2.0, lookahead=3, gen=slow)  # 1 s segments every 0.5 s
+    ended = []
+    s.on_end = lambda: ended.append(s.p.next_seq)
+    await _until(lambda: len(published) >= 1)
+    last = s.p.next_seq + 1
+    s.p.remove_at = s.start_time(last + 1)
+    s.end_moved()
+    await _until(lambda: len(published) >= last + 1 and not s.pending and s._gen is None)  # waiting out `last`
+    await asyncio.sleep(0.1)
+    s.p.remove_at = s.start_time(last + 3)
+    s.end_moved()
+    await asyncio.wait_for(s.task, 10)
+    await batcher.stop()
+    assert [seg.seq for seg, _ in published] == list(range(last + 3))
+    assert ended == [last + 3]
+    assert metrics.deadline_misses._value.get() == 0

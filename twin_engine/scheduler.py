@@ -109,6 +109,7 @@ class PatientStream:
         self.settled: tuple[CardiacState, str | None] = (patient.cardiac_state, patient.state_event_id)
         self.base = patient.base()  # fixed for the stream's life: re-registration starts a new one
         self._changed = asyncio.Event()
+        self._end_moved = asyncio.Event()  # a later ``remove`` moved ``remove_at``: look again
         self._stopping = False
         self._gen: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
@@ -132,7 +133,12 @@ class PatientStream:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"stream-{self.p.patient_id}")
 
-    def _ended_before(self, seq: int) -> bool:
+    def end_moved(self) -> None:
+        """The patient's ``remove_at`` changed: wake the stream, which may be waiting out what it
+        took for its last segment, or holding segments beyond a new, earlier end."""
+        self._end_moved.set()
+
+    def ended_before(self, seq: int) -> bool:
         """Whether segment ``seq`` starts at or after the stream's scheduled end."""
         end = self.p.remove_at
         return end is not None and self.start_time(seq) >= end - 1e-9
@@ -239,29 +245,22 @@ class PatientStream:
         try:
             while not self._stopping:
                 seq = self.p.next_seq + len(self.pending)
-                if self._gen is None and len(self.pending) < self.lookahead and not self._ended_before(seq):
+                if self._gen is None and len(self.pending) < self.lookahead and not self.ended_before(seq):
                     prev = self.pending[-1] if self.pending else self.published
                     self._gen = asyncio.create_task(self._generate(seq, prev))
-                if self._gen is None and not self.pending and self._ended_before(self.p.next_seq):
+                if self._gen is None and not self.pending and self.ended_before(self.p.next_seq):
                     wait = self.clock.due(self.start_time(self.p.next_seq)) - time.monotonic()
                     if wait > 0:  # the end comes once the last segment has played out
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._changed.wait(), wait)
+                        await self._wake_within(wait)
                         self._changed.clear()  # stopping, or a change that no segment will carry
                         continue
                     if self.on_end is not None:
                         self.on_end()
                     return
-                waiters: set[asyncio.Future] = {asyncio.ensure_future(self._changed.wait())}
-                if self._gen is not None:
-                    waiters.add(self._gen)
                 timeout = None
                 if self.pending:
                     timeout = max(0.0, self.clock.due(self.start_time(self.pending[0].seq)) - time.monotonic())
-                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters:
-                    if w is not self._gen and not w.done():
-                        w.cancel()
+                await self._wake_within(timeout, self._gen)
                 if self._changed.is_set():
                     self._changed.clear()
                     self.pending.clear()
@@ -278,7 +277,7 @@ class PatientStream:
                         await asyncio.sleep(1.0)
                         continue
                     self.pending.append(gen.result())
-                if self.pending and self._ended_before(self.pending[0].seq):
+                if self.pending and self.ended_before(self.pending[0].seq):
                     self.pending.clear()  # made before the end was scheduled: never published
                     continue
                 if self.pending and time.monotonic() >= self.clock.due(self.start_time(self.pending[0].seq)):
@@ -296,6 +295,18 @@ class PatientStream:
                 self._gen.cancel()
                 with contextlib.suppress(BaseException):
                     await self._gen
+
+    async def _wake_within(self, timeout: float | None, gen: asyncio.Task | None = None) -> None:
+        """Sleep until ``timeout``, a state change, a moved end or ``gen`` finishing."""
+        self._end_moved.clear()  # the loop looks at ``remove_at`` after every wake
+        waiters: set[asyncio.Future] = {asyncio.ensure_future(self._changed.wait()),
+                                        asyncio.ensure_future(self._end_moved.wait())}
+        if gen is not None:
+            waiters.add(gen)
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            if w is not gen and not w.done():
+                w.cancel()
 
     async def _publish(self, item: Pending) -> None:
         lateness = time.monotonic() - self.clock.due(self.start_time(item.seq))

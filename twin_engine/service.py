@@ -276,6 +276,7 @@ class TwinService:
                 # (``_remove_scheduled``); the time is in the registry, so a restart keeps it
                 p.remove_at, p.remove_event_id = ev.effective_time, ev.event_id
                 p.remember(ev.event_id)
+                stream.end_moved()
                 await self._write(p)
                 return
             # the batch's earlier writes first: one that failed after the patient was gone would
@@ -322,6 +323,10 @@ class TwinService:
                 p, stream = self.registry.get(pid) if self.registry else None, self.streams.get(pid)
                 if p is None or p.remove_at is None or (end_time is None and stream is None):
                     return  # revoked, removed or re-registered meanwhile
+                if end_time is None and not stream.ended_before(p.next_seq):
+                    # a later remove moved the end after this stream had stopped for the old one
+                    self._start_stream(p)
+                    return
                 if end_time is None:
                     end_time = stream.start_time(p.next_seq)
                 try:
