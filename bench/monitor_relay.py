@@ -41,12 +41,9 @@ from twin_engine.broker import (  # noqa: E402
     process_cpu_seconds,
 )
 from twin_engine.config import KafkaConfig  # noqa: E402
+from twin_engine.metrics import scraped_value  # noqa: E402
 
 START = re.compile(r'"start_time": ([0-9.e+-]+)')
-
-
-def _metric(text: str, name: str) -> float:
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
 
 
 async def _scrape(http: aiohttp.ClientSession, url: str) -> str:
@@ -136,8 +133,8 @@ async def run(broker: EmbeddedBroker, rates: list[int], seconds: float, patients
                 others = {"subscriber": sub_cpu / wall, "broker": (broker.cpu_seconds() - broker_cpu0) / wall,
                           "producer": (time.process_time() - own_cpu0) / wall}
                 after = await _scrape(http, url)
-                relayed = _metric(after, "twin_monitor_records_total") - _metric(before, "twin_monitor_records_total")
-                dropped = _metric(after, "twin_subscriber_dropped_frames_total") - _metric(
+                relayed = scraped_value(after, "twin_monitor_records_total") - scraped_value(before, "twin_monitor_records_total")
+                dropped = scraped_value(after, "twin_subscriber_dropped_frames_total") - scraped_value(
                     before, "twin_subscriber_dropped_frames_total")
                 d = np.array(delays) if delays else np.array([np.nan])
                 row = {"rate_per_s": rate, "produced": sent, "produced_per_s": round(sent / produced_s, 1),

@@ -104,9 +104,15 @@ def _advance(model: TwinModel, sampler, x: torch.Tensor, mask: torch.Tensor, has
 @torch.no_grad()
 def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, teacher_steps: int,
                          guidance: float, seed: int = 0, batch: int = 128,
-                         context_share: float = 0.5) -> Trajectories:
+                         context_share: float = 0.5, student_guidance: float | None = None) -> Trajectories:
     """Run the guided DPM-Solver++ teacher on ``n`` draws of (record's base vector, record's
-    state, noise) and keep its states at the student's ``steps`` timesteps."""
+    state, noise) and keep its states at the student's ``steps`` timesteps.
+
+    ``student_guidance``: the teacher is instead the current student itself, one DDIM step per
+    interval, with classifier-free guidance at that scale on top of the guidance it has folded
+    in (its null-condition pass against its conditional one). Fitting those states folds the
+    extra guidance into the student: one forward pass per step again, where the guided
+    student needs two."""
     from models.schedulers import get_sampler
 
     rng, dev, tok = np.random.default_rng(seed), model.device, model.tokens
@@ -114,6 +120,11 @@ def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, 
     grid = student_grid(model, steps)
     per_interval = max(1, round(teacher_steps / steps))
     sampler = get_sampler("dpmpp2m", model.schedule)
+    net = None
+    if student_guidance is not None:
+        if model.student is None or model.meta.student_steps != steps:
+            raise ValueError(f"folding guidance needs a {steps}-step student to start from (a first round)")
+        sampler, per_interval, guidance, net = get_sampler("ddim", model.schedule), 1, student_guidance, model.student
     out: dict[str, list[torch.Tensor]] = {k: [] for k in ("xs", "base", "inten", "cont", "context", "has")}
     t0 = time.time()
     for lo in range(0, n, batch):
@@ -124,7 +135,7 @@ def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, 
         every = torch.ones_like(has)
         for i in range(steps):
             x = _advance(model, sampler, x, every, has, (base_all[idx], inten, cont, ctx),
-                         teacher_walk(grid[i], grid[i + 1], per_interval), guidance, None)
+                         teacher_walk(grid[i], grid[i + 1], per_interval), guidance, net)
             states.append(x)
         _keep(out, torch.stack(states, 1), base_all[idx], inten, cont, ctx, has)
         done = lo + b
@@ -247,13 +258,15 @@ def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: to
 def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teacher_steps: int = 48,
             guidance: float = 1.5, trajectories: int = 6144, train_steps: int = 3000, batch: int = 64,
             lr: float = 2e-4, seed: int = 0, device: torch.device | None = None, chunk: int = 6144,
-            ema: float = 0.999, on_policy: bool = False) -> dict:
+            ema: float = 0.999, on_policy: bool = False, student_guidance: float | None = None) -> dict:
     """Teacher trajectories (cached in ``out`` in chunks of ``chunk``, so a larger run reuses a
     smaller one's and a coarser student a finer one's), then the student; attaches it to
     ``model``. A student already in the model is trained on (a first round's student, or one
     with twice the steps: progressive), with a fresh schedule per step and trajectory count.
     ``on_policy``: ``trajectories`` pairs on the current student's own path instead
-    (``onpolicy_pairs``; needs a first round's student)."""
+    (``onpolicy_pairs``; needs a first round's student). ``student_guidance``: the targets are
+    the current student's own steps with that much classifier-free guidance on top
+    (``teacher_trajectories``)."""
     from models.export import model_hash
 
     dev = device or model.device
@@ -261,15 +274,17 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
     parts = []
     for k in range(0, trajectories, chunk):
         n, part_seed = min(chunk, trajectories - k), seed + k // chunk
-        if on_policy:  # the pairs depend on the student they start from
-            path = out / f"distill-onpolicy-{steps}x{teacher_steps}-{model_hash(model)[:12]}-n{n}-s{part_seed}.pt"
+        if on_policy or student_guidance is not None:  # these depend on the student they start from
+            kind = "onpolicy" if on_policy else f"student-cfg{student_guidance:g}"
+            path = out / f"distill-{kind}-{steps}x{teacher_steps}-{model_hash(model)[:12]}-n{n}-s{part_seed}.pt"
             cached = Trajectories(**torch.load(path, weights_only=False)) if path.is_file() else None
         else:
             path = out / f"distill-trajectories-{steps}x{teacher_steps}-n{n}-s{part_seed}.pt"
             cached = _cached(out, model, steps, teacher_steps, n, part_seed)
         if cached is None:
-            cached = (onpolicy_pairs if on_policy else teacher_trajectories)(
-                model, ts, n, steps, teacher_steps, guidance, part_seed)
+            cached = onpolicy_pairs(model, ts, n, steps, teacher_steps, guidance, part_seed) if on_policy else \
+                teacher_trajectories(model, ts, n, steps, teacher_steps, guidance, part_seed,
+                                     student_guidance=student_guidance)
             torch.save(cached.__dict__, path)
         parts.append(cached)
     traj = Trajectories(*(torch.cat([getattr(p, f) for p in parts]) for f in
@@ -279,11 +294,16 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
     student = model.student if model.student is not None else copy.deepcopy(model.dit)
     model.add_student(student, steps, guidance)  # a submodule now: resumable with the model state
     student.train().requires_grad_(True)
-    stage = f"distill-{steps}steps-{'onpolicy-' if on_policy else ''}n{trajectories}"
+    kind = "onpolicy-" if on_policy else f"cfg{student_guidance:g}-" if student_guidance is not None else ""
+    stage = f"distill-{steps}steps-{kind}n{trajectories}"
     tr = Trainer(model, out, stage, train_steps, lr, list(student.parameters()),
                  dev, seed, ema=ema)
     report = train_student(model, traj, tr, student, batch)
     student.eval().requires_grad_(False)
-    return {**report, "student_steps": steps, "teacher": f"dpmpp2m {teacher_steps} steps, guidance {guidance}",
-            "trajectories": trajectories, "trajectory_s": round(t_traj, 1), "lr": lr, "ema": ema,
-            "targets": "on-policy pairs (the student's own states)" if on_policy else "teacher trajectories"}
+    targets = "on-policy pairs (the student's own states)" if on_policy else "teacher trajectories"
+    teacher = f"dpmpp2m {teacher_steps} steps, guidance {guidance}"
+    if student_guidance is not None:
+        targets = f"the previous student's own {steps} steps with guidance {student_guidance:g} on top"
+        teacher = f"the previous student (from {teacher}), guidance {student_guidance:g}"
+    return {**report, "student_steps": steps, "teacher": teacher, "trajectories": trajectories,
+            "trajectory_s": round(t_traj, 1), "lr": lr, "ema": ema, "targets": targets}

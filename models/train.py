@@ -306,7 +306,7 @@ def main(args: argparse.Namespace, settings) -> int:
                  "both": {"use_adaln": True, "use_cross": True}}.get(args.ablation)
     distill_options = {"steps": args.student_steps, "teacher_steps": args.teacher_steps,
                        "trajectories": args.trajectories, "guidance": args.guidance, "ema": args.ema,
-                       "on_policy": args.on_policy} \
+                       "on_policy": args.on_policy, "student_guidance": args.student_guidance} \
         if args.stage == "distill" else None
     run_stage(args.stage, out, data, size=args.size, steps=args.steps, batch=args.batch_size,
               seed=args.seed, device=settings.device, dit_overrides=overrides, distill_options=distill_options,

@@ -139,3 +139,40 @@ def test_onpolicy_round_continues_the_student_on_its_own_pairs(distilled_model_d
     assert len(list(out.glob("distill-onpolicy-4x8-*-n16-s0.pt"))) == 1
     after = TwinModel.load(out).student.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_guidance_folding_round_fits_the_guided_students_own_steps(distilled_model_dir, data_dir, tmp_path):
+    """``train distill --student-guidance W``: the targets are the current student's own DDIM
+    steps with guidance W on top (not what it does alone), cached under that student's hash,
+    and the round trains the student on them, recorded as such."""
+    import json
+    import shutil
+
+    from models.distill import student_grid
+    from models.train import run_stage
+
+    out = tmp_path / "model"
+    shutil.copytree(distilled_model_dir, out)
+    model = TwinModel.load(out)
+    run_stage("distill", out, data_dir / "ptbxl-subset", size="tiny", steps=20, batch=8, limit=48,
+              distill_options={"trajectories": 16, "teacher_steps": 8, "student_guidance": 1.3})
+    [cache] = out.glob("distill-student-cfg1.3-4x8-*-n16-s0.pt")
+    traj = Trajectories(**torch.load(cache, weights_only=False))
+    grid = student_grid(model, 4)
+    assert traj.grid == grid and traj.xs.shape[1] == 5
+    one = slice(int((~traj.has_context).nonzero()[0]), None)
+    one = slice(one.start, one.start + 1)
+    ddim = get_sampler("ddim", model.schedule)
+    for i in range(4):
+        step = [grid[i], grid[i + 1]]
+        with torch.no_grad():
+            guided = ddim.sample(model._x0_fn(traj.base[one], traj.inten[one], traj.cont[one], 1.3, None,
+                                              net=model.student), traj.xs[one, i], step)
+            alone = ddim.sample(model._x0_fn(traj.base[one], traj.inten[one], traj.cont[one], 1.0, None,
+                                             net=model.student), traj.xs[one, i], step)
+        torch.testing.assert_close(guided, traj.xs[one, i + 1], atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(alone, traj.xs[one, i + 1], atol=1e-3)
+    info = json.loads((out / "training.json").read_text())
+    assert "guidance 1.3 on top" in info["distill"]["targets"] and info["distill_earlier_rounds"]
+    after = TwinModel.load(out).student.state_dict()
+    assert any(not torch.equal(v, after[k]) for k, v in model.student.state_dict().items())

@@ -24,11 +24,7 @@ from stream.segments import decode_segment
 from tests.support import RECORDS, read_all, start_with_dashboard, wait_for
 from twin_engine.broker import free_port
 from twin_engine.config import KafkaConfig
-
-
-def _metric(text: str, name: str) -> float:
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+from twin_engine.metrics import scraped_value
 
 
 def _get(url: str) -> str:
@@ -49,7 +45,7 @@ def test_demo_runs_the_whole_service_on_its_own_broker(tiny_model_dir, data_dir,
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             seen = _get(f"http://127.0.0.1:{port}/metrics")
-            if _metric(seen, "twin_live_patients") == 3 and _metric(seen, "twin_segments_published_total") >= 6:
+            if scraped_value(seen, "twin_live_patients") == 3 and scraped_value(seen, "twin_segments_published_total") >= 6:
                 break
             time.sleep(0.5)
         out, _ = proc.communicate(timeout=120)
@@ -57,8 +53,8 @@ def test_demo_runs_the_whole_service_on_its_own_broker(tiny_model_dir, data_dir,
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-3000:]
-    assert _metric(seen, "twin_live_patients") == 3, seen[-2000:]
-    assert _metric(seen, "twin_segments_published_total") >= 6
+    assert scraped_value(seen, "twin_live_patients") == 3, seen[-2000:]
+    assert scraped_value(seen, "twin_segments_published_total") >= 6
     assert "demo: onboarded 3 patients" in out
     assert "embedded broker keeps every record in memory, about 141 MB an hour for 3 patients" in out
     assert f"dashboard http://127.0.0.1:{port}/" in out
@@ -92,10 +88,10 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
         for i, rec in enumerate(["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/00000/00043_250"]):
             ev = Event(f"reg-{i}", f"bed-{i}", "register", CardiacState({"NORM": 1.0}, 70), reference={"wfdb": rec})
             await prod.send_and_wait(k.topic_events, ev.to_json(), key=ev.patient_id.encode())
-        await until(lambda: _metric(_get(metrics), "twin_segments_published_total") >= 6)
+        await until(lambda: scraped_value(_get(metrics), "twin_segments_published_total") >= 6)
         ev = Event("afib", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120))
         await prod.send_and_wait(k.topic_events, ev.to_json(), key=b"bed-0")
-        await until(lambda: _metric(_get(metrics), "twin_event_to_effect_seconds_count") >= 1)
+        await until(lambda: scraped_value(_get(metrics), "twin_event_to_effect_seconds_count") >= 1)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:

@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ema", type=float, default=0.999, help="distill: EMA decay of the student's weights (0: off)")
     t.add_argument("--on-policy", action="store_true",
                    help="distill: fit pairs on the student's own path (a further round; see models/distill.py)")
+    t.add_argument("--student-guidance", type=float, default=None,
+                   help="distill: fit the student's own steps run with this classifier-free guidance on top, "
+                        "folding it in (a further round)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the stage's)")
     t.set_defaults(func=cmd_train)
 

@@ -63,3 +63,12 @@ class MonitorMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def scraped_value(exposition: str, name: str) -> float:
+    """The sum over label sets of the samples called ``name`` in a ``/metrics`` text: what a
+    test or a benchmark reads back from a running process, through prometheus-client's own
+    parser (0 where the series is absent, as before its first sample)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(exposition) for s in f.samples if s.name == name)

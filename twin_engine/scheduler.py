@@ -108,8 +108,10 @@ class PatientStream:
         self.changes: list[StateChange] = []
         self.settled: tuple[CardiacState, str | None] = (patient.cardiac_state, patient.state_event_id)
         self.base = patient.base()  # fixed for the stream's life: re-registration starts a new one
-        self._changed = asyncio.Event()
-        self._end_moved = asyncio.Event()  # a later ``remove`` moved ``remove_at``: look again
+        # the stream task's one alarm: a state change, a moved end or stop; ``_stale`` says the
+        # segments made ahead are in an old state
+        self._wake = asyncio.Event()
+        self._stale = False
         self._stopping = False
         self._gen: asyncio.Task | None = None
         self.task: asyncio.Task | None = None
@@ -136,7 +138,7 @@ class PatientStream:
     def end_moved(self) -> None:
         """The patient's ``remove_at`` changed: wake the stream, which may be waiting out what it
         took for its last segment, or holding segments beyond a new, earlier end."""
-        self._end_moved.set()
+        self._wake.set()
 
     def ended_before(self, seq: int) -> bool:
         """Whether segment ``seq`` starts at or after the stream's scheduled end."""
@@ -145,8 +147,8 @@ class PatientStream:
 
     async def stop(self) -> None:
         """Finish the publish in progress (if any), then end."""
-        self._stopping = True
-        self._changed.set()
+        self._stopping = self._stale = True
+        self._wake.set()
         if self.task:
             await asyncio.gather(self.task, return_exceptions=True)
 
@@ -164,7 +166,8 @@ class PatientStream:
         self.changes.append(change)
         self.changes.sort(key=lambda c: c.at)  # stable: equal times keep their order of arrival
         self.change = change
-        self._changed.set()
+        self._stale = True
+        self._wake.set()
         return at
 
     def _restore_schedule(self) -> None:
@@ -252,7 +255,7 @@ class PatientStream:
                     wait = self.clock.due(self.start_time(self.p.next_seq)) - time.monotonic()
                     if wait > 0:  # the end comes once the last segment has played out
                         await self._wake_within(wait)
-                        self._changed.clear()  # stopping, or a change that no segment will carry
+                        self._stale = False  # stopping, a moved end, or a change no segment will carry
                         continue
                     if self.on_end is not None:
                         self.on_end()
@@ -261,8 +264,8 @@ class PatientStream:
                 if self.pending:
                     timeout = max(0.0, self.clock.due(self.start_time(self.pending[0].seq)) - time.monotonic())
                 await self._wake_within(timeout, self._gen)
-                if self._changed.is_set():
-                    self._changed.clear()
+                if self._stale:
+                    self._stale = False
                     self.pending.clear()
                     self.published = None  # its spare samples are in the old state
                     if self._gen is not None:
@@ -297,16 +300,15 @@ class PatientStream:
                     await self._gen
 
     async def _wake_within(self, timeout: float | None, gen: asyncio.Task | None = None) -> None:
-        """Sleep until ``timeout``, a state change, a moved end or ``gen`` finishing."""
-        self._end_moved.clear()  # the loop looks at ``remove_at`` after every wake
-        waiters: set[asyncio.Future] = {asyncio.ensure_future(self._changed.wait()),
-                                        asyncio.ensure_future(self._end_moved.wait())}
-        if gen is not None:
-            waiters.add(gen)
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for w in waiters:
-            if w is not gen and not w.done():
-                w.cancel()
+        """Sleep until ``timeout``, a state change, a moved end, stop or ``gen`` finishing."""
+        if self._stale or self._stopping:
+            return  # came during this pass (a publication awaits): the loop handles it first
+        self._wake.clear()  # the loop looks at the state changes and ``remove_at`` after every wake
+        waiter = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({waiter, gen} if gen is not None else {waiter}, timeout=timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
 
     async def _publish(self, item: Pending) -> None:
         lateness = time.monotonic() - self.clock.due(self.start_time(item.seq))
