@@ -7,7 +7,9 @@ Segment value:
      "state": {...}, "event_id": "e-42", "model_version": "default-..."}
 Physical value = int16 / gain. Units are per-lead z-scores (the training data's units).
 
-Annotation value (one per state interval; re-sent with ``end_time`` when it closes):
+Annotation value (one per state interval; re-sent with ``end_time`` when it closes). A
+heart-rate transition opens one interval per segment of its ramp, each with the rate that
+segment carries and the same ``event_id``: an event's first interval is where it took effect.
     {"schema_version": 1, "patient_id": "bed-7", "event_id": "e-42", "state": {...},
      "start_time": 1764081024.0, "end_time": null, "start_seq": 12}
 """
