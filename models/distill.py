@@ -270,12 +270,13 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
     from models.export import model_hash
 
     dev = device or model.device
+    # rounds whose targets depend on the student they start from (cached under its hash)
+    kind = "onpolicy" if on_policy else f"student-cfg{student_guidance:g}" if student_guidance is not None else None
     t0 = time.time()
     parts = []
     for k in range(0, trajectories, chunk):
         n, part_seed = min(chunk, trajectories - k), seed + k // chunk
-        if on_policy or student_guidance is not None:  # these depend on the student they start from
-            kind = "onpolicy" if on_policy else f"student-cfg{student_guidance:g}"
+        if kind is not None:
             path = out / f"distill-{kind}-{steps}x{teacher_steps}-{model_hash(model)[:12]}-n{n}-s{part_seed}.pt"
             cached = Trajectories(**torch.load(path, weights_only=False)) if path.is_file() else None
         else:
@@ -294,8 +295,7 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
     student = model.student if model.student is not None else copy.deepcopy(model.dit)
     model.add_student(student, steps, guidance)  # a submodule now: resumable with the model state
     student.train().requires_grad_(True)
-    kind = "onpolicy-" if on_policy else f"cfg{student_guidance:g}-" if student_guidance is not None else ""
-    stage = f"distill-{steps}steps-{kind}n{trajectories}"
+    stage = f"distill-{steps}steps-{kind + '-' if kind else ''}n{trajectories}"
     tr = Trainer(model, out, stage, train_steps, lr, list(student.parameters()),
                  dev, seed, ema=ema)
     report = train_student(model, traj, tr, student, batch)

@@ -323,11 +323,11 @@ class TwinService:
                 p, stream = self.registry.get(pid) if self.registry else None, self.streams.get(pid)
                 if p is None or p.remove_at is None or (end_time is None and stream is None):
                     return  # revoked, removed or re-registered meanwhile
-                if end_time is None and not stream.ended_before(p.next_seq):
-                    # a later remove moved the end after this stream had stopped for the old one
-                    self._start_stream(p)
-                    return
                 if end_time is None:
+                    if not stream.ended_before(p.next_seq):
+                        # a later remove moved the end after this stream had stopped for the old one
+                        self._start_stream(p)
+                        return
                     end_time = stream.start_time(p.next_seq)
                 try:
                     await self._remove(p, end_time)
