@@ -12,8 +12,9 @@
 
 ``remove`` ends the patient's stream and deletes it from the registry: at once, or with an
 ``effective_time`` ahead, before the first segment starting at or after it (kept in the registry
-until then). ``register`` adds ``reference``: {"wfdb": "path/to/record"} or {"samples": [[...12 leads...], ...],
-"fs": 250} or {"base_vector": [...]}. Parsing either returns an Event or raises EventError whose
+until then). ``register`` adds ``reference``: {"wfdb": "path/to/record"} (or a list of them; read by the
+service from its ``data_dir``, relative paths starting there, paths leading out of it refused) or
+{"samples": [[...12 leads...], ...], "fs": 250} or {"base_vector": [...]}. Parsing either returns an Event or raises EventError whose
 message is the reason written to the dead-letter record.
 """
 

@@ -35,3 +35,18 @@ def test_plot_a_record_and_a_published_segment(data_dir, tmp_path):
     assert main(["plot", str(seg_json), "--out", str(seg_png)]) == 0
     for png in (rec_png, seg_png):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_register_names_a_local_record_as_the_service_reads_it(data_dir, tmp_path, monkeypatch):
+    """The service reads ``wfdb`` references from its own data_dir; a record named from the
+    caller's working directory is sent relative to that directory, so both sides mean one file."""
+    from twin_engine.clients import _record_path
+    from twin_engine.config import Settings
+
+    settings = Settings(data_dir=data_dir)
+    monkeypatch.chdir(data_dir.parent)
+    assert _record_path(settings, f"data/{RECORDS[0]}") == RECORDS[0]
+    assert _record_path(settings, str(data_dir / RECORDS[0])) == RECORDS[0]
+    assert _record_path(settings, RECORDS[0]) == RECORDS[0]  # no such local file: as given
+    (tmp_path / "own.hea").write_text("own 1 250 10\n")
+    assert _record_path(settings, str(tmp_path / "own")) == str(tmp_path / "own")  # not in data_dir: the service refuses it

@@ -343,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rg = sub.add_parser("register", help="onboard a patient from WFDB reference records")
     rg.add_argument("patient")
-    rg.add_argument("--wfdb", action="append", required=True, help="record path (repeatable)")
+    rg.add_argument("--wfdb", action="append", required=True,
+                    help="record path, read by the service from its data_dir: relative to it, or a "
+                         "local path that lies in it (repeatable)")
     rg.add_argument("statement", nargs="*")
     rg.add_argument("--hr", type=float, default=70.0)
     rg.set_defaults(func=cmd_register)

@@ -8,6 +8,7 @@ import base64
 import json
 import sys
 import time
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -61,9 +62,20 @@ def send(settings: Settings, patient_id: str, statements: list[str], hr: float,
 
 def register(settings: Settings, patient_id: str, wfdb: list[str], statements: list[str], hr: float) -> Event:
     state = CardiacState(parse_statements(statements) or {"NORM": 1.0, "SR": 1.0}, hr).validate()
+    wfdb = [_record_path(settings, w) for w in wfdb]
     ev = Event(new_event_id(), patient_id, "register", state, reference={"wfdb": wfdb if len(wfdb) > 1 else wfdb[0]})
     asyncio.run(send_event(settings, ev))
     return ev
+
+
+def _record_path(settings: Settings, path: str) -> str:
+    """A record named from here (``../shared/data/ludb/1``) as the service reads it: relative to
+    its ``data_dir`` when it lies there; anything else is sent as given (the service judges it)."""
+    local = Path(path).expanduser()
+    if not Path(f"{local}.hea").is_file():
+        return path
+    root, here = Path(settings.data_dir).resolve(), local.resolve()
+    return str(here.relative_to(root)) if here.is_relative_to(root) else path
 
 
 def segment_line(raw: bytes) -> str:

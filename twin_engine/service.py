@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -373,9 +374,7 @@ class TwinService:
                 paths = ref["wfdb"] if isinstance(ref["wfdb"], list) else [ref["wfdb"]]
                 refs = []
                 for path in paths:
-                    p = Path(path)
-                    if not p.is_absolute():
-                        p = self.settings.data_dir / p
+                    p = self._reference_path(path)
                     import wfdb
 
                     try:
@@ -394,6 +393,20 @@ class TwinService:
             if isinstance(exc, EventError):
                 raise
             raise EventError(f"bad reference: {exc}") from exc
+
+    def _reference_path(self, path: Any) -> Path:
+        """Where a ``wfdb`` reference lies: under ``data_dir`` (a relative path starts there).
+        Events and the HTTP API come from the network, so a path that leaves the data directory
+        is refused rather than read from wherever it points on the service's disk (links the
+        operator put inside it are followed)."""
+        if not isinstance(path, str) or not path:
+            raise EventError(f"wfdb reference must be a record path, got {path!r}")
+        root = os.path.normpath(os.path.abspath(self.settings.data_dir))
+        p = os.path.normpath(os.path.join(root, path))
+        if os.path.commonpath([root, p]) != root:
+            raise EventError(f"wfdb path {path!r} lies outside the data directory (data_dir {root}); "
+                             "reference records are read only from there")
+        return Path(p)
 
     # ---- streams and publishing --------------------------------------------------------------
     def _start_stream(self, p: Patient) -> None:
