@@ -6,6 +6,8 @@ Everything is batched over patients; one call is one batch on the accelerator.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +165,19 @@ class TwinModel(torch.nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @functools.cached_property
+    def encoder_id(self) -> str:
+        """Names the space base vectors live in: a hash of the networks that make them (the
+        autoencoder and the base extractor). A stored base vector means the same patient only
+        to a model with the same id; retraining the diffusion model or distilling a student keeps
+        it, retraining the extractor does not."""
+        h = hashlib.sha256()
+        for prefix, module in (("ae", self.ae), ("ibe", self.ibe)):
+            for name, t in sorted(module.state_dict().items()):
+                h.update(f"{prefix}.{name}".encode())
+                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def tokens(self) -> int:

@@ -457,3 +457,53 @@ async def test_a_removal_moved_later_after_the_stream_stopped_for_it_continues_t
     assert segs[-1].start_time + segs[-1].duration == pytest.approx(new_end, abs=1e-3)
     ends = [json.loads(m.value) for m in await read_all(bs, settings.kafka.topic_annotations) if m.key == b"bed-0"]
     assert [a["end_time"] for a in ends if a["end_time"] is not None] == [pytest.approx(new_end, abs=1e-3)]
+
+
+async def test_patients_whose_base_vector_does_not_fit_the_model_are_held_until_registered_again(
+        broker, tiny_model_dir, distilled_model_dir, prefix, data_dir):
+    """A model with another encoder (or another base vector size) does not stream restored
+    patients under their old names: they stay in the registry, held, with the reason, until a
+    new registration; a distilled student of the same model keeps them streaming."""
+    import torch
+
+    from twin_engine.metrics import scraped_value
+    from twin_engine.registry import Patient
+
+    old = TwinModel.load(tiny_model_dir)
+    assert TwinModel.load(distilled_model_dir).encoder_id == old.encoder_id
+    settings = service_settings(broker, prefix, data_dir=data_dir)
+    svc = TwinService(settings, old)
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    for pid in ("bed-0", "bed-1"):
+        await svc.send_event(Event(f"reg-{pid}", pid, "register", CardiacState({"NORM": 1.0}, 70),
+                                   reference={"wfdb": RECORDS[0]}))
+    await wait_for(lambda: all(p in svc.streams and svc.streams[p].p.next_seq >= 2 for p in ("bed-0", "bed-1")))
+    await svc.stop()
+    prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    await prod.start()
+    odd = Patient("bed-x", [0.5, 0.5, 0.5], "some-older-model", {"statements": {"NORM": 1.0}, "heart_rate": 70})
+    await prod.send_and_wait(settings.kafka.topic_registry, odd.to_json(), key=b"bed-x")
+    await prod.stop()
+
+    new = TwinModel.load(tiny_model_dir)
+    with torch.no_grad():
+        next(new.ibe.parameters()).add_(0.01)  # retrained extractor: another space of base vectors
+    assert new.encoder_id != old.encoder_id
+    svc = TwinService(settings, new)
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    assert not svc.streams and sorted(svc.held) == ["bed-0", "bed-1", "bed-x"]
+    assert f"encoder {old.encoder_id}" in svc.held["bed-0"] and "3 numbers" in svc.held["bed-x"]
+    assert svc.patient_view("bed-1")["held"] == svc.held["bed-1"]
+    assert scraped_value(svc.metrics.exposition().decode(), "twin_held_patients") == 3
+    await svc.send_event(Event("afib-held", "bed-1", "condition", CardiacState({"AFIB": 1.0}, 120)))
+    await svc.send_event(Event("reg-bed-0-again", "bed-0", "register", CardiacState({"NORM": 1.0}, 70),
+                               reference={"wfdb": RECORDS[1]}))
+    await svc.send_event(Event("rm-bed-x", "bed-x", "remove"))
+    await wait_for(lambda: "bed-0" in svc.streams and svc.streams["bed-0"].p.next_seq >= 4 and "bed-x" not in svc.held)
+    assert sorted(svc.held) == ["bed-1"] and svc.registry.get("bed-x") is None
+    assert svc.registry.get("bed-0").encoder_id == new.encoder_id
+    await svc.stop()
+    dlq = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
+    assert any("afib-held" in base64.b64decode(d["original_b64"]).decode() and "is held" in d["reason"] for d in dlq)

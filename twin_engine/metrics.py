@@ -38,6 +38,9 @@ class Metrics:
                                         registry=r)
         self.lag = Gauge("twin_realtime_lag_seconds", "Largest lateness of the last published segments", registry=r)
         self.live_patients = Gauge("twin_live_patients", "Patients with a running stream", registry=r)
+        self.held_patients = Gauge("twin_held_patients",
+                                   "Registered patients not streamed: their base vector does not fit this model",
+                                   registry=r)
         self.events = Counter("twin_events", "Events consumed, by type", ["type"], registry=r)
         self.dead_letters = Counter("twin_dead_letter_events", "Events sent to the dead-letter topic",
                                     ["reason"], registry=r)

@@ -64,6 +64,9 @@ class Patient:
     tail_b64: str | None = None  # last samples published (int16, see stream.segments): continuity
     remove_at: float | None = None  # stream time of a scheduled removal (a remove event's effective_time)
     remove_event_id: str | None = None
+    # the ``TwinModel.encoder_id`` its base vector came from ("" in records written before it
+    # was kept): a model with another one would stream someone else
+    encoder_id: str = ""
 
     @property
     def cardiac_state(self) -> CardiacState:

@@ -80,6 +80,9 @@ class TwinService:
         self.ready = asyncio.Event()
         self._owned: set[int] = set()
         self._not_durable: set[str] = set()  # patients whose last registry write failed
+        # restored patients whose base vector does not fit this model, and why: kept in the
+        # registry unstreamed until registered again (or removed)
+        self.held: dict[str, str] = {}
         # registry writes of the batch being applied, awaited together before its commit
         self._writes: list[tuple[str, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
@@ -133,9 +136,16 @@ class TwinService:
         restored = await self.registry.restore(self.kafka_kwargs, partitions)
         self._owned |= set(partitions)
         for pid in restored:
-            if pid not in self.streams:
+            if pid in self.streams:
+                continue
+            why = self._unfit(self.registry.patients[pid])
+            if why is None:
                 self._start_stream(self.registry.patients[pid])
+            else:
+                self.held[pid] = why
+                log.error("%s is held, not streamed: %s", pid, why)
         self.metrics.live_patients.set(len(self.streams))
+        self.metrics.held_patients.set(len(self.held))
         log.info("owning partitions %s: %d patients restored", partitions, len(restored))
         self.ready.set()
 
@@ -149,6 +159,9 @@ class TwinService:
         n = self.topics.partitions
         gone = [pid for pid in self.streams if partition_of(pid, n) in partitions]
         await asyncio.gather(*(self.streams.pop(pid).stop() for pid in gone))
+        for pid in [pid for pid in self.held if partition_of(pid, n) in partitions]:
+            del self.held[pid]
+        self.metrics.held_patients.set(len(self.held))
         self.registry.drop_partitions(partitions)
         self._owned -= partitions
         self.metrics.live_patients.set(len(self.streams))
@@ -284,6 +297,8 @@ class TwinService:
             # re-deliver its event to an unknown patient (a dead letter, not a retry)
             await self._confirm_writes()
             await self._remove(p, self.clock.now() if stream is None else stream.start_time(p.next_seq))
+        elif ev.patient_id in self.held:
+            raise EventError(f"patient {ev.patient_id!r} is held, not streamed: {self.held[ev.patient_id]}")
         else:
             stream = self.streams[ev.patient_id]
             # regeneration starts now, while the registry write is in flight: the offset commit
@@ -305,7 +320,9 @@ class TwinService:
         await self.registry.delete(p.patient_id)
         for sink in self.sinks:
             await sink.removed(p.patient_id)
+        self.held.pop(p.patient_id, None)
         self.metrics.live_patients.set(len(self.streams))
+        self.metrics.held_patients.set(len(self.held))
 
     def _stream_ended(self, pid: str) -> None:
         """A stream reached its scheduled removal (called from the stream's own task)."""
@@ -353,13 +370,30 @@ class TwinService:
             p.remove_at = p.remove_event_id = None  # registered again: a scheduled removal is off
         else:
             p = Patient(ev.patient_id, base.tolist(), self.model.meta.version, state_to_dict(state))
+        p.encoder_id = self.model.encoder_id
         # a re-registered stream goes on: its state holds from the next segment, after what the
         # history already holds there (a new one's holds from its start)
         at = None if p.stream_start is None else float(p.stream_start) + p.next_seq * self.segment_samples / self.fs
         p.set_state(state, ev.event_id, p.next_seq, time.time(), at)
         p.remember(ev.event_id)
         await self._write(p)
+        if self.held.pop(p.patient_id, None) is not None:
+            self.metrics.held_patients.set(len(self.held))
         self._start_stream(p)
+
+    def _unfit(self, p: Patient) -> str | None:
+        """Why a restored patient's base vector cannot drive this model (None: it can). Streamed
+        anyway, a vector of another size would fail every generation batch it joined, and one
+        from another encoder would make a different person's ECG under the old name."""
+        dim, mine = self.model.ibe.cfg.base_dim, self.model.encoder_id
+        if len(p.base_vector) != dim:
+            why = f"its base vector has {len(p.base_vector)} numbers, this model's have {dim}"
+        elif p.encoder_id and p.encoder_id != mine:
+            why = (f"its base vector comes from encoder {p.encoder_id} (model {p.model_version}), "
+                   f"this model ({self.model.meta.version}) has encoder {mine}")
+        else:
+            return None
+        return f"{why}; register it again from its reference ECG"
 
     def base_vector_from_reference(self, ref: dict[str, Any]) -> np.ndarray:
         fs = self.model.meta.fs
@@ -474,7 +508,7 @@ class TwinService:
     def patient_view(self, pid: str) -> dict | None:
         p = self.registry.get(pid) if self.registry else None
         stream = self.streams.get(pid)
-        return None if p is None else p.view(stream.seconds if stream else None)
+        return None if p is None else {**p.view(stream.seconds if stream else None), "held": self.held.get(pid)}
 
     def why_unknown(self, pid: str) -> str:
         """A patient of another worker's partitions is not unknown, only not here: say so."""
