@@ -172,10 +172,13 @@ async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(br
     damaged = [(None, b"no key"), (b"\xff\xfe", b"{}"), (b"bed-0", b"not json"), (b"bed-0", b"[1, 2]"),
                (b"bed-0", json.dumps({**good, "base_vector": "abc"}).encode()),
                (b"bed-0", json.dumps({**good, "state": {"heart_rate": "fast"}}).encode()),
-               (b"bed-0", json.dumps({**good, "surprise": 1}).encode()),
                (b"bed-0#position", json.dumps({"next_seq": "x"}).encode()), (b"bed-0#position", b"7")]
+    # a newer version's record, with a field this one does not know, is the patient's latest
+    newer = (b"bed-1", json.dumps({**json.loads(reg.get("bed-1").to_json()), "state_event_id": "bed-1-newer",
+                                   "from_a_newer_version": 1}).encode())
     for key, value in damaged:
         await prod.send_and_wait(topic, value, key=key, partition=partition_of("bed-0", parts))
+    await prod.send_and_wait(topic, newer[1], key=newer[0], partition=partition_of("bed-1", parts))
     await prod.stop()
 
     fresh = Registry(None, topic, parts)
@@ -185,7 +188,8 @@ async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(br
     for pid in restored:
         q = fresh.get(pid)
         assert q.next_seq == 3 and q.tail_b64 == reg.get(pid).tail_b64
-        assert q.state_event_id == f"{pid}-e9" and len(q.history) == 10 and len(q.base_vector) == 256
+        assert q.state_event_id == (f"{pid}-e9" if pid != "bed-1" else "bed-1-newer")
+        assert len(q.history) == 10 and len(q.base_vector) == 256
     everything = await Registry(None, topic, parts).restore(kw, list(range(parts)))
     assert sorted(everything) == pids[:5]
 

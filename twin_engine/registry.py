@@ -147,7 +147,9 @@ class Patient:
         d = json.loads(raw)
         if not isinstance(d, dict):
             raise ValueError("a patient record is a JSON object")
-        p = Patient(**d)
+        # fields this version does not know come from a newer one (a rolling upgrade): the record
+        # is still the patient's latest, so it is read without them rather than skipped
+        p = Patient(**{k: v for k, v in d.items() if k in PATIENT_FIELDS})
         base = np.asarray(p.base_vector, np.float32)
         if not isinstance(p.patient_id, str) or base.ndim != 1 or not np.isfinite(base).all():
             raise ValueError("patient_id must be a string and base_vector finite numbers")
@@ -162,6 +164,9 @@ class Patient:
             raise ValueError(f"stream_start must be epoch seconds, got {self.stream_start!r}")
         if self.tail_b64 is not None and not isinstance(self.tail_b64, str):
             raise ValueError("tail_b64 must be base64 text")
+
+
+PATIENT_FIELDS = frozenset(f.name for f in fields(Patient))
 
 
 class Registry:
