@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import aiohttp
+from aiokafka.errors import KafkaTimeoutError
 
 from tests.support import RECORDS, start_with_dashboard, wait_for
 
@@ -60,6 +61,15 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
             assert (state["statements"], state["heart_rate"]) == ({"AFIB": 1.0}, 118.0)
 
             assert (await call("GET", "/patients/ghost"))[0] == 404
+
+            # the broker not taking the event: 503 with the reason (the client may send it again)
+            async def unreachable(ev):
+                raise KafkaTimeoutError()
+
+            send_event, svc.send_event = svc.send_event, unreachable
+            status, body = await call("POST", "/patients/bed-9/state", json={"state": {"heart_rate": 90}})
+            svc.send_event = send_event
+            assert status == 503 and "KafkaTimeoutError" in body["error"], (status, body)
 
             # a change scheduled ahead: listed as such until it holds, the stream goes on as it was
             later = (await call("GET", "/patients/bed-9"))[1]["stream_time"] + 600  # 60 s at x10

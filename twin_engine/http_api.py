@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from stream.events import Event, EventError, new_event_id, parse_event, state_to_dict
 from twin_engine.config import Settings
@@ -106,7 +107,13 @@ async def _send(request: web.Request, pid: str | None, typ: str) -> web.Response
         ev = _event_from_body(body, pid, typ, svc)
     except EventError as exc:
         return _json({"error": str(exc)}, 400)
-    await svc.send_event(ev)
+    try:
+        await svc.send_event(ev)
+    except MessageSizeTooLargeError as exc:
+        return _json({"error": f"the event is too large for the events topic: {exc}"}, 413)
+    except KafkaError as exc:  # the broker unreachable past the producer's retries: try later
+        return _json({"error": f"the event could not be sent ({exc.__class__.__name__}: {exc}); "
+                               "nothing was changed, send it again"}, 503)
     return _json({"accepted": True, "event_id": ev.event_id, "patient_id": pid,
                   "state": state_to_dict(ev.state) if ev.state else None}, 202)
 
