@@ -398,3 +398,32 @@ async def test_an_end_moved_later_while_the_last_segment_plays_out_costs_no_dead
     assert [seg.seq for seg, _ in published] == list(range(last + 3))
     assert ended == [last + 3]
     assert metrics.deadline_misses._value.get() == 0
+
+
+def test_the_registry_history_keeps_every_change_still_to_come():
+    """A scenario may schedule more changes for one patient than the history's limit: the
+    history then drops the changes wholly in the past (oldest first), never one still to come,
+    so a stream rebuilt from it after a restart still makes all of them, from the right state."""
+    from twin_engine.registry import HISTORY_LIMIT
+
+    clock = StreamClock(1.0)
+    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
+    p.stream_start, p.next_seq = clock.now() - 100.0, 100  # 1 s segments, 100 out
+    nxt = p.stream_start + 100.0
+    p.set_state(CardiacState({"SR": 1.0}, 60), "reg", 0, 0.0)
+    for i in range(HISTORY_LIMIT):  # changes that have all happened
+        p.set_state(CardiacState({"SR": 1.0}, 61 + i), f"past-{i}", i, 0.0, at=p.stream_start + i, now=nxt)
+    ahead = 2 * HISTORY_LIMIT
+    for i in range(ahead):  # a long timeline sent at once, then a change for now
+        p.set_state(CardiacState({"AFIB": 1.0}, 100 + i), f"later-{i}", 100, 0.0, at=nxt + 10 + i, now=nxt)
+    p.set_state(CardiacState({"SR": 1.0}, 70), "now", 100, 0.0, at=nxt, now=nxt)
+    assert len(p.history) == ahead + 1  # the past is gone but for the state in effect: "now"
+    s = PatientStream(p, clock=clock, batcher=None, fs=100, segment_samples=100, context_samples=10, lookahead=3,
+                      leads=LEADS, model_version="m", publish=None, metrics=Metrics())
+    assert s.state_for(100).heart_rate == 70
+    assert [s.state_for(110 + i).heart_rate for i in range(ahead)] == [100 + i for i in range(ahead)]
+    # changes keep being trimmed once they are in the past
+    later = nxt + 10 + ahead
+    for i in range(3 * HISTORY_LIMIT):
+        p.set_state(CardiacState({"SR": 1.0}, 50 + i % 50), f"more-{i}", 100, 0.0, at=later + i, now=later + i)
+    assert len(p.history) <= HISTORY_LIMIT and p.history[-1]["event_id"] == f"more-{3 * HISTORY_LIMIT - 1}"

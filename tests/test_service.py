@@ -511,3 +511,26 @@ async def test_patients_whose_base_vector_does_not_fit_the_model_are_held_until_
     await svc.stop()
     dlq = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
     assert any("afib-held" in base64.b64decode(d["original_b64"]).decode() and "is held" in d["reason"] for d in dlq)
+
+
+async def test_a_patient_may_have_only_so_many_changes_scheduled_ahead(broker, tiny_model_dir, prefix, data_dir,
+                                                                         monkeypatch):
+    """The registry keeps every change still to come, so their number is capped: one more
+    scheduled change is dead-lettered with the reason; a change for now still applies."""
+    import twin_engine.service as service
+
+    monkeypatch.setattr(service, "MAX_SCHEDULED", 3)
+    svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-c")
+    s = svc.streams["bed-0"]
+    t = s.start_time(s.p.next_seq + 100)
+    for i in range(4):
+        await svc.send_event(Event(f"ahead-{i}", "bed-0", "condition", CardiacState({"SR": 1.0}, 80 + i),
+                                   effective_time=t + i))
+    await svc.send_event(Event("now-c", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120)))
+    await wait_for(lambda: svc.streams["bed-0"].p.published_event_id == "now-c")
+    await svc.stop()
+    assert [h["event_id"] for h in svc.registry.get("bed-0").history if h.get("at", 0) > t - 1] == [
+        "ahead-0", "ahead-1", "ahead-2"]
+    dlq = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
+    assert len(dlq) == 1 and "ahead-3" in base64.b64decode(dlq[0]["original_b64"]).decode()
+    assert "3 changes still to come" in dlq[0]["reason"]

@@ -83,10 +83,11 @@ class Patient:
         del self.seen_events[:-SEEN_EVENTS_LIMIT]
 
     def set_state(self, state: CardiacState, event_id: str, seq: int, when: float, at: float | None = None,
-                  transition: float = 0.0) -> None:
+                  transition: float = 0.0, now: float | None = None) -> None:
         """The state last asked for. ``at``: the stream time it holds from (with the heart-rate
         ``transition`` seconds), kept in the history so that a restored stream still makes the
-        changes scheduled ahead; without it (registration) it holds from the stream's start."""
+        changes scheduled ahead; without it (registration) it holds from the stream's start.
+        ``now``: the stream time of the next segment, before which changes are in the past."""
         self.state = state_to_dict(state)
         self.state_event_id = event_id
         self.state_since_seq = seq
@@ -94,7 +95,20 @@ class Patient:
         if at is not None:
             entry.update(at=at, transition=transition)
         self.history.append(entry)
-        del self.history[:-HISTORY_LIMIT]
+        self._trim_history(float("-inf") if now is None else now)
+
+    def _trim_history(self, now: float) -> None:
+        """Down to ``HISTORY_LIMIT`` entries where it can be: the changes wholly in effect by
+        ``now`` go, oldest first, all but the last of them (the state the rest start from).
+        A change still to come is never dropped, so a restored stream makes every one (the
+        service caps how many a patient may have)."""
+        excess = len(self.history) - HISTORY_LIMIT
+        if excess <= 0:
+            return
+        past = [i for i, h in enumerate(self.history) if h.get("at", float("-inf")) + h.get("transition", 0.0) <= now]
+        past.sort(key=lambda i: (self.history[i].get("at", float("-inf")), i))
+        drop = set(past[:-1][:excess])
+        self.history = [h for i, h in enumerate(self.history) if i not in drop]
 
     def view(self, segment_seconds: float | None) -> dict[str, Any]:
         """What the HTTP API shows of a patient (``segment_seconds`` None: not streaming).

@@ -42,6 +42,9 @@ from twin_engine.sinks import Sink
 
 log = logging.getLogger(__name__)
 CONSUME_RETRY_S = 1.0  # after Kafka failed while events were applied
+# changes one patient may have scheduled ahead: the registry record keeps every one (about 180
+# bytes each) and is written whole on each change, so this keeps it far below Kafka's 1 MB
+MAX_SCHEDULED = 500
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -301,12 +304,17 @@ class TwinService:
             raise EventError(f"patient {ev.patient_id!r} is held, not streamed: {self.held[ev.patient_id]}")
         else:
             stream = self.streams[ev.patient_id]
+            now = stream.start_time(p.next_seq)
+            ahead = ev.effective_time is not None and ev.effective_time > now
+            if ahead and sum(h.get("at", float("-inf")) > now for h in p.history) >= MAX_SCHEDULED:
+                raise EventError(f"patient {ev.patient_id!r} already has {MAX_SCHEDULED} changes still to come "
+                                 "(the most one patient may have scheduled)")
             # regeneration starts now, while the registry write is in flight: the offset commit
             # (after this returns) still waits for durability, and a crash before it re-delivers
             # the event, so the one write's latency is kept off the event-to-effect path
             at = stream.change_state(StateChange(ev.state, ev.event_id, ev.effective_time, ev.transition_seconds,
                                                  time.monotonic()))
-            p.set_state(ev.state, ev.event_id, p.next_seq, time.time(), at, ev.transition_seconds)
+            p.set_state(ev.state, ev.event_id, p.next_seq, time.time(), at, ev.transition_seconds, now=now)
             p.remember(ev.event_id)
             await self._write(p)
 
@@ -374,7 +382,7 @@ class TwinService:
         # a re-registered stream goes on: its state holds from the next segment, after what the
         # history already holds there (a new one's holds from its start)
         at = None if p.stream_start is None else float(p.stream_start) + p.next_seq * self.segment_samples / self.fs
-        p.set_state(state, ev.event_id, p.next_seq, time.time(), at)
+        p.set_state(state, ev.event_id, p.next_seq, time.time(), at, now=at)
         p.remember(ev.event_id)
         await self._write(p)
         if self.held.pop(p.patient_id, None) is not None:
