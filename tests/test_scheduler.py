@@ -427,3 +427,30 @@ def test_the_registry_history_keeps_every_change_still_to_come():
     for i in range(3 * HISTORY_LIMIT):
         p.set_state(CardiacState({"SR": 1.0}, 50 + i % 50), f"more-{i}", 100, 0.0, at=later + i, now=later + i)
     assert len(p.history) <= HISTORY_LIMIT and p.history[-1]["event_id"] == f"more-{3 * HISTORY_LIMIT - 1}"
+
+
+async def test_a_stream_restored_with_another_segment_length_goes_on_from_where_it_was():
+    """The segment length is configuration and may change across a restart: the restored stream
+    starts its next segment where its last one ended, not next_seq x the new length from its
+    origin (here that would be 500 s ahead: 500 s of silence)."""
+    metrics = Metrics()
+    batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
+    batcher.start()
+    published = []
+
+    async def publish(p, seg, change):
+        published.append(seg)
+
+    clock = StreamClock(1.0)
+    p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
+    p.stream_start, p.next_seq, p.segment_seconds = clock.now() - 500.0 + 0.2, 1000, 0.5  # 1,000 half-second segments out
+    old_next = p.stream_start + 500.0
+    s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10, lookahead=2,
+                      leads=LEADS, model_version="m", publish=publish, metrics=metrics)
+    assert s.start_time(1000) == pytest.approx(old_next, abs=1e-6) and p.segment_seconds == 1.0
+    s.start()
+    await _until(lambda: len(published) >= 2, timeout=5.0)
+    await s.stop()
+    await batcher.stop()
+    assert [seg.seq for seg in published[:2]] == [1000, 1001]
+    assert published[1].start_time == pytest.approx(old_next + 1.0, abs=1e-6)

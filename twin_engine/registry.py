@@ -38,7 +38,7 @@ HISTORY_LIMIT = 50
 SEEN_EVENTS_LIMIT = 256
 POSITION_SUFFIX = "#position"  # '#' is not allowed in patient ids (stream.events)
 POSITION_FIELDS = ("next_seq", "stream_start", "published_event_id", "published_state", "published_since",
-                   "tail_b64")
+                   "tail_b64", "segment_seconds")
 
 
 def partition_of(patient_id: str, partitions: int) -> int:
@@ -58,6 +58,7 @@ class Patient:
     seen_events: list[str] = field(default_factory=list)
     next_seq: int = 0
     stream_start: float | None = None  # stream time of sample 0 (epoch seconds)
+    segment_seconds: float | None = None  # the segment length ``next_seq`` counts in
     published_event_id: str | None = None  # state of the last published segment ...
     published_state: dict[str, Any] | None = None
     published_since: float | None = None  # ... and the stream time it began
@@ -176,6 +177,9 @@ class Patient:
             raise ValueError(f"next_seq must be a count, got {self.next_seq!r}")
         if self.stream_start is not None and not isinstance(self.stream_start, (int, float)):
             raise ValueError(f"stream_start must be epoch seconds, got {self.stream_start!r}")
+        ss = self.segment_seconds
+        if ss is not None and (isinstance(ss, bool) or not isinstance(ss, (int, float)) or not 0 < ss <= 3600):
+            raise ValueError(f"segment_seconds must be a length in seconds, got {ss!r}")
         if self.tail_b64 is not None and not isinstance(self.tail_b64, str):
             raise ValueError("tail_b64 must be base64 text")
 

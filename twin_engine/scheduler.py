@@ -120,10 +120,17 @@ class PatientStream:
             # could have been generated (a burst of registrations otherwise starts late)
             patient.stream_start = clock.anchor() + (self.seconds if clock.speed else 0.0)
         else:
+            if patient.segment_seconds is not None and abs(patient.segment_seconds - self.seconds) > 1e-9:
+                # the segment length changed since the stream last ran: its next segment still
+                # starts where the last one ended (counted in the new length, it would start
+                # next_seq x the difference away, hours ahead after a day of segments)
+                patient.stream_start = float(patient.stream_start) + patient.next_seq * (
+                    patient.segment_seconds - self.seconds)
             if clock.speed and self.start_time(patient.next_seq) < clock.now() - lookahead * self.seconds:
                 # restored after downtime: continue the sequence from now rather than replaying the gap
                 patient.stream_start = clock.now() - patient.next_seq * self.seconds
             self._restore_schedule()
+        patient.segment_seconds = self.seconds
 
     @property
     def seconds(self) -> float:
