@@ -534,3 +534,21 @@ async def test_a_patient_may_have_only_so_many_changes_scheduled_ahead(broker, t
     dlq = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
     assert len(dlq) == 1 and "ahead-3" in base64.b64decode(dlq[0]["original_b64"]).decode()
     assert "3 changes still to come" in dlq[0]["reason"]
+
+
+async def test_an_accelerated_worker_restarted_goes_on_from_its_streams_time(broker, tiny_model_dir, prefix, data_dir):
+    """At x10 stream time runs ahead of the wall clock; a restarted worker's clock starts from the
+    wall clock again, and its restored streams would wait until it caught up (as long as the
+    first run lasted). It goes on from where they were instead."""
+    svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-a")
+    s = svc.streams["bed-0"]
+    await wait_for(lambda: s.p.next_seq >= 40)  # 40 s of stream time in about 4 s
+    await svc.stop()
+    last_start, n = s.start_time(s.p.next_seq - 1), s.p.next_seq
+    settings.kafka.group_id += "-next"  # joins at once (Tansu keeps a stopped member ~13 s)
+    svc2 = TwinService(settings, TwinModel.load(tiny_model_dir))
+    await svc2.start()
+    await asyncio.wait_for(svc2.ready.wait(), 30)
+    assert last_start <= svc2.clock.now() < last_start + 20
+    await wait_for(lambda: "bed-0" in svc2.streams and svc2.streams["bed-0"].p.next_seq >= n + 3, timeout=5)
+    await svc2.stop()

@@ -53,6 +53,13 @@ class StreamClock:
         """Stream time at which a new stream starts: now (or the clock's origin when ASAP)."""
         return self.t0_wall if self.speed == 0 else self.now()
 
+    def advance_to(self, stream_time: float) -> None:
+        """Move the clock on to ``stream_time`` if that is ahead (never back): in accelerated mode
+        a restarted worker's clock starts from the wall clock again, while the streams it
+        restores ran ahead of it by (speed - 1) x the time they ran, and would wait that long."""
+        if self.speed and stream_time > self.now():
+            self.t0_wall += stream_time - self.now()
+
     def due(self, stream_time: float) -> float:
         """Monotonic time at which ``stream_time`` arrives."""
         if self.speed == 0:

@@ -138,6 +138,16 @@ class TwinService:
         assert self.registry is not None
         restored = await self.registry.restore(self.kafka_kwargs, partitions)
         self._owned |= set(partitions)
+        if not self.streams and self.clock.speed > 1:
+            # nothing streams here yet: the clock goes on from the restored streams' time, not
+            # from the wall clock they ran ahead of (to one segment before the latest next
+            # segment: where the last ones published started); once streams run here it keeps
+            # its pace, and patients taken over later wait for it
+            ahead = [p.stream_start + (p.next_seq - 1) * p.segment_seconds for p in
+                     (self.registry.patients[pid] for pid in restored)
+                     if p.stream_start is not None and p.segment_seconds]
+            if ahead:
+                self.clock.advance_to(max(ahead))
         for pid in restored:
             if pid in self.streams:
                 continue
