@@ -418,6 +418,9 @@ def test_the_registry_history_keeps_every_change_still_to_come():
         p.set_state(CardiacState({"AFIB": 1.0}, 100 + i), f"later-{i}", 100, 0.0, at=nxt + 10 + i, now=nxt)
     p.set_state(CardiacState({"SR": 1.0}, 70), "now", 100, 0.0, at=nxt, now=nxt)
     assert len(p.history) == ahead + 1  # the past is gone but for the state in effect: "now"
+    # a timeline re-delivered (a crash before its offsets were committed) is applied once
+    # however long it is: what is still to come counts as seen
+    assert p.saw("later-0") and not p.saw("past-0") and not p.seen_events
     s = PatientStream(p, clock=clock, batcher=None, fs=100, segment_samples=100, context_samples=10, lookahead=3,
                       leads=LEADS, model_version="m", publish=None, metrics=Metrics())
     assert s.state_for(100).heart_rate == 70

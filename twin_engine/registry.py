@@ -77,7 +77,9 @@ class Patient:
         return np.asarray(self.base_vector, np.float32)
 
     def saw(self, event_id: str) -> bool:
-        return event_id in self.seen_events
+        """Whether the event was applied: among the last ``SEEN_EVENTS_LIMIT``, or in the history,
+        which keeps every change still to come however many a timeline scheduled."""
+        return event_id in self.seen_events or any(h.get("event_id") == event_id for h in self.history)
 
     def remember(self, event_id: str) -> None:
         self.seen_events.append(event_id)
