@@ -75,7 +75,11 @@ def _record_path(settings: Settings, path: str) -> str:
     if not Path(f"{local}.hea").is_file():
         return path
     root, here = Path(settings.data_dir).resolve(), local.resolve()
-    return str(here.relative_to(root)) if here.is_relative_to(root) else path
+    if here.is_relative_to(root):
+        return str(here.relative_to(root))
+    print(f"note: {path} lies outside the data directory {root}; a service reading from there will "
+          "refuse it (see `tail --dead-letters`)", file=sys.stderr)
+    return path
 
 
 def segment_line(raw: bytes) -> str:
