@@ -41,6 +41,22 @@ async def _stream(speed: float, lookahead: int = 3, gen=_hr_generator, context: 
     return s, batcher, published, metrics
 
 
+def _restored_stream(p: Patient, clock: StreamClock, lookahead: int = 3):
+    """A stream rebuilt from the registry record ``p`` (1 s segments) on the heart-rate
+    generator, not started; published: its segments."""
+    metrics = Metrics()
+    batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
+    batcher.start()
+    published = []
+
+    async def publish(p, seg, change):
+        published.append(seg)
+
+    s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10,
+                      lookahead=lookahead, leads=LEADS, model_version="m", publish=publish, metrics=metrics)
+    return s, batcher, published
+
+
 async def _until(cond, timeout=10.0):
     end = time.monotonic() + timeout
     while not cond():
@@ -141,14 +157,6 @@ async def test_a_restored_stream_still_makes_the_changes_scheduled_ahead():
     """The registry's history keeps each change's time: a stream rebuilt from it (another
     worker, a restart) goes on with the state in effect at its next segment, a heart-rate ramp
     where it was, and makes the changes still to come."""
-    metrics = Metrics()
-    batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
-    batcher.start()
-    published = []
-
-    async def publish(p, seg, change):
-        published.append(seg)
-
     clock = StreamClock(20.0)
     p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
     p.set_state(CardiacState({"SR": 1.0}, 60), "reg", 0, 0.0)
@@ -156,8 +164,7 @@ async def test_a_restored_stream_still_makes_the_changes_scheduled_ahead():
     nxt = p.stream_start + 5.0
     p.set_state(CardiacState({"SR": 1.0}, 80), "past", 3, 0.0, at=nxt - 2.0, transition=4.0)  # ramping 60 -> 80
     p.set_state(CardiacState({"AFIB": 1.0}, 120), "later", 5, 0.0, at=nxt + 2.0)
-    s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10, lookahead=3,
-                      leads=LEADS, model_version="m", publish=publish, metrics=metrics)
+    s, batcher, published = _restored_stream(p, clock)
     s.start()
     await _until(lambda: len(published) >= 5)
     await s.stop()
@@ -436,20 +443,11 @@ async def test_a_stream_restored_with_another_segment_length_goes_on_from_where_
     """The segment length is configuration and may change across a restart: the restored stream
     starts its next segment where its last one ended, not next_seq x the new length from its
     origin (here that would be 500 s ahead: 500 s of silence)."""
-    metrics = Metrics()
-    batcher = MicroBatcher(_hr_generator, 16, 0.001, metrics)
-    batcher.start()
-    published = []
-
-    async def publish(p, seg, change):
-        published.append(seg)
-
     clock = StreamClock(1.0)
     p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
     p.stream_start, p.next_seq, p.segment_seconds = clock.now() - 500.0 + 0.2, 1000, 0.5  # 1,000 half-second segments out
     old_next = p.stream_start + 500.0
-    s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10, lookahead=2,
-                      leads=LEADS, model_version="m", publish=publish, metrics=metrics)
+    s, batcher, published = _restored_stream(p, clock, lookahead=2)
     assert s.start_time(1000) == pytest.approx(old_next, abs=1e-6) and p.segment_seconds == 1.0
     s.start()
     await _until(lambda: len(published) >= 2, timeout=5.0)
