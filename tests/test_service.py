@@ -55,7 +55,12 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
            json.dumps({"schema_version": 1, "event_id": "x3", "patient_id": "bed-2", "type": "register",
                        "state": {"heart_rate": 80}, "reference": {"samples": [[0.0] * 12] * 1000, "fs": 0}}).encode(),
            json.dumps({"schema_version": 1, "event_id": "x4", "patient_id": "bed-2", "type": "register",
-                       "state": {"heart_rate": 80}, "reference": {"wfdb": f"../{RECORDS[0]}"}}).encode()]
+                       "state": {"heart_rate": 80}, "reference": {"wfdb": f"../{RECORDS[0]}"}}).encode(),
+           json.dumps({"schema_version": 1, "event_id": "x5", "patient_id": "bed-2", "type": "register",
+                       "state": {"heart_rate": 80}, "reference": {"wfdb": []}}).encode(),
+           json.dumps({"schema_version": 1, "event_id": "x6", "patient_id": "bed-2", "type": "register",
+                       "state": {"heart_rate": 80},
+                       "reference": {"samples": [[1e308] * 12] * 1000, "fs": 250}}).encode()]
     for i, raw in enumerate(bad):
         key = b"ghost" if i == 3 else b"bed-2"
         await prod.send_and_wait(settings.kafka.topic_events, raw, key=key)
@@ -127,6 +132,7 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
     assert "not JSON" in reasons and "schema_version" in reasons and "NOPE" in reasons and "unknown patient" in reasons
     assert "reference fs must be" in reasons and "internal error" not in reasons
     assert "lies outside the data directory" in reasons  # a network event names no file beyond data_dir
+    assert "at least one record" in reasons and "out of range" in reasons  # no twin without a finite base vector
 
 
 def test_continuity_boundary_jump(tiny_model_dir):

@@ -424,6 +424,8 @@ class TwinService:
                 return v / max(1e-8, float(np.linalg.norm(v)))
             if "wfdb" in ref:
                 paths = ref["wfdb"] if isinstance(ref["wfdb"], list) else [ref["wfdb"]]
+                if not paths:
+                    raise EventError("wfdb must name at least one record")
                 refs = []
                 for path in paths:
                     p = self._reference_path(path)
@@ -440,7 +442,10 @@ class TwinService:
                 if isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float)) or not 50 <= ref_fs <= 10_000:
                     raise EventError(f"reference fs must be 50-10000 Hz, got {ref_fs!r}")
                 refs = [to_model_input(x, float(ref_fs), fs, leads)]
-            return self.model.encode(refs)
+            base = self.model.encode(refs)
+            if not np.isfinite(base).all():  # a twin without a finite base vector streams NaN
+                raise EventError("the reference gives no finite base vector")
+            return base
         except (DataError, ValueError, TypeError) as exc:
             if isinstance(exc, EventError):
                 raise
