@@ -95,6 +95,8 @@ def parse_event(raw: bytes | str, vocab: tuple[str, ...] = VOCAB) -> Event:
         d = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EventError(f"not JSON: {exc}") from exc
+    except RecursionError:  # a few hundred kB of "[[[[..." is valid JSON Python will not nest
+        raise EventError("not JSON this service reads: nested too deeply") from None
     if not isinstance(d, dict):
         raise EventError("event must be a JSON object")
     if d.get("schema_version") != SCHEMA_VERSION:

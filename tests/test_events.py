@@ -22,6 +22,7 @@ def test_round_trip():
 
 @pytest.mark.parametrize("raw, reason", [
     (b"\x00\xff", "not JSON"),
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
     (b"[1, 2]", "JSON object"),
     (_ev(schema_version=2), "schema_version"),
     (_ev(event_id=""), "event_id"),

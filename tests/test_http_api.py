@@ -45,6 +45,7 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
             # bad requests: 400 with a reason, and nothing sent
             bad = [("POST", "/patients", {"data": b"{not json"}),
                    ("POST", "/patients", {"data": b"\xff\xfe\x00"}),
+                   ("POST", "/patients", {"data": b"[" * 200_000 + b"]" * 200_000}),
                    ("POST", "/patients", {"json": [1, 2]}),
                    ("POST", "/patients", {"json": {"reference": {"wfdb": RECORDS[0]}}}),
                    ("POST", "/patients", {"json": {"patient_id": "bad id!", "reference": {"wfdb": RECORDS[0]}}}),

@@ -89,6 +89,8 @@ async def _body(request: web.Request) -> dict:
         body = json.loads(await request.read())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EventError(f"body is not JSON: {exc}") from exc
+    except RecursionError:
+        raise EventError("body is not JSON this service reads: nested too deeply") from None
     if not isinstance(body, dict):
         raise EventError("body must be a JSON object")
     return body
