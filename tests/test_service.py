@@ -178,7 +178,8 @@ async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(br
     damaged = [(None, b"no key"), (b"\xff\xfe", b"{}"), (b"bed-0", b"not json"), (b"bed-0", b"[1, 2]"),
                (b"bed-0", json.dumps({**good, "base_vector": "abc"}).encode()),
                (b"bed-0", json.dumps({**good, "state": {"heart_rate": "fast"}}).encode()),
-               (b"bed-0#position", json.dumps({"next_seq": "x"}).encode()), (b"bed-0#position", b"7")]
+               (b"bed-0#position", json.dumps({"next_seq": "x"}).encode()), (b"bed-0#position", b"7"),
+               (b"bed-0", b"[" * 200_000 + b"]" * 200_000), (b"bed-0#position", b"[" * 200_000 + b"]" * 200_000)]
     # a newer version's record, with a field this one does not know, is the patient's latest
     newer = (b"bed-1", json.dumps({**json.loads(reg.get("bed-1").to_json()), "state_event_id": "bed-1-newer",
                                    "from_a_newer_version": 1}).encode())

@@ -146,7 +146,7 @@ class Patient:
 
     def apply_position(self, raw: bytes) -> None:
         """Update from a stream-position record; a damaged one (ValueError) changes nothing."""
-        d = json.loads(raw)
+        d = _json_record(raw)
         if not isinstance(d, dict):
             raise ValueError("a position record is a JSON object")
         before = self.position()
@@ -161,7 +161,7 @@ class Patient:
     def from_json(raw: bytes) -> Patient:
         """A patient record as written by ``to_json``; ValueError for anything else, so that one
         damaged changelog record is skipped on restore instead of stopping a worker's start."""
-        d = json.loads(raw)
+        d = _json_record(raw)
         if not isinstance(d, dict):
             raise ValueError("a patient record is a JSON object")
         # fields this version does not know come from a newer one (a rolling upgrade): the record
@@ -187,6 +187,15 @@ class Patient:
 
 
 PATIENT_FIELDS = frozenset(f.name for f in fields(Patient))
+
+
+def _json_record(raw: bytes) -> Any:
+    """A changelog record's JSON; ValueError for anything unreadable, nesting too deep included
+    (which Python's reader raises as RecursionError), so that restores skip it."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 class Registry:
