@@ -95,3 +95,20 @@ patient = "s-2"
                     settings.kafka.topic_segments) if m.key == b"s-2"), key=lambda s: s.seq)
     assert segs2[-1].start_time == pytest.approx(start["s-2"] + (math.ceil(8.5 / seconds) - 1) * seconds, abs=1e-3)
     assert segs2[-1].state["statements"] == {"SR": 1.0, "PVC": 1.0}
+
+
+def test_waiting_for_registrations_reads_past_other_producers_dead_letters():
+    """While `play` waits for its registrations it reads the dead-letter topic, whose originals
+    may be any bytes: only a refusal of one of its own registrations stops it."""
+    import base64
+
+    from twin_engine.scenario import _first_segment
+
+    def dead(original: bytes, reason: str = "bad") -> bytes:
+        return json.dumps({"reason": reason, "original_b64": base64.b64encode(original).decode()}).encode()
+
+    waiting, start = {"reg-1": "bed-1"}, {}
+    for original in (b"[" * 200_000 + b"]" * 200_000, b"\xff", b"[1]", json.dumps({"event_id": "other"}).encode()):
+        _first_segment(dead(original), True, waiting, start)
+    with pytest.raises(ScenarioError, match="bed-1: the service refused its registration: nope"):
+        _first_segment(dead(json.dumps({"event_id": "reg-1"}).encode(), "nope"), True, waiting, start)
