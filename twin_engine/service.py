@@ -437,7 +437,7 @@ class TwinService:
                         raise EventError(f"cannot read WFDB header {p}: {exc}") from exc
                     refs.append(to_model_input(read_wfdb_signal(p), rec_fs, fs, leads))
             else:
-                x = np.asarray(ref["samples"], np.float32)
+                x = np.asarray(ref["samples"], np.float64)  # as given: float32 would overflow to inf
                 ref_fs = ref.get("fs", fs)
                 if isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float)) or not 50 <= ref_fs <= 10_000:
                     raise EventError(f"reference fs must be 50-10000 Hz, got {ref_fs!r}")
