@@ -506,7 +506,8 @@ async def test_patients_whose_base_vector_does_not_fit_the_model_are_held_until_
     await asyncio.wait_for(svc.ready.wait(), 30)
     assert not svc.streams and sorted(svc.held) == ["bed-0", "bed-1", "bed-x"]
     assert f"encoder {old.encoder_id}" in svc.held["bed-0"] and "3 numbers" in svc.held["bed-x"]
-    assert svc.patient_view("bed-1")["held"] == svc.held["bed-1"]
+    assert svc.patient_view("bed-1")["held"] == svc.held["bed-1"] and svc.patient_ids() == ["bed-0", "bed-1", "bed-x"]
+    assert svc.patient_view("bed-1")["encoder_id"] == old.encoder_id
     assert scraped_value(svc.metrics.exposition().decode(), "twin_held_patients") == 3
     await svc.send_event(Event("afib-held", "bed-1", "condition", CardiacState({"AFIB": 1.0}, 120)))
     await svc.send_event(Event("reg-bed-0-again", "bed-0", "register", CardiacState({"NORM": 1.0}, 70),

@@ -123,7 +123,7 @@ class Patient:
                 "state_event_id": self.state_event_id, "next_seq": self.next_seq,
                 "published_state": self.published_state, "history": self.history[-20:], "stream_time": nxt,
                 "scheduled": [h for h in self.history if nxt is not None and h.get("at", nxt) > nxt],
-                "remove_at": self.remove_at}
+                "remove_at": self.remove_at, "encoder_id": self.encoder_id or None}
 
     def to_json(self) -> bytes:
         # the fields hold JSON values already: a shallow dict serialises the same record as

@@ -525,8 +525,8 @@ class TwinService:
         return self.model.meta.fs
 
     def patient_ids(self) -> list[str]:
-        """The patients streaming here: those of this worker's partitions."""
-        return sorted(self.streams)
+        """The patients of this worker's partitions: streaming here, or held (their views say why)."""
+        return sorted(set(self.streams) | set(self.held))
 
     def patient_view(self, pid: str) -> dict | None:
         p = self.registry.get(pid) if self.registry else None
