@@ -491,6 +491,8 @@ async def test_patients_whose_base_vector_does_not_fit_the_model_are_held_until_
                                    reference={"wfdb": RECORDS[0]}))
     await wait_for(lambda: all(p in svc.streams and svc.streams[p].p.next_seq >= 2 for p in ("bed-0", "bed-1")))
     await svc.stop()
+    bed0 = svc.registry.get("bed-0")
+    bed0_next = bed0.stream_start + bed0.next_seq * settings.segment_seconds  # where its next segment starts
     prod = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
     await prod.start()
     odd = Patient("bed-x", [0.5, 0.5, 0.5], "some-older-model", {"statements": {"NORM": 1.0}, "heart_rate": 70})
@@ -501,6 +503,7 @@ async def test_patients_whose_base_vector_does_not_fit_the_model_are_held_until_
     with torch.no_grad():
         next(new.ibe.parameters()).add_(0.01)  # retrained extractor: another space of base vectors
     assert new.encoder_id != old.encoder_id
+    settings.segment_seconds *= 2  # and a new segment length with it
     svc = TwinService(settings, new)
     await svc.start()
     await asyncio.wait_for(svc.ready.wait(), 30)
@@ -516,6 +519,9 @@ async def test_patients_whose_base_vector_does_not_fit_the_model_are_held_until_
     await wait_for(lambda: "bed-0" in svc.streams and svc.streams["bed-0"].p.next_seq >= 4 and "bed-x" not in svc.held)
     assert sorted(svc.held) == ["bed-1"] and svc.registry.get("bed-x") is None
     assert svc.registry.get("bed-0").encoder_id == new.encoder_id
+    # registered again, its new state holds from where its next segment starts, not from
+    # next_seq x the new segment length
+    assert svc.registry.get("bed-0").history[-1]["at"] == pytest.approx(bed0_next, abs=1e-6)
     await svc.stop()
     dlq = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
     assert any("afib-held" in base64.b64decode(d["original_b64"]).decode() and "is held" in d["reason"] for d in dlq)

@@ -164,9 +164,7 @@ class Monitor:
 
     def patient_view(self, pid: str) -> dict | None:
         p = self.patients.get(pid)
-        # the length the workers stream it in, as its position says (this monitor's own setting
-        # for records written before positions carried it)
-        return None if p is None else p.view(p.segment_seconds or self.settings.segment_seconds)
+        return None if p is None else p.view(self.settings.segment_seconds)
 
     def why_unknown(self, pid: str) -> str:
         return "unknown patient"

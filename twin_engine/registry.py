@@ -113,12 +113,17 @@ class Patient:
         drop = set(past[:-1][:excess])
         self.history = [h for i, h in enumerate(self.history) if i not in drop]
 
+    def start_time(self, seq: int, seconds: float) -> float:
+        """Stream time at which segment ``seq`` starts, counted in the length the stream position
+        records (``seconds`` for a record written before positions kept it)."""
+        return float(self.stream_start) + seq * (self.segment_seconds or seconds)
+
     def view(self, segment_seconds: float | None) -> dict[str, Any]:
         """What the HTTP API shows of a patient (``segment_seconds`` None: not streaming).
         ``state`` is the last one asked for; ``published_state`` the one streaming now, and
         ``scheduled`` the changes still to come (their ``at`` after the next segment)."""
         live = segment_seconds is not None and self.stream_start is not None
-        nxt = float(self.stream_start) + self.next_seq * segment_seconds if live else None
+        nxt = self.start_time(self.next_seq, segment_seconds) if live else None
         return {"patient_id": self.patient_id, "model_version": self.model_version, "state": self.state,
                 "state_event_id": self.state_event_id, "next_seq": self.next_seq,
                 "published_state": self.published_state, "history": self.history[-20:], "stream_time": nxt,

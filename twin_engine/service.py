@@ -143,7 +143,7 @@ class TwinService:
             # from the wall clock they ran ahead of (to one segment before the latest next
             # segment: where the last ones published started); once streams run here it keeps
             # its pace, and patients taken over later wait for it
-            ahead = [p.stream_start + (p.next_seq - 1) * p.segment_seconds for p in
+            ahead = [p.start_time(p.next_seq - 1, p.segment_seconds) for p in
                      (self.registry.patients[pid] for pid in restored)
                      if p.stream_start is not None and p.segment_seconds]
             if ahead:
@@ -390,8 +390,9 @@ class TwinService:
             p = Patient(ev.patient_id, base.tolist(), self.model.meta.version, state_to_dict(state))
         p.encoder_id = self.model.encoder_id
         # a re-registered stream goes on: its state holds from the next segment, after what the
-        # history already holds there (a new one's holds from its start)
-        at = None if p.stream_start is None else float(p.stream_start) + p.next_seq * self.segment_samples / self.fs
+        # history already holds there (a new one's holds from its start); in the length its
+        # position counts in, which the new stream keeps the next segment's time in
+        at = None if p.stream_start is None else p.start_time(p.next_seq, self.segment_samples / self.fs)
         p.set_state(state, ev.event_id, p.next_seq, time.time(), at, now=at)
         p.remember(ev.event_id)
         await self._write(p)
