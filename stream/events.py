@@ -89,14 +89,20 @@ def state_from_dict(d: Any, vocab: tuple[str, ...] = VOCAB) -> CardiacState:
         raise EventError(f"invalid state: {exc}") from exc
 
 
-def parse_event(raw: bytes | str, vocab: tuple[str, ...] = VOCAB) -> Event:
-    """Decode and validate one message value."""
+def json_value(raw: bytes | str) -> Any:
+    """Bytes from outside (a message, a request body, a changelog record) as JSON; EventError,
+    a ValueError, for anything unreadable."""
     try:
-        d = json.loads(raw)
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EventError(f"not JSON: {exc}") from exc
     except RecursionError:  # a few hundred kB of "[[[[..." is valid JSON Python will not nest
         raise EventError("not JSON this service reads: nested too deeply") from None
+
+
+def parse_event(raw: bytes | str, vocab: tuple[str, ...] = VOCAB) -> Event:
+    """Decode and validate one message value."""
+    d = json_value(raw)
     if not isinstance(d, dict):
         raise EventError("event must be a JSON object")
     if d.get("schema_version") != SCHEMA_VERSION:

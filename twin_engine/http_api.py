@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from stream.events import Event, EventError, new_event_id, parse_event, state_to_dict
+from stream.events import Event, EventError, json_value, new_event_id, parse_event, state_to_dict
 from twin_engine.config import Settings
 from twin_engine.dashboard import SubscriberHub, add_routes
 
@@ -86,11 +86,9 @@ async def _body(request: web.Request) -> dict:
     if not request.body_exists:
         return {}
     try:
-        body = json.loads(await request.read())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EventError(f"body is not JSON: {exc}") from exc
-    except RecursionError:
-        raise EventError("body is not JSON this service reads: nested too deeply") from None
+        body = json_value(await request.read())
+    except EventError as exc:
+        raise EventError(f"body is {exc}") from exc
     if not isinstance(body, dict):
         raise EventError("body must be a JSON object")
     return body

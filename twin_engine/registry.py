@@ -28,7 +28,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import CardiacState
-from stream.events import state_from_dict, state_to_dict
+from stream.events import json_value, state_from_dict, state_to_dict
 from stream.producer import QueuedProducer
 from stream.producer import partition_of as key_partition
 from stream.segments import dumps_spliced
@@ -151,7 +151,7 @@ class Patient:
 
     def apply_position(self, raw: bytes) -> None:
         """Update from a stream-position record; a damaged one (ValueError) changes nothing."""
-        d = _json_record(raw)
+        d = json_value(raw)  # unreadable: a ValueError, skipped as damaged
         if not isinstance(d, dict):
             raise ValueError("a position record is a JSON object")
         before = self.position()
@@ -166,7 +166,7 @@ class Patient:
     def from_json(raw: bytes) -> Patient:
         """A patient record as written by ``to_json``; ValueError for anything else, so that one
         damaged changelog record is skipped on restore instead of stopping a worker's start."""
-        d = _json_record(raw)
+        d = json_value(raw)  # unreadable: a ValueError, skipped as damaged
         if not isinstance(d, dict):
             raise ValueError("a patient record is a JSON object")
         # fields this version does not know come from a newer one (a rolling upgrade): the record
@@ -192,15 +192,6 @@ class Patient:
 
 
 PATIENT_FIELDS = frozenset(f.name for f in fields(Patient))
-
-
-def _json_record(raw: bytes) -> Any:
-    """A changelog record's JSON; ValueError for anything unreadable, nesting too deep included
-    (which Python's reader raises as RecursionError), so that restores skip it."""
-    try:
-        return json.loads(raw)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 class Registry:

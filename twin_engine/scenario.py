@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import VOCAB
-from stream.events import Event, EventError, new_event_id, parse_event
+from stream.events import Event, EventError, json_value, new_event_id, parse_event
 from twin_engine.broker import send_events
 from twin_engine.config import Settings
 
@@ -140,12 +140,12 @@ def _first_segment(value: bytes | None, dead_letter: bool, waiting: dict[str, st
     try:
         d = json.loads(value or b"")
         if dead_letter:
-            event_id = json.loads(base64.b64decode(d["original_b64"])).get("event_id")
+            event_id = json_value(base64.b64decode(d["original_b64"])).get("event_id")
             if event_id in waiting:
                 raise ScenarioError(f"{waiting[event_id]}: the service refused its registration: {d['reason']}")
         elif d.get("event_id") in waiting:
             start[waiting.pop(d["event_id"])] = float(d["start_time"])
     except ScenarioError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return  # another producer's record (a dead letter's original may be any bytes)
