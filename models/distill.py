@@ -269,6 +269,8 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
     (``teacher_trajectories``)."""
     from models.export import model_hash
 
+    if on_policy and student_guidance is not None:
+        raise ValueError("on-policy pairs and guidance folding are two kinds of round: run one at a time")
     dev = device or model.device
     # rounds whose targets depend on the student they start from (cached under its hash)
     kind = "onpolicy" if on_policy else f"student-cfg{student_guidance:g}" if student_guidance is not None else None

@@ -57,8 +57,9 @@ class StreamClock:
         """Move the clock on to ``stream_time`` if that is ahead (never back): in accelerated mode
         a restarted worker's clock starts from the wall clock again, while the streams it
         restores ran ahead of it by (speed - 1) x the time they ran, and would wait that long."""
-        if self.speed and stream_time > self.now():
-            self.t0_wall += stream_time - self.now()
+        now = self.now()
+        if self.speed and stream_time > now:
+            self.t0_wall += stream_time - now
 
     def due(self, stream_time: float) -> float:
         """Monotonic time at which ``stream_time`` arrives."""
