@@ -53,3 +53,17 @@ class QueuedProducer:
     async def send_and_wait(self, topic: str, value: bytes | None, key: bytes | None = None,
                             partition: int | None = None):
         return await (await self.send(topic, value, key=key, partition=partition))
+
+
+def is_final(exc: BaseException) -> bool:
+    """Whether retrying cannot fix this Kafka error: a record too large for the broker, or a
+    credential the broker refuses. Such an error is not "the broker is unreachable" (a retry
+    loop on it stalled a partition for good)."""
+    from aiokafka import errors
+
+    final = (errors.MessageSizeTooLargeError, errors.RecordListTooLargeError, errors.InvalidTopicError,
+             errors.TopicAuthorizationFailedError, errors.ClusterAuthorizationFailedError,
+             errors.GroupAuthorizationFailedError, errors.TransactionalIdAuthorizationFailed,
+             errors.SaslAuthenticationFailed, errors.AuthenticationFailedError,
+             errors.UnsupportedSaslMechanismError)
+    return isinstance(exc, final)

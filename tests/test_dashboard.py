@@ -76,7 +76,7 @@ async def test_slow_subscriber_drops_frames_not_memory(broker, tiny_model_dir, d
     url = f"http://127.0.0.1:{settings.http_port}/ws"
     try:
         async with aiohttp.ClientSession() as session:
-            slow = await session.ws_connect(url, max_msg_size=0, compress=15)  # never reads after connect
+            slow = await session.ws_connect(url + "?patients=*", max_msg_size=0, compress=15)  # never reads after connect
             # offered permessage-deflate, as browsers do, and declined: no per-client compression
             assert slow.compress == 0
             fast = await session.ws_connect(url + "?patients=bed-1", max_msg_size=0)

@@ -13,6 +13,7 @@ from pathlib import Path
 from models.twin import TwinModel
 from twin_engine.broker import EMBEDDED_PORT, EmbeddedBroker
 from twin_engine.config import Settings
+from twin_engine.errors import FatalError
 from twin_engine.http_api import serve_http
 from twin_engine.runtime import WARM_UP, attach_backend, batch_limit, choose_backend, warm_up
 from twin_engine.service import TwinService
@@ -50,15 +51,19 @@ def bootstrap_or_embedded(settings: Settings) -> tuple[str, EmbeddedBroker | Non
     return broker.bootstrap_servers, broker
 
 
-async def _until_stopped(duration: float) -> None:
-    """Until SIGINT or SIGTERM, or ``duration`` seconds (0: no limit)."""
+async def _until_stopped(duration: float, failed: asyncio.Event | None = None) -> None:
+    """Until SIGINT or SIGTERM, ``duration`` seconds (0: no limit), or ``failed`` is set."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), duration or None)
+    waits = [asyncio.ensure_future(stop.wait())] + ([asyncio.ensure_future(failed.wait())] if failed else [])
+    try:
+        await asyncio.wait(waits, timeout=duration or None, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def run_service(settings: Settings, model: TwinModel,
@@ -68,7 +73,7 @@ async def run_service(settings: Settings, model: TwinModel,
     from twin_engine.dashboard import SubscriberHub
     from twin_engine.sinks import WfdbSink
 
-    hub = SubscriberHub()
+    hub = SubscriberHub(max_clients=settings.ws_max_clients, max_subscription=settings.ws_max_subscription)
     sinks: list = [hub]
     wfdb_sink = WfdbSink(settings.wfdb_export_dir) if settings.wfdb_export_dir else None
     if wfdb_sink is not None:
@@ -88,7 +93,7 @@ async def run_service(settings: Settings, model: TwinModel,
     if scenario is not None:
         tasks.append(asyncio.create_task(scenario(service)))
     try:
-        await _until_stopped(duration)
+        await _until_stopped(duration, service.failed)
     finally:
         log.info("shutting down: finishing in-flight segments")
         for t in tasks:
@@ -100,6 +105,8 @@ async def run_service(settings: Settings, model: TwinModel,
         if wfdb_sink is not None:
             for path in wfdb_sink.close():
                 print(f"wrote WFDB record {path}", flush=True)
+    if service.failure is not None:
+        raise FatalError(f"the worker stopped: {service.failure}")
 
 
 def run_app(settings: Settings, scenario=None, duration: float = 0) -> int:

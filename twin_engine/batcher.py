@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ import numpy as np
 
 from twin_engine.generator import GenRequest
 from twin_engine.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 def count_due(heap: list[tuple], now: float, limit: int) -> int:
@@ -51,6 +54,11 @@ class MicroBatcher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the batching loop runs (liveness: without it no segment is ever made)."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         if self._task:
@@ -97,24 +105,33 @@ class MicroBatcher:
                     break
             batch = [heapq.heappop(self._heap) for _ in range(self._batch_size())]
             batch = [b for b in batch if not b[3].cancelled()]
-            if not batch:
-                continue
-            t0 = time.perf_counter()
-            try:
-                outs = await asyncio.to_thread(self._generate, [b[2] for b in batch])
-            except Exception as exc:  # a model failure fails these requests, not the batcher
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            took = time.perf_counter() - t0
-            self._batch_s = took if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * took
-            item = took / len(batch)
-            self._item_s = item if self._item_s == 0 else 0.8 * self._item_s + 0.2 * item
-            self.metrics.generation_latency.observe(took)
-            self.metrics.batch_size.observe(len(batch))
-            for (_, _, req, fut), out in zip(batch, outs, strict=True):
-                self.metrics.segments.inc()
-                self.metrics.samples.inc(req.n_samples)
+            if batch:
+                await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[float, int, GenRequest, asyncio.Future]]) -> None:
+        """Generate one batch and hand out its outputs. Any failure, in the model call or after
+        it (a model that returns another count of outputs), fails this batch's requests and is
+        counted; the loop goes on (it used to end, and every later request waited forever)."""
+        t0 = time.perf_counter()
+        try:
+            outs = await asyncio.to_thread(self._generate, [b[2] for b in batch])
+            if len(outs) != len(batch):
+                raise RuntimeError(f"generation returned {len(outs)} outputs for {len(batch)} requests")
+        except Exception as exc:
+            self.metrics.generation_failures.inc()
+            log.error("generation of a batch of %d failed: %s: %s", len(batch), exc.__class__.__name__, exc)
+            for *_, fut in batch:
                 if not fut.done():
-                    fut.set_result(out)
+                    fut.set_exception(exc)
+            return
+        took = time.perf_counter() - t0
+        self._batch_s = took if self._batch_s == 0 else 0.8 * self._batch_s + 0.2 * took
+        item = took / len(batch)
+        self._item_s = item if self._item_s == 0 else 0.8 * self._item_s + 0.2 * item
+        self.metrics.generation_latency.observe(took)
+        self.metrics.batch_size.observe(len(batch))
+        for (_, _, req, fut), out in zip(batch, outs, strict=True):
+            self.metrics.segments.inc()
+            self.metrics.samples.inc(req.n_samples)
+            if not fut.done():
+                fut.set_result(out)

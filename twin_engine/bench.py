@@ -464,7 +464,7 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
 
     async def client(i: int, session: aiohttp.ClientSession) -> None:
         # offering permessage-deflate as browsers do: the hub accepts it only with ``deflate``
-        async with session.ws_connect(f"http://127.0.0.1:{port}/ws", max_msg_size=0, compress=15) as ws:
+        async with session.ws_connect(f"http://127.0.0.1:{port}/ws?patients=*", max_msg_size=0, compress=15) as ws:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     received[i] += 1

@@ -10,6 +10,7 @@ import time
 
 from models.conditions import ConditionError
 from twin_engine.config import ConfigError, Settings, load_settings
+from twin_engine.errors import FatalError
 from twin_engine.scenario import ScenarioError
 
 
@@ -383,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:  # a scenario file that cannot be played (play)
         print(f"scenario error: {exc}", file=sys.stderr)
         return 2
+    except FatalError as exc:  # the broker unreachable at start, a worker that cannot go on
+        print(f"twin-engine: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ class KafkaConfig:
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     sasl_mechanism: str = ""  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     sasl_plain_username: str = ""
-    sasl_plain_password: str = ""
+    sasl_plain_password: str = field(default="", repr=False)
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
@@ -58,6 +58,11 @@ class KafkaConfig:
     # change (event -> registry -> segment) waited this long at 5 ms; records still batch
     # while a request is in flight
     linger_ms: int = 0
+    # the idempotent producer (no duplicate records on a retried send): on, off, or auto (on
+    # where the brokers hand out producer ids: Apache Kafka yes, Tansu no)
+    idempotence: str = "auto"
+    # at start, how long to keep trying a broker that does not answer (then exit, saying so)
+    connect_timeout_s: float = 60.0
 
     TOPIC_FIELDS = ("topic_events", "topic_segments", "topic_annotations", "topic_dead_letter", "topic_registry")
 
@@ -96,6 +101,25 @@ class KafkaConfig:
             kw["ssl_context"] = ctx
         return kw
 
+    def validate_security(self) -> None:
+        """ConfigError where the security settings cannot work: a SASL protocol without a
+        mechanism or credentials, a mechanism without SASL, a CA or key file that cannot be read
+        (aiokafka would fail later, deep in a connection, or silently connect in plain text)."""
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not self.sasl_mechanism:
+            raise ConfigError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_mechanism")
+        if self.sasl_mechanism and not sasl:
+            raise ConfigError(f"kafka.sasl_mechanism {self.sasl_mechanism} needs security_protocol SASL_PLAINTEXT "
+                              "or SASL_SSL")
+        if sasl and not (self.sasl_plain_username and self.sasl_plain_password):
+            raise ConfigError("kafka.sasl_plain_username and kafka.sasl_plain_password are required with SASL")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path and self.security_protocol in ("SSL", "SASL_SSL") and not os.access(path, os.R_OK):
+                raise ConfigError(f"kafka.{name} {path} cannot be read")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ConfigError("kafka.ssl_keyfile needs kafka.ssl_certfile")
+
     def consumer_kwargs(self) -> dict[str, Any]:
         """``client_kwargs`` plus what only consumers take."""
         return {**self.client_kwargs(), "fetch_max_wait_ms": self.fetch_max_wait_ms}
@@ -120,8 +144,27 @@ class Settings:
     max_batch: int = 0  # 0: 16 on the CPU, 4096 on a GPU (runtime.batch_limit; docs/BENCHMARKS.md)
     max_wait_ms: float = 20.0
     wfdb_export_dir: str = ""  # non-empty: each patient's stream as a WFDB record there, as published
+    restore_timeout_s: float = 120.0  # one try at restoring assigned partitions' registry
+    restore_attempts: int = 5  # tries before the worker gives up and exits
+    broker_check_s: float = 5.0  # how often the broker is checked for lost state
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # who may use the API (twin_engine.auth): "write:TOKEN,read:TOKEN" and/or a secrets file of
+    # "ROLE TOKEN" lines; none: loopback only, and the service says so
+    api_tokens: str = field(default="", repr=False)
+    api_tokens_file: str = ""
+    metrics_public: bool = True  # /metrics without a token (Prometheus scrapes it); false: read role
+    allowed_hosts: str = ""  # Host names the API answers for besides loopback (comma-separated)
+    allowed_origins: str = ""  # browser origins besides the page's own (comma-separated)
+    # bounds on the work one caller can ask for, each refused with the reason past it
+    max_request_bytes: int = 1 << 20  # an HTTP body (413)
+    max_inflight_writes: int = 64  # HTTP writes waiting for the broker at once (429)
+    ws_max_clients: int = 256  # live WebSocket subscribers (503)
+    ws_max_subscription: int = 1000  # patient ids one subscription names
+    max_reference_records: int = 16  # WFDB records one registration reads
+    max_reference_seconds: float = 600.0  # seconds of reference ECG one registration reads
+    max_patients_per_worker: int = 5000  # registrations past it are dead-lettered
+    max_patients: int = 20000  # per deployment: each partition holds its share (max_patients / partitions)
     seed: int = 0
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
 
@@ -144,6 +187,11 @@ class Settings:
             ("kafka.replication_factor", self.kafka.replication_factor >= 1),
             ("kafka.fetch_max_wait_ms", 0 <= self.kafka.fetch_max_wait_ms <= 60_000),
             ("kafka.linger_ms", 0 <= self.kafka.linger_ms <= 60_000),
+            ("restore_timeout_s", 1.0 <= self.restore_timeout_s <= 3600),
+            ("restore_attempts", 1 <= self.restore_attempts <= 100),
+            ("broker_check_s", 0.1 <= self.broker_check_s <= 3600),
+            ("kafka.connect_timeout_s", 0 <= self.kafka.connect_timeout_s <= 3600),
+            ("kafka.idempotence", self.kafka.idempotence in ("auto", "on", "off")),
             (
                 "kafka.security_protocol",
                 self.kafka.security_protocol in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
@@ -153,9 +201,20 @@ class Settings:
                 self.kafka.sasl_mechanism in ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
             ),
         ]
+        checks += [
+            ("max_request_bytes", 1024 <= self.max_request_bytes <= 64 << 20),
+            ("max_inflight_writes", 1 <= self.max_inflight_writes <= 100_000),
+            ("ws_max_clients", 1 <= self.ws_max_clients <= 100_000),
+            ("ws_max_subscription", 1 <= self.ws_max_subscription <= 1_000_000),
+            ("max_reference_records", 1 <= self.max_reference_records <= 1000),
+            ("max_reference_seconds", 1.0 <= self.max_reference_seconds <= 86_400),
+            ("max_patients_per_worker", 1 <= self.max_patients_per_worker <= 10_000_000),
+            ("max_patients", 1 <= self.max_patients <= 100_000_000),
+        ]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid value for {name}: {self._get(name)!r}")
+        self.kafka.validate_security()
         return self
 
     def _get(self, dotted: str) -> Any:

@@ -4,7 +4,10 @@ Each client has a bounded queue: when a slow client's queue is full, new frames 
 dropped and counted (per client and in ``twin_subscriber_dropped_frames``), never buffered
 without bound. A segment is serialised once and the same bytes go to every subscriber.
 
-Client -> server: ``{"subscribe": ["bed-1", "bed-2"]}`` or ``{"subscribe": "*"}``.
+A client gets only what it subscribed to, from its first frame: ``/ws?patients=bed-1,bed-2``
+(or ``*``) at connect, nothing until then. Client -> server: ``{"subscribe": ["bed-1", "bed-2"]}``
+or ``{"subscribe": "*"}`` changes it (at most ``max_subscription`` ids). At most ``max_clients``
+connect at once (503 past that).
 Server -> client: ``{"type": "hello", ...}``, ``{"type": "segment", ...segment fields}``,
 ``{"type": "annotation", ...}``, ``{"type": "removed", "patient_id": ...}``.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
+from stream.events import EventError, json_value
 from stream.segments import Segment
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ STATIC = Path(__file__).parent / "static"
 class Subscriber:
     ws: web.WebSocketResponse
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=64))
-    patients: set[str] | None = None  # None: all
+    patients: set[str] | None = field(default_factory=set)  # None: all; empty: none yet
     dropped: int = 0
     sent: int = 0
 
@@ -41,8 +45,10 @@ class Subscriber:
 class SubscriberHub:
     """A sink (see twin_engine.sinks) that fans segments out to WebSocket subscribers."""
 
-    def __init__(self, queue_frames: int = 64, deflate: bool = False) -> None:
+    def __init__(self, queue_frames: int = 64, deflate: bool = False, max_clients: int = 256,
+                 max_subscription: int = 1000) -> None:
         self.queue_frames = queue_frames
+        self.max_clients, self.max_subscription = max_clients, max_subscription
         # permessage-deflate, which browsers always offer, costs each subscriber its own
         # compression of every frame (a connection keeps its own deflate state), about as much
         # CPU as the service spends on the segment itself, for 1.4x fewer bytes of base64; so
@@ -87,13 +93,30 @@ class SubscriberHub:
         for c in list(self.clients):
             await c.ws.close()
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(heartbeat=20, compress=self.deflate)
+    def _subscription(self, sub: object) -> set[str] | None:
+        """The patients a ``subscribe`` value names (None: all); ValueError saying why not."""
+        if sub == "*":
+            return None
+        if isinstance(sub, str):
+            sub = [p for p in sub.split(",") if p]
+        if not isinstance(sub, list) or not all(isinstance(p, str) for p in sub):
+            raise ValueError('subscribe takes a list of patient ids or "*"')
+        if len(sub) > self.max_subscription:
+            raise ValueError(f"a subscription names at most {self.max_subscription} patients (or \"*\" for all)")
+        return set(sub)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if len(self.clients) >= self.max_clients:
+            return web.json_response({"error": f"at most {self.max_clients} live subscribers; try again later"},
+                                     status=503)
+        try:
+            patients = self._subscription(request.query.get("patients", ""))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        ws = web.WebSocketResponse(heartbeat=20, compress=self.deflate, max_msg_size=256 * 1024,
+                                   protocols=("twin-engine",))
         await ws.prepare(request)
-        client = Subscriber(ws, asyncio.Queue(maxsize=self.queue_frames))
-        q = request.query.get("patients")
-        if q and q != "*":
-            client.patients = set(q.split(","))
+        client = Subscriber(ws, asyncio.Queue(maxsize=self.queue_frames), patients)
         self.clients.add(client)
         if self.metrics is not None:
             self.metrics.ws_clients.set(len(self.clients))
@@ -104,15 +127,16 @@ class SubscriberHub:
                 if msg.type != WSMsgType.TEXT:
                     continue
                 try:
-                    body = json.loads(msg.data)
-                except json.JSONDecodeError:
+                    body = json_value(msg.data)
+                except EventError:
                     await ws.send_str(json.dumps({"type": "error", "error": "not JSON"}))
                     continue
-                sub = body.get("subscribe") if isinstance(body, dict) else None
-                if sub == "*":
-                    client.patients = None
-                elif isinstance(sub, list):
-                    client.patients = {str(p) for p in sub}
+                if not isinstance(body, dict) or "subscribe" not in body:
+                    continue
+                try:
+                    client.patients = self._subscription(body["subscribe"])
+                except ValueError as exc:
+                    await ws.send_str(json.dumps({"type": "error", "error": str(exc)}))
         finally:
             self.clients.discard(client)
             writer.cancel()

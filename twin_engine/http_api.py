@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from dataclasses import replace
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -18,6 +20,7 @@ from aiohttp.web_log import AccessLogger
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from stream.events import Event, EventError, json_value, new_event_id, parse_event, state_to_dict
+from twin_engine.auth import Tokens, check_exposure, guard
 from twin_engine.config import Settings
 from twin_engine.dashboard import SubscriberHub, add_routes
 
@@ -37,10 +40,14 @@ class Frontend(Protocol):
 
     def why_unknown(self, pid: str) -> str: ...
 
+    def unhealthy(self) -> str | None: ...
+
     async def send_event(self, ev: Event) -> None: ...
 
 
 SERVICE = web.AppKey("service", Frontend)
+TOKENS = web.AppKey("tokens", Tokens)
+log = logging.getLogger(__name__)
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -55,7 +62,9 @@ def _event_from_body(body: dict, patient_id: str, typ: str, service: Frontend) -
 
 
 async def health(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    """Liveness: 503 once the process should be restarted (its batcher stopped, or it failed)."""
+    problem = request.app[SERVICE].unhealthy()
+    return _json({"status": "ok"}) if problem is None else _json({"status": "failing"}, 503)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -109,11 +118,13 @@ async def _send(request: web.Request, pid: str | None, typ: str) -> web.Response
         return _json({"error": str(exc)}, 400)
     try:
         await svc.send_event(ev)
-    except MessageSizeTooLargeError as exc:
-        return _json({"error": f"the event is too large for the events topic: {exc}"}, 413)
+    except MessageSizeTooLargeError:
+        return _json({"error": "the event is too large for the events topic"}, 413)
     except KafkaError as exc:  # the broker unreachable past the producer's retries: try later
-        return _json({"error": f"the event could not be sent ({exc.__class__.__name__}: {exc}); "
-                               "nothing was changed, send it again"}, 503)
+        # the exception's text (addresses, internals) goes to the log, not to the caller
+        log.warning("event %s not sent: %s: %s", ev.event_id, exc.__class__.__name__, exc)
+        return _json({"error": "the event could not be sent to the broker; nothing was changed, send it again"},
+                     503)
     return _json({"accepted": True, "event_id": ev.event_id, "patient_id": pid,
                   "state": state_to_dict(ev.state) if ev.state else None}, 202)
 
@@ -147,8 +158,12 @@ async def list_records(request: web.Request) -> web.Response:
 
 
 def build_app(service: Frontend, hub: SubscriberHub | None = None) -> web.Application:
-    app = web.Application()
+    """The API's routes behind the guard (``twin_engine.auth``); ConfigError for bad tokens."""
+    s = service.settings
+    tokens = Tokens.from_settings(s)
+    app = web.Application(middlewares=[guard(s, tokens)], client_max_size=s.max_request_bytes)
     app[SERVICE] = service
+    app[TOKENS] = tokens
     if hub is not None:
         hub.hello = {"speed": service.settings.speed, "segment_seconds": service.settings.segment_seconds,
                      "vocab": list(service.vocab)}
@@ -181,7 +196,10 @@ class ApiAccessLogger(AccessLogger):
 
 async def serve_http(service: Frontend, host: str, port: int,
                      hub: SubscriberHub | None = None) -> web.AppRunner:
-    runner = web.AppRunner(build_app(service, hub), access_log_class=ApiAccessLogger)
+    """Serve the API on ``host:port``. ConfigError: a non-loopback ``host`` without tokens."""
+    app = build_app(service, hub)
+    check_exposure(replace(service.settings, http_host=host), app[TOKENS])
+    runner = web.AppRunner(app, access_log_class=ApiAccessLogger)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -34,6 +34,8 @@ class Metrics:
         self.deadline_misses = Counter("twin_deadline_misses", "Segments published after their due time", registry=r)
         self.kafka_errors = Counter("twin_event_kafka_errors", "Event batches retried because Kafka failed",
                                     registry=r)
+        self.generation_failures = Counter("twin_generation_failures", "Generation batches that failed "
+                                           "(their requests fail and are made again)", registry=r)
         self.publish_failures = Counter("twin_publish_failures", "Segment publications that failed and were retried",
                                         registry=r)
         self.lag = Gauge("twin_realtime_lag_seconds", "Largest lateness of the last published segments", registry=r)
@@ -41,6 +43,8 @@ class Metrics:
         self.held_patients = Gauge("twin_held_patients",
                                    "Registered patients not streamed: their base vector does not fit this model",
                                    registry=r)
+        self.broker_state_lost = Gauge("twin_broker_state_lost",
+                                       "1 once the broker is seen to have lost records it acknowledged", registry=r)
         self.events = Counter("twin_events", "Events consumed, by type", ["type"], registry=r)
         self.dead_letters = Counter("twin_dead_letter_events", "Events sent to the dead-letter topic",
                                     ["reason"], registry=r)

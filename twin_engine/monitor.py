@@ -49,7 +49,8 @@ class Monitor:
     def __init__(self, settings: Settings, hub: SubscriberHub | None = None) -> None:
         self.settings = settings
         self.metrics = MonitorMetrics()
-        self.hub = hub or SubscriberHub()
+        self.hub = hub or SubscriberHub(max_clients=settings.ws_max_clients,
+                                        max_subscription=settings.ws_max_subscription)
         self.hub.metrics = self.metrics
         self.vocab, self.fs = model_meta(settings.model_path)
         self.patients: dict[str, Patient] = {}
@@ -61,7 +62,7 @@ class Monitor:
 
     async def start(self) -> None:
         k = self.settings.kafka
-        await ensure_topics(self.kafka_kwargs, engine_topics(k), k.replication_factor)
+        await ensure_topics(self.kafka_kwargs, engine_topics(k), k.replication_factor, k.connect_timeout_s)
         self.producer = AIOKafkaProducer(acks="all", **self.kafka_kwargs)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(enable_auto_commit=False, **k.consumer_kwargs())
@@ -168,6 +169,10 @@ class Monitor:
 
     def why_unknown(self, pid: str) -> str:
         return "unknown patient"
+
+    def unhealthy(self) -> str | None:
+        """Why this monitor should be restarted (its reader stopped), or None."""
+        return "the topic reader stopped" if self._task is not None and self._task.done() else None
 
     async def send_event(self, ev: Event) -> None:
         assert self.producer is not None

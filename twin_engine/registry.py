@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -39,6 +40,11 @@ SEEN_EVENTS_LIMIT = 256
 POSITION_SUFFIX = "#position"  # '#' is not allowed in patient ids (stream.events)
 POSITION_FIELDS = ("next_seq", "stream_start", "published_event_id", "published_state", "published_since",
                    "tail_b64", "segment_seconds")
+
+
+class BrokerStateLost(RuntimeError):
+    """The broker no longer has records it acknowledged (restarted without its storage, topics
+    recreated): restoring from it would silently start with fewer patients."""
 
 
 def partition_of(patient_id: str, partitions: int) -> int:
@@ -68,6 +74,16 @@ class Patient:
     # the ``TwinModel.encoder_id`` its base vector came from ("" in records written before it
     # was kept): a model with another one would stream someone else
     encoder_id: str = ""
+
+    def __post_init__(self) -> None:
+        # the stream position the broker has acknowledged: what ``to_json`` writes, so that a
+        # patient record written while a segment is in flight never carries a position past it
+        # (killed then, a restart resumed after a segment that never went out: a gap)
+        self._acked = self.position()
+
+    def acknowledge(self, position: dict[str, Any]) -> None:
+        """``position`` (from ``position()``) is durable: the broker took its record."""
+        self._acked = dict(position)
 
     @property
     def cardiac_state(self) -> CardiacState:
@@ -134,7 +150,7 @@ class Patient:
         # the fields hold JSON values already: a shallow dict serialises the same record as
         # dataclasses.asdict, without its deep copy of the history (1.7 ms -> 0.25 ms a record,
         # on the path of every condition event)
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}).encode()
+        return json.dumps({**{f.name: getattr(self, f.name) for f in fields(self)}, **self._acked}).encode()
 
     def position(self) -> dict[str, Any]:
         """The stream position: what the per-segment record carries, and what a failed
@@ -161,6 +177,7 @@ class Patient:
         except ValueError:
             self.set_position(before)
             raise
+        self._acked = self.position()
 
     @staticmethod
     def from_json(raw: bytes) -> Patient:
@@ -177,6 +194,7 @@ class Patient:
             raise ValueError("patient_id must be a string and base_vector finite numbers")
         state_from_dict(p.state)  # EventError is a ValueError
         p._check_position()
+        p._acked = p.position()
         return p
 
     def _check_position(self) -> None:
@@ -202,6 +220,14 @@ class Registry:
         self.topic = topic
         self.partitions = partitions
         self.patients: dict[str, Patient] = {}
+        # the highest changelog offset the broker acknowledged per partition: a broker whose end
+        # offset falls below it lost records it had taken (a memory-only broker restarted)
+        self.acked_offsets: dict[int, int] = {}
+
+    def _acked(self, metadata: Any) -> None:
+        if metadata is not None and getattr(metadata, "offset", None) is not None:
+            part = metadata.partition
+            self.acked_offsets[part] = max(self.acked_offsets.get(part, -1), metadata.offset)
 
     def __contains__(self, pid: str) -> bool:
         return pid in self.patients
@@ -221,13 +247,19 @@ class Registry:
             done = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
-        return await self.producer.send(self.topic, p.to_json(), key=p.patient_id.encode())
+        future = await self.producer.send(self.topic, p.to_json(), key=p.patient_id.encode())
+        future.add_done_callback(lambda f: self._acked(f.result()) if not f.cancelled() and f.exception() is None
+                                 else None)
+        return future
 
     async def put_position(self, p: Patient) -> None:
         """Durable once this returns: the broker acknowledged the stream-position record."""
+        position = p.position()
         if self.producer is not None:
-            await self.producer.send_and_wait(self.topic, p.position_json(), key=(p.patient_id + POSITION_SUFFIX).encode(),
-                                              partition=partition_of(p.patient_id, self.partitions))
+            self._acked(await self.producer.send_and_wait(
+                self.topic, p.position_json(), key=(p.patient_id + POSITION_SUFFIX).encode(),
+                partition=partition_of(p.patient_id, self.partitions)))
+        p.acknowledge(position)
 
     async def delete(self, pid: str) -> None:
         """Durable once this returns; the patient stays known until then, so that a failed
@@ -257,9 +289,18 @@ class Registry:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
+            lost = [tp.partition for tp in tps if self.acked_offsets.get(tp.partition, -1) >= ends[tp]]
+            if lost:
+                raise BrokerStateLost(f"the registry changelog's partitions {lost} end before records the broker "
+                                      "acknowledged to this worker: the broker lost its data")
             remaining = {tp for tp in tps if ends[tp] > 0}
+            total, read, reported = sum(ends.values()), 0, time.monotonic()
             while remaining:
                 batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                read += sum(len(msgs) for msgs in batch.values())
+                if time.monotonic() - reported > 5:
+                    reported = time.monotonic()
+                    log.info("restoring partitions %s: %d of about %d registry records read", partitions, read, total)
                 for tp, msgs in batch.items():
                     for m in msgs:
                         key = m.key.decode(errors="replace") if m.key is not None else None

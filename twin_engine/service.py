@@ -10,8 +10,6 @@ once. Anything undecodable or invalid goes to the dead-letter topic with the rea
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import os
 import time
@@ -28,14 +26,17 @@ from models.data.preprocess import to_model_input
 from models.data.ptbxl import DataError, read_wfdb_signal
 from models.twin import TwinModel
 from stream.events import Event, EventError, parse_event, state_to_dict
-from stream.producer import QueuedProducer
+from stream.dead_letters import dead_letter_record
+from stream.producer import QueuedProducer, is_final
 from stream.segments import Segment, annotation
 from twin_engine.batcher import MicroBatcher
-from twin_engine.broker import delivered, engine_topics, ensure_topics, send_events
+from twin_engine.broker import delivered, engine_topics, ensure_topics, idempotence_supported, send_events
 from twin_engine.config import Settings
+from twin_engine.crash_points import crash_point
 from twin_engine.generator import ContinuousGenerator, GenRequest
 from twin_engine.metrics import Metrics
-from twin_engine.registry import Patient, Registry, partition_of
+from twin_engine.broker_watch import BrokerWatch
+from twin_engine.registry import BrokerStateLost, Patient, Registry, partition_of
 from twin_engine.runtime import batch_limit, log_choice
 from twin_engine.scheduler import PatientStream, StateChange, StreamClock
 from twin_engine.sinks import Sink
@@ -81,6 +82,12 @@ class TwinService:
         self.consumer: AIOKafkaConsumer | None = None
         self.registry: Registry | None = None
         self.ready = asyncio.Event()
+        # set when this worker cannot go on (a Kafka error no retry fixes): the process exits
+        # with ``failure`` as its message, and the orchestrator's restart or the operator decides
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
+        self.lost: str | None = None  # why the broker is known to have lost state (then never ready)
+        self.watch: BrokerWatch | None = None
         self._owned: set[int] = set()
         self._not_durable: set[str] = set()  # patients whose last registry write failed
         # restored patients whose base vector does not fit this model, and why: kept in the
@@ -99,14 +106,20 @@ class TwinService:
         k = self.topics
         backend, device = log_choice(self.model, self.settings)
         self.metrics.backend.labels(backend, device).set(1)
-        await ensure_topics(self.kafka_kwargs, engine_topics(k), k.replication_factor)
+        await ensure_topics(self.kafka_kwargs, engine_topics(k), k.replication_factor, k.connect_timeout_s)
         # a segment is 16 kB (2 s) to 80 kB (10 s) of JSON, over aiokafka's 16 kB default batch,
         # so each went out in a produce request of its own; 512 kB lets the sender group what
         # queues while a request is in flight (under Kafka's 1 MB message.max.bytes default)
+        idempotent = k.idempotence == "on" or (k.idempotence == "auto" and await idempotence_supported(self.kafka_kwargs))
+        log.info("idempotent producer: %s", "on" if idempotent else "off (the brokers give no producer ids)")
         self.producer = QueuedProducer(AIOKafkaProducer(acks="all", linger_ms=k.linger_ms, max_batch_size=512 * 1024,
-                                                        **self.kafka_kwargs), k.partitions)
+                                                        enable_idempotence=idempotent, **self.kafka_kwargs),
+                                       k.partitions)
         await self.producer.start()
         self.registry = Registry(self.producer, k.topic_registry, k.partitions)
+        self.watch = BrokerWatch(self.kafka_kwargs, engine_topics(k), self.registry, self.settings.broker_check_s,
+                                 self._broker_lost)
+        self.watch.start()
         self.batcher.start()
         self.consumer = AIOKafkaConsumer(group_id=k.group_id, enable_auto_commit=False,
                                          auto_offset_reset="earliest", **k.consumer_kwargs())
@@ -123,6 +136,8 @@ class TwinService:
         await asyncio.gather(*(s.stop() for s in self.streams.values()))
         self.streams.clear()
         await self.batcher.stop()
+        if self.watch:
+            await self.watch.stop()
         if self.consumer:
             await self.consumer.stop()  # commits nothing new: every handled batch was committed
         if self.producer:
@@ -134,9 +149,52 @@ class TwinService:
         async with self._partition_lock:
             await self._acquire_locked(partitions)
 
+    async def _restore(self, partitions: list[int]) -> list[str] | None:
+        """The registry restore of ``partitions``, each try under a deadline, tried again with a
+        back-off (aiokafka swallows what its rebalance listener raises: a failed restore would
+        leave the partitions assigned and unserved). None: given up or the broker lost state,
+        and the worker is failed or not ready, saying why."""
+        assert self.registry is not None
+        s = self.settings
+        for attempt in range(1, s.restore_attempts + 1):
+            try:
+                return await asyncio.wait_for(self.registry.restore(self.kafka_kwargs, partitions), s.restore_timeout_s)
+            except BrokerStateLost as exc:
+                self._broker_lost(str(exc))
+                return None
+            except (KafkaError, OSError, TimeoutError) as exc:
+                what = "timed out" if isinstance(exc, TimeoutError) else f"failed ({exc.__class__.__name__}: {exc})"
+                log.error("restoring partitions %s %s, try %d of %d", partitions, what, attempt, s.restore_attempts)
+                if attempt < s.restore_attempts:
+                    await asyncio.sleep(min(30.0, 2.0 ** attempt))
+        self.fail(f"the registry of partitions {partitions} could not be restored in {s.restore_attempts} tries "
+                  f"of {s.restore_timeout_s:g} s")
+        return None
+
+    def _broker_lost(self, reason: str) -> None:
+        """The broker no longer holds what it acknowledged: never ready again in this process
+        (restoring from it would start fewer patients, silently), and loud about it."""
+        if self.lost is None:
+            log.critical("THE KAFKA BROKER LOST ITS STATE: %s. This worker stays not ready; patients streamed here "
+                         "are not in the registry any more. Restore the broker's data, or register the patients "
+                         "again, then restart the workers.", reason)
+            self.lost = reason
+        self.metrics.broker_state_lost.set(1)
+        self.ready.clear()
+
+    def unhealthy(self) -> str | None:
+        """Why this worker should be restarted (liveness), or None."""
+        if self.failure is not None:
+            return self.failure
+        if self._task is not None and not self.batcher.alive:
+            return "the generation batcher stopped"
+        return None
+
     async def _acquire_locked(self, partitions: list[int]) -> None:
         assert self.registry is not None
-        restored = await self.registry.restore(self.kafka_kwargs, partitions)
+        restored = await self._restore(partitions)
+        if restored is None:
+            return
         self._owned |= set(partitions)
         if not self.streams and self.clock.speed > 1:
             # nothing streams here yet: the clock goes on from the restored streams' time, not
@@ -160,7 +218,8 @@ class TwinService:
         self.metrics.live_patients.set(len(self.streams))
         self.metrics.held_patients.set(len(self.held))
         log.info("owning partitions %s: %d patients restored", partitions, len(restored))
-        self.ready.set()
+        if self.lost is None and self.failure is None:
+            self.ready.set()
 
     async def _release(self, partitions: set[int]) -> None:
         async with self._partition_lock:
@@ -177,6 +236,8 @@ class TwinService:
         self.metrics.held_patients.set(len(self.held))
         self.registry.drop_partitions(partitions)
         self._owned -= partitions
+        if not self._owned:  # ready means serving partitions; a rebalance hands them out again
+            self.ready.clear()
         self.metrics.live_patients.set(len(self.streams))
 
     # ---- events -------------------------------------------------------------------------
@@ -187,6 +248,10 @@ class TwinService:
                 await self._consume_batch()
             except KafkaError as exc:  # the broker unreachable past the clients' own retries
                 self.metrics.kafka_errors.inc()
+                if is_final(exc):  # a refused credential or topic: retrying cannot help
+                    self.fail(f"Kafka refused this worker ({exc.__class__.__name__}); check its credentials "
+                              "and the topics' ACLs")
+                    return
                 log.error("consuming events failed (%s: %s); retrying in %.0f s", exc.__class__.__name__, exc,
                           CONSUME_RETRY_S)
                 await asyncio.sleep(CONSUME_RETRY_S)
@@ -215,6 +280,7 @@ class TwinService:
                             first_staged = m.offset
                     current = None
                     await self._confirm_writes()
+                    crash_point("events-durable")
                 except KafkaError:
                     self._not_durable.update(pid for pid, _ in self._writes)
                     self._writes.clear()
@@ -257,15 +323,32 @@ class TwinService:
             await self._dead_letter(msg, str(exc))
         except KafkaError:  # not the event's fault: it is applied again, not dead-lettered
             raise
-        except Exception as exc:  # never let one message stop the stream
+        except Exception:  # never let one message stop the stream
             log.exception("event at %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
-            await self._dead_letter(msg, f"internal error: {exc.__class__.__name__}: {exc}")
+            # the exception's text stays in the worker's log: it may name paths or internals
+            await self._dead_letter(msg, f"internal error applying the event (the worker's log has it at "
+                                         f"{msg.topic}[{msg.partition}]@{msg.offset})")
+
+    def fail(self, reason: str) -> None:
+        """Stop serving: not ready, and ``failed`` set for the process to exit with ``reason``."""
+        if self.failure is None:
+            log.critical("worker cannot go on: %s", reason)
+            self.failure = reason
+        self.ready.clear()
+        self.failed.set()
 
     async def _dead_letter(self, msg: Any, reason: str) -> None:
         assert self.producer is not None
-        record = {"reason": reason, "topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                  "time": time.time(), "original_b64": base64.b64encode(msg.value or b"").decode()}
-        await self.producer.send_and_wait(self.topics.topic_dead_letter, json.dumps(record).encode(), key=msg.key)
+        value = msg.value or b""
+        record = dead_letter_record(reason, msg.topic, msg.partition, msg.offset, value)
+        try:
+            await self.producer.send_and_wait(self.topics.topic_dead_letter, record, key=msg.key)
+        except KafkaError as exc:
+            if not is_final(exc):
+                raise  # unreachable: the event is handled again after the back-off
+            # too large even cut (a topic with a small max.message.bytes): size and hash only
+            record = dead_letter_record(reason, msg.topic, msg.partition, msg.offset, value, limit=0)
+            await self.producer.send_and_wait(self.topics.topic_dead_letter, record, key=None)
         self.metrics.dead_letters.labels(reason.split(":")[0][:60]).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
@@ -376,6 +459,8 @@ class TwinService:
             await asyncio.sleep(CONSUME_RETRY_S)  # with the lock free: events and handovers go on
 
     async def _register(self, ev: Event, existing: Patient | None) -> None:
+        if existing is None:
+            self._check_room(ev.patient_id)
         base = await asyncio.to_thread(self.base_vector_from_reference, ev.reference)
         state = ev.state or (existing.cardiac_state if existing else None) or CardiacState()
         if existing is not None:  # re-registration: new base vector, stream continues
@@ -419,29 +504,38 @@ class TwinService:
         leads = len(self.model.meta.leads)
         try:
             if "base_vector" in ref:
-                v = np.asarray(ref["base_vector"], np.float32)
+                v = np.asarray(ref["base_vector"], np.float64)  # float32 would overflow to inf on the way
                 if v.shape != (self.model.ibe.cfg.base_dim,) or not np.isfinite(v).all():
                     raise EventError(f"base_vector must be {self.model.ibe.cfg.base_dim} finite numbers")
-                return v / max(1e-8, float(np.linalg.norm(v)))
+                v = v / max(1e-300, float(np.abs(v).max()))  # scaled first: the norm of 1e308s is inf
+                return (v / max(1e-8, float(np.linalg.norm(v)))).astype(np.float32)
             if "wfdb" in ref:
                 paths = ref["wfdb"] if isinstance(ref["wfdb"], list) else [ref["wfdb"]]
                 if not paths:
                     raise EventError("wfdb must name at least one record")
-                refs = []
-                for path in paths:
-                    p = self._reference_path(path)
-                    import wfdb
+                limit = self.settings.max_reference_records
+                if len(paths) > limit:
+                    raise EventError(f"a reference names at most {limit} WFDB records (max_reference_records), "
+                                     f"this one {len(paths)}")
+                import wfdb
 
+                headers, seconds = [], 0.0
+                for path in paths:  # every header first: the whole reference's length, before any signal
+                    p = self._reference_path(path)
                     try:
-                        rec_fs = wfdb.rdheader(str(p)).fs
-                    except Exception as exc:
-                        raise EventError(f"cannot read WFDB header {p}: {exc}") from exc
-                    refs.append(to_model_input(read_wfdb_signal(p), rec_fs, fs, leads))
+                        header = wfdb.rdheader(str(p))
+                    except Exception:
+                        raise EventError(f"cannot read the WFDB header of {path!r}") from None
+                    headers.append((p, header.fs))
+                    seconds += (header.sig_len or 0) / max(1e-9, float(header.fs or 0))
+                self._check_reference_seconds(seconds)
+                refs = [to_model_input(read_wfdb_signal(p), rec_fs, fs, leads) for p, rec_fs in headers]
             else:
                 x = np.asarray(ref["samples"], np.float64)  # as given: float32 would overflow to inf
                 ref_fs = ref.get("fs", fs)
                 if isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float)) or not 50 <= ref_fs <= 10_000:
                     raise EventError(f"reference fs must be 50-10000 Hz, got {ref_fs!r}")
+                self._check_reference_seconds(len(x) / float(ref_fs))
                 refs = [to_model_input(x, float(ref_fs), fs, leads)]
             base = self.model.encode(refs)
             if not np.isfinite(base).all():  # a twin without a finite base vector streams NaN
@@ -451,6 +545,27 @@ class TwinService:
             if isinstance(exc, EventError):
                 raise
             raise EventError(f"bad reference: {exc}") from exc
+
+    def _check_reference_seconds(self, seconds: float) -> None:
+        limit = self.settings.max_reference_seconds
+        if seconds > limit:
+            raise EventError(f"a reference holds at most {limit:g} s of ECG (max_reference_seconds), "
+                             f"this one {seconds:.0f} s")
+
+    def _check_room(self, pid: str) -> None:
+        """EventError when a new patient would pass the worker's or its partition's share of the
+        deployment's limit (each partition holds max_patients / partitions, so the deployment's
+        bound holds however the partitions are spread over workers)."""
+        assert self.registry is not None
+        s, n = self.settings, self.topics.partitions
+        if len(self.registry) >= s.max_patients_per_worker:
+            raise EventError(f"this worker holds its most patients ({s.max_patients_per_worker}, "
+                             "max_patients_per_worker); remove some or add workers")
+        share = -(-s.max_patients // n)
+        part = partition_of(pid, n)
+        if sum(partition_of(q, n) == part for q in self.registry.patients) >= share:
+            raise EventError(f"partition {part} holds its share of the deployment's {s.max_patients} patients "
+                             f"({share}, max_patients)")
 
     def _reference_path(self, path: Any) -> Path:
         """Where a ``wfdb`` reference lies: under ``data_dir`` (a relative path starts there).
@@ -508,11 +623,13 @@ class TwinService:
             futures.append(await self._annotate(p, annotation(p.patient_id, seg.event_id, seg.state,
                                                                 seg.start_time, seg.seq)))
         futures.append(await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode()))
+        crash_point("segment-sent")
         for sink in self.sinks:
             await sink.segment(seg)
         # the position moves on only once the broker has the records: a restart after a failure
         # here resumes at this segment, not past it
         await delivered(futures)
+        crash_point("segment-acked")
         await self.registry.put_position(p)
         self.metrics.published.inc()
 
