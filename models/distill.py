@@ -209,7 +209,7 @@ def _cached(out: Path, model: TwinModel, steps: int, teacher_steps: int, n: int,
     for k in (steps, 2 * steps, 4 * steps, 8 * steps):
         path = out / f"distill-trajectories-{k}x{teacher_steps}-n{n}-s{seed}.pt"
         if path.is_file():
-            traj = Trajectories(**torch.load(path, weights_only=False))
+            traj = Trajectories(**torch.load(path, weights_only=True))
             if set(grid) <= set(traj.grid):  # rounding can leave a multiple's grid not nested
                 return coarsen(traj, grid)
     return None
@@ -280,7 +280,7 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
         n, part_seed = min(chunk, trajectories - k), seed + k // chunk
         if kind is not None:
             path = out / f"distill-{kind}-{steps}x{teacher_steps}-{model_hash(model)[:12]}-n{n}-s{part_seed}.pt"
-            cached = Trajectories(**torch.load(path, weights_only=False)) if path.is_file() else None
+            cached = Trajectories(**torch.load(path, weights_only=True)) if path.is_file() else None
         else:
             path = out / f"distill-trajectories-{steps}x{teacher_steps}-n{n}-s{part_seed}.pt"
             cached = _cached(out, model, steps, teacher_steps, n, part_seed)

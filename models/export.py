@@ -69,4 +69,46 @@ def export_onnx(model: TwinModel, folder: str | Path, opset: int = 17) -> dict[s
         torch.onnx.export(_Decoder(model), (z,), str(paths["decoder"]), opset_version=opset,
                           input_names=["z"], output_names=["x"], dynamo=False,
                           dynamic_axes={"z": {0: "batch"}, "x": {0: "batch"}})
+    for path in paths.values():
+        record_hash(path)
     return paths
+
+
+MANIFEST = "sha256.json"  # beside cached graphs and engines: what each file hashed to when written
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def record_hash(path: str | Path) -> None:
+    """Note ``path``'s SHA-256 in its folder's manifest, once it is written whole."""
+    import json
+
+    path = Path(path)
+    manifest = path.parent / MANIFEST
+    try:
+        entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except ValueError:
+        entries = {}
+    entries[path.name] = _sha256(path)
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+    tmp.replace(manifest)
+
+
+def hash_ok(path: str | Path) -> bool:
+    """Whether ``path`` is what was written there (its manifest hash): a cached ONNX graph or
+    engine cut short by a crash, or changed since, is built again rather than loaded."""
+    import json
+
+    path = Path(path)
+    try:
+        entries = json.loads((path.parent / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return path.is_file() and isinstance(entries, dict) and entries.get(path.name) == _sha256(path)

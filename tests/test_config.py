@@ -60,5 +60,6 @@ def test_namespaced_kafka_copy():
 
 def test_kafka_settings_travel_to_a_child_process_through_the_environment():
     k = KafkaConfig(bootstrap_servers="kafka-0:9093", partitions=12, security_protocol="SASL_SSL",
-                    sasl_mechanism="SCRAM-SHA-512", fetch_max_wait_ms=250).namespaced("ward7")
+                    sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="twin", sasl_plain_password="pw",
+                    fetch_max_wait_ms=250).namespaced("ward7")
     assert load_settings(env=k.to_env()).kafka == k

@@ -116,7 +116,7 @@ async def test_dropped_frames_are_counted():
     from twin_engine.metrics import Metrics
 
     hub.metrics = Metrics()
-    client = Subscriber(_WS(), asyncio.Queue(maxsize=4))
+    client = Subscriber(_WS(), asyncio.Queue(maxsize=4), None)  # subscribed to every patient
     hub.clients.add(client)
     for i in range(10):
         hub._offer("p", f"frame-{i}")

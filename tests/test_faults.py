@@ -205,3 +205,32 @@ async def test_fuzz_http_bodies_and_kafka_events_get_clear_refusals(broker, tiny
         await runner.cleanup()
         await hub.close()
         await svc.stop()
+
+
+def test_serve_without_a_broker_retries_then_exits_with_a_message(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_CACHE_DIR": str(tmp_path),
+           "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "TWIN_ENGINE_KAFKA_CONNECT_TIMEOUT_S": "2"}
+    out = subprocess.run([sys.executable, "-m", "twin_engine.cli", "serve"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "no Kafka broker answered at 127.0.0.1:1 within 2 s" in out.stderr
+    assert "does not answer yet; trying again" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_serve_on_all_interfaces_without_tokens_refuses_to_start(tiny_model_dir, tmp_path, broker):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_CACHE_DIR": str(tmp_path),
+           "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TWIN_ENGINE_HTTP_HOST": "0.0.0.0",
+           "TWIN_ENGINE_HTTP_PORT": str(__import__("twin_engine.broker").broker.free_port()),
+           "TWIN_ENGINE_KAFKA_GROUP_ID": f"refuse-{uuid.uuid4().hex[:6]}"}
+    out = subprocess.run([sys.executable, "-m", "twin_engine.cli", "serve"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "no API tokens are configured" in out.stderr and "Traceback" not in out.stderr

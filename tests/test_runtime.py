@@ -66,8 +66,19 @@ def test_onnxruntime_parity(tiny_model_dir, tmp_path):
     np.testing.assert_allclose(a, b, atol=10 * ORT_TOL)
     # the export is cached by model hash: a second attach reuses the files
     files = sorted(p.name for p in tmp_path.rglob("*.onnx"))
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.onnx")}
     attach_backend(ort_model, "onnxruntime", "cpu", tmp_path)
     assert sorted(p.name for p in tmp_path.rglob("*.onnx")) == files
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.onnx")} == stamps  # reused, not exported again
+    # a cached graph that is not what was written (cut short, or swapped) is exported again, not loaded
+    decoder = next(tmp_path.rglob("decoder.onnx"))
+    decoder.write_bytes(decoder.read_bytes()[:1000])
+    attach_backend(ort_model, "onnxruntime", "cpu", tmp_path)
+    from models.export import hash_ok
+
+    assert hash_ok(decoder) and decoder.stat().st_size > 1000
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_model.decoder(z).numpy(), ref.ae.decode(z).numpy(), atol=ORT_TOL)
 
 
 @pytest.mark.gpu

@@ -110,6 +110,9 @@ async def run_service(settings: Settings, model: TwinModel,
 
 
 def run_app(settings: Settings, scenario=None, duration: float = 0) -> int:
+    from twin_engine.auth import Tokens, check_exposure
+
+    check_exposure(settings, Tokens.from_settings(settings))  # before anything starts
     model = load_model(settings)
     bootstrap, broker = bootstrap_or_embedded(settings)
     settings.kafka.bootstrap_servers = bootstrap
@@ -127,6 +130,9 @@ async def run_monitor(settings: Settings, duration: float = 0) -> None:
     from twin_engine.clients import with_default_broker
     from twin_engine.monitor import Monitor
 
+    from twin_engine.auth import Tokens, check_exposure
+
+    check_exposure(settings, Tokens.from_settings(settings))
     monitor = Monitor(with_default_broker(settings))
     await monitor.start()
     try:

@@ -95,16 +95,18 @@ class Tokens:
         return cls(tuple(entries))
 
 
-def check_exposure(s: Settings, tokens: Tokens) -> None:
-    """Refuse to serve without credentials on anything but loopback; say so on loopback."""
+def check_exposure(s: Settings, tokens: Tokens, warn: bool = True) -> None:
+    """Refuse to serve without credentials on anything but loopback; say so on loopback
+    (``warn``)."""
     if tokens.enabled:
         return
     if not is_loopback(s.http_host):
         raise ConfigError(f"http_host {s.http_host} is reachable from other machines and no API tokens are "
                           "configured: set api_tokens or api_tokens_file (a write and a read token), or bind "
                           "127.0.0.1")
-    log.warning("no API tokens configured: anyone on this machine can read and change every patient through "
-                "http://%s:%d (loopback only)", s.http_host, s.http_port)
+    if warn:
+        log.warning("no API tokens configured: anyone on this machine can read and change every patient through "
+                    "http://%s:%d (loopback only)", s.http_host, s.http_port)
 
 
 def _bearer(request: web.Request) -> str | None:

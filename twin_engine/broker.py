@@ -121,7 +121,7 @@ class EmbeddedBroker:
                 )
             if _port_open(self.host, self.port):
                 try:
-                    asyncio.run(self._metadata_ok())
+                    self._metadata_ok_sync()
                     log.info("embedded Kafka broker (Tansu) on %s", self.bootstrap_servers)
                     return self
                 except Exception:  # not ready yet
@@ -129,6 +129,17 @@ class EmbeddedBroker:
             time.sleep(0.1)
         self.stop()
         raise BrokerError(f"broker did not answer within {timeout:.0f}s; log: {self.log_path}")
+
+    def _metadata_ok_sync(self) -> None:
+        """``_metadata_ok`` from synchronous code, inside a running event loop too (a thread)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._metadata_ok())
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(lambda: asyncio.run(self._metadata_ok())).result()
 
     async def _metadata_ok(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient

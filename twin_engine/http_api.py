@@ -198,7 +198,7 @@ async def serve_http(service: Frontend, host: str, port: int,
                      hub: SubscriberHub | None = None) -> web.AppRunner:
     """Serve the API on ``host:port``. ConfigError: a non-loopback ``host`` without tokens."""
     app = build_app(service, hub)
-    check_exposure(replace(service.settings, http_host=host), app[TOKENS])
+    check_exposure(replace(service.settings, http_host=host), app[TOKENS], warn=False)
     runner = web.AppRunner(app, access_log_class=ApiAccessLogger)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

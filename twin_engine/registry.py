@@ -36,6 +36,7 @@ from stream.segments import dumps_spliced
 
 log = logging.getLogger(__name__)
 HISTORY_LIMIT = 50
+STALL_S = 15.0  # a restore that reads nothing for this long gives up the try
 SEEN_EVENTS_LIMIT = 256
 POSITION_SUFFIX = "#position"  # '#' is not allowed in patient ids (stream.events)
 POSITION_FIELDS = ("next_seq", "stream_start", "published_event_id", "published_state", "published_since",
@@ -289,19 +290,26 @@ class Registry:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
-            lost = [tp.partition for tp in tps if self.acked_offsets.get(tp.partition, -1) >= ends[tp]]
-            if lost:
-                raise BrokerStateLost(f"the registry changelog's partitions {lost} end before records the broker "
-                                      "acknowledged to this worker: the broker lost its data")
+            last = {tp: -1 for tp in tps}  # the last offset read per partition
             remaining = {tp for tp in tps if ends[tp] > 0}
             total, read, reported = sum(ends.values()), 0, time.monotonic()
+            progress = time.monotonic()
             while remaining:
                 batch = await consumer.getmany(*remaining, timeout_ms=1000)
-                read += sum(len(msgs) for msgs in batch.values())
+                n = sum(len(msgs) for msgs in batch.values())
+                read += n
+                if n:
+                    progress = time.monotonic()
+                elif time.monotonic() - progress > STALL_S:
+                    # an end offset the fetches never reach (seen on Tansu after a restart that
+                    # lost its data): a failed try, not a wait for the whole deadline
+                    raise TimeoutError(f"no registry records for {STALL_S:g} s at {read} of about {total}")
                 if time.monotonic() - reported > 5:
                     reported = time.monotonic()
                     log.info("restoring partitions %s: %d of about %d registry records read", partitions, read, total)
                 for tp, msgs in batch.items():
+                    if msgs:
+                        last[tp] = msgs[-1].offset
                     for m in msgs:
                         key = m.key.decode(errors="replace") if m.key is not None else None
                         try:
@@ -320,6 +328,11 @@ class Registry:
                         remaining.discard(tp)
         finally:
             await consumer.stop()
+        # (not against ``ends``: Tansu reports a partition's end as one past its last batch's first offset)
+        lost = [tp.partition for tp in tps if last[tp] < self.acked_offsets.get(tp.partition, -1)]
+        if lost:
+            raise BrokerStateLost(f"the registry changelog's partitions {lost} end before records the broker "
+                                  "acknowledged to this worker: the broker lost its data")
         for pid, p in restored.items():
             if p is None:
                 self.patients.pop(pid, None)

@@ -129,11 +129,11 @@ def attach_backend(model, backend: str, device: str, cache_dir: Path, max_batch:
         compiled = [torch.compile(n, dynamic=True) if n is not None else None for n in (model.dit, model.student)]
         model.set_backend("torch-compile", compiled[0], model.ae.decode, compiled[1])
         return
-    from models.export import export_onnx, model_hash
+    from models.export import export_onnx, hash_ok, model_hash
 
     folder = Path(cache_dir) / "onnx" / model_hash(model)
     names = ["denoiser", "decoder"] + (["student"] if model.student is not None else [])
-    if not all((folder / f"{n}.onnx").is_file() for n in names):
+    if not all(hash_ok(folder / f"{n}.onnx") for n in names):  # missing, cut short or changed since
         log.info("exporting ONNX graphs to %s", folder)
         export_onnx(model, folder)
     student = None

@@ -88,6 +88,7 @@ class TwinService:
         self.failure: str | None = None
         self.lost: str | None = None  # why the broker is known to have lost state (then never ready)
         self.watch: BrokerWatch | None = None
+        self._closing = False
         self._owned: set[int] = set()
         self._not_durable: set[str] = set()  # patients whose last registry write failed
         # restored patients whose base vector does not fit this model, and why: kept in the
@@ -129,6 +130,7 @@ class TwinService:
 
     async def stop(self) -> None:
         """Graceful: stop consuming, finish in-flight publishes, commit, close."""
+        self._closing = True
         for task in (self._task, *self._removals):  # a removal cut short is redone on restart
             if task:
                 task.cancel()
@@ -157,6 +159,8 @@ class TwinService:
         assert self.registry is not None
         s = self.settings
         for attempt in range(1, s.restore_attempts + 1):
+            if self.lost is not None or self._closing:
+                return None  # nothing to restore from a broker that lost its data, or stopping
             try:
                 return await asyncio.wait_for(self.registry.restore(self.kafka_kwargs, partitions), s.restore_timeout_s)
             except BrokerStateLost as exc:
@@ -525,7 +529,8 @@ class TwinService:
                     try:
                         header = wfdb.rdheader(str(p))
                     except Exception:
-                        raise EventError(f"cannot read the WFDB header of {path!r}") from None
+                        raise EventError(f"cannot read WFDB header {path!r} (no such record under data_dir, "
+                                         "or not WFDB)") from None
                     headers.append((p, header.fs))
                     seconds += (header.sig_len or 0) / max(1e-9, float(header.fs or 0))
                 self._check_reference_seconds(seconds)

@@ -46,7 +46,11 @@ class TrtGraph:
         plan = onnx_path.with_name(f"{onnx_path.stem}-{gpu}-trt{trt.__version__}-b{max_batch}-{'fp16' if fp16 else 'fp32'}.plan")
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
-        if plan.is_file():
+        from models.export import hash_ok, record_hash
+
+        if plan.is_file() and not hash_ok(plan):
+            log.warning("cached engine %s does not match its recorded hash; rebuilding", plan)
+        elif plan.is_file():
             engine = runtime.deserialize_cuda_engine(plan.read_bytes())
             if engine is not None:
                 return cls(engine)
@@ -71,6 +75,7 @@ class TrtGraph:
         if serialized is None:
             raise RuntimeError(f"TensorRT engine build failed for {onnx_path}")
         plan.write_bytes(bytes(serialized))
+        record_hash(plan)
         log.info("built TensorRT engine %s", plan)
         return cls(runtime.deserialize_cuda_engine(serialized))
 
