@@ -27,11 +27,11 @@ from models.conditions import CardiacState  # noqa: E402
 from stream.events import Event  # noqa: E402
 from stream.segments import decode_segment  # noqa: E402
 from tests.support import read_all  # noqa: E402
-from twin_engine.app import load_model  # noqa: E402
 from twin_engine.broker import EmbeddedBroker  # noqa: E402
 from twin_engine.config import load_settings  # noqa: E402
-from twin_engine.demo import demo_patients  # noqa: E402
-from twin_engine.service import TwinService  # noqa: E402
+from twin_engine.ops.app import load_model  # noqa: E402
+from twin_engine.ops.demo import demo_patients  # noqa: E402
+from twin_engine.worker.service import TwinService  # noqa: E402
 
 
 def _seqs(svc: TwinService) -> dict[str, int]:
@@ -65,9 +65,9 @@ async def run(broker: EmbeddedBroker, patients: int, pause: float, after: float)
     await asyncio.sleep(max(0.0, after - (time.monotonic() - t0)))
     out["after"] = _seqs(svc)
     out["streams_running"] = all(not s.task.done() for s in svc.streams.values())
-    out["publish_failures"] = svc.metrics.publish_failures._value.get()
-    out["deadline_misses"] = svc.metrics.deadline_misses._value.get()
-    out["event_kafka_errors"] = svc.metrics.kafka_errors._value.get()
+    out["publish_failures"] = svc.metrics.registry.get_sample_value("twin_publish_failures_total")
+    out["deadline_misses"] = svc.metrics.registry.get_sample_value("twin_deadline_misses_total")
+    out["event_kafka_errors"] = svc.metrics.registry.get_sample_value("twin_event_kafka_errors_total")
     await svc.stop()
     final = _seqs(svc) or out["after"]
     segs = [decode_segment(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]

@@ -61,7 +61,7 @@ class Worker:
     def start(self) -> None:
         self.starts += 1
         log = open(self.log_dir / f"{self.name}-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "serve"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "twin_engine.ops.cli", "serve"], env=self.env,
                                      stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
@@ -159,7 +159,7 @@ async def run(kills: int, patients: int, gap: tuple[float, float], seed: int, se
     downtime = []
     for e in events:
         worst = 0.0
-        for pid, seen in first_seen.items():
+        for seen in first_seen.values():
             times = sorted(seen.values())
             i = int(np.searchsorted(times, e["at"]))
             if 0 < i < len(times):

@@ -30,11 +30,11 @@ import numpy as np
 sys.path.insert(0, os.environ.get("ROOT") or str(Path(__file__).resolve().parents[1]))
 from models.conditions import CardiacState  # noqa: E402
 from stream.events import Event  # noqa: E402
-from twin_engine.app import load_model  # noqa: E402
-from twin_engine.bench import null_generate  # noqa: E402
 from twin_engine.broker import EmbeddedBroker  # noqa: E402
 from twin_engine.config import load_settings  # noqa: E402
-from twin_engine.service import TwinService  # noqa: E402
+from twin_engine.ops.app import load_model  # noqa: E402
+from twin_engine.ops.bench import null_generate  # noqa: E402
+from twin_engine.worker.service import TwinService  # noqa: E402
 
 
 async def burst(bootstrap: str, patients: int, null: bool, settle_s: float) -> dict:
@@ -55,7 +55,7 @@ async def burst(bootstrap: str, patients: int, null: bool, settle_s: float) -> d
         await asyncio.sleep(0.05)
     live_s = time.monotonic() - t
     await asyncio.sleep(settle_s)
-    misses_before = svc.metrics.deadline_misses._value.get()
+    misses_before = svc.metrics.registry.get_sample_value("twin_deadline_misses_total")
     t0 = time.monotonic()
     await svc.send_events(Event(f"afib-{pid}", pid, "condition", CardiacState({"AFIB": 1.0}, 110)) for pid in pids)
 
@@ -69,7 +69,7 @@ async def burst(bootstrap: str, patients: int, null: bool, settle_s: float) -> d
         await asyncio.sleep(0.05)
     applied = np.array([c.received - t0 for c in changes()])
     published = np.array([c.published - t0 for c in changes()])
-    misses = svc.metrics.deadline_misses._value.get() - misses_before
+    misses = svc.metrics.registry.get_sample_value("twin_deadline_misses_total") - misses_before
     await svc.stop()
     return {"patients": patients, "generator": "null" if null else "model", "live_after_registration_s": live_s,
             "applied_p50_s": float(np.percentile(applied, 50)), "applied_last_s": float(applied.max()),

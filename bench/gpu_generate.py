@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.conditions import CardiacState  # noqa: E402
 from models.schedulers import get_sampler  # noqa: E402
 from models.twin import TwinModel  # noqa: E402
-from twin_engine.bench import flops_per_window, peak_tflops  # noqa: E402
-from twin_engine.generator import ContinuousGenerator, GenRequest  # noqa: E402
-from twin_engine.runtime import attach_backend  # noqa: E402
+from twin_engine.backends.runtime import attach_backend  # noqa: E402
+from twin_engine.ops.bench import flops_per_window, peak_tflops  # noqa: E402
+from twin_engine.worker.generator import ContinuousGenerator, GenRequest  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 # (backend, precision, Inductor before capture); torch-cpu only takes part in the parity check

@@ -43,7 +43,7 @@ timeout "${T2:-120}" "$PY" -m pytest -q -m gpu tests/test_runtime.py -p no:cache
 }
 
 step 3 && echo "== 3. the service on this GPU" && {
-timeout "${T3:-250}" "$PY" -m twin_engine.cli bench serve --patients "${SERVE_PATIENTS:-1000,4000}" --duration "${SERVE_SECONDS:-20}" \
+timeout "${T3:-250}" "$PY" -m twin_engine.ops.cli bench serve --patients "${SERVE_PATIENTS:-1000,4000}" --duration "${SERVE_SECONDS:-20}" \
   --realtime-patients "${RT_PATIENTS:-2000}" --realtime-duration "${RT_SECONDS:-60}" \
   --json "$OUT/serve-gpu.json" > "$OUT/serve-gpu.log" 2>&1
 grep -E '^\{"patients' "$OUT/serve-gpu.log" | "$PY" -c '
@@ -76,7 +76,7 @@ step 5 && echo "== 5. one worker's profile (py-spy)" && {
 # bench serve in real time (PROFILE_PATIENTS, 10 s segments: what each of twelve workers carried
 # at 36,000), recorded by py-spy from outside after the compiles, with each thread's CPU
 seg_s=${PROFILE_SEGMENT_S:-10}
-TWIN_ENGINE_SEGMENT_SECONDS=$seg_s "$PY" -m twin_engine.cli bench serve --patients "${PROFILE_PATIENTS:-3000}" --speed 1 \
+TWIN_ENGINE_SEGMENT_SECONDS=$seg_s "$PY" -m twin_engine.ops.cli bench serve --patients "${PROFILE_PATIENTS:-3000}" --speed 1 \
   --duration "${PROFILE_RUN_S:-110}" --realtime-patients 0 > "$OUT/profile-serve.log" 2>&1 &
 pid=$!
 sleep "${PROFILE_DELAY_S:-60}"

@@ -32,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from stream.events import Event  # noqa: E402
 from tests.cdp import Chromium, chromium_binary  # noqa: E402
-from twin_engine.app import load_model  # noqa: E402
 from twin_engine.broker import EmbeddedBroker, free_port  # noqa: E402
 from twin_engine.config import load_settings  # noqa: E402
-from twin_engine.dashboard import STATIC, SubscriberHub  # noqa: E402
-from twin_engine.demo import demo_patients  # noqa: E402
-from twin_engine.http_api import build_app  # noqa: E402
-from twin_engine.service import TwinService  # noqa: E402
+from twin_engine.ops.app import load_model  # noqa: E402
+from twin_engine.ops.demo import demo_patients  # noqa: E402
+from twin_engine.web.dashboard import STATIC, SubscriberHub  # noqa: E402
+from twin_engine.web.http_api import build_app  # noqa: E402
+from twin_engine.worker.service import TwinService  # noqa: E402
 
 RECORD_FRAMES = """(() => { window.__frames = []; const t0 = performance.now();
   (function tick(t) { if (t - t0 < %d) { window.__frames.push(t); requestAnimationFrame(tick); } })(t0);
@@ -71,7 +71,7 @@ async def run(args: argparse.Namespace, broker: EmbeddedBroker) -> dict:
     pages = {"current": STATIC / "index.html"}
     tmp = Path(tempfile.mkdtemp(prefix="monitor-page-"))
     if args.before:
-        old = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.before}:twin_engine/static/index.html"],
+        old = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.before}:twin_engine/web/static/index.html"],
                              check=True, capture_output=True).stdout
         (tmp / "before.html").write_bytes(old)
         pages[f"before ({args.before})"] = tmp / "before.html"

@@ -86,7 +86,7 @@ async def run(broker: EmbeddedBroker, rates: list[int], seconds: float, patients
     await ensure_topics(k.client_kwargs(), engine_topics(k))
     port = free_port()
     env = {**os.environ, "TWIN_ENGINE_HTTP_PORT": str(port), **k.to_env()}
-    mon = subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "monitor"], env=env, cwd=ROOT,
+    mon = subprocess.Popen([sys.executable, "-m", "twin_engine.ops.cli", "monitor"], env=env, cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     rng = np.random.default_rng(0)

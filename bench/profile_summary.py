@@ -10,7 +10,7 @@ rejected: it needs the GIL to sample, gets it whenever the loop's thread release
 does inside each large array operation, and so it put ``quantize`` at 28% of the event loop where
 py-spy put it at about 10% with its NumPy calls and cProfile at 6% (null generator, 10 s segments).
 
-    py-spy record --threads --format raw -o prof.raw -- python -m twin_engine.cli bench serve ...
+    py-spy record --threads --format raw -o prof.raw -- python -m twin_engine.ops.cli bench serve ...
     python bench/profile_summary.py prof.raw --top 25
 
 ``--cpu before after`` adds each thread's CPU over the window, from two snapshots of

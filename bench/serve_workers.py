@@ -96,7 +96,7 @@ class Workers:
     def launch(self, indices: range) -> None:
         for i in indices:
             with open(self.logs / f"worker-{i}.log", "w") as log:
-                self.procs.append(subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "serve"], cwd=ROOT,
+                self.procs.append(subprocess.Popen([sys.executable, "-m", "twin_engine.ops.cli", "serve"], cwd=ROOT,
                                                    stdout=log, stderr=subprocess.STDOUT, env=self.env[i]))
 
     def urls(self) -> list[str]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from models.conditions import encode_states
-from models.train import Trainer, TrainingSet, _tensor, record_latents_and_bases
+from models.trainer import Trainer, TrainingSet, record_latents_and_bases, tensor
 from models.twin import TwinModel
 
 
@@ -69,7 +69,7 @@ def _draw(rng: np.random.Generator, b: int, z_all: torch.Tensor, inten_all: np.n
     starts = rng.integers(0, z_all.shape[-1] - tok + 1, b)
     ctx = torch.stack([z_all[i, :, s:s + k_ctx] for i, s in zip(idx, starts, strict=True)])
     has = torch.from_numpy(rng.random(b) < context_share)
-    inten, cont = _tensor(inten_all[idx], dev), _tensor(cont_all[idx], dev)
+    inten, cont = tensor(inten_all[idx], dev), tensor(cont_all[idx], dev)
     return idx, ctx, has, inten, cont
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,16 @@ import torch
 import torch.nn.functional as F
 
 from models.base_extractor import info_nce
-from models.checkpoint import load_training_state, save_training_state
-from models.conditions import CardiacState, encode_states
-from models.data.ptbxl import PTBXL
-from models.rpeaks import label_heart_rate
+from models.conditions import encode_states
+from models.trainer import (  # noqa: F401 (the stages' shared pieces, importable from here as before)
+    Trainer,
+    TrainingSet,
+    crops,
+    load_training_set,
+    record_latents_and_bases,
+    tensor,
+    torch_device,
+)
 from models.twin import TwinModel
 
 log = logging.getLogger(__name__)
@@ -37,124 +41,19 @@ DEFAULTS = {  # steps, batch size, learning rate
 }
 
 
-@dataclass
-class TrainingSet:
-    signals: np.ndarray  # (N, samples, leads), samples divisible by 8
-    states: list[CardiacState]
-    patients: np.ndarray
-    ecg_ids: np.ndarray
-
-
-def load_training_set(data: Path, ids: list[int] | None = None, fs: int = 250,
-                      limit: int | None = None) -> TrainingSet:
-    """Records of the training split (or ``ids``), with their stated condition and measured HR."""
-    db = PTBXL(data, sampling_rate=fs)
-    if ids is None:
-        ids, _ = db.split()
-    ids = ids[:limit] if limit else ids
-    sigs, states, pats = [], [], []
-    for rec in db.records(ids):
-        n = rec.signal.shape[0] // 8 * 8
-        sigs.append(rec.signal[:n])
-        hr = label_heart_rate(rec.signal, fs)
-        states.append(CardiacState.from_scp(rec.scp_codes, hr, rec.age, rec.sex))
-        pats.append(rec.patient_id)
-    return TrainingSet(np.stack(sigs), states, np.array(pats), np.array(ids))
-
-
-def _crops(x: np.ndarray, length: int, rng: np.random.Generator, step: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    starts = rng.integers(0, (x.shape[1] - length) // step + 1, size=len(x)) * step
-    return np.stack([x[i, s:s + length] for i, s in enumerate(starts)]), starts
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _progress(stage: str, step: int, total: int, loss: float, t0: float, every: int) -> None:
-    if step % every == 0 or step == total:
-        rate = step / max(1e-9, time.time() - t0)
-        bar = "#" * int(30 * step / total)
-        print(f"\r{stage} [{bar:<30}] {step}/{total} loss={loss:.4f} {rate:.1f} it/s", end="", flush=True)
-        if step == total:
-            print()
-
-
-class Trainer:
-    """One stage's loop: the stage supplies ``loss(batch_rng)``; this handles the rest."""
-
-    def __init__(self, model: TwinModel, out: Path, stage: str, steps: int, lr: float,
-                 params, device: torch.device, seed: int, ema: float = 0.0) -> None:
-        """``ema`` > 0 keeps an exponential moving average of ``params`` (that decay per step,
-        less in the first steps) and leaves it in the parameters at the end: with a noisy loss,
-        the average of the last few hundred steps generalises better than the last step."""
-        self.model, self.out, self.stage, self.steps = model, out, stage, steps
-        self.device = device
-        self.params = list(params)
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=0.01)
-        self.state_path = out / f"{stage}.state.pt"
-        self.start, stored_ema = load_training_state(self.state_path, model, self.opt)
-        self.ema_decay = ema
-        self.ema = None
-        if ema > 0:  # resumed: the stored average; fresh (or stored without one): the weights now
-            self.ema = [e.to(p.device) for e, p in zip(stored_ema, self.params, strict=True)] \
-                if stored_ema is not None else [p.detach().clone() for p in self.params]
-        if self.start:
-            log.info("resuming %s at step %d", stage, self.start)
-        self.rng = np.random.default_rng(seed + self.start)
-        torch.manual_seed(seed + self.start)
-        self.lr = lr
-
-    def run(self, loss_fn, save_every: int = 500) -> list[float]:
-        losses: list[float] = []
-        t0 = time.time()
-        amp = self.device.type == "cuda"
-        for step in range(self.start + 1, self.steps + 1):
-            warm = min(1.0, step / min(200, max(1, self.steps // 10)))
-            cos = 0.5 * (1 + math.cos(math.pi * step / self.steps))
-            for g in self.opt.param_groups:
-                g["lr"] = self.lr * warm * (0.1 + 0.9 * cos)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(self.rng)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.opt.step()
-            if self.ema is not None:
-                decay = min(self.ema_decay, (1 + step) / (10 + step))  # early on, the start weighs little
-                with torch.no_grad():
-                    for e, p in zip(self.ema, self.params, strict=True):
-                        e.lerp_(p, 1.0 - decay)
-            losses.append(loss.item())
-            _progress(self.stage, step, self.steps, float(np.mean(losses[-50:])), t0, 10)
-            if step % save_every == 0 or step == self.steps:
-                save_training_state(self.state_path, step, self.model, self.opt, self.ema)
-        if self.ema is not None:
-            with torch.no_grad():
-                for p, e in zip(self.params, self.ema, strict=True):
-                    p.copy_(e)
-        return losses
-
-
-def _tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
-
-
 def train_autoencoder(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int) -> dict:
     w = model.meta.window
 
     def loss_fn(rng):
         idx = rng.integers(0, len(ts.signals), batch)
-        x = _tensor(_crops(ts.signals[idx], w, rng)[0].transpose(0, 2, 1), tr.device)
+        x = tensor(crops(ts.signals[idx], w, rng)[0].transpose(0, 2, 1), tr.device)
         rec, kl = model.ae(x)
         return F.l1_loss(rec, x) + F.mse_loss(rec, x) + model.ae.cfg.kl_weight * kl
 
     losses = tr.run(loss_fn)
     model.eval()
     with torch.no_grad():  # unit-variance latents for the diffusion stage
-        mus = [model.ae.encoder(_tensor(ts.signals[i:i + 64].transpose(0, 2, 1), tr.device))[0]
+        mus = [model.ae.encoder(tensor(ts.signals[i:i + 64].transpose(0, 2, 1), tr.device))[0]
                for i in range(0, min(len(ts.signals), 512), 64)]
         model.ae.latent_scale.fill_(float(torch.cat(mus).std()))
     return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
@@ -179,42 +78,21 @@ def train_encoder(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int) ->
     inten_all, cont_all = encode_states(ts.states)
 
     def view(idx, rng):
-        x = _augment(_crops(ts.signals[idx], w, rng)[0], rng)
-        z = model.ae.encode(_tensor(x.transpose(0, 2, 1), tr.device))
-        return model.ibe(z, _tensor(inten_all[idx], tr.device), _tensor(cont_all[idx], tr.device))
+        x = _augment(crops(ts.signals[idx], w, rng)[0], rng)
+        z = model.ae.encode(tensor(x.transpose(0, 2, 1), tr.device))
+        return model.ibe(z, tensor(inten_all[idx], tr.device), tensor(cont_all[idx], tr.device))
 
     def loss_fn(rng):
         a = rng.choice(len(ts.signals), batch, replace=False)
         # positive: another record of the same patient where there is one, else another window
         b = np.array([rng.choice(by_patient[int(ts.patients[i])]) for i in a])
-        pa = _tensor(ts.patients[a], tr.device)
+        pa = tensor(ts.patients[a], tr.device)
         same = pa[:, None] == pa[None, :]
         return info_nce(view(a, rng), view(b, rng), model.ibe.logit_scale, same)
 
     losses = tr.run(loss_fn)
     return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
             "temperature": float(1 / model.ibe.logit_scale.detach().exp())}
-
-
-@torch.no_grad()
-def record_latents_and_bases(model: TwinModel, ts: TrainingSet, device: torch.device
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents of whole records and one base vector per record (all its windows combined)."""
-    model.eval()
-    zs, bases = [], []
-    for i in range(0, len(ts.signals), 64):
-        z = model.ae.encode(_tensor(ts.signals[i:i + 64].transpose(0, 2, 1), device))
-        zs.append(z)
-    z = torch.cat(zs)
-    inten, cont = encode_states(ts.states)
-    n, tok = z.shape[-1], model.tokens
-    starts = list(range(0, n - tok + 1, max(1, tok // 2)))
-    for i in range(0, len(z), 64):
-        zb = z[i:i + 64]
-        per = torch.stack([model.ibe(zb[..., s:s + tok], _tensor(inten[i:i + 64], device),
-                                     _tensor(cont[i:i + 64], device)) for s in starts])
-        bases.append(F.normalize(per.mean(0), dim=-1))
-    return z, torch.cat(bases)
 
 
 def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, p_drop: float = 0.1) -> dict:
@@ -231,7 +109,7 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
         t = torch.from_numpy(rng.integers(0, sched.steps, batch)).to(tr.device)
         noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(tr.device)
         drop = torch.from_numpy(rng.random(batch) < p_drop).to(tr.device)
-        cond = model.dit.condition_tokens(_tensor(inten_all[idx], tr.device), _tensor(cont_all[idx], tr.device), drop)
+        cond = model.dit.condition_tokens(tensor(inten_all[idx], tr.device), tensor(cont_all[idx], tr.device), drop)
         v = model.dit(sched.add_noise(z0, noise, t), t, base_all[idx], cond)
         return F.mse_loss(v, sched.v_target(z0, noise, t))
 
@@ -244,7 +122,7 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
               limit: int | None = None, dit_overrides: dict | None = None,
               distill_options: dict | None = None, lr: float | None = None) -> TwinModel:
     """Train one stage in ``out`` (continuing the earlier stages' weights found there)."""
-    dev = _device(device)
+    dev = torch_device(device)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     np.random.seed(seed)

@@ -106,7 +106,7 @@ class TwinModel(torch.nn.Module):
         self.schedule = NoiseSchedule()
         self.student: AdaXDiT | None = AdaXDiT(dit) if meta.student_steps else None
         # The networks that run per generation, swappable by an inference backend
-        # (twin_engine.runtime): denoiser(z, t, base, cond_tokens) -> v, decoder(z) -> signal,
+        # (twin_engine.backends.runtime): denoiser(z, t, base, cond_tokens) -> v, decoder(z) -> signal,
         # and the distilled student (same signature as the denoiser) where there is one.
         self.set_backend("torch", self.dit, self.ae.decode, self.student)
 

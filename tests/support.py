@@ -13,9 +13,9 @@ from models.twin import TwinModel
 from stream.events import Event
 from twin_engine.broker import free_port
 from twin_engine.config import load_settings
-from twin_engine.dashboard import SubscriberHub
-from twin_engine.http_api import serve_http
-from twin_engine.service import TwinService
+from twin_engine.web.dashboard import SubscriberHub
+from twin_engine.web.http_api import serve_http
+from twin_engine.worker.service import TwinService
 
 RECORDS = ["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/00000/00043_250",
            "ptbxl-subset/records250/00000/00055_250"]

@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from twin_engine.bench import bench_generate, bench_serve, table
 from twin_engine.config import load_settings
+from twin_engine.ops.bench import bench_generate, bench_serve, table
 
 
 def test_bench_generate_rows_and_serving_summary(distilled_model_dir, tmp_path):

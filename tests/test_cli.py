@@ -9,7 +9,7 @@ from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.segments import Segment
 from tests.support import RECORDS
-from twin_engine.cli import main
+from twin_engine.ops.cli import main
 
 
 def test_package_makes_a_model_that_generates_like_the_run(distilled_model_dir, tmp_path):
@@ -40,8 +40,8 @@ def test_plot_a_record_and_a_published_segment(data_dir, tmp_path):
 def test_register_names_a_local_record_as_the_service_reads_it(data_dir, tmp_path, monkeypatch):
     """The service reads ``wfdb`` references from its own data_dir; a record named from the
     caller's working directory is sent relative to that directory, so both sides mean one file."""
-    from twin_engine.clients import _record_path
     from twin_engine.config import Settings
+    from twin_engine.ops.clients import _record_path
 
     settings = Settings(data_dir=data_dir)
     monkeypatch.chdir(data_dir.parent)

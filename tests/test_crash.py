@@ -48,7 +48,7 @@ async def _case(broker, tiny_model_dir, data_dir, tmp_path, point: str) -> None:
 
     async def worker(crash: str | None):
         e = {**env, "TWIN_CRASH_AT": crash} if crash else {key: v for key, v in env.items() if key != "TWIN_CRASH_AT"}
-        return await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.cli", "serve", env=e,
+        return await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.ops.cli", "serve", env=e,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
 
     pids = ["bed-0", "bed-1"]

@@ -14,7 +14,7 @@ import pytest
 from stream.events import Event
 from tests.cdp import Chromium, chromium_binary
 from tests.support import start_with_dashboard, wait_for
-from twin_engine.dashboard import SubscriberHub
+from twin_engine.web.dashboard import SubscriberHub
 
 ARTIFACTS = Path(os.environ.get("TWIN_ENGINE_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
 
@@ -112,8 +112,8 @@ async def test_dropped_frames_are_counted():
     class _WS:  # a subscriber whose writer is not running: nothing drains its queue
         pass
 
-    from twin_engine.dashboard import Subscriber
     from twin_engine.metrics import Metrics
+    from twin_engine.web.dashboard import Subscriber
 
     hub.metrics = Metrics()
     client = Subscriber(_WS(), asyncio.Queue(maxsize=4), None)  # subscribed to every patient
@@ -121,7 +121,7 @@ async def test_dropped_frames_are_counted():
     for i in range(10):
         hub._offer("p", f"frame-{i}")
     assert client.queue.qsize() == 4 and client.dropped == 6
-    assert hub.metrics.ws_dropped._value.get() == 6
+    assert hub.metrics.registry.get_sample_value("twin_subscriber_dropped_frames_total") == 6
 
 
 def test_the_page_ships_in_the_package():
@@ -133,5 +133,5 @@ def test_the_page_ships_in_the_package():
     root = Path(__file__).resolve().parent.parent
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["twin_engine"]
     files = [p.relative_to(root / "twin_engine").as_posix()
-             for d in ("static", "scenarios") for p in (root / "twin_engine" / d).iterdir()]
+             for d in ("web/static", "ops/scenarios") for p in (root / "twin_engine" / d).iterdir()]
     assert files and all(any(fnmatch(f, g) for g in globs) for f in files), (files, globs)

@@ -5,7 +5,7 @@ import sys
 def test_doctor_tells_the_truth_on_cpu():
     import torch
 
-    out = subprocess.run([sys.executable, "-m", "twin_engine.cli", "doctor"],
+    out = subprocess.run([sys.executable, "-m", "twin_engine.ops.cli", "doctor"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     text = out.stdout

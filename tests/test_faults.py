@@ -12,19 +12,18 @@ import uuid
 
 import aiohttp
 import numpy as np
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.events import Event, EventError, parse_event
 from tests.support import RECORDS, read_all, service_settings, start_with_dashboard, wait_for
-from twin_engine.batcher import MicroBatcher
 from twin_engine.broker import EmbeddedBroker
-from twin_engine.generator import GenRequest
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient
-from twin_engine.service import TwinService
+from twin_engine.worker.batcher import MicroBatcher
+from twin_engine.worker.generator import GenRequest
+from twin_engine.worker.service import TwinService
 
 
 def _req() -> GenRequest:
@@ -214,7 +213,7 @@ def test_serve_without_a_broker_retries_then_exits_with_a_message(tiny_model_dir
 
     env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_CACHE_DIR": str(tmp_path),
            "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "TWIN_ENGINE_KAFKA_CONNECT_TIMEOUT_S": "2"}
-    out = subprocess.run([sys.executable, "-m", "twin_engine.cli", "serve"], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "twin_engine.ops.cli", "serve"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 1, out.stderr[-2000:]
     assert "no Kafka broker answered at 127.0.0.1:1 within 2 s" in out.stderr
@@ -230,7 +229,7 @@ def test_serve_on_all_interfaces_without_tokens_refuses_to_start(tiny_model_dir,
            "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TWIN_ENGINE_HTTP_HOST": "0.0.0.0",
            "TWIN_ENGINE_HTTP_PORT": str(__import__("twin_engine.broker").broker.free_port()),
            "TWIN_ENGINE_KAFKA_GROUP_ID": f"refuse-{uuid.uuid4().hex[:6]}"}
-    out = subprocess.run([sys.executable, "-m", "twin_engine.cli", "serve"], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "twin_engine.ops.cli", "serve"], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "no API tokens are configured" in out.stderr and "Traceback" not in out.stderr

@@ -1,4 +1,4 @@
-"""The API's guard (twin_engine.auth): tokens and roles, Host and Origin, content type, limits;
+"""The API's guard (twin_engine.web.auth): tokens and roles, Host and Origin, content type, limits;
 the WebSocket gets only what it subscribed to. A stand-in frontend: nothing here needs a broker."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 
 from stream.events import Event
 from stream.segments import Segment
-from twin_engine.auth import Tokens, check_exposure, is_loopback
 from twin_engine.broker import free_port
 from twin_engine.config import ConfigError, load_settings
-from twin_engine.dashboard import SubscriberHub
-from twin_engine.http_api import serve_http
+from twin_engine.web.auth import Tokens, check_exposure, is_loopback
+from twin_engine.web.dashboard import SubscriberHub
+from twin_engine.web.http_api import serve_http
 
 WRITE, READ = "w" * 24, "r" * 24
 

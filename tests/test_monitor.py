@@ -16,10 +16,10 @@ from stream.events import Event
 from stream.segments import decode_segment
 from tests.support import one_patient_per_partition, service_settings, wait_for
 from twin_engine.broker import free_port
-from twin_engine.http_api import serve_http
-from twin_engine.monitor import Monitor
 from twin_engine.registry import partition_of
-from twin_engine.service import TwinService
+from twin_engine.web.http_api import serve_http
+from twin_engine.web.monitor import Monitor
+from twin_engine.worker.service import TwinService
 
 
 async def test_a_monitor_serves_every_patient_of_two_workers(broker, tiny_model_dir, data_dir):

@@ -38,7 +38,7 @@ def test_demo_runs_the_whole_service_on_its_own_broker(tiny_model_dir, data_dir,
     port = free_port()
     env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_DATA_DIR": str(data_dir),
            "TWIN_ENGINE_CACHE_DIR": str(tmp_path), "TWIN_ENGINE_HTTP_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "demo", "--patients", "3", "--duration", "30"],
+    proc = subprocess.Popen([sys.executable, "-m", "twin_engine.ops.cli", "demo", "--patients", "3", "--duration", "30"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
     try:
@@ -70,7 +70,7 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
            "TWIN_ENGINE_CACHE_DIR": str(tmp_path), "TWIN_ENGINE_HTTP_PORT": str(port),
            "TWIN_ENGINE_SPEED": "10", "TWIN_ENGINE_SEGMENT_SECONDS": "1",
            "TWIN_ENGINE_WFDB_EXPORT_DIR": str(tmp_path / "wfdb"), **k.to_env()}
-    proc = subprocess.Popen([sys.executable, "-m", "twin_engine.cli", "serve"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "twin_engine.ops.cli", "serve"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = f"http://127.0.0.1:{port}/metrics"
     loop = asyncio.get_running_loop()
@@ -139,7 +139,7 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
     env = {**os.environ, "TWIN_ENGINE_DATA_DIR": str(data_dir), **k.to_env()}
 
     async def cli(*args: str) -> subprocess.CompletedProcess:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.cli", *args, env=env,
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.ops.cli", *args, env=env,
                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
@@ -186,7 +186,7 @@ async def test_cli_register_send_tail_against_a_running_service(broker, tiny_mod
 
         # `monitor`: the patients and their states as the registry holds them, from another process
         port = free_port()
-        mon = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.cli", "monitor", "--port", str(port),
+        mon = await asyncio.create_subprocess_exec(sys.executable, "-m", "twin_engine.ops.cli", "monitor", "--port", str(port),
                                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         async with aiohttp.ClientSession() as http:
             async def ready() -> bool:  # the registry read to where it ended at start

@@ -10,8 +10,8 @@ import torch
 from models.conditions import CardiacState
 from models.export import example_inputs
 from models.twin import TwinModel, to_device
+from twin_engine.backends.runtime import BackendUnavailable, attach_backend, choose_backend
 from twin_engine.config import load_settings
-from twin_engine.runtime import BackendUnavailable, attach_backend, choose_backend
 
 ORT_TOL = 1e-4  # fp32 graph vs eager: only operator-order rounding
 TRT_TOL = 5e-2  # fp16 engine: half precision through every layer
@@ -29,7 +29,7 @@ def test_choice_on_this_machine():
 
 
 def test_warm_up_runs_the_serving_sampler(distilled_model_dir):
-    from twin_engine.runtime import warm_up
+    from twin_engine.backends.runtime import warm_up
 
     model = TwinModel.load(distilled_model_dir)
     calls = []
@@ -41,7 +41,7 @@ def test_warm_up_runs_the_serving_sampler(distilled_model_dir):
 
 
 def test_batch_limit_defaults_to_the_measured_best_per_device():
-    from twin_engine.runtime import batch_limit
+    from twin_engine.backends.runtime import batch_limit
 
     auto = load_settings(env={})
     assert (batch_limit(auto, "cpu"), batch_limit(auto, "cuda"), batch_limit(auto, "cuda:1")) == (16, 4096, 4096)
@@ -95,7 +95,7 @@ def test_tensorrt_parity(tiny_model_dir, tmp_path):
 
 
 def test_cuda_graph_buckets_cover_every_batch_up_to_the_largest():
-    from twin_engine.cuda_graphs import LARGEST_BUCKET, buckets
+    from twin_engine.backends.cuda_graphs import LARGEST_BUCKET, buckets
 
     assert buckets(8) == [8]
     assert buckets(13) == [8, 16]
@@ -180,7 +180,7 @@ def test_torch_compile_parity(distilled_model_dir):
 def test_auto_falls_back_to_torch_when_its_pick_cannot_be_set_up(tiny_model_dir, tmp_path, monkeypatch, caplog):
     """An automatic pick that fails to set up (say, an ONNX export error) serves with PyTorch and
     says so; a backend configured by name fails instead of quietly running something else."""
-    import twin_engine.app as app
+    import twin_engine.ops.app as app
 
     real = app.attach_backend
 
@@ -205,7 +205,7 @@ def test_auto_falls_back_to_torch_when_its_pick_cannot_be_set_up(tiny_model_dir,
 def test_auto_backend_that_fails_its_warm_up_falls_back_to_torch(tiny_model_dir, tmp_path, monkeypatch, caplog):
     """A GPU whose compiler or graph capture fails on the first call must not take the service
     down: the warm-up finds out at start, and auto falls back to PyTorch."""
-    import twin_engine.app as app
+    import twin_engine.ops.app as app
 
     def warm_up(model, settings):
         raise RuntimeError("capture failed")

@@ -11,9 +11,9 @@ import pytest
 
 from stream.segments import decode_segment
 from tests.support import RECORDS, read_all, start_with_dashboard, wait_for
-from twin_engine.scenario import ScenarioError, load_scenario, play
+from twin_engine.ops.scenario import ScenarioError, load_scenario, play
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "twin_engine" / "scenarios" / "ward.toml"
+EXAMPLE = Path(__file__).resolve().parent.parent / "twin_engine" / "ops" / "scenarios" / "ward.toml"
 
 
 def test_the_example_loads_and_bad_files_say_which_entry(tmp_path):
@@ -102,7 +102,7 @@ def test_waiting_for_registrations_reads_past_other_producers_dead_letters():
     may be any bytes: only a refusal of one of its own registrations stops it."""
     import base64
 
-    from twin_engine.scenario import _first_segment
+    from twin_engine.ops.scenario import _first_segment
 
     def dead(original: bytes, reason: str = "bad") -> bytes:
         return json.dumps({"reason": reason, "original_b64": base64.b64encode(original).decode()}).encode()

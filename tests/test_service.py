@@ -17,7 +17,7 @@ from models.twin import TwinModel
 from stream.events import Event
 from stream.segments import decode_segment
 from tests.support import RECORDS, one_patient_per_partition, read_all, service_settings, wait_for
-from twin_engine.service import TwinService
+from twin_engine.worker.service import TwinService
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
 
 def test_continuity_boundary_jump(tiny_model_dir):
     """Joins between consecutive segments are no bigger than ordinary sample-to-sample steps."""
-    from twin_engine.generator import ContinuousGenerator, measure_continuity
+    from twin_engine.worker.generator import ContinuousGenerator, measure_continuity
 
     model = TwinModel.load(tiny_model_dir)
     gen = ContinuousGenerator(model, steps=2)
@@ -155,8 +155,8 @@ async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(br
     """Per-segment writes carry the stream position only; a restore combines it with the
     patient record written before it, and a removal forgets both."""
     from twin_engine.broker import TopicSpec, ensure_topics
-    from twin_engine.generator import pack_tail
     from twin_engine.registry import Patient, Registry, partition_of
+    from twin_engine.worker.generator import pack_tail
 
     topic, parts = f"{prefix}.registry", 4
     kw = {"bootstrap_servers": broker.bootstrap_servers}
@@ -311,7 +311,7 @@ async def test_a_segment_the_broker_did_not_take_is_sent_again(broker, tiny_mode
     number (at least once). Before, the record was lost and the stream moved on."""
     from aiokafka.errors import KafkaTimeoutError
 
-    import twin_engine.scheduler as scheduler
+    import twin_engine.worker.stream as scheduler
 
     monkeypatch.setattr(scheduler, "PUBLISH_RETRY_S", 0.05)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-b")
@@ -328,7 +328,7 @@ async def test_a_segment_the_broker_did_not_take_is_sent_again(broker, tiny_mode
     monkeypatch.setattr(svc.producer, "send", flaky_send)
     await wait_for(lambda: failed and svc.streams["bed-0"].p.next_seq >= failed[0] + 3)
     await svc.stop()
-    assert svc.metrics.publish_failures._value.get() == 1
+    assert svc.metrics.registry.get_sample_value("twin_publish_failures_total") == 1
     seqs = [decode_segment(m.value).seq for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
     assert failed[0] in seqs and sorted(set(seqs)) == list(range(max(seqs) + 1)), (failed, seqs)
 
@@ -339,7 +339,7 @@ async def test_kafka_failing_while_an_event_is_applied_retries_it(broker, tiny_m
     it durable, and goes on consuming. Before, the error went to the dead-letter topic as an
     internal error, or (with the dead-letter write failing too) ended the consumer."""
 
-    import twin_engine.service as service
+    import twin_engine.worker.service as service
     from twin_engine.registry import Patient
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
@@ -349,7 +349,7 @@ async def test_kafka_failing_while_an_event_is_applied_retries_it(broker, tiny_m
     # committed past the AFIB event only once its record is durable, here by the retry alone
     # (no later event carries the state along)
     await _committed(svc, settings, 2)  # reg-k, afib-k
-    assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1
+    assert failures == ["bed-0"] and svc.metrics.registry.get_sample_value("twin_event_kafka_errors_total") == 1
     await svc.send_event(Event("hr-k", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 130)))
     await wait_for(lambda: svc.registry.get("bed-0").state["heart_rate"] == 130)
     await svc.stop()
@@ -365,7 +365,7 @@ async def test_a_failed_write_before_a_removal_in_the_same_batch_is_retried_not_
     the removal waits for the batch's writes, so the rewind re-applies both. Had the removal
     gone first, both events would come back for a patient no longer known: dead letters."""
 
-    import twin_engine.service as service
+    import twin_engine.worker.service as service
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-r")
@@ -374,7 +374,7 @@ async def test_a_failed_write_before_a_removal_in_the_same_batch_is_retried_not_
                            Event("rm-r", "bed-0", "remove")])
     await _committed(svc, settings, 3)  # past the removal: both events handled for good
     await svc.stop()
-    assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1
+    assert failures == ["bed-0"] and svc.metrics.registry.get_sample_value("twin_event_kafka_errors_total") == 1
     assert svc.registry.get("bed-0") is None and "bed-0" not in svc.streams
     assert not await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)
     last = [m for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_registry) if m.key == b"bed-0"][-1]
@@ -384,7 +384,7 @@ async def test_a_failed_write_before_a_removal_in_the_same_batch_is_retried_not_
 async def test_a_removal_applied_again_closes_the_annotation_once(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
     """The registry delete of a removal fails: the removal is applied again, and the ground
     truth still gets one end for the patient's last state, not a second one with a later time."""
-    import twin_engine.service as service
+    import twin_engine.worker.service as service
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-a")
@@ -433,7 +433,7 @@ async def test_a_scheduled_removal_ends_the_stream_at_its_time_across_a_restart(
 async def test_a_scheduled_removal_whose_delete_fails_is_retried(broker, tiny_model_dir, prefix, data_dir, monkeypatch):
     """The broker does not take the tombstone of a scheduled removal: it is tried again, the
     patient ends up removed, and its ground truth has one end."""
-    import twin_engine.service as service
+    import twin_engine.worker.service as service
 
     monkeypatch.setattr(service, "CONSUME_RETRY_S", 0.1)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-f")
@@ -442,7 +442,7 @@ async def test_a_scheduled_removal_whose_delete_fails_is_retried(broker, tiny_mo
     await svc.send_event(Event("rm-f", "bed-0", "remove", effective_time=s.start_time(s.p.next_seq + 5)))
     await wait_for(lambda: svc.registry.get("bed-0") is None)
     await svc.stop()
-    assert failures == ["bed-0"] and svc.metrics.kafka_errors._value.get() == 1 and "bed-0" not in svc.streams
+    assert failures == ["bed-0"] and svc.metrics.registry.get_sample_value("twin_event_kafka_errors_total") == 1 and "bed-0" not in svc.streams
     ends = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_annotations)
             if m.key == b"bed-0"]
     assert [a["event_id"] for a in ends if a["end_time"] is not None] == ["reg-f"]
@@ -536,7 +536,7 @@ async def test_a_patient_may_have_only_so_many_changes_scheduled_ahead(broker, t
                                                                          monkeypatch):
     """The registry keeps every change still to come, so their number is capped: one more
     scheduled change is dead-lettered with the reason; a change for now still applies."""
-    import twin_engine.service as service
+    import twin_engine.worker.service as service
 
     monkeypatch.setattr(service, "MAX_SCHEDULED", 3)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-c")

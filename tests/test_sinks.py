@@ -5,7 +5,7 @@ import numpy as np
 import wfdb
 
 from stream.segments import Segment, annotation, decode_segment
-from twin_engine.sinks import WfdbSink
+from twin_engine.worker.sinks import WfdbSink
 
 LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
 

@@ -149,7 +149,7 @@ class Settings:
     broker_check_s: float = 5.0  # how often the broker is checked for lost state
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    # who may use the API (twin_engine.auth): "write:TOKEN,read:TOKEN" and/or a secrets file of
+    # who may use the API (twin_engine.web.auth): "write:TOKEN,read:TOKEN" and/or a secrets file of
     # "ROLE TOKEN" lines; none: loopback only, and the service says so
     api_tokens: str = field(default="", repr=False)
     api_tokens_file: str = ""

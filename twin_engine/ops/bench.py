@@ -95,8 +95,8 @@ def _neurokit_rate(fs: int, seconds: float = 10.0, n: int = 5) -> float:
 def bench_generate(settings: Settings, backends: list[str], samplers: list[str], steps_list: list[int],
                    batches: list[int], repeats: int = 5) -> dict:
     from models.twin import TwinModel
-    from twin_engine.generator import ContinuousGenerator, GenRequest
-    from twin_engine.runtime import attach_backend, choose_backend
+    from twin_engine.backends.runtime import attach_backend, choose_backend
+    from twin_engine.worker.generator import ContinuousGenerator, GenRequest
 
     rows = []
     fs = None
@@ -151,7 +151,7 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     continuity = None
     model = TwinModel.load(settings.model_path, "cpu")  # eager PyTorch: for the figures below
     if fs:
-        from twin_engine.generator import measure_continuity
+        from twin_engine.worker.generator import measure_continuity
 
         base = model.encode([np.random.default_rng(0).standard_normal((model.meta.window, 12)).astype(np.float32)])
         continuity = measure_continuity(ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale),
@@ -162,7 +162,7 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     candidates = [r for r in rows if "realtime_patients" in r and r["sampler"] == serving and r["steps"] == settings.steps]
     # ... on the backend the service would pick with these settings, when it was measured
     # (in isolation another backend can be a little faster; the service's choice is what serves)
-    from twin_engine.runtime import BackendUnavailable, choose_backend
+    from twin_engine.backends.runtime import BackendUnavailable, choose_backend
 
     try:
         served = [r for r in candidates if (r["backend"], r["device"]) == choose_backend(settings)]
@@ -171,8 +171,8 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     best = max(served or candidates, key=lambda r: r["realtime_patients"], default=None)
     state_kb = None
     if fs:
-        from twin_engine.generator import pack_tail
         from twin_engine.registry import Patient
+        from twin_engine.worker.generator import pack_tail
 
         seg = int(settings.segment_seconds * fs)
         p = Patient("p00001", [0.0] * model.ibe.cfg.base_dim, "m", {"statements": {"SR": 1.0}, "heart_rate": 70.0},
@@ -301,7 +301,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     from models.data.ptbxl import PTBXL
     from stream.events import Event
     from twin_engine.broker import process_cpu_seconds
-    from twin_engine.service import TwinService
+    from twin_engine.worker.service import TwinService
 
     s = Settings(**{**settings.__dict__, "speed": speed})
     k = s.kafka = settings.kafka.namespaced(f"bench{uuid.uuid4().hex[:6]}")
@@ -412,7 +412,7 @@ def bench_serve(settings: Settings, counts: list[int], duration: float, speed: f
                 realtime_duration: float, null: bool = False) -> dict:
     """``null``: instant generation instead of the model, so the figures are the service's own
     ceiling per worker (scheduling, publishing, registry writes, the downstream consumer)."""
-    from twin_engine.app import bootstrap_or_embedded, load_model
+    from twin_engine.ops.app import bootstrap_or_embedded, load_model
 
     model = load_model(settings)
     bootstrap, broker = bootstrap_or_embedded(settings)
@@ -445,9 +445,9 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
     import aiohttp
 
     from twin_engine.broker import free_port
-    from twin_engine.dashboard import SubscriberHub
-    from twin_engine.http_api import serve_http
-    from twin_engine.service import TwinService
+    from twin_engine.web.dashboard import SubscriberHub
+    from twin_engine.web.http_api import serve_http
+    from twin_engine.worker.service import TwinService
 
     s = Settings(**{**settings.__dict__})
     s.kafka = settings.kafka.namespaced(f"benchws{uuid.uuid4().hex[:6]}")
@@ -496,7 +496,7 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
 
 def bench_ws(settings: Settings, patients: int, clients: int, duration: float,
              deflate: tuple[bool, ...] = (False,)) -> dict:
-    from twin_engine.app import bootstrap_or_embedded, load_model
+    from twin_engine.ops.app import bootstrap_or_embedded, load_model
 
     model = load_model(settings)
     bootstrap, broker = bootstrap_or_embedded(settings)

@@ -3,7 +3,7 @@
 Writes (register, change state, remove) are turned into events on the events topic, the same
 path a Kafka producer or the CLI takes, so they are validated, ordered per patient, durable and
 dead-lettered exactly like any other event. Reads answer from the frontend's view: a worker
-(``TwinService``) knows the patients of its partitions, a monitor (``twin_engine.monitor``)
+(``TwinService``) knows the patients of its partitions, a monitor (``twin_engine.web.monitor``)
 every patient of the deployment.
 """
 
@@ -20,9 +20,9 @@ from aiohttp.web_log import AccessLogger
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from stream.events import Event, EventError, json_value, new_event_id, parse_event, state_to_dict
-from twin_engine.auth import Tokens, check_exposure, guard
 from twin_engine.config import Settings
-from twin_engine.dashboard import SubscriberHub, add_routes
+from twin_engine.web.auth import Tokens, check_exposure, guard
+from twin_engine.web.dashboard import SubscriberHub, add_routes
 
 
 class Frontend(Protocol):
@@ -158,7 +158,7 @@ async def list_records(request: web.Request) -> web.Response:
 
 
 def build_app(service: Frontend, hub: SubscriberHub | None = None) -> web.Application:
-    """The API's routes behind the guard (``twin_engine.auth``); ConfigError for bad tokens."""
+    """The API's routes behind the guard (``twin_engine.web.auth``); ConfigError for bad tokens."""
     s = service.settings
     tokens = Tokens.from_settings(s)
     app = web.Application(middlewares=[guard(s, tokens)], client_max_size=s.max_request_bytes)

@@ -53,7 +53,7 @@ def report(settings: Settings) -> list[tuple[str, str]]:
     model = settings.model_path
     rows.append(("model", f"{model} ({'present' if (model / 'model.safetensors').is_file() else 'missing'})"))
     try:
-        from twin_engine.runtime import choose_backend
+        from twin_engine.backends.runtime import choose_backend
 
         backend, why = choose_backend(settings)
         rows.append(("generation backend", f"{backend} ({why})"))

@@ -11,12 +11,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from models.twin import TwinModel
+from twin_engine.backends.runtime import (
+    WARM_UP,
+    attach_backend,
+    batch_limit,
+    choose_backend,
+    warm_up,
+)
 from twin_engine.broker import EMBEDDED_PORT, EmbeddedBroker
 from twin_engine.config import Settings
 from twin_engine.errors import FatalError
-from twin_engine.http_api import serve_http
-from twin_engine.runtime import WARM_UP, attach_backend, batch_limit, choose_backend, warm_up
-from twin_engine.service import TwinService
+from twin_engine.web.http_api import serve_http
+from twin_engine.worker.service import TwinService
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +76,8 @@ async def run_service(settings: Settings, model: TwinModel,
                       scenario: Callable[[TwinService], Awaitable[None]] | None = None,
                       duration: float = 0) -> None:
     """Serve until SIGINT/SIGTERM (or ``duration`` seconds); then shut down gracefully."""
-    from twin_engine.dashboard import SubscriberHub
-    from twin_engine.sinks import WfdbSink
+    from twin_engine.web.dashboard import SubscriberHub
+    from twin_engine.worker.sinks import WfdbSink
 
     hub = SubscriberHub(max_clients=settings.ws_max_clients, max_subscription=settings.ws_max_subscription)
     sinks: list = [hub]
@@ -110,7 +116,7 @@ async def run_service(settings: Settings, model: TwinModel,
 
 
 def run_app(settings: Settings, scenario=None, duration: float = 0) -> int:
-    from twin_engine.auth import Tokens, check_exposure
+    from twin_engine.web.auth import Tokens, check_exposure
 
     check_exposure(settings, Tokens.from_settings(settings))  # before anything starts
     model = load_model(settings)
@@ -125,12 +131,11 @@ def run_app(settings: Settings, scenario=None, duration: float = 0) -> int:
 
 
 async def run_monitor(settings: Settings, duration: float = 0) -> None:
-    """A monitor (``twin_engine.monitor``) on the configured Kafka, or on the embedded broker's
+    """A monitor (``twin_engine.web.monitor``) on the configured Kafka, or on the embedded broker's
     default port where none is configured (a monitor starts no broker: it watches one)."""
-    from twin_engine.clients import with_default_broker
-    from twin_engine.monitor import Monitor
-
-    from twin_engine.auth import Tokens, check_exposure
+    from twin_engine.ops.clients import with_default_broker
+    from twin_engine.web.auth import Tokens, check_exposure
+    from twin_engine.web.monitor import Monitor
 
     check_exposure(settings, Tokens.from_settings(settings))
     monitor = Monitor(with_default_broker(settings))

@@ -113,7 +113,7 @@ def attach_backend(model, backend: str, device: str, cache_dir: Path, max_batch:
         model.set_backend("torch", model.dit, model.ae.decode, model.student)
         return
     if backend == "cuda-graphs":
-        from twin_engine.cuda_graphs import GraphedCall
+        from twin_engine.backends.cuda_graphs import GraphedCall
 
         if compile is None:
             compile = importlib.util.find_spec("triton") is not None
@@ -144,7 +144,7 @@ def attach_backend(model, backend: str, device: str, cache_dir: Path, max_batch:
         model.set_backend("onnxruntime", OrtGraph(folder / "denoiser.onnx", inputs, device),
                           OrtGraph(folder / "decoder.onnx", ["z"], device), student)
     elif backend == "tensorrt":
-        from twin_engine.tensorrt_engine import TrtGraph
+        from twin_engine.backends.tensorrt_engine import TrtGraph
 
         model.to("cuda")
         if model.student is not None:  # no guidance batch: the student runs at the batch itself

@@ -43,7 +43,7 @@ class Subscriber:
 
 
 class SubscriberHub:
-    """A sink (see twin_engine.sinks) that fans segments out to WebSocket subscribers."""
+    """A sink (see twin_engine.worker.sinks) that fans segments out to WebSocket subscribers."""
 
     def __init__(self, queue_frames: int = 64, deflate: bool = False, max_clients: int = 256,
                  max_subscription: int = 1000) -> None:

@@ -25,21 +25,27 @@ from models.conditions import CardiacState
 from models.data.preprocess import to_model_input
 from models.data.ptbxl import DataError, read_wfdb_signal
 from models.twin import TwinModel
-from stream.events import Event, EventError, parse_event, state_to_dict
 from stream.dead_letters import dead_letter_record
+from stream.events import Event, EventError, parse_event, state_to_dict
 from stream.producer import QueuedProducer, is_final
 from stream.segments import Segment, annotation
-from twin_engine.batcher import MicroBatcher
-from twin_engine.broker import delivered, engine_topics, ensure_topics, idempotence_supported, send_events
+from twin_engine.backends.runtime import batch_limit, log_choice
+from twin_engine.broker import (
+    delivered,
+    engine_topics,
+    ensure_topics,
+    idempotence_supported,
+    send_events,
+)
 from twin_engine.config import Settings
 from twin_engine.crash_points import crash_point
-from twin_engine.generator import ContinuousGenerator, GenRequest
 from twin_engine.metrics import Metrics
-from twin_engine.broker_watch import BrokerWatch
 from twin_engine.registry import BrokerStateLost, Patient, Registry, partition_of
-from twin_engine.runtime import batch_limit, log_choice
-from twin_engine.scheduler import PatientStream, StateChange, StreamClock
-from twin_engine.sinks import Sink
+from twin_engine.worker.batcher import MicroBatcher
+from twin_engine.worker.broker_watch import BrokerWatch
+from twin_engine.worker.generator import ContinuousGenerator, GenRequest
+from twin_engine.worker.sinks import Sink
+from twin_engine.worker.stream import PatientStream, StateChange, StreamClock
 
 log = logging.getLogger(__name__)
 CONSUME_RETRY_S = 1.0  # after Kafka failed while events were applied

@@ -15,9 +15,9 @@ from models.conditions import CardiacState
 from models.data.ptbxl import PTBXL
 from models.rpeaks import heart_rate
 from stream.events import Event, new_event_id
-from twin_engine.app import run_app
 from twin_engine.config import Settings
-from twin_engine.service import TwinService
+from twin_engine.ops.app import run_app
+from twin_engine.worker.service import TwinService
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ EMBEDDED_MB_PER_PATIENT_HOUR = 47
 
 
 def run_demo(settings: Settings, duration: float = 0, patients: int = 8) -> int:
-    from twin_engine.doctor import print_report
+    from twin_engine.ops.doctor import print_report
 
     print_report(settings)
     print()

@@ -3,7 +3,7 @@
 A scenario is TOML: the patients to onboard, the state changes, each at a time in seconds of
 that patient's stream (from its first segment in the scenario's state), optionally with a
 heart-rate ramp, and removals (``[[remove]]``: the patient's stream ends before the first segment
-at or after its time). See ``twin_engine/scenarios/ward.toml``.
+at or after its time). See ``twin_engine/ops/scenarios/ward.toml``.
 
 The player registers the patients, waits for each one's first segment to learn where its stream
 starts, then sends every change at once with its ``effective_time``: the service makes each at

@@ -24,9 +24,9 @@ from models.conditions import VOCAB
 from stream.events import Event
 from twin_engine.broker import engine_topics, ensure_topics, send_events
 from twin_engine.config import Settings
-from twin_engine.dashboard import SubscriberHub
 from twin_engine.metrics import MonitorMetrics
 from twin_engine.registry import POSITION_SUFFIX, Patient
+from twin_engine.web.dashboard import SubscriberHub
 
 log = logging.getLogger(__name__)
 YIELD_EVERY = 16  # records relayed between turns of the subscribers' writers (their queues hold 64)
@@ -44,7 +44,7 @@ def model_meta(model_path: Path) -> tuple[tuple[str, ...], int]:
 
 
 class Monitor:
-    """Implements ``twin_engine.http_api.Frontend`` from the topics."""
+    """Implements ``twin_engine.web.http_api.Frontend`` from the topics."""
 
     def __init__(self, settings: Settings, hub: SubscriberHub | None = None) -> None:
         self.settings = settings

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from twin_engine.generator import GenRequest
 from twin_engine.metrics import Metrics
+from twin_engine.worker.generator import GenRequest
 
 log = logging.getLogger(__name__)
 

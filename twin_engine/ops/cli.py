@@ -11,7 +11,7 @@ import time
 from models.conditions import ConditionError
 from twin_engine.config import ConfigError, Settings, load_settings
 from twin_engine.errors import FatalError
-from twin_engine.scenario import ScenarioError
+from twin_engine.ops.scenario import ScenarioError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -19,7 +19,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from twin_engine.doctor import print_report
+    from twin_engine.ops.doctor import print_report
 
     print_report(_settings(args))
     return 0
@@ -64,7 +64,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from twin_engine.demo import run_demo
+    from twin_engine.ops.demo import run_demo
 
     return run_demo(_settings(args), duration=args.duration, patients=args.patients)
 
@@ -139,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from twin_engine import bench
+    from twin_engine.ops import bench
 
     settings = _settings(args)
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
@@ -161,7 +161,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from twin_engine.app import run_app
+    from twin_engine.ops.app import run_app
 
     return run_app(_settings(args), duration=args.duration)
 
@@ -169,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     import asyncio
 
-    from twin_engine.app import run_monitor
+    from twin_engine.ops.app import run_monitor
 
     settings = _settings(args)
     if args.port is not None:
@@ -182,8 +182,8 @@ def cmd_play(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from twin_engine.clients import with_default_broker
-    from twin_engine.scenario import load_scenario, play
+    from twin_engine.ops.clients import with_default_broker
+    from twin_engine.ops.scenario import load_scenario, play
 
     settings = with_default_broker(_settings(args))
     scenario = load_scenario(args.scenario)
@@ -204,7 +204,7 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from twin_engine.clients import send
+    from twin_engine.ops.clients import send
 
     ev = send(_settings(args), args.patient, args.statement, args.hr, args.effective_time, args.transition)
     print(f"sent {ev.event_id} to {args.patient}")
@@ -212,7 +212,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from twin_engine.clients import register
+    from twin_engine.ops.clients import register
 
     ev = register(_settings(args), args.patient, args.wfdb, args.statement, args.hr)
     print(f"sent {ev.event_id}: register {args.patient}")
@@ -222,7 +222,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     import asyncio
 
-    from twin_engine.clients import tail
+    from twin_engine.ops.clients import tail
 
     try:
         asyncio.run(tail(_settings(args), args.patient, args.limit, args.from_beginning, args.dead_letters))
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     mo.set_defaults(func=cmd_monitor)
 
     pl2 = sub.add_parser("play", help="onboard a scenario's patients and schedule its timeline of changes")
-    pl2.add_argument("scenario", help="TOML file (example: twin_engine/scenarios/ward.toml)")
+    pl2.add_argument("scenario", help="TOML file (example: twin_engine/ops/scenarios/ward.toml)")
     pl2.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the first segments")
     pl2.set_defaults(func=cmd_play)
 

@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 ROLES = ("read", "write")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-PAGE_PATHS = ("/", "/static/")  # the page itself holds no patient data; what it fetches is checked
 WS_PROTOCOL_PREFIX = "bearer."
 
 
@@ -146,6 +145,7 @@ def guard(s: Settings, tokens: Tokens) -> Callable:
         if origin is not None and origin.rstrip("/") not in origins | {f"{request.scheme}://{request.host}"}:
             return _refuse(403, "cross-origin requests are not allowed (allowed_origins)")
         write = request.method not in ("GET", "HEAD", "OPTIONS")
+        # the page itself holds no patient data (what it fetches is checked); metrics as configured
         public = path == "/" or path.startswith("/static/") or (path == "/metrics" and s.metrics_public)
         if tokens.enabled and not public:
             token = _bearer(request)

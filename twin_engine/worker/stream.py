@@ -27,10 +27,16 @@ import numpy as np
 from models.conditions import CardiacState
 from stream.events import state_from_dict, state_to_dict
 from stream.segments import Segment
-from twin_engine.batcher import MicroBatcher
-from twin_engine.generator import GenRequest, extend_tail, pack_tail, patient_seed, unpack_tail
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient
+from twin_engine.worker.batcher import MicroBatcher
+from twin_engine.worker.generator import (
+    GenRequest,
+    extend_tail,
+    pack_tail,
+    patient_seed,
+    unpack_tail,
+)
 
 log = logging.getLogger(__name__)
 PUBLISH_RETRY_S = 1.0  # after a failed publication (broker unreachable past the producer's own retries)

@@ -1,0 +1,1 @@
+"""Generation backends: PyTorch, Inductor + CUDA graphs, ONNX Runtime, TensorRT."""

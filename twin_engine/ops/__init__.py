@@ -1,0 +1,1 @@
+"""What people run: the CLI, its Kafka clients, scenarios, the demo, doctor and benchmarks."""

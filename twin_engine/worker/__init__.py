@@ -1,0 +1,1 @@
+"""One worker of the consumer group: events in, streams, batched generation, publishing."""
