@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twin_engine.backends.registry import BACKEND_NAMES
+
 ENV_PREFIX = "TWIN_ENGINE_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,7 +174,7 @@ class Settings:
         """Raise ConfigError naming the first bad field."""
         checks = [
             ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")),
-            ("backend", self.backend in ("auto", "torch", "torch-compile", "cuda-graphs", "onnxruntime", "tensorrt")),
+            ("backend", self.backend in ("auto", *BACKEND_NAMES)),
             ("precision", self.precision in ("fp16", "bf16", "fp32")),
             ("sampler", self.sampler in ("auto", "distilled", "ddpm", "ddim", "dpmpp2m")),
             ("steps", 1 <= self.steps <= 1000),
