@@ -43,9 +43,11 @@ from twin_engine.metrics import Metrics
 from twin_engine.registry import BrokerStateLost, Patient, Registry, partition_of
 from twin_engine.worker.batcher import MicroBatcher
 from twin_engine.worker.broker_watch import BrokerWatch
+from twin_engine.worker.clock import StreamClock
 from twin_engine.worker.generator import ContinuousGenerator, GenRequest
 from twin_engine.worker.sinks import Sink
-from twin_engine.worker.stream import PatientStream, StateChange, StreamClock
+from twin_engine.worker.stream import PatientStream
+from twin_engine.worker.timeline import StateChange
 
 log = logging.getLogger(__name__)
 CONSUME_RETRY_S = 1.0  # after Kafka failed while events were applied

@@ -16,20 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from models.conditions import CardiacState
-from stream.events import state_from_dict, state_to_dict
+from stream.events import state_to_dict
 from stream.segments import Segment
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient
 from twin_engine.worker.batcher import MicroBatcher
+from twin_engine.worker.clock import StreamClock
 from twin_engine.worker.generator import (
     GenRequest,
     extend_tail,
@@ -37,54 +37,10 @@ from twin_engine.worker.generator import (
     patient_seed,
     unpack_tail,
 )
+from twin_engine.worker.timeline import StateChange, Timeline
 
 log = logging.getLogger(__name__)
 PUBLISH_RETRY_S = 1.0  # after a failed publication (broker unreachable past the producer's own retries)
-
-
-class StreamClock:
-    """Stream time (epoch seconds) vs the monotonic clock: x1 real time, xN accelerated, 0 as fast
-    as possible (every segment is due at once)."""
-
-    def __init__(self, speed: float = 1.0) -> None:
-        self.speed = speed
-        self.t0_wall, self.t0_mono = time.time(), time.monotonic()
-
-    def now(self) -> float:
-        if self.speed == 0:
-            return float("inf")
-        return self.t0_wall + (time.monotonic() - self.t0_mono) * self.speed
-
-    def anchor(self) -> float:
-        """Stream time at which a new stream starts: now (or the clock's origin when ASAP)."""
-        return self.t0_wall if self.speed == 0 else self.now()
-
-    def advance_to(self, stream_time: float) -> None:
-        """Move the clock on to ``stream_time`` if that is ahead (never back): in accelerated mode
-        a restarted worker's clock starts from the wall clock again, while the streams it
-        restores ran ahead of it by (speed - 1) x the time they ran, and would wait that long."""
-        now = self.now()
-        if self.speed and stream_time > now:
-            self.t0_wall += stream_time - now
-
-    def due(self, stream_time: float) -> float:
-        """Monotonic time at which ``stream_time`` arrives."""
-        if self.speed == 0:
-            return float("-inf")
-        return self.t0_mono + (stream_time - self.t0_wall) / self.speed
-
-
-@dataclass
-class StateChange:
-    state: CardiacState
-    event_id: str
-    effective_time: float | None  # stream time; None = next unpublished segment
-    transition_seconds: float
-    received: float  # monotonic
-    at: float = float("-inf")  # stream time it holds from (set by the stream: effective_time or the next segment)
-    first_seq: int | None = None  # first segment published in the new state
-    published: float | None = None  # monotonic, when that segment went to the sinks
-    ramp_from: float | None = None  # heart rate of the segment before its first, once known
 
 
 @dataclass
@@ -117,10 +73,8 @@ class PatientStream:
         self.leads, self.model_version, self.publish, self.metrics = leads, model_version, publish, metrics
         self.pending: deque[Pending] = deque()
         self.published: Pending | None = None  # the last segment out, with its spare samples
-        self.change: StateChange | None = None  # the last one received
-        # changes not yet wholly in effect, by the time they hold from, and the state before them
-        self.changes: list[StateChange] = []
-        self.settled: tuple[CardiacState, str | None] = (patient.cardiac_state, patient.state_event_id)
+        # which state each segment is in (its start time: this stream's, whose origin may move)
+        self.timeline = Timeline((patient.cardiac_state, patient.state_event_id), self.start_time, self.seconds)
         self.base = patient.base()  # fixed for the stream's life: re-registration starts a new one
         # the stream task's one alarm: a state change, a moved end or stop; ``_stale`` says the
         # segments made ahead are in an old state
@@ -143,7 +97,7 @@ class PatientStream:
             if clock.speed and self.start_time(patient.next_seq) < clock.now() - lookahead * self.seconds:
                 # restored after downtime: continue the sequence from now rather than replaying the gap
                 patient.stream_start = clock.now() - patient.next_seq * self.seconds
-            self._restore_schedule()
+            self.timeline.restore(self.p.history, self.p.next_seq)
         patient.segment_seconds = self.seconds
 
     @property
@@ -173,87 +127,32 @@ class PatientStream:
         if self.task:
             await asyncio.gather(self.task, return_exceptions=True)
 
+    @property
+    def changes(self) -> list[StateChange]:
+        return self.timeline.changes
+
+    @property
+    def change(self) -> StateChange | None:
+        """The last change received."""
+        return self.timeline.last
+
     def change_state(self, change: StateChange) -> float:
         """Schedule ``change`` (the service calls this as it applies the event); returns the
         stream time it holds from: its effective time, but never before the next segment not yet
         published (what is out cannot change)."""
-        at = self.start_time(self.p.next_seq)
-        if change.effective_time is not None:
-            at = max(at, change.effective_time)
-        change = replace(change, at=at)
-        for later in self.changes:  # their ramps may now start from another heart rate
-            if later.at > at:
-                later.ramp_from = None
-        self.changes.append(change)
-        self.changes.sort(key=lambda c: c.at)  # stable: equal times keep their order of arrival
-        self.change = change
+        at = self.timeline.schedule(change, self.p.next_seq)
         self._stale = True
         self._wake.set()
         return at
 
-    def _restore_schedule(self) -> None:
-        """On a stream restored from the registry: the states its history schedules after the
-        next segment are still to come, and the one in effect there holds until then (entries
-        without a time, from registration, hold from the start)."""
-        nxt = self.start_time(self.p.next_seq)
-        for h in sorted(self.p.history, key=lambda h: h.get("at", float("-inf"))):
-            state, at, ramp = state_from_dict(h["state"]), h.get("at", float("-inf")), h.get("transition", 0.0)
-            if at + ramp <= nxt:
-                self.settled, self.changes = (state, h["event_id"]), []
-            else:  # still to come, or still ramping (then its first segment is out: no new effect to time)
-                self.changes.append(StateChange(state, h["event_id"], at, ramp, time.monotonic(), at=at,
-                                                first_seq=self._seq_at(at) if at <= nxt else None))
-        self._settle()
-
     def state_for(self, seq: int) -> CardiacState:
-        return self._state_and_event(seq)[0]
-
-    def _seq_at(self, t: float) -> int:
-        """The first segment starting at or after stream time ``t``."""
-        return max(0, math.ceil((t - float(self.p.stream_start)) / self.seconds - 1e-9))
-
-    def _state_and_event(self, seq: int) -> tuple[CardiacState, str | None]:
-        t = self.start_time(seq) + 1e-9
-        held = [c for c in self.changes if c.at <= t]
-        if not held:
-            return self.settled
-        ch = held[-1]
-        frac = self._ramp(ch, seq)
-        if frac < 1.0:  # the ramp runs from the heart rate of the segment before its first
-            if ch.ramp_from is None:
-                first = self._seq_at(ch.at)
-                ch.ramp_from = (self._state_and_event(first - 1)[0] if first > 0 else self.settled[0]).heart_rate
-            hr = ch.ramp_from + frac * (ch.state.heart_rate - ch.ramp_from)
-            return replace(ch.state, heart_rate=hr), ch.event_id
-        return ch.state, ch.event_id
-
-    def _ramp(self, ch: StateChange, seq: int) -> float:
-        """How far segment ``seq`` is along the change's heart-rate ramp (1: done or none)."""
-        if ch.transition_seconds <= 0:
-            return 1.0
-        return min(1.0, (seq - self._seq_at(ch.at) + 1) * self.seconds / ch.transition_seconds)
-
-    def _settle(self) -> None:
-        """Forget the oldest change once no segment still to come depends on it: when the next
-        one holds and no longer needs its heart rate to ramp from, or when it holds wholly
-        itself (its first segment out, its ramp done) and becomes the state later ones start
-        from. The list keeps only what is still to come."""
-        nxt = self.p.next_seq
-        while self.changes:
-            ch, later = self.changes[0], self.changes[1] if len(self.changes) > 1 else None
-            superseded = (later is not None and self._seq_at(later.at) <= nxt
-                          and (later.ramp_from is not None or self._ramp(later, nxt) >= 1.0))
-            done = nxt > self._seq_at(ch.at) and self._ramp(ch, nxt) >= 1.0
-            if not (superseded or done):
-                return
-            self.settled = (ch.state, ch.event_id)
-            self.changes.pop(0)
+        return self.timeline.state_and_event(seq)[0]
 
     async def _generate(self, seq: int, prev: Pending | None) -> Pending:
         """Segment ``seq``, continuing ``prev`` (the last segment generated) or the stored tail.
         The model works in whole windows; samples past the segment are kept as ``spare`` and used
         first by the next segment if its state is the same (a change or a ramp step drops them)."""
-        state, event_id = self._state_and_event(seq)
+        state, event_id = self.timeline.state_and_event(seq)
         tail = prev.tail if prev is not None else unpack_tail(self.p.tail_b64, len(self.leads))
         spare = prev.spare if prev is not None and (prev.state, prev.event_id) == (state, event_id) else None
         have = np.zeros((0, len(self.leads)), np.float32) if spare is None else spare
@@ -357,7 +256,7 @@ class PatientStream:
         self.p.next_seq = item.seq + 1
         try:
             await self.publish(self.p, seg, change)
-            self._settle()
+            self.timeline.settle(self.p.next_seq)
         except Exception:
             # not out (or not durably): the whole stream position, the state last published
             # included, stays where it was, and the retry sends this segment and its annotations
