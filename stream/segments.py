@@ -88,8 +88,37 @@ def decode_segment(raw: bytes | str) -> Segment:
                    q.astype(np.float32) / d["gain"], d["state"], d.get("event_id"), d["model_version"])
 
 
+@dataclass(frozen=True)
+class Annotation:
+    """One state interval of a stream's ground truth (the annotations topic): open while
+    ``end_time`` is None, closed by a second record with it."""
+
+    patient_id: str
+    event_id: str | None
+    state: dict
+    start_time: float
+    start_seq: int
+    end_time: float | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps({"schema_version": 1, "patient_id": self.patient_id, "event_id": self.event_id,
+                           "state": self.state, "start_time": self.start_time, "end_time": self.end_time,
+                           "start_seq": self.start_seq}).encode()
+
+    @staticmethod
+    def from_json(raw: bytes | str) -> Annotation:
+        """An annotation record as ``to_json`` writes it; ValueError for anything else."""
+        d = json.loads(raw)
+        if not isinstance(d, dict) or not isinstance(d.get("patient_id"), str) or not isinstance(d.get("state"), dict):
+            raise ValueError("not an annotation record")
+        return Annotation(d["patient_id"], d.get("event_id"), d["state"], float(d["start_time"]),
+                          int(d["start_seq"]), None if d.get("end_time") is None else float(d["end_time"]))
+
+    def frame(self) -> dict:
+        """The record as a WebSocket frame's fields."""
+        return json.loads(self.to_json())
+
+
 def annotation(patient_id: str, event_id: str | None, state: dict, start_time: float,
-               start_seq: int, end_time: float | None = None) -> bytes:
-    return json.dumps({"schema_version": 1, "patient_id": patient_id, "event_id": event_id,
-                       "state": state, "start_time": start_time, "end_time": end_time,
-                       "start_seq": start_seq}).encode()
+               start_seq: int, end_time: float | None = None) -> Annotation:
+    return Annotation(patient_id, event_id, state, start_time, start_seq, end_time)

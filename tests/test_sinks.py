@@ -36,10 +36,10 @@ def test_wfdb_export_with_annotations(tmp_path):
     chunks = [rng.standard_normal((250, 12)).astype(np.float32) for _ in range(3)]
 
     async def feed():
-        await sink.annotation("bed 1", annotation("bed 1", "e0", {"statements": {"SR": 1}, "heart_rate": 70}, 1000.0, 0))
+        await sink.annotation(annotation("bed 1", "e0", {"statements": {"SR": 1}, "heart_rate": 70}, 1000.0, 0))
         for i, c in enumerate(chunks):
             if i == 2:
-                await sink.annotation("bed 1", annotation("bed 1", "e2", {"statements": {"AFIB": 1}, "heart_rate": 110}, 1002.0, 2))
+                await sink.annotation(annotation("bed 1", "e2", {"statements": {"AFIB": 1}, "heart_rate": 110}, 1002.0, 2))
             await sink.segment(_seg(i, c, {}))
 
     asyncio.run(feed())

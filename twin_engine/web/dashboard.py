@@ -24,7 +24,7 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from stream.events import EventError, json_value
-from stream.segments import Segment
+from stream.segments import Annotation, Segment
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -81,9 +81,9 @@ class SubscriberHub:
         if record[:2] == b'{"' and any(c.wants(patient_id) for c in self.clients):
             self._offer(patient_id, '{"type": "segment", ' + record[1:].decode())
 
-    async def annotation(self, patient_id: str, raw: bytes) -> None:
+    async def annotation(self, ann: Annotation) -> None:
         if self.clients:
-            self._offer(patient_id, json.dumps({"type": "annotation", **json.loads(raw)}))
+            self._offer(ann.patient_id, json.dumps({"type": "annotation", **ann.frame()}))
 
     async def removed(self, patient_id: str) -> None:
         if self.clients:  # pages drop the patient's card

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from models.conditions import VOCAB
 from stream.events import Event
+from stream.segments import Annotation
 from twin_engine.broker import engine_topics, ensure_topics, send_events
 from twin_engine.config import Settings
 from twin_engine.metrics import MonitorMetrics
@@ -125,8 +126,8 @@ class Monitor:
                     if tp.topic == k.topic_segments and m.value is not None:
                         self.hub.relay_segment(pid, m.value)
                     elif tp.topic == k.topic_annotations and m.value is not None:
-                        with contextlib.suppress(ValueError):
-                            await self.hub.annotation(pid, m.value)
+                        with contextlib.suppress(ValueError, TypeError, KeyError):
+                            await self.hub.annotation(Annotation.from_json(m.value))
                     elif tp.topic == k.topic_registry:
                         await self._registry_record(pid, m.value, m.offset)
             if registry_ends:  # by position, not the last record: compaction leaves gaps at the end

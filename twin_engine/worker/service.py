@@ -28,7 +28,7 @@ from models.twin import TwinModel
 from stream.dead_letters import dead_letter_record
 from stream.events import Event, EventError, parse_event, state_to_dict
 from stream.producer import QueuedProducer, is_final
-from stream.segments import Segment, annotation
+from stream.segments import Annotation, Segment, annotation
 from twin_engine.backends.runtime import batch_limit, log_choice
 from twin_engine.broker import (
     delivered,
@@ -612,12 +612,12 @@ class TwinService:
                                                       p.published_since, p.next_seq, end_time)))
             p.published_since = None  # closed: a removal applied again (its delete failed) adds no second end
 
-    async def _annotate(self, p: Patient, raw: bytes) -> asyncio.Future:
+    async def _annotate(self, p: Patient, ann: Annotation) -> asyncio.Future:
         """Queue the annotation; returns its delivery future (the caller awaits it)."""
         assert self.producer is not None
-        future = await self.producer.send(self.topics.topic_annotations, raw, key=p.patient_id.encode())
+        future = await self.producer.send(self.topics.topic_annotations, ann.to_json(), key=p.patient_id.encode())
         for sink in self.sinks:
-            await sink.annotation(p.patient_id, raw)
+            await sink.annotation(ann)
         return future
 
     async def _publish(self, p: Patient, seg: Segment, change: StateChange | None) -> None:

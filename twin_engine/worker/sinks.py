@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from stream.segments import GAIN, Segment
+from stream.segments import GAIN, Annotation, Segment
 
 
 class Sink(Protocol):
     async def segment(self, seg: Segment) -> None: ...
 
-    async def annotation(self, patient_id: str, raw: bytes) -> None: ...
+    async def annotation(self, ann: Annotation) -> None: ...
 
     async def removed(self, patient_id: str) -> None:
         """The patient was removed: its stream has ended (after its last segment and annotation)."""
@@ -63,13 +62,12 @@ class WfdbSink:
         r.samples += len(q)
         r.checksum = (r.checksum + q.sum(0, dtype=np.int64)) % 65536
 
-    async def annotation(self, patient_id: str, raw: bytes) -> None:
-        d = json.loads(raw)
-        if d["end_time"] is None and self._wanted(patient_id):
-            label = "+".join(sorted(d["state"].get("statements", {}))) or "none"
-            note = f"({label} HR{d['state'].get('heart_rate', 0):.0f}"
-            r = self._records.get(patient_id)  # none yet: the annotation of the first segment
-            self._notes.setdefault(patient_id, []).append((r.samples if r is not None else 0, note))
+    async def annotation(self, ann: Annotation) -> None:
+        if ann.end_time is None and self._wanted(ann.patient_id):
+            label = "+".join(sorted(ann.state.get("statements", {}))) or "none"
+            note = f"({label} HR{ann.state.get('heart_rate', 0):.0f}"
+            r = self._records.get(ann.patient_id)  # none yet: the annotation of the first segment
+            self._notes.setdefault(ann.patient_id, []).append((r.samples if r is not None else 0, note))
 
     async def removed(self, patient_id: str) -> None:
         """The stream has ended: its record is complete and can be read now."""
