@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,13 +20,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from models.conditions import CardiacState
-from models.data.preprocess import to_model_input
-from models.data.ptbxl import DataError, read_wfdb_signal
 from models.twin import TwinModel
 from stream.dead_letters import dead_letter_record
 from stream.events import Event, EventError, parse_event, state_to_dict
 from stream.producer import QueuedProducer, is_final
-from stream.segments import Annotation, Segment, annotation
 from twin_engine.backends.runtime import batch_limit, log_choice
 from twin_engine.broker import (
     delivered,
@@ -45,6 +40,8 @@ from twin_engine.worker.batcher import MicroBatcher
 from twin_engine.worker.broker_watch import BrokerWatch
 from twin_engine.worker.clock import StreamClock
 from twin_engine.worker.generator import ContinuousGenerator, GenRequest
+from twin_engine.worker.publisher import Publisher
+from twin_engine.worker.references import References
 from twin_engine.worker.sinks import Sink
 from twin_engine.worker.stream import PatientStream
 from twin_engine.worker.timeline import StateChange
@@ -80,6 +77,7 @@ class TwinService:
         k = settings.kafka
         self.kafka_kwargs = k.client_kwargs()
         self.topics = k
+        self.references = References(settings, model)
         self.generator = ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale)
         self.batcher = MicroBatcher(generate or self.generator.generate, batch_limit(settings, model.device.type),
                                     settings.max_wait_ms / 1000, self.metrics)
@@ -89,6 +87,7 @@ class TwinService:
         self.producer: QueuedProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.registry: Registry | None = None
+        self.publisher: Publisher | None = None
         self.ready = asyncio.Event()
         # set when this worker cannot go on (a Kafka error no retry fixes): the process exits
         # with ``failure`` as its message, and the orchestrator's restart or the operator decides
@@ -126,6 +125,7 @@ class TwinService:
                                        k.partitions)
         await self.producer.start()
         self.registry = Registry(self.producer, k.topic_registry, k.partitions)
+        self.publisher = Publisher(self.producer, self.registry, k, self.sinks, self.metrics)
         self.watch = BrokerWatch(self.kafka_kwargs, engine_topics(k), self.registry, self.settings.broker_check_s,
                                  self._broker_lost)
         self.watch.start()
@@ -429,10 +429,9 @@ class TwinService:
         stream = self.streams.pop(p.patient_id, None)
         if stream:
             await stream.stop()
-        await self._close_annotation(p, end_time)
+        await self.publisher.close_annotation(p, end_time)
         await self.registry.delete(p.patient_id)
-        for sink in self.sinks:
-            await sink.removed(p.patient_id)
+        await self.publisher.removed(p.patient_id)
         self.held.pop(p.patient_id, None)
         self.metrics.live_patients.set(len(self.streams))
         self.metrics.held_patients.set(len(self.held))
@@ -473,7 +472,7 @@ class TwinService:
     async def _register(self, ev: Event, existing: Patient | None) -> None:
         if existing is None:
             self._check_room(ev.patient_id)
-        base = await asyncio.to_thread(self.base_vector_from_reference, ev.reference)
+        base = await asyncio.to_thread(self.references.base_vector, ev.reference)
         state = ev.state or (existing.cardiac_state if existing else None) or CardiacState()
         if existing is not None:  # re-registration: new base vector, stream continues
             stream = self.streams.pop(ev.patient_id, None)
@@ -511,60 +510,6 @@ class TwinService:
             return None
         return f"{why}; register it again from its reference ECG"
 
-    def base_vector_from_reference(self, ref: dict[str, Any]) -> np.ndarray:
-        fs = self.model.meta.fs
-        leads = len(self.model.meta.leads)
-        try:
-            if "base_vector" in ref:
-                v = np.asarray(ref["base_vector"], np.float64)  # float32 would overflow to inf on the way
-                if v.shape != (self.model.ibe.cfg.base_dim,) or not np.isfinite(v).all():
-                    raise EventError(f"base_vector must be {self.model.ibe.cfg.base_dim} finite numbers")
-                v = v / max(1e-300, float(np.abs(v).max()))  # scaled first: the norm of 1e308s is inf
-                return (v / max(1e-8, float(np.linalg.norm(v)))).astype(np.float32)
-            if "wfdb" in ref:
-                paths = ref["wfdb"] if isinstance(ref["wfdb"], list) else [ref["wfdb"]]
-                if not paths:
-                    raise EventError("wfdb must name at least one record")
-                limit = self.settings.max_reference_records
-                if len(paths) > limit:
-                    raise EventError(f"a reference names at most {limit} WFDB records (max_reference_records), "
-                                     f"this one {len(paths)}")
-                import wfdb
-
-                headers, seconds = [], 0.0
-                for path in paths:  # every header first: the whole reference's length, before any signal
-                    p = self._reference_path(path)
-                    try:
-                        header = wfdb.rdheader(str(p))
-                    except Exception:
-                        raise EventError(f"cannot read WFDB header {path!r} (no such record under data_dir, "
-                                         "or not WFDB)") from None
-                    headers.append((p, header.fs))
-                    seconds += (header.sig_len or 0) / max(1e-9, float(header.fs or 0))
-                self._check_reference_seconds(seconds)
-                refs = [to_model_input(read_wfdb_signal(p), rec_fs, fs, leads) for p, rec_fs in headers]
-            else:
-                x = np.asarray(ref["samples"], np.float64)  # as given: float32 would overflow to inf
-                ref_fs = ref.get("fs", fs)
-                if isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float)) or not 50 <= ref_fs <= 10_000:
-                    raise EventError(f"reference fs must be 50-10000 Hz, got {ref_fs!r}")
-                self._check_reference_seconds(len(x) / float(ref_fs))
-                refs = [to_model_input(x, float(ref_fs), fs, leads)]
-            base = self.model.encode(refs)
-            if not np.isfinite(base).all():  # a twin without a finite base vector streams NaN
-                raise EventError("the reference gives no finite base vector")
-            return base
-        except (DataError, ValueError, TypeError) as exc:
-            if isinstance(exc, EventError):
-                raise
-            raise EventError(f"bad reference: {exc}") from exc
-
-    def _check_reference_seconds(self, seconds: float) -> None:
-        limit = self.settings.max_reference_seconds
-        if seconds > limit:
-            raise EventError(f"a reference holds at most {limit:g} s of ECG (max_reference_seconds), "
-                             f"this one {seconds:.0f} s")
-
     def _check_room(self, pid: str) -> None:
         """EventError when a new patient would pass the worker's or its partition's share of the
         deployment's limit (each partition holds max_patients / partitions, so the deployment's
@@ -580,20 +525,6 @@ class TwinService:
             raise EventError(f"partition {part} holds its share of the deployment's {s.max_patients} patients "
                              f"({share}, max_patients)")
 
-    def _reference_path(self, path: Any) -> Path:
-        """Where a ``wfdb`` reference lies: under ``data_dir`` (a relative path starts there).
-        Events and the HTTP API come from the network, so a path that leaves the data directory
-        is refused rather than read from wherever it points on the service's disk (links the
-        operator put inside it are followed)."""
-        if not isinstance(path, str) or not path:
-            raise EventError(f"wfdb reference must be a record path, got {path!r}")
-        root = os.path.normpath(os.path.abspath(self.settings.data_dir))
-        p = os.path.normpath(os.path.join(root, path))
-        if os.path.commonpath([root, p]) != root:
-            raise EventError(f"wfdb path {path!r} lies outside the data directory (data_dir {root}); "
-                             "reference records are read only from there")
-        return Path(p)
-
     # ---- streams and publishing --------------------------------------------------------------
     def _start_stream(self, p: Patient) -> None:
         s = self.settings
@@ -601,50 +532,10 @@ class TwinService:
             p, clock=self.clock, batcher=self.batcher, fs=self.model.meta.fs,
             segment_samples=self.segment_samples, context_samples=self.generator.context,
             lookahead=s.lookahead_segments, leads=self.model.meta.leads,
-            model_version=self.model.meta.version, publish=self._publish, metrics=self.metrics,
+            model_version=self.model.meta.version, publish=self.publisher.publish, metrics=self.metrics,
             on_end=lambda: self._stream_ended(p.patient_id))
         self.streams[p.patient_id] = stream
         stream.start()
-
-    async def _close_annotation(self, p: Patient, end_time: float) -> None:
-        if p.published_since is not None:
-            await (await self._annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
-                                                      p.published_since, p.next_seq, end_time)))
-            p.published_since = None  # closed: a removal applied again (its delete failed) adds no second end
-
-    async def _annotate(self, p: Patient, ann: Annotation) -> asyncio.Future:
-        """Queue the annotation; returns its delivery future (the caller awaits it)."""
-        assert self.producer is not None
-        future = await self.producer.send(self.topics.topic_annotations, ann.to_json(), key=p.patient_id.encode())
-        for sink in self.sinks:
-            await sink.annotation(ann)
-        return future
-
-    async def _publish(self, p: Patient, seg: Segment, change: StateChange | None) -> None:
-        """Out once this returns: the segment, its annotations and the stream position are all
-        acknowledged by the broker. If any is not, this raises; the stream puts its position back
-        (``Patient.set_position``) and sends the segment again (at least once), rather than
-        moving on past a record the broker never took."""
-        assert self.producer is not None and self.registry is not None
-        futures = []
-        if p.published_since is None or seg.event_id != p.published_event_id or seg.state != p.published_state:
-            if p.published_since is not None:
-                futures.append(await self._annotate(p, annotation(
-                    p.patient_id, p.published_event_id, p.published_state or {}, p.published_since, p.next_seq - 1,
-                    seg.start_time)))
-            p.published_event_id, p.published_state, p.published_since = seg.event_id, seg.state, seg.start_time
-            futures.append(await self._annotate(p, annotation(p.patient_id, seg.event_id, seg.state,
-                                                                seg.start_time, seg.seq)))
-        futures.append(await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode()))
-        crash_point("segment-sent")
-        for sink in self.sinks:
-            await sink.segment(seg)
-        # the position moves on only once the broker has the records: a restart after a failure
-        # here resumes at this segment, not past it
-        await delivered(futures)
-        crash_point("segment-acked")
-        await self.registry.put_position(p)
-        self.metrics.published.inc()
 
     # ---- requests from the HTTP API and CLI ----------------------------------------------------
     @property

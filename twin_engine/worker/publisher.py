@@ -1,0 +1,76 @@
+"""Publishing a stream's segment: its annotations, the segment itself, then its position, to
+the topics and to every sink, one fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from stream.producer import QueuedProducer
+from stream.segments import Annotation, Segment, annotation
+from twin_engine.broker import delivered
+from twin_engine.config import KafkaConfig
+from twin_engine.crash_points import crash_point
+from twin_engine.metrics import Metrics
+from twin_engine.registry import Patient, Registry
+from twin_engine.worker.sinks import Sink
+from twin_engine.worker.timeline import StateChange
+
+
+class Publisher:
+    """Sends segments and annotations to Kafka and the sinks, and moves the stream position.
+
+    Args:
+        producer: the worker's producer.
+        registry: where the stream position is written once the records are out.
+        topics: the deployment's topic names.
+        sinks: the other places segments go (WebSocket hub, WFDB export).
+        metrics: ``published`` counts segments out.
+    """
+
+    def __init__(self, producer: QueuedProducer, registry: Registry, topics: KafkaConfig, sinks: list[Sink],
+                 metrics: Metrics) -> None:
+        self.producer, self.registry, self.topics = producer, registry, topics
+        self.sinks, self.metrics = sinks, metrics
+
+    async def annotate(self, p: Patient, ann: Annotation) -> asyncio.Future:
+        """Queue the annotation; returns its delivery future (the caller awaits it)."""
+        future = await self.producer.send(self.topics.topic_annotations, ann.to_json(), key=p.patient_id.encode())
+        for sink in self.sinks:
+            await sink.annotation(ann)
+        return future
+
+    async def close_annotation(self, p: Patient, end_time: float) -> None:
+        """End the patient's open state interval at ``end_time`` (its stream is ending)."""
+        if p.published_since is not None:
+            await (await self.annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
+                                                     p.published_since, p.next_seq, end_time)))
+            p.published_since = None  # closed: a removal applied again (its delete failed) adds no second end
+
+    async def removed(self, patient_id: str) -> None:
+        for sink in self.sinks:
+            await sink.removed(patient_id)
+
+    async def publish(self, p: Patient, seg: Segment, change: StateChange | None) -> None:
+        """Out once this returns: the segment, its annotations and the stream position are all
+        acknowledged by the broker. If any is not, this raises; the stream puts its position back
+        (``Patient.set_position``) and sends the segment again (at least once), rather than
+        moving on past a record the broker never took."""
+        futures = []
+        if p.published_since is None or seg.event_id != p.published_event_id or seg.state != p.published_state:
+            if p.published_since is not None:
+                futures.append(await self.annotate(p, annotation(
+                    p.patient_id, p.published_event_id, p.published_state or {}, p.published_since, p.next_seq - 1,
+                    seg.start_time)))
+            p.published_event_id, p.published_state, p.published_since = seg.event_id, seg.state, seg.start_time
+            futures.append(await self.annotate(p, annotation(p.patient_id, seg.event_id, seg.state,
+                                                               seg.start_time, seg.seq)))
+        futures.append(await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode()))
+        crash_point("segment-sent")
+        for sink in self.sinks:
+            await sink.segment(seg)
+        # the position moves on only once the broker has the records: a restart after a failure
+        # here resumes at this segment, not past it
+        await delivered(futures)
+        crash_point("segment-acked")
+        await self.registry.put_position(p)
+        self.metrics.published.inc()
