@@ -536,9 +536,9 @@ async def test_a_patient_may_have_only_so_many_changes_scheduled_ahead(broker, t
                                                                          monkeypatch):
     """The registry keeps every change still to come, so their number is capped: one more
     scheduled change is dead-lettered with the reason; a change for now still applies."""
-    import twin_engine.worker.service as service
+    import twin_engine.registry as registry
 
-    monkeypatch.setattr(service, "MAX_SCHEDULED", 3)
+    monkeypatch.setattr(registry, "SCHEDULED_LIMIT", 3)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-c")
     s = svc.streams["bed-0"]
     t = s.start_time(s.p.next_seq + 100)

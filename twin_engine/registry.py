@@ -35,7 +35,12 @@ from stream.producer import partition_of as key_partition
 from stream.segments import dumps_spliced
 
 log = logging.getLogger(__name__)
+# One policy for a patient's history: every change still to come is kept (a restored stream
+# makes them all), at most SCHEDULED_LIMIT of them (about 180 bytes each, and the record is
+# written whole on each change: this keeps it far below Kafka's 1 MB); the changes already in
+# effect are trimmed down to HISTORY_LIMIT entries.
 HISTORY_LIMIT = 50
+SCHEDULED_LIMIT = 500
 STALL_S = 15.0  # a restore that reads nothing for this long gives up the try
 SEEN_EVENTS_LIMIT = 256
 POSITION_SUFFIX = "#position"  # '#' is not allowed in patient ids (stream.events)
@@ -46,6 +51,11 @@ POSITION_FIELDS = ("next_seq", "stream_start", "published_event_id", "published_
 class BrokerStateLost(RuntimeError):
     """The broker no longer has records it acknowledged (restarted without its storage, topics
     recreated): restoring from it would silently start with fewer patients."""
+
+
+def change_at(entry: dict[str, Any]) -> float:
+    """The stream time a history entry holds from (-inf: from the stream's start)."""
+    return entry.get("at", float("-inf"))
 
 
 def partition_of(patient_id: str, partitions: int) -> int:
@@ -125,10 +135,18 @@ class Patient:
         excess = len(self.history) - HISTORY_LIMIT
         if excess <= 0:
             return
-        past = [i for i, h in enumerate(self.history) if h.get("at", float("-inf")) + h.get("transition", 0.0) <= now]
-        past.sort(key=lambda i: (self.history[i].get("at", float("-inf")), i))
+        past = [i for i, h in enumerate(self.history) if change_at(h) + h.get("transition", 0.0) <= now]
+        past.sort(key=lambda i: (change_at(self.history[i]), i))
         drop = set(past[:-1][:excess])
         self.history = [h for i, h in enumerate(self.history) if i not in drop]
+
+    def scheduled_after(self, now: float) -> int:
+        """How many changes in the history are still to come after stream time ``now``."""
+        return sum(change_at(h) > now for h in self.history)
+
+    def may_schedule(self, now: float) -> bool:
+        """Whether one more change may be scheduled ahead (``SCHEDULED_LIMIT``)."""
+        return self.scheduled_after(now) < SCHEDULED_LIMIT
 
     def start_time(self, seq: int, seconds: float) -> float:
         """Stream time at which segment ``seq`` starts, counted in the length the stream position

@@ -48,9 +48,6 @@ from twin_engine.worker.timeline import StateChange
 
 log = logging.getLogger(__name__)
 CONSUME_RETRY_S = 1.0  # after Kafka failed while events were applied
-# changes one patient may have scheduled ahead: the registry record keeps every one (about 180
-# bytes each) and is written whole on each change, so this keeps it far below Kafka's 1 MB
-MAX_SCHEDULED = 500
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -411,9 +408,9 @@ class TwinService:
             stream = self.streams[ev.patient_id]
             now = stream.start_time(p.next_seq)
             ahead = ev.effective_time is not None and ev.effective_time > now
-            if ahead and sum(h.get("at", float("-inf")) > now for h in p.history) >= MAX_SCHEDULED:
-                raise EventError(f"patient {ev.patient_id!r} already has {MAX_SCHEDULED} changes still to come "
-                                 "(the most one patient may have scheduled)")
+            if ahead and not p.may_schedule(now):
+                raise EventError(f"patient {ev.patient_id!r} already has {p.scheduled_after(now)} changes still "
+                                 "to come (the most one patient may have scheduled)")
             # regeneration starts now, while the registry write is in flight: the offset commit
             # (after this returns) still waits for durability, and a crash before it re-delivers
             # the event, so the one write's latency is kept off the event-to-effect path

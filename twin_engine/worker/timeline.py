@@ -17,6 +17,7 @@ from typing import Any
 
 from models.conditions import CardiacState
 from stream.events import state_from_dict
+from twin_engine.registry import change_at
 
 
 @dataclass
@@ -69,8 +70,8 @@ class Timeline:
         segment ``next_seq`` are still to come, and the one in effect there holds until then
         (entries without a time, from registration, hold from the start)."""
         nxt = self.start_time(next_seq)
-        for h in sorted(history, key=lambda h: h.get("at", float("-inf"))):
-            state, at, ramp = state_from_dict(h["state"]), h.get("at", float("-inf")), h.get("transition", 0.0)
+        for h in sorted(history, key=change_at):
+            state, at, ramp = state_from_dict(h["state"]), change_at(h), h.get("transition", 0.0)
             if at + ramp <= nxt:
                 self.settled, self.changes = (state, h["event_id"]), []
             else:  # still to come, or still ramping (then its first segment is out: no new effect to time)
