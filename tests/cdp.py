@@ -51,9 +51,17 @@ class Page:
         return r["result"].get("value")
 
     async def wait_for(self, expr: str, timeout: float = 30.0):
+        """Until ``expr`` is truthy. A name the page's script has not defined yet (a new tab is
+        still loading: seen under load, where the tab answered before its script had run) is
+        "not yet", not an error; any other page error fails at once."""
         end = asyncio.get_running_loop().time() + timeout
         while True:
-            v = await self.eval(expr)
+            try:
+                v = await self.eval(expr)
+            except RuntimeError as exc:
+                if "ReferenceError" not in str(exc):
+                    raise
+                v = None
             if v:
                 return v
             if asyncio.get_running_loop().time() > end:
