@@ -22,7 +22,8 @@ class CheckpointError(RuntimeError):
     """A model file is missing, corrupt or does not match its configuration."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -41,7 +42,7 @@ def save(folder: str | Path, modules: dict[str, nn.Module], config: dict, half: 
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS))
-    config = {**config, "sha256": _sha256(folder / WEIGHTS), "stages": sorted(modules),
+    config = {**config, "sha256": file_sha256(folder / WEIGHTS), "stages": sorted(modules),
               "weights_dtype": "float16" if half else "float32"}
     (folder / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     return folder
@@ -64,7 +65,7 @@ def load_into(folder: str | Path, modules: dict[str, nn.Module]) -> dict:
     wpath = folder / WEIGHTS
     if not wpath.is_file():
         raise CheckpointError(f"no weights at {wpath}")
-    if config.get("sha256") != _sha256(wpath):
+    if config.get("sha256") != file_sha256(wpath):
         raise CheckpointError(f"{wpath} does not match the sha256 in its config (corrupt or replaced)")
     try:
         tensors = load_file(str(wpath))

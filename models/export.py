@@ -8,12 +8,14 @@ condition tokens are computed in PyTorch (an embedding lookup) and passed in.
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.checkpoint import file_sha256
 from models.twin import TwinModel
 
 
@@ -77,25 +79,15 @@ def export_onnx(model: TwinModel, folder: str | Path, opset: int = 17) -> dict[s
 MANIFEST = "sha256.json"  # beside cached graphs and engines: what each file hashed to when written
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def record_hash(path: str | Path) -> None:
     """Note ``path``'s SHA-256 in its folder's manifest, once it is written whole."""
-    import json
-
     path = Path(path)
     manifest = path.parent / MANIFEST
     try:
         entries = json.loads(manifest.read_text()) if manifest.is_file() else {}
     except ValueError:
         entries = {}
-    entries[path.name] = _sha256(path)
+    entries[path.name] = file_sha256(path)
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
     tmp.replace(manifest)
@@ -104,11 +96,9 @@ def record_hash(path: str | Path) -> None:
 def hash_ok(path: str | Path) -> bool:
     """Whether ``path`` is what was written there (its manifest hash): a cached ONNX graph or
     engine cut short by a crash, or changed since, is built again rather than loaded."""
-    import json
-
     path = Path(path)
     try:
         entries = json.loads((path.parent / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return path.is_file() and isinstance(entries, dict) and entries.get(path.name) == _sha256(path)
+    return path.is_file() and isinstance(entries, dict) and entries.get(path.name) == file_sha256(path)

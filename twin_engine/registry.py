@@ -239,8 +239,9 @@ class Registry:
         self.topic = topic
         self.partitions = partitions
         self.patients: dict[str, Patient] = {}
-        # the highest changelog offset the broker acknowledged per partition: a broker whose end
-        # offset falls below it lost records it had taken (a memory-only broker restarted)
+        # the highest changelog offset the broker acknowledged per partition: a broker that no
+        # longer holds a record there lost records it had taken (a memory-only broker restarted;
+        # read back by restore and the broker watch)
         self.acked_offsets: dict[int, int] = {}
 
     def _acked(self, metadata: Any) -> None:

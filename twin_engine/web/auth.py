@@ -156,10 +156,8 @@ def guard(s: Settings, tokens: Tokens) -> Callable:
                 return _refuse(403, "this token may only read")
         if not write:
             return await handler(request)
-        ctype = request.content_type
-        if request.body_exists and ctype != "application/json":
-            return _refuse(415, "writes take a JSON body (Content-Type: application/json)")
-        if request.method == "POST" and not request.body_exists and ctype != "application/json":
+        # a body, or a POST even without one, must say JSON (a DELETE may come bare)
+        if request.content_type != "application/json" and (request.body_exists or request.method == "POST"):
             return _refuse(415, "writes take a JSON body (Content-Type: application/json)")
         if writes.locked():
             return _refuse(429, f"more than {s.max_inflight_writes} writes in flight; try again shortly",

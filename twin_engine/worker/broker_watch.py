@@ -81,7 +81,7 @@ class BrokerWatch:
     async def _run(self) -> None:
         # small fetches: the check reads one record a partition, not the changelog
         consumer = AIOKafkaConsumer(enable_auto_commit=False, max_partition_fetch_bytes=64 * 1024,
-                                    fetch_max_wait_ms=100, **{k: v for k, v in self.kafka_kwargs.items()})
+                                    fetch_max_wait_ms=100, **self.kafka_kwargs)
         await consumer.start()
         strikes = 0  # two checks in a row must fail: one fetch may be slow on a loaded host
         try:
