@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.conditions import CardiacState  # noqa: E402
 from stream.events import Event  # noqa: E402
+from stream.kafka.embedded import EmbeddedBroker  # noqa: E402
 from stream.segments import decode_segment  # noqa: E402
 from tests.support import read_all  # noqa: E402
-from twin_engine.broker import EmbeddedBroker  # noqa: E402
 from twin_engine.config import load_settings  # noqa: E402
 from twin_engine.ops.app import load_model  # noqa: E402
 from twin_engine.ops.demo import demo_patients  # noqa: E402

@@ -38,8 +38,9 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream.events import Event
+from stream.kafka.embedded import EmbeddedBroker, free_port
+from stream.kafka.producer import send_events
 from stream.segments import decode_segment
-from twin_engine.broker import EmbeddedBroker, free_port, send_events
 from twin_engine.config import REPO_ROOT, KafkaConfig
 from twin_engine.metrics import scraped_value
 

@@ -26,7 +26,8 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from twin_engine.broker import EmbeddedBroker, TopicSpec, ensure_topics  # noqa: E402
+from stream.kafka.embedded import EmbeddedBroker  # noqa: E402
+from stream.kafka.topics import TopicSpec, ensure_topics  # noqa: E402
 
 TOPIC = "growth.segments"
 

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.environ.get("ROOT") or str(Path(__file__).resolve().parents[1]))
 from models.conditions import CardiacState  # noqa: E402
 from stream.events import Event  # noqa: E402
-from twin_engine.broker import EmbeddedBroker  # noqa: E402
+from stream.kafka.embedded import EmbeddedBroker  # noqa: E402
 from twin_engine.config import load_settings  # noqa: E402
 from twin_engine.ops.app import load_model  # noqa: E402
 from twin_engine.ops.bench import null_generate  # noqa: E402

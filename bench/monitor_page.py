@@ -31,9 +31,10 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from stream.events import Event  # noqa: E402
+from stream.kafka.embedded import EmbeddedBroker, free_port  # noqa: E402
 from tests.cdp import Chromium, chromium_binary  # noqa: E402
-from twin_engine.broker import EmbeddedBroker, free_port  # noqa: E402
 from twin_engine.config import load_settings  # noqa: E402
+from twin_engine.metrics import Metrics  # noqa: E402
 from twin_engine.ops.app import load_model  # noqa: E402
 from twin_engine.ops.demo import demo_patients  # noqa: E402
 from twin_engine.web.dashboard import STATIC, SubscriberHub  # noqa: E402
@@ -82,9 +83,9 @@ async def run(args: argparse.Namespace, broker: EmbeddedBroker) -> dict:
     settings = load_settings(env={}, speed=1.0)
     settings.kafka.bootstrap_servers = broker.bootstrap_servers
     settings.http_port = free_port()
-    hub = SubscriberHub()
-    service = TwinService(settings, load_model(settings), sinks=[hub])
-    hub.metrics = service.metrics
+    metrics = Metrics()
+    hub = SubscriberHub(metrics=metrics)
+    service = TwinService(settings, load_model(settings), sinks=[hub], metrics=metrics)
     await service.start()
     app = build_app(service, hub)
     for i, path in enumerate(pages.values()):

@@ -32,14 +32,9 @@ from aiokafka import AIOKafkaProducer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from stream.kafka.embedded import EmbeddedBroker, free_port, process_cpu_seconds  # noqa: E402
+from stream.kafka.topics import ensure_topics  # noqa: E402
 from stream.segments import Segment  # noqa: E402
-from twin_engine.broker import (  # noqa: E402
-    EmbeddedBroker,
-    engine_topics,
-    ensure_topics,
-    free_port,
-    process_cpu_seconds,
-)
 from twin_engine.config import KafkaConfig  # noqa: E402
 from twin_engine.metrics import scraped_value  # noqa: E402
 
@@ -83,7 +78,7 @@ def _subscribe(url: str, conn) -> None:
 
 async def run(broker: EmbeddedBroker, rates: list[int], seconds: float, patients: int) -> list[dict]:
     k = KafkaConfig(bootstrap_servers=broker.bootstrap_servers).namespaced(f"mr{uuid.uuid4().hex[:6]}")
-    await ensure_topics(k.client_kwargs(), engine_topics(k))
+    await ensure_topics(k.client_kwargs(), k.topic_specs())
     port = free_port()
     env = {**os.environ, "TWIN_ENGINE_HTTP_PORT": str(port), **k.to_env()}
     mon = subprocess.Popen([sys.executable, "-m", "twin_engine.ops.cli", "monitor"], env=env, cwd=ROOT,

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from twin_engine.broker import process_cpu_seconds  # noqa: E402
+from stream.kafka.embedded import process_cpu_seconds  # noqa: E402
 
 _LINE = re.compile(r"^(.*) (\d+)$")
 _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")

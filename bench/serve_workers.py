@@ -44,14 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models.conditions import CardiacState  # noqa: E402
 from stream.events import Event  # noqa: E402
-from twin_engine.broker import (  # noqa: E402
-    EmbeddedBroker,
-    engine_topics,
-    ensure_topics,
-    free_port,
-    process_cpu_seconds,
-    send_events,
-)
+from stream.kafka.embedded import EmbeddedBroker, free_port, process_cpu_seconds  # noqa: E402
+from stream.kafka.producer import send_events  # noqa: E402
+from stream.kafka.topics import ensure_topics  # noqa: E402
 from twin_engine.config import KafkaConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -143,7 +138,7 @@ async def run(bootstrap: str, broker: EmbeddedBroker | None, n_workers: int, pat
               warmup: float, segment_seconds: float, logs: Path, py_spy: str = "") -> dict:
     k = KafkaConfig(bootstrap_servers=bootstrap).namespaced(f"sw{uuid.uuid4().hex[:6]}")
     k.partitions = max(8, 4 * n_workers)  # several per worker, so shares stay even
-    await ensure_topics(k.client_kwargs(), engine_topics(k))
+    await ensure_topics(k.client_kwargs(), k.topic_specs())
     t_start = time.monotonic()
     workers = Workers(n_workers, k, segment_seconds, logs)
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024)

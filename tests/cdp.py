@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from twin_engine.broker import free_port
+from stream.kafka.embedded import free_port
 
 
 def chromium_binary() -> str | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from twin_engine.broker import EmbeddedBroker
+from stream.kafka.embedded import EmbeddedBroker
 from twin_engine.config import default_data_dir
 
 DATA = default_data_dir()

@@ -5,7 +5,7 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from twin_engine.broker import TopicSpec, ensure_topics
+from stream.kafka.topics import TopicSpec, ensure_topics
 
 
 async def test_produce_consume_with_group_and_commit(broker):
@@ -53,7 +53,7 @@ async def test_queued_producer_appends_each_record_about_once_in_send_order(brok
     per partition, each record is appended about once, and all arrive in the order sent."""
     from aiokafka.producer import message_accumulator
 
-    from stream.producer import QueuedProducer
+    from stream.kafka.producer import QueuedProducer
 
     attempts = {"n": 0}
     append = message_accumulator.MessageBatch.append
@@ -79,7 +79,7 @@ async def test_queued_producer_appends_each_record_about_once_in_send_order(brok
         return attempts["n"]
 
     raw = await send_all(AIOKafkaProducer(**kw, max_batch_size=64 * 1024), "t.herd")
-    queued = await send_all(QueuedProducer(AIOKafkaProducer(**kw, max_batch_size=64 * 1024), 2), "t.queued")
+    queued = await send_all(QueuedProducer(2, kw, max_batch_size=64 * 1024), "t.queued")
     # 64 kB batches hold 3 records: one refused append per full batch, at most
     assert queued <= n + n // 3 + 2, (queued, raw)
     assert raw > 2 * queued, (queued, raw)  # the herd this avoids (aiokafka 0.14)

@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaProducer
 
 from models.conditions import CardiacState
 from stream.events import Event
+from stream.kafka.embedded import free_port
 from stream.segments import decode_segment
 from tests.support import RECORDS, read_all
-from twin_engine.broker import free_port
 from twin_engine.config import KafkaConfig
 
 

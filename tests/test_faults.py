@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaProducer
 from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.events import Event, EventError, parse_event
+from stream.kafka.embedded import EmbeddedBroker
 from tests.support import RECORDS, read_all, service_settings, start_with_dashboard, wait_for
-from twin_engine.broker import EmbeddedBroker
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient
 from twin_engine.worker.batcher import MicroBatcher
@@ -227,7 +227,7 @@ def test_serve_on_all_interfaces_without_tokens_refuses_to_start(tiny_model_dir,
 
     env = {**os.environ, "TWIN_ENGINE_MODEL_PATH": str(tiny_model_dir), "TWIN_ENGINE_CACHE_DIR": str(tmp_path),
            "TWIN_ENGINE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "TWIN_ENGINE_HTTP_HOST": "0.0.0.0",
-           "TWIN_ENGINE_HTTP_PORT": str(__import__("twin_engine.broker").broker.free_port()),
+           "TWIN_ENGINE_HTTP_PORT": str(__import__("stream.kafka.embedded").kafka.embedded.free_port()),
            "TWIN_ENGINE_KAFKA_GROUP_ID": f"refuse-{uuid.uuid4().hex[:6]}"}
     out = subprocess.run([sys.executable, "-m", "twin_engine.ops.cli", "serve"], env=env, capture_output=True, text=True,
                          timeout=120)

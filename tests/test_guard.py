@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from stream.events import Event
+from stream.kafka.embedded import free_port
 from stream.segments import Segment
-from twin_engine.broker import free_port
 from twin_engine.config import ConfigError, load_settings
 from twin_engine.web.auth import Tokens, check_exposure, is_loopback
 from twin_engine.web.dashboard import SubscriberHub

@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from stream.kafka.embedded import free_port
 from tests.support import start_with_dashboard
-from twin_engine.broker import free_port
 from twin_engine.metrics import Metrics, MonitorMetrics
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,9 +13,9 @@ import numpy as np
 from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.events import Event
+from stream.kafka.embedded import free_port
 from stream.segments import decode_segment
 from tests.support import one_patient_per_partition, service_settings, wait_for
-from twin_engine.broker import free_port
 from twin_engine.registry import partition_of
 from twin_engine.web.http_api import serve_http
 from twin_engine.web.monitor import Monitor
@@ -32,7 +32,7 @@ async def test_a_monitor_serves_every_patient_of_two_workers(broker, tiny_model_
     await a.start()
     await asyncio.wait_for(a.ready.wait(), 30)
     await b.start()
-    await wait_for(lambda: a._owned and b._owned and a._owned | b._owned == set(range(parts)), timeout=60)
+    await wait_for(lambda: a.partitions.owned and b.partitions.owned and a.partitions.owned | b.partitions.owned == set(range(parts)), timeout=60)
     await a.send_events(Event(f"reg-{pid}", pid, "register", CardiacState({"NORM": 1.0}, 70),
                               reference={"base_vector": np.eye(model.ibe.cfg.base_dim)[i].tolist()})
                         for i, pid in enumerate(pids))
@@ -61,7 +61,7 @@ async def test_a_monitor_serves_every_patient_of_two_workers(broker, tiny_model_
             assert body["next_seq"] >= 2 and body["stream_time"] is not None  # from the position records
             assert a.patient_view(on_b[0]) is None  # the worker itself knows only its partitions
             assert "which this worker does not serve" in a.why_unknown(on_b[0])
-            ghost = next(g for g in (f"ghost-{i}" for i in range(100)) if partition_of(g, parts) in a._owned)
+            ghost = next(g for g in (f"ghost-{i}" for i in range(100)) if partition_of(g, parts) in a.partitions.owned)
             assert a.why_unknown(ghost) == "unknown patient"
 
             # live segments of both workers' patients, relayed as the workers' pages get them
@@ -105,7 +105,7 @@ async def test_a_monitor_serves_every_patient_of_two_workers(broker, tiny_model_
                 text = await r.text()
             assert f'twin_monitor_records_total{{topic="{settings.kafka.topic_segments}"}}' in text
             assert f"twin_monitor_patients {len(pids) - 1}.0" in text
-            assert partition_of(victim, parts) in a._owned
+            assert partition_of(victim, parts) in a.partitions.owned
     finally:
         await runner.cleanup()
         await monitor.stop()

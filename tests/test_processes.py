@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import CardiacState
 from stream.events import Event
+from stream.kafka.embedded import free_port
 from stream.segments import decode_segment
 from tests.support import RECORDS, read_all, start_with_dashboard, wait_for
-from twin_engine.broker import free_port
 from twin_engine.config import KafkaConfig
 from twin_engine.metrics import scraped_value
 

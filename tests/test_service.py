@@ -154,7 +154,7 @@ def test_continuity_boundary_jump(tiny_model_dir):
 async def test_registry_positions_are_small_and_restore_on_top_of_the_patient(broker, prefix):
     """Per-segment writes carry the stream position only; a restore combines it with the
     patient record written before it, and a removal forgets both."""
-    from twin_engine.broker import TopicSpec, ensure_topics
+    from stream.kafka.topics import TopicSpec, ensure_topics
     from twin_engine.registry import Patient, Registry, partition_of
     from twin_engine.worker.generator import pack_tail
 
@@ -226,11 +226,11 @@ async def test_a_second_worker_takes_over_partitions_and_their_streams_carry_on(
 
     b = TwinService(settings, model)
     await b.start()
-    await wait_for(lambda: a._owned and b._owned and a._owned | b._owned == set(range(parts)), timeout=60)
-    assert not a._owned & b._owned
+    await wait_for(lambda: a.partitions.owned and b.partitions.owned and a.partitions.owned | b.partitions.owned == set(range(parts)), timeout=60)
+    assert not a.partitions.owned & b.partitions.owned
     await wait_for(lambda: sorted(list(a.streams) + list(b.streams)) == sorted(pids))
     moved = sorted(b.streams)
-    assert moved and all(partition_of(p, parts) in b._owned for p in moved)
+    assert moved and all(partition_of(p, parts) in b.partitions.owned for p in moved)
     handoff = {p: b.streams[p].p.next_seq for p in moved}
     assert all(n >= 2 for n in handoff.values())  # carried on from the registry, not from 0
     # an event for a moved patient is consumed and applied by its new owner
@@ -456,14 +456,14 @@ async def test_a_removal_moved_later_after_the_stream_stopped_for_it_continues_t
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-m")
     s = svc.streams["bed-0"]
     first_end = s.start_time(s.p.next_seq + 3)
-    async with svc._partition_lock:  # what the consumer holds while it applies events
-        await svc.apply(Event("rm-m1", "bed-0", "remove", effective_time=first_end))
-        await svc._confirm_writes()
+    async with svc.lock:  # what the consumer holds while it applies events
+        await svc.events.apply(Event("rm-m1", "bed-0", "remove", effective_time=first_end))
+        await svc.events.confirm_writes()
         await wait_for(lambda: s.task.done())  # stopped at the first end; its removal waits for the lock
         assert svc.registry.get("bed-0") is not None and svc.streams["bed-0"] is s
         new_end = first_end + 3 * s.seconds
-        await svc.apply(Event("rm-m2", "bed-0", "remove", effective_time=new_end))
-        await svc._confirm_writes()
+        await svc.events.apply(Event("rm-m2", "bed-0", "remove", effective_time=new_end))
+        await svc.events.confirm_writes()
     await wait_for(lambda: svc.registry.get("bed-0") is None)
     await svc.stop()
     bs = broker.bootstrap_servers

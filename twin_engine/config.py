@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.kafka.topics import TopicSpec
 from twin_engine.backends.registry import BACKEND_NAMES
 
 ENV_PREFIX = "TWIN_ENGINE_"
@@ -75,6 +76,12 @@ class KafkaConfig:
         for name in self.TOPIC_FIELDS:
             setattr(out, name, f"{prefix}.{getattr(self, name)}")
         return out
+
+    def topic_specs(self) -> list[TopicSpec]:
+        """The topics a deployment uses; workers and monitors create the missing ones at start."""
+        return [TopicSpec(self.topic_events, self.partitions), TopicSpec(self.topic_segments, self.partitions),
+                TopicSpec(self.topic_annotations, self.partitions), TopicSpec(self.topic_dead_letter, self.partitions),
+                TopicSpec(self.topic_registry, self.partitions, compacted=True)]
 
     def to_env(self) -> dict[str, str]:
         """The ``TWIN_ENGINE_KAFKA_*`` variables that configure a child process (a worker or a

@@ -30,8 +30,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import CardiacState
 from stream.events import json_value, state_from_dict, state_to_dict
-from stream.producer import QueuedProducer
-from stream.producer import partition_of as key_partition
+from stream.kafka.producer import QueuedProducer
+from stream.kafka.producer import partition_of as key_partition
 from stream.segments import dumps_spliced
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from models.twin import TwinModel
+from stream.kafka.embedded import EMBEDDED_PORT, EmbeddedBroker
 from twin_engine.backends.runtime import (
     WARM_UP,
     attach_backend,
@@ -18,7 +19,6 @@ from twin_engine.backends.runtime import (
     choose_backend,
     warm_up,
 )
-from twin_engine.broker import EMBEDDED_PORT, EmbeddedBroker
 from twin_engine.config import Settings
 from twin_engine.errors import FatalError
 from twin_engine.web.http_api import serve_http
@@ -50,7 +50,7 @@ def bootstrap_or_embedded(settings: Settings) -> tuple[str, EmbeddedBroker | Non
     """The configured Kafka, or a fresh embedded broker on 9092 (or any free port)."""
     if settings.kafka.bootstrap_servers:
         return settings.kafka.bootstrap_servers, None
-    from twin_engine.broker import _port_open
+    from stream.kafka.embedded import _port_open
 
     port = EMBEDDED_PORT if not _port_open("127.0.0.1", EMBEDDED_PORT) else None
     broker = EmbeddedBroker(port=port).start()
@@ -76,16 +76,18 @@ async def run_service(settings: Settings, model: TwinModel,
                       scenario: Callable[[TwinService], Awaitable[None]] | None = None,
                       duration: float = 0) -> None:
     """Serve until SIGINT/SIGTERM (or ``duration`` seconds); then shut down gracefully."""
+    from twin_engine.metrics import Metrics
     from twin_engine.web.dashboard import SubscriberHub
     from twin_engine.worker.sinks import WfdbSink
 
-    hub = SubscriberHub(max_clients=settings.ws_max_clients, max_subscription=settings.ws_max_subscription)
+    metrics = Metrics()
+    hub = SubscriberHub(max_clients=settings.ws_max_clients, max_subscription=settings.ws_max_subscription,
+                        metrics=metrics)
     sinks: list = [hub]
     wfdb_sink = WfdbSink(settings.wfdb_export_dir) if settings.wfdb_export_dir else None
     if wfdb_sink is not None:
         sinks.append(wfdb_sink)
-    service = TwinService(settings, model, sinks=sinks)
-    hub.metrics = service.metrics
+    service = TwinService(settings, model, sinks=sinks, metrics=metrics)
     await service.start()
     try:
         runner = await serve_http(service, settings.http_host, settings.http_port, hub)

@@ -300,7 +300,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
                       broker_cpu: Callable[[], float | None] = lambda: None, null: bool = False) -> dict:
     from models.data.ptbxl import PTBXL
     from stream.events import Event
-    from twin_engine.broker import process_cpu_seconds
+    from stream.kafka.embedded import process_cpu_seconds
     from twin_engine.worker.service import TwinService
 
     s = Settings(**{**settings.__dict__, "speed": speed})
@@ -444,16 +444,17 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
                    deflate: bool) -> dict:
     import aiohttp
 
-    from twin_engine.broker import free_port
+    from stream.kafka.embedded import free_port
+    from twin_engine.metrics import Metrics
     from twin_engine.web.dashboard import SubscriberHub
     from twin_engine.web.http_api import serve_http
     from twin_engine.worker.service import TwinService
 
     s = Settings(**{**settings.__dict__})
     s.kafka = settings.kafka.namespaced(f"benchws{uuid.uuid4().hex[:6]}")
-    hub = SubscriberHub(deflate=deflate)
-    svc = TwinService(s, model, sinks=[hub])
-    hub.metrics = svc.metrics
+    metrics = Metrics()
+    hub = SubscriberHub(deflate=deflate, metrics=metrics)
+    svc = TwinService(s, model, sinks=[hub], metrics=metrics)
     await svc.start()
     port = free_port()
     runner = await serve_http(svc, "127.0.0.1", port, hub)

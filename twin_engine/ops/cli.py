@@ -10,7 +10,7 @@ import time
 
 from models.conditions import ConditionError
 from twin_engine.config import ConfigError, Settings, load_settings
-from twin_engine.errors import FatalError
+from twin_engine.errors import FATAL_ERRORS
 from twin_engine.ops.scenario import ScenarioError
 
 
@@ -26,7 +26,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from twin_engine.broker import EmbeddedBroker
+    from stream.kafka.embedded import EmbeddedBroker
 
     with EmbeddedBroker(port=args.port) as broker:
         print(f"Kafka-protocol broker (Tansu) listening on {broker.bootstrap_servers}; Ctrl-C stops it")
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:  # a scenario file that cannot be played (play)
         print(f"scenario error: {exc}", file=sys.stderr)
         return 2
-    except FatalError as exc:  # the broker unreachable at start, a worker that cannot go on
+    except FATAL_ERRORS as exc:  # the broker unreachable at start, a worker that cannot go on
         print(f"twin-engine: {exc}", file=sys.stderr)
         return 1
 

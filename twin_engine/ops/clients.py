@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from models.conditions import CardiacState, ConditionError
 from models.rpeaks import heart_rate
 from stream.events import Event, new_event_id
+from stream.kafka.embedded import EMBEDDED_PORT
 from stream.segments import decode_segment
-from twin_engine.broker import EMBEDDED_PORT
 from twin_engine.config import Settings
 
 

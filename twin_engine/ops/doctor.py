@@ -42,7 +42,7 @@ def report(settings: Settings) -> list[tuple[str, str]]:
         ort += " providers=" + ",".join(onnxruntime.get_available_providers())
     rows.append(("onnxruntime", ort or "not installed"))
     try:
-        from twin_engine.broker import broker_binary
+        from stream.kafka.embedded import broker_binary
 
         rows.append(("broker binary", str(broker_binary())))
     except Exception as exc:

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import VOCAB
 from stream.events import Event, EventError, json_value, new_event_id, parse_event
-from twin_engine.broker import send_events
+from stream.kafka.producer import send_events
 from twin_engine.config import Settings
 
 

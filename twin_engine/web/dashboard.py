@@ -20,6 +20,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -46,7 +47,9 @@ class SubscriberHub:
     """A sink (see twin_engine.worker.sinks) that fans segments out to WebSocket subscribers."""
 
     def __init__(self, queue_frames: int = 64, deflate: bool = False, max_clients: int = 256,
-                 max_subscription: int = 1000) -> None:
+                 max_subscription: int = 1000, metrics: Any = None) -> None:
+        """``metrics``: anything with ``ws_dropped`` and ``ws_clients`` (the worker's or the
+        monitor's), or None."""
         self.queue_frames = queue_frames
         self.max_clients, self.max_subscription = max_clients, max_subscription
         # permessage-deflate, which browsers always offer, costs each subscriber its own
@@ -55,7 +58,7 @@ class SubscriberHub:
         # it is declined. ``deflate=True`` accepts it (bench ws measures the difference).
         self.deflate = deflate
         self.clients: set[Subscriber] = set()
-        self.metrics = None  # set by the app: anything with ws_dropped and ws_clients (twin_engine.metrics)
+        self.metrics = metrics
         # what a page needs to draw the streams (speed, segment_seconds, vocab); set by the app
         self.hello: dict = {"speed": 1.0, "segment_seconds": None, "vocab": []}
 

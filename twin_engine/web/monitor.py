@@ -22,8 +22,9 @@ from aiokafka.errors import KafkaError
 
 from models.conditions import VOCAB
 from stream.events import Event
+from stream.kafka.producer import send_events
+from stream.kafka.topics import ensure_topics
 from stream.segments import Annotation
-from twin_engine.broker import engine_topics, ensure_topics, send_events
 from twin_engine.config import Settings
 from twin_engine.metrics import MonitorMetrics
 from twin_engine.registry import POSITION_SUFFIX, Patient
@@ -47,12 +48,11 @@ def model_meta(model_path: Path) -> tuple[tuple[str, ...], int]:
 class Monitor:
     """Implements ``twin_engine.web.http_api.Frontend`` from the topics."""
 
-    def __init__(self, settings: Settings, hub: SubscriberHub | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = MonitorMetrics()
-        self.hub = hub or SubscriberHub(max_clients=settings.ws_max_clients,
-                                        max_subscription=settings.ws_max_subscription)
-        self.hub.metrics = self.metrics
+        self.hub = SubscriberHub(max_clients=settings.ws_max_clients, max_subscription=settings.ws_max_subscription,
+                                 metrics=self.metrics)
         self.vocab, self.fs = model_meta(settings.model_path)
         self.patients: dict[str, Patient] = {}
         self.ready = asyncio.Event()
@@ -63,7 +63,7 @@ class Monitor:
 
     async def start(self) -> None:
         k = self.settings.kafka
-        await ensure_topics(self.kafka_kwargs, engine_topics(k), k.replication_factor, k.connect_timeout_s)
+        await ensure_topics(self.kafka_kwargs, k.topic_specs(), k.replication_factor, k.connect_timeout_s)
         self.producer = AIOKafkaProducer(acks="all", **self.kafka_kwargs)
         await self.producer.start()
         self.consumer = AIOKafkaConsumer(enable_auto_commit=False, **k.consumer_kwargs())

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from twin_engine.broker import TopicSpec
+from stream.kafka.topics import TopicSpec
 from twin_engine.registry import Registry
 
 log = logging.getLogger(__name__)

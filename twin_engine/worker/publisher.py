@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from stream.producer import QueuedProducer
+from stream.kafka.producer import QueuedProducer, delivered
 from stream.segments import Annotation, Segment, annotation
-from twin_engine.broker import delivered
 from twin_engine.config import KafkaConfig
 from twin_engine.crash_points import crash_point
 from twin_engine.metrics import Metrics

@@ -15,22 +15,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-from twin_engine.config import KafkaConfig
-from twin_engine.errors import FatalError
+from stream.kafka.topics import BrokerError
 
 # where `serve` and `demo` start the embedded broker when none is configured, and where the CLI's
 # clients (`send`, `register`, `tail`) look for it
 EMBEDDED_PORT = 9092
 
 log = logging.getLogger(__name__)
-
-
-class BrokerError(FatalError):
-    """The embedded broker could not be found, started or reached."""
 
 
 def broker_binary() -> Path:
@@ -56,13 +49,6 @@ def _port_open(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    compacted: bool = False
 
 
 def process_cpu_seconds(pid: int, tid: int | None = None) -> float | None:
@@ -170,101 +156,3 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-async def delivered(futures: Iterable[asyncio.Future]) -> None:
-    """Wait for every delivery, then raise the first failure (each is retrieved: none is left
-    to be logged as never retrieved)."""
-    for outcome in await asyncio.gather(*futures, return_exceptions=True):
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-
-async def send_events(producer, topic: str, events: Iterable) -> None:
-    """Publish condition events keyed by patient (the partition that owns the patient) and wait
-    once for all of them: many events share the broker round trips."""
-    await delivered([await producer.send(topic, ev.to_json(), key=ev.patient_id.encode()) for ev in events])
-
-
-def engine_topics(k: KafkaConfig) -> list[TopicSpec]:
-    """The topics a deployment uses; workers and monitors create the missing ones at start."""
-    return [TopicSpec(k.topic_events, k.partitions), TopicSpec(k.topic_segments, k.partitions),
-            TopicSpec(k.topic_annotations, k.partitions), TopicSpec(k.topic_dead_letter, k.partitions),
-            TopicSpec(k.topic_registry, k.partitions, compacted=True)]
-
-
-async def ensure_topics(kafka_kwargs: dict, topics: Iterable[TopicSpec], replication: int = 1,
-                        connect_timeout: float = 0.0) -> None:
-    """Create the topics that do not exist yet, with explicit partition counts.
-
-    Args:
-        connect_timeout: seconds to keep trying a broker that does not answer, with back-off.
-    Raises:
-        BrokerError: no broker answered in time, or an existing topic has another partition
-            count than the deployment's (a patient's events and registry would not meet).
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaConnectionError, KafkaError
-
-    topics = list(topics)
-    deadline, wait = time.monotonic() + connect_timeout, 0.5
-    while True:
-        admin = AIOKafkaAdminClient(**kafka_kwargs)
-        try:
-            await admin.start()
-            break
-        except (KafkaConnectionError, OSError) as exc:
-            await admin.close()
-            if time.monotonic() + wait > deadline:
-                raise BrokerError(f"no Kafka broker answered at {kafka_kwargs.get('bootstrap_servers')} "
-                                  f"within {connect_timeout:g} s ({exc.__class__.__name__})") from exc
-            log.warning("Kafka at %s does not answer yet; trying again in %.1f s",
-                        kafka_kwargs.get("bootstrap_servers"), wait)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 10.0)
-    try:
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(
-                name=t.name,
-                num_partitions=t.partitions,
-                replication_factor=replication,
-                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
-            )
-            for t in topics
-            if t.name not in existing
-        ]
-        if new:
-            await admin.create_topics(new)
-        have = [t for t in topics if t.name in existing]
-        if have:
-            try:
-                described = await admin.describe_topics([t.name for t in have])
-            except KafkaError as exc:  # pragma: no cover - brokers without DescribeTopics
-                log.warning("could not check the topics' partition counts: %s", exc)
-                described = []
-            counts = {d.get("topic"): len(d.get("partitions") or []) for d in described}
-            for t in have:
-                if counts.get(t.name) and counts[t.name] != t.partitions:
-                    raise BrokerError(f"topic {t.name} has {counts[t.name]} partitions, the configuration "
-                                      f"{t.partitions} (kafka.partitions): a patient's events and registry records "
-                                      "would not meet on one worker")
-    finally:
-        await admin.close()
-
-
-async def idempotence_supported(kafka_kwargs: dict) -> bool:
-    """Whether the brokers hand out producer ids (InitProducerId), which an idempotent producer
-    needs: Apache Kafka does; Tansu 0.1 answers UnknownError, and a producer asking for
-    idempotence there failed every send."""
-    from aiokafka.client import AIOKafkaClient
-    from aiokafka.protocol.transaction import InitProducerIdRequest
-
-    client = AIOKafkaClient(**kafka_kwargs)
-    await client.bootstrap()
-    try:
-        resp = await client.send(client.get_random_node(),
-                                 InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000))
-        return resp.error_code == 0
-    finally:
-        await client.close()
