@@ -18,20 +18,18 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.conditions import CardiacState  # noqa: E402
-from stream.events import Event  # noqa: E402
-from stream.kafka.embedded import EmbeddedBroker  # noqa: E402
-from stream.segments import decode_segment  # noqa: E402
-from tests.support import read_all  # noqa: E402
-from twin_engine.config import load_settings  # noqa: E402
-from twin_engine.ops.app import load_model  # noqa: E402
-from twin_engine.ops.demo import demo_patients  # noqa: E402
-from twin_engine.worker.service import TwinService  # noqa: E402
+from models.conditions import CardiacState
+from stream.events import Event
+from stream.kafka.embedded import EmbeddedBroker
+from stream.kafka.topics import read_topic
+from stream.segments import decode_segment
+from twin_engine.config import load_settings
+from twin_engine.ops.app import load_model
+from twin_engine.ops.demo import demo_patients
+from twin_engine.worker.service import TwinService
 
 
 def _seqs(svc: TwinService) -> dict[str, int]:
@@ -70,7 +68,7 @@ async def run(broker: EmbeddedBroker, patients: int, pause: float, after: float)
     out["event_kafka_errors"] = svc.metrics.registry.get_sample_value("twin_event_kafka_errors_total")
     await svc.stop()
     final = _seqs(svc) or out["after"]
-    segs = [decode_segment(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)]
+    segs = [decode_segment(m.value) for m in await read_topic({"bootstrap_servers": broker.bootstrap_servers}, settings.kafka.topic_segments)]
     out["final"] = final
     out["topic_complete"] = all(sorted({s.seq for s in segs if s.patient_id == pid}) == list(range(n))
                                 for pid, n in final.items())

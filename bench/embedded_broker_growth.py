@@ -18,16 +18,13 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stream.kafka.embedded import EmbeddedBroker  # noqa: E402
-from stream.kafka.topics import TopicSpec, ensure_topics  # noqa: E402
+from stream.kafka.embedded import EmbeddedBroker
+from stream.kafka.topics import TopicSpec, ensure_topics
 
 TOPIC = "growth.segments"
 

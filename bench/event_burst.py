@@ -10,7 +10,7 @@ segment went out (p50, p99, last), with the deadline misses.
     .venv/bin/python bench/event_burst.py [--patients 1000] [--generator null|model]
 
 A check started by hand (about a minute per run), not a test; results in docs/BENCHMARKS.md.
-To compare revisions, run it with ROOT=<a worktree of the other revision>.
+To compare revisions, run it with PYTHONPATH=<a worktree of the other revision>.
 """
 
 from __future__ import annotations
@@ -19,22 +19,18 @@ import argparse
 import asyncio
 import functools
 import json
-import os
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.environ.get("ROOT") or str(Path(__file__).resolve().parents[1]))
-from models.conditions import CardiacState  # noqa: E402
-from stream.events import Event  # noqa: E402
-from stream.kafka.embedded import EmbeddedBroker  # noqa: E402
-from twin_engine.config import load_settings  # noqa: E402
-from twin_engine.ops.app import load_model  # noqa: E402
-from twin_engine.ops.bench import null_generate  # noqa: E402
-from twin_engine.worker.service import TwinService  # noqa: E402
+from models.conditions import CardiacState
+from stream.events import Event
+from stream.kafka.embedded import EmbeddedBroker
+from twin_engine.config import load_settings
+from twin_engine.ops.app import load_model
+from twin_engine.ops.bench import null_generate
+from twin_engine.worker.service import TwinService
 
 
 async def burst(bootstrap: str, patients: int, null: bool, settle_s: float) -> dict:

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,14 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.conditions import CardiacState  # noqa: E402
-from models.schedulers import get_sampler  # noqa: E402
-from models.twin import TwinModel  # noqa: E402
-from twin_engine.backends.runtime import attach_backend  # noqa: E402
-from twin_engine.ops.bench import flops_per_window, peak_tflops  # noqa: E402
-from twin_engine.worker.generator import ContinuousGenerator, GenRequest  # noqa: E402
+from models.conditions import CardiacState
+from models.schedulers import get_sampler
+from models.twin import TwinModel
+from twin_engine.backends.runtime import attach_backend
+from twin_engine.ops.bench import flops_per_window, peak_tflops
+from twin_engine.worker.generator import ContinuousGenerator, GenRequest
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
 # (backend, precision, Inductor before capture); torch-cpu only takes part in the parity check
@@ -130,7 +127,7 @@ def engine_window(model: TwinModel, gen: ContinuousGenerator, batch: int, tails:
     reqs = requests(model, gen, batch, tails)
     dev = model.device
     base = torch.from_numpy(np.stack([r.base for r in reqs])).to(dev)
-    inten, cont = model._cond([r.state for r in reqs])
+    inten, cont = model.condition_tensors([r.state for r in reqs])
     t = torch.from_numpy(np.stack([r.tail for r in reqs]).transpose(0, 2, 1).copy()).to(dev)
     noise = torch.randn(batch, model.dit.cfg.latent_channels, model.tokens, device=dev)
     ddim = get_sampler("ddim", model.schedule)
@@ -138,7 +135,7 @@ def engine_window(model: TwinModel, gen: ContinuousGenerator, batch: int, tails:
     def run():
         with torch.no_grad():
             ctx = model.ae.encode(t)
-            fn = model._x0_fn(base, inten, cont, 1.0, ctx, net=model.student_denoiser)
+            fn = model.x0_predictor(base, inten, cont, 1.0, ctx, net=model.student_denoiser)
             return model.decoder(ddim.sample(fn, noise, model.meta.student_steps))
 
     return run

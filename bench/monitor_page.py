@@ -28,18 +28,19 @@ from pathlib import Path
 
 from aiohttp import web
 
+from stream.events import Event
+from stream.kafka.embedded import EmbeddedBroker, free_port
+from twin_engine.config import load_settings
+from twin_engine.metrics import Metrics
+from twin_engine.ops.app import load_model
+from twin_engine.ops.demo import demo_patients
+from twin_engine.web.dashboard import STATIC, SubscriberHub
+from twin_engine.web.http_api import build_app
+from twin_engine.worker.service import TwinService
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from stream.events import Event  # noqa: E402
-from stream.kafka.embedded import EmbeddedBroker, free_port  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the Chromium driver is the tests' own (tests/cdp.py), not the package's
 from tests.cdp import Chromium, chromium_binary  # noqa: E402
-from twin_engine.config import load_settings  # noqa: E402
-from twin_engine.metrics import Metrics  # noqa: E402
-from twin_engine.ops.app import load_model  # noqa: E402
-from twin_engine.ops.demo import demo_patients  # noqa: E402
-from twin_engine.web.dashboard import STATIC, SubscriberHub  # noqa: E402
-from twin_engine.web.http_api import build_app  # noqa: E402
-from twin_engine.worker.service import TwinService  # noqa: E402
 
 RECORD_FRAMES = """(() => { window.__frames = []; const t0 = performance.now();
   (function tick(t) { if (t - t0 < %d) { window.__frames.push(t); requestAnimationFrame(tick); } })(t0);

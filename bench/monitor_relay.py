@@ -30,13 +30,13 @@ import aiohttp
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
+from stream.kafka.embedded import EmbeddedBroker, free_port, process_cpu_seconds
+from stream.kafka.topics import ensure_topics
+from stream.segments import Segment
+from twin_engine.config import KafkaConfig
+from twin_engine.metrics import scraped_value
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from stream.kafka.embedded import EmbeddedBroker, free_port, process_cpu_seconds  # noqa: E402
-from stream.kafka.topics import ensure_topics  # noqa: E402
-from stream.segments import Segment  # noqa: E402
-from twin_engine.config import KafkaConfig  # noqa: E402
-from twin_engine.metrics import scraped_value  # noqa: E402
 
 START = re.compile(r'"start_time": ([0-9.e+-]+)')
 

@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stream.kafka.embedded import process_cpu_seconds  # noqa: E402
+from stream.kafka.embedded import process_cpu_seconds
 
 _LINE = re.compile(r"^(.*) (\d+)$")
 _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")

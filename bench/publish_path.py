@@ -15,17 +15,14 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stream.kafka.embedded import EmbeddedBroker  # noqa: E402
-from stream.kafka.topics import TopicSpec, ensure_topics  # noqa: E402
-from stream.segments import Segment  # noqa: E402
+from stream.kafka.embedded import EmbeddedBroker
+from stream.kafka.topics import TopicSpec, ensure_topics
+from stream.segments import Segment
 
 LEADS = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CONFIGS = {  # name -> (encoder, producer max_batch_size)

@@ -39,18 +39,16 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from profile_summary import cores_per_thread, summarise, thread_cpu
+
+from models.conditions import CardiacState
+from stream.events import Event
+from stream.kafka.embedded import EmbeddedBroker, free_port, process_cpu_seconds
+from stream.kafka.producer import send_events
+from stream.kafka.topics import ensure_topics
+from twin_engine.config import KafkaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from models.conditions import CardiacState  # noqa: E402
-from stream.events import Event  # noqa: E402
-from stream.kafka.embedded import EmbeddedBroker, free_port, process_cpu_seconds  # noqa: E402
-from stream.kafka.producer import send_events  # noqa: E402
-from stream.kafka.topics import ensure_topics  # noqa: E402
-from twin_engine.config import KafkaConfig  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "bench"))
-from profile_summary import cores_per_thread, summarise, thread_cpu  # noqa: E402
 
 
 def _rss_mb(pid: int) -> float:

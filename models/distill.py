@@ -96,7 +96,7 @@ def _advance(model: TwinModel, sampler, x: torch.Tensor, mask: torch.Tensor, has
     for part in (has, ~has):
         sel = mask & part
         if sel.any():
-            fn = model._x0_fn(base[sel], inten[sel], cont[sel], guidance, ctx[sel] if part is has else None, net=net)
+            fn = model.x0_predictor(base[sel], inten[sel], cont[sel], guidance, ctx[sel] if part is has else None, net=net)
             moved[part[mask]] = sampler.sample(fn, x[sel], walk)
     return moved
 

@@ -184,7 +184,12 @@ class TwinModel(torch.nn.Module):
         return self.meta.window // ECGAutoencoder.compression
 
     # ---- conditions -------------------------------------------------------------------
-    def _cond(self, states: Sequence[CardiacState]) -> tuple[torch.Tensor, torch.Tensor]:
+    def condition_tensors(self, states: Sequence[CardiacState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The AdaX injector's inputs for ``states`` (validated against the vocabulary).
+
+        Returns:
+            (intensities, continuous conditions), on the model's device.
+        """
         for s in states:
             s.validate(self.meta.vocab)
         inten, cont = encode_states(list(states), self.meta.vocab)
@@ -211,12 +216,19 @@ class TwinModel(torch.nn.Module):
             z = self.ae.encode(torch.from_numpy(ecg[:n].T.copy())[None].to(self.device))
             starts = range(0, z.shape[-1] - self.tokens + 1, max(1, self.tokens // 2))
             windows = torch.cat([z[..., s:s + self.tokens] for s in starts])
-            inten, cont = self._cond([state] * len(windows))
+            inten, cont = self.condition_tensors([state] * len(windows))
             bases.append(self.ibe(windows, inten, cont))
         return combine(torch.cat(bases)).cpu().numpy()
 
     # ---- generation -------------------------------------------------------------------
-    def _x0_fn(self, base, inten, cont, guidance, context, controller=None, net=None):
+    def x0_predictor(self, base, inten, cont, guidance, context, controller=None, net=None):
+        """The denoiser as a clean-sample prediction ``x0(x, t)`` (classifier-free guided when
+        ``guidance`` != 1, the ``context`` latents held fixed), the form every sampler in
+        ``models.schedulers`` takes, as k-diffusion wraps its models.
+
+        Args:
+            net: the network (default: the denoiser, or the DiT when ``controller`` edits attention).
+        """
         if net is None:
             net = self.denoiser if controller is None else self.dit  # editing needs attention maps
         cond = self.dit.condition_tokens(inten, cont)
@@ -256,7 +268,7 @@ class TwinModel(torch.nn.Module):
         ``sampler="distilled"`` runs the distilled student with DDIM at the step count it was
         trained for, one forward pass per step (guidance is folded in, ``guidance`` is ignored)."""
         base = to_device(np.asarray(base_vectors, np.float32), self.device)
-        inten, cont = self._cond(states)
+        inten, cont = self.condition_tensors(states)
         b = len(states)
         seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
         g = torch.Generator()  # one generator re-seeded per row: the same noise, less per-row cost
@@ -271,10 +283,10 @@ class TwinModel(torch.nn.Module):
             if steps != self.meta.student_steps:
                 raise ValueError(f"the distilled student was trained for {self.meta.student_steps} steps, "
                                  f"not {steps}")
-            fn = self._x0_fn(base, inten, cont, 1.0, context, net=self.student_denoiser)
+            fn = self.x0_predictor(base, inten, cont, 1.0, context, net=self.student_denoiser)
             sampler = "ddim"
         else:
-            fn = self._x0_fn(base, inten, cont, guidance, context, controller)
+            fn = self.x0_predictor(base, inten, cont, guidance, context, controller)
         return get_sampler(sampler, self.schedule).sample(fn, noise, steps, gen)
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
-"""Shared fixtures: one real Tansu broker per test session, and the shared data folder."""
+"""Fixtures every level shares: the shared data folder and the tiny models trained on it once per
+session (``tests/model`` and ``tests/integration`` use them; the broker is integration's own)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from stream.kafka.embedded import EmbeddedBroker
 from twin_engine.config import default_data_dir
 
 DATA = default_data_dir()
@@ -17,12 +17,6 @@ def data_dir() -> Path:
     if not (DATA / "ptbxl-subset").is_dir():
         pytest.fail(f"shared data not found at {DATA}")
     return DATA
-
-
-@pytest.fixture(scope="session")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
 
 
 @pytest.fixture(scope="session")

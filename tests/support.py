@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from aiokafka import AIOKafkaConsumer
-
 from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.events import Event
 from stream.kafka.embedded import free_port
+from stream.kafka.topics import read_topic
 from twin_engine.config import load_settings
 from twin_engine.metrics import Metrics
 from twin_engine.web.dashboard import SubscriberHub
@@ -42,19 +41,7 @@ def one_patient_per_partition(partitions: int) -> list[str]:
 
 
 async def read_all(bs: str, topic: str, timeout_ms: int = 1500) -> list:
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bs, auto_offset_reset="earliest", enable_auto_commit=False)
-    await c.start()
-    out = []
-    try:
-        while True:
-            batch = await c.getmany(timeout_ms=timeout_ms)
-            if not batch:
-                break
-            for msgs in batch.values():
-                out.extend(msgs)
-    finally:
-        await c.stop()
-    return out
+    return await read_topic({"bootstrap_servers": bs}, topic, timeout_ms)
 
 
 async def wait_for(cond, timeout: float = 30.0) -> None:

@@ -52,6 +52,11 @@ class Metrics:
         self.ws_dropped = Counter("twin_subscriber_dropped_frames", "Frames dropped for slow subscribers", registry=r)
         self.ws_clients = Gauge("twin_subscribers", "Connected WebSocket subscribers", registry=r)
 
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample's current value read through the registry (``twin_segments_published_total``);
+        0 where it has none yet."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -81,3 +81,24 @@ async def ensure_topics(kafka_kwargs: dict, topics: Iterable[TopicSpec], replica
                                       "would not meet on one worker")
     finally:
         await admin.close()
+
+
+async def read_topic(kafka_kwargs: dict, topic: str, idle_ms: int = 1500) -> list:
+    """Every record of ``topic`` from its beginning, until a fetch waits ``idle_ms`` for none
+    (tests and benchmarks read what a run published).
+
+    Returns:
+        aiokafka ``ConsumerRecord``s, partition by partition in offset order.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(topic, auto_offset_reset="earliest", enable_auto_commit=False, **kafka_kwargs)
+    await c.start()
+    out: list = []
+    try:
+        while batch := await c.getmany(timeout_ms=idle_ms):
+            for msgs in batch.values():
+                out.extend(msgs)
+    finally:
+        await c.stop()
+    return out

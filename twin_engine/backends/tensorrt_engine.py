@@ -5,7 +5,7 @@ TensorRT version and the largest batch; one optimisation profile spans batch 1 t
 with its optimum at the scheduler's typical batch. Imported only when the TensorRT backend is
 chosen, so machines without TensorRT never load it.
 
-Status: written against the TensorRT 10 Python API; its parity test (tests/test_runtime.py)
+Status: written against the TensorRT 10 Python API; its parity test (tests/model/test_runtime.py)
 runs only on a GPU machine with TensorRT, and has not run: the GPU machines lent so far (an H100
 and an H200, 2026-11-26) could not install it. The cuda-graphs backend is the measured GPU path.
 """

@@ -171,13 +171,13 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
     best = max(served or candidates, key=lambda r: r["realtime_patients"], default=None)
     state_kb = None
     if fs:
-        from twin_engine.registry import Patient
+        from twin_engine.registry import Change, Patient
         from twin_engine.worker.generator import pack_tail
 
         seg = int(settings.segment_seconds * fs)
         p = Patient("p00001", [0.0] * model.ibe.cfg.base_dim, "m", {"statements": {"SR": 1.0}, "heart_rate": 70.0},
                     tail_b64=pack_tail(np.zeros((ContinuousGenerator(model).context, 12), np.float32)),
-                    history=[{"event_id": "e", "state": {"statements": {"SR": 1.0}}, "seq": 0, "time": 0.0}] * 50)
+                    history=[Change("e", {"statements": {"SR": 1.0}}, 0, 0.0)] * 50)
         state_kb = (len(p.to_json()) + settings.lookahead_segments * seg * 12 * 4) / 1024
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
               "service_state_kb_per_patient": state_kb,
@@ -380,7 +380,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     while await asyncio.to_thread(here.poll, 30) and here.recv() != "stopped":
         pass
     down.join(10)
-    misses = svc.metrics.deadline_misses._value.get()
+    misses = svc.metrics.value("twin_deadline_misses_total")
     t_stop = time.perf_counter()
     await svc.stop()
     log.info("service stopped in %.1f s", time.perf_counter() - t_stop)
@@ -473,18 +473,18 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
     rss = []
     async with aiohttp.ClientSession() as session:
         tasks = [asyncio.create_task(client(i, session)) for i in range(clients)]
-        pub0 = svc.metrics.published._value.get()
+        pub0 = svc.metrics.value("twin_segments_published_total")
         t0, cpu0 = time.monotonic(), time.process_time()
         while time.monotonic() - t0 < duration:
             await asyncio.sleep(1.0)
             with open("/proc/self/status") as f:
                 rss.append(next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024)
-        published = svc.metrics.published._value.get() - pub0
+        published = svc.metrics.value("twin_segments_published_total") - pub0
         cpu = (time.process_time() - cpu0) / (time.monotonic() - t0)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    dropped = svc.metrics.ws_dropped._value.get()
+    dropped = svc.metrics.value("twin_subscriber_dropped_frames_total")
     await runner.cleanup()
     await svc.stop()
     return {"patients": patients, "clients": clients, "duration_s": duration, "deflate": deflate,

@@ -27,7 +27,7 @@ from stream.kafka.topics import ensure_topics
 from stream.segments import Annotation
 from twin_engine.config import Settings
 from twin_engine.metrics import MonitorMetrics
-from twin_engine.registry import POSITION_SUFFIX, Patient
+from twin_engine.registry import Patient, apply_record
 from twin_engine.web.dashboard import SubscriberHub
 
 log = logging.getLogger(__name__)
@@ -141,24 +141,19 @@ class Monitor:
     async def _registry_record(self, key: str, value: bytes | None, offset: int) -> None:
         """A patient (or its tombstone) or its stream position; the monitor keeps what the API
         shows, not what a restart needs (no base vector, no tail)."""
+        known = self.patients.get(key) is not None
+        table: dict[str, Patient | None] = self.patients  # type: ignore[assignment]  # a None is deleted below
         try:
-            if key.endswith(POSITION_SUFFIX):
-                p = self.patients.get(key[:-len(POSITION_SUFFIX)])
-                if p is not None and value is not None:
-                    p.apply_position(value)
-                    p.tail_b64 = None
-            elif value is None:
-                if self.patients.pop(key, None) is not None:
-                    await self.hub.removed(key)
-            else:
-                p = Patient.from_json(value)
-                old = self.patients.get(key)
-                if old is not None:  # a state change: the record's position is older than the last position read
-                    p.set_position(old.position())
-                p.base_vector, p.seen_events, p.tail_b64 = [], [], None
-                self.patients[key] = p
+            applied = apply_record(table, key.encode(), value)
         except (ValueError, TypeError, AttributeError) as exc:
             log.error("skipping unreadable registry record %s@%d: %s", key, offset, exc)
+            return
+        if applied.removed:
+            del self.patients[applied.patient_id]
+            if known:
+                await self.hub.removed(applied.patient_id)
+        elif (p := self.patients.get(applied.patient_id)) is not None:
+            p.base_vector, p.seen_events, p.tail_b64 = [], [], None
 
     # ---- Frontend ------------------------------------------------------------------------
     def patient_ids(self) -> list[str]:

@@ -13,11 +13,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from models.conditions import CardiacState
 from stream.events import state_from_dict
-from twin_engine.registry import change_at
+from twin_engine.registry import Change
 
 
 @dataclass
@@ -65,17 +64,17 @@ class Timeline:
         self.last = change
         return at
 
-    def restore(self, history: list[dict[str, Any]], next_seq: int) -> None:
+    def restore(self, history: list[Change], next_seq: int) -> None:
         """On a stream restored from the registry: the states its history schedules after
         segment ``next_seq`` are still to come, and the one in effect there holds until then
         (entries without a time, from registration, hold from the start)."""
         nxt = self.start_time(next_seq)
-        for h in sorted(history, key=change_at):
-            state, at, ramp = state_from_dict(h["state"]), change_at(h), h.get("transition", 0.0)
+        for h in sorted(history, key=lambda h: h.holds_from):
+            state, at, ramp = state_from_dict(h.state), h.holds_from, h.transition
             if at + ramp <= nxt:
-                self.settled, self.changes = (state, h["event_id"]), []
+                self.settled, self.changes = (state, h.event_id), []
             else:  # still to come, or still ramping (then its first segment is out: no new effect to time)
-                self.changes.append(StateChange(state, h["event_id"], at, ramp, time.monotonic(), at=at,
+                self.changes.append(StateChange(state, h.event_id, at, ramp, time.monotonic(), at=at,
                                                 first_seq=self.seq_at(at) if at <= nxt else None))
         self.settle(next_seq)
 

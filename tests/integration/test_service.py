@@ -82,7 +82,7 @@ async def test_end_to_end_events_segments_annotations_dlq_restart(broker, tiny_m
     await wait_for(lambda: all(p in svc2.streams for p in pids))
     assert svc2.registry.get("bed-0").state["statements"] == {"AFIB": 1.0}
     await wait_for(lambda: all(svc2.streams[p].p.next_seq >= published_before_restart[p] + 2 for p in pids))
-    assert svc2.registry.get("bed-2").history[-1]["at"] == pytest.approx(later_at, abs=1e-3)
+    assert svc2.registry.get("bed-2").history[-1].at == pytest.approx(later_at, abs=1e-3)
     await wait_for(lambda: svc2.streams["bed-2"].p.published_event_id == "afib-later")
     await svc2.stop()
 
@@ -526,7 +526,7 @@ async def test_patients_whose_base_vector_does_not_fit_the_model_are_held_until_
     assert svc.registry.get("bed-0").encoder_id == new.encoder_id
     # registered again, its new state holds from where its next segment starts, not from
     # next_seq x the new segment length
-    assert svc.registry.get("bed-0").history[-1]["at"] == pytest.approx(bed0_next, abs=1e-6)
+    assert svc.registry.get("bed-0").history[-1].at == pytest.approx(bed0_next, abs=1e-6)
     await svc.stop()
     dlq = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
     assert any("afib-held" in base64.b64decode(d["original_b64"]).decode() and "is held" in d["reason"] for d in dlq)
@@ -536,7 +536,7 @@ async def test_a_patient_may_have_only_so_many_changes_scheduled_ahead(broker, t
                                                                          monkeypatch):
     """The registry keeps every change still to come, so their number is capped: one more
     scheduled change is dead-lettered with the reason; a change for now still applies."""
-    import twin_engine.registry as registry
+    import twin_engine.registry.patient as registry
 
     monkeypatch.setattr(registry, "SCHEDULED_LIMIT", 3)
     svc, settings = await _serving_one_patient(broker, tiny_model_dir, prefix, data_dir, "reg-c")
@@ -548,7 +548,7 @@ async def test_a_patient_may_have_only_so_many_changes_scheduled_ahead(broker, t
     await svc.send_event(Event("now-c", "bed-0", "condition", CardiacState({"AFIB": 1.0}, 120)))
     await wait_for(lambda: svc.streams["bed-0"].p.published_event_id == "now-c")
     await svc.stop()
-    assert [h["event_id"] for h in svc.registry.get("bed-0").history if h.get("at", 0) > t - 1] == [
+    assert [h.event_id for h in svc.registry.get("bed-0").history if (h.at or 0) > t - 1] == [
         "ahead-0", "ahead-1", "ahead-2"]
     dlq = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
     assert len(dlq) == 1 and "ahead-3" in base64.b64decode(dlq[0]["original_b64"]).decode()

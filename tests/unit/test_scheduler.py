@@ -436,7 +436,7 @@ def test_the_registry_history_keeps_every_change_still_to_come():
     later = nxt + 10 + ahead
     for i in range(3 * HISTORY_LIMIT):
         p.set_state(CardiacState({"SR": 1.0}, 50 + i % 50), f"more-{i}", 100, 0.0, at=later + i, now=later + i)
-    assert len(p.history) <= HISTORY_LIMIT and p.history[-1]["event_id"] == f"more-{3 * HISTORY_LIMIT - 1}"
+    assert len(p.history) <= HISTORY_LIMIT and p.history[-1].event_id == f"more-{3 * HISTORY_LIMIT - 1}"
 
 
 async def test_a_stream_restored_with_another_segment_length_goes_on_from_where_it_was():

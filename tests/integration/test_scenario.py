@@ -13,7 +13,7 @@ from stream.segments import decode_segment
 from tests.support import RECORDS, read_all, start_with_dashboard, wait_for
 from twin_engine.ops.scenario import ScenarioError, load_scenario, play
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "twin_engine" / "ops" / "scenarios" / "ward.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "twin_engine" / "ops" / "scenarios" / "ward.toml"
 
 
 def test_the_example_loads_and_bad_files_say_which_entry(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from models.conditions import CardiacState
+from twin_engine.registry import Change
 from twin_engine.worker.timeline import StateChange, Timeline
 
 NORMAL = (CardiacState({"SR": 1.0}, 60), "reg")
@@ -45,6 +46,6 @@ def test_restore_from_history_keeps_the_changes_ahead():
                {"event_id": "x", "state": {"statements": {"AFIB": 1.0}, "heart_rate": 110, "sex": 0}, "at": 1004.0},
                {"event_id": "y", "state": {"statements": {"SR": 1.0}, "heart_rate": 80, "sex": 0}, "at": 1030.0}]
     t = _timeline()
-    t.restore(history, next_seq=5)
+    t.restore([Change.from_dict(h) for h in history], next_seq=5)
     assert t.settled[1] == "x" and [c.event_id for c in t.changes] == ["y"]
     assert t.state_and_event(14)[1] == "x" and t.state_and_event(15)[1] == "y"

@@ -15,7 +15,7 @@ def _final_error(model: TwinModel, traj: Trajectories, net, guidance: float) -> 
     """Mean squared distance of a 4-step DDIM run from the teacher's own end points."""
     keep = ~traj.has_context
     x_T, target = traj.xs[keep, 0], traj.xs[keep, -1]
-    fn = model._x0_fn(traj.base[keep], traj.inten[keep], traj.cont[keep], guidance, None, net=net)
+    fn = model.x0_predictor(traj.base[keep], traj.inten[keep], traj.cont[keep], guidance, None, net=net)
     with torch.no_grad():
         out = get_sampler("ddim", model.schedule).sample(fn, x_T, 4)
     return float(((out - target) ** 2).mean())
@@ -115,7 +115,7 @@ def test_onpolicy_pairs_start_on_the_students_path_and_end_on_the_teachers(disti
     for k in plain[:4].tolist():
         t_a, t_b = pairs.ts[k].tolist()
         one = slice(k, k + 1)
-        fn = model._x0_fn(pairs.base[one], pairs.inten[one], pairs.cont[one], 1.5, None)
+        fn = model.x0_predictor(pairs.base[one], pairs.inten[one], pairs.cont[one], 1.5, None)
         with torch.no_grad():
             end = get_sampler("dpmpp2m", model.schedule).sample(fn, pairs.xs[one, 0], teacher_walk(t_a, t_b, 4))
         torch.testing.assert_close(end, pairs.xs[one, 1], atol=1e-4, rtol=1e-4)
@@ -166,9 +166,9 @@ def test_a_guidance_folding_round_fits_the_guided_students_own_steps(distilled_m
     for i in range(4):
         step = [grid[i], grid[i + 1]]
         with torch.no_grad():
-            guided = ddim.sample(model._x0_fn(traj.base[one], traj.inten[one], traj.cont[one], 1.3, None,
+            guided = ddim.sample(model.x0_predictor(traj.base[one], traj.inten[one], traj.cont[one], 1.3, None,
                                               net=model.student), traj.xs[one, i], step)
-            alone = ddim.sample(model._x0_fn(traj.base[one], traj.inten[one], traj.cont[one], 1.0, None,
+            alone = ddim.sample(model.x0_predictor(traj.base[one], traj.inten[one], traj.cont[one], 1.0, None,
                                              net=model.student), traj.xs[one, i], step)
         torch.testing.assert_close(guided, traj.xs[one, i + 1], atol=1e-4, rtol=1e-4)
         assert not torch.allclose(alone, traj.xs[one, i + 1], atol=1e-3)

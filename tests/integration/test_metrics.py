@@ -16,7 +16,7 @@ from stream.kafka.embedded import free_port
 from tests.support import start_with_dashboard
 from twin_engine.metrics import Metrics, MonitorMetrics
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_grafana_dashboard_uses_exported_metrics():

@@ -16,7 +16,7 @@ from tests.cdp import Chromium, chromium_binary
 from tests.support import start_with_dashboard, wait_for
 from twin_engine.web.dashboard import SubscriberHub
 
-ARTIFACTS = Path(os.environ.get("TWIN_ENGINE_ARTIFACTS", Path(__file__).resolve().parent.parent / "artifacts"))
+ARTIFACTS = Path(os.environ.get("TWIN_ENGINE_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
 
 
 @pytest.mark.skipif(chromium_binary() is None, reason="Debian chromium not installed (./twin test installs it as root)")
@@ -130,7 +130,7 @@ def test_the_page_ships_in_the_package():
     import tomllib
     from fnmatch import fnmatch
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["twin_engine"]
     files = [p.relative_to(root / "twin_engine").as_posix()
              for d in ("web/static", "ops/scenarios") for p in (root / "twin_engine" / d).iterdir()]
