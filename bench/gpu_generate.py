@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from models.conditions import CardiacState
-from models.schedulers import get_sampler
+from models.sampling.samplers import get_sampler
 from models.twin import TwinModel
 from twin_engine.backends.runtime import attach_backend
 from twin_engine.ops.bench import flops_per_window, peak_tflops

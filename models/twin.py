@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from models import checkpoint
-from models.autoencoder import AEConfig, ECGAutoencoder
-from models.base_extractor import BaseExtractor, IBEConfig, combine
 from models.conditions import VOCAB, CardiacState, encode_states
-from models.dit import AdaXDiT, DiTConfig
+from models.nets.autoencoder import AEConfig, ECGAutoencoder
+from models.nets.base_extractor import BaseExtractor, IBEConfig, combine
+from models.nets.dit import AdaXDiT, DiTConfig
 from models.rpeaks import label_heart_rate
-from models.schedulers import NoiseSchedule, get_sampler
+from models.sampling.samplers import NoiseSchedule, get_sampler
 
 
 def to_device(x: np.ndarray | Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -62,7 +62,7 @@ class ModelMeta:
     leads: tuple[str, ...] = ("I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
     vocab: tuple[str, ...] = VOCAB
     version: str = "untrained"
-    # a distilled student denoiser (models/distill.py), if the checkpoint has one: the step
+    # a distilled student denoiser (models/training/distill.py), if the checkpoint has one: the step
     # count it was trained for and the guidance scale folded into it
     student_steps: int = 0
     student_guidance: float = 1.0
@@ -224,7 +224,7 @@ class TwinModel(torch.nn.Module):
     def x0_predictor(self, base, inten, cont, guidance, context, controller=None, net=None):
         """The denoiser as a clean-sample prediction ``x0(x, t)`` (classifier-free guided when
         ``guidance`` != 1, the ``context`` latents held fixed), the form every sampler in
-        ``models.schedulers`` takes, as k-diffusion wraps its models.
+        ``models.sampling.samplers`` takes, as k-diffusion wraps its models.
 
         Args:
             net: the network (default: the denoiser, or the DiT when ``controller`` edits attention).

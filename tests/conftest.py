@@ -22,7 +22,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, data_dir) -> Path:
     """A tiny twin model, trained for a few hundred steps on 48 real records (seconds)."""
-    from models.train import run_stage
+    from models.training.stages import run_stage
 
     out = tmp_path_factory.mktemp("tiny_model")
     for stage, steps in (("autoencoder", 60), ("encoder", 40), ("diffusion", 300)):
@@ -42,7 +42,7 @@ def distilled_model_dir(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
     """The tiny model plus a 4-step student fitted to 64 teacher trajectories (seconds)."""
     import shutil
 
-    from models.train import run_stage
+    from models.training.stages import run_stage
 
     out = tmp_path_factory.mktemp("distilled") / "model"
     shutil.copytree(tiny_model_dir, out)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models.conditions import CardiacState
-from models.distill import Trajectories
-from models.schedulers import get_sampler
+from models.sampling.samplers import get_sampler
+from models.training.distill import Trajectories
 from models.twin import TwinModel
 
 
@@ -55,7 +55,7 @@ def test_model_without_student_refuses_distilled(tiny_model):
 
 def test_coarser_student_reuses_nested_trajectories(distilled_model_dir):
     """A 2-step student's targets are the 4-step teacher runs at their shared timesteps."""
-    from models.distill import coarsen, student_grid
+    from models.training.distill import coarsen, student_grid
 
     model = TwinModel.load(distilled_model_dir)
     [cache] = distilled_model_dir.glob("distill-trajectories-4x*.pt")
@@ -70,7 +70,7 @@ def test_coarser_student_reuses_nested_trajectories(distilled_model_dir):
 
 def test_trainer_leaves_the_moving_average_in_the_weights(tmp_path):
     """With ``ema`` the final weights are the average of the path, not the last step."""
-    from models.train import Trainer
+    from models.training.stages import Trainer
 
     net = torch.nn.Linear(3, 1, bias=False)
     path = []
@@ -100,8 +100,8 @@ def test_trainer_leaves_the_moving_average_in_the_weights(tmp_path):
 def test_onpolicy_pairs_start_on_the_students_path_and_end_on_the_teachers(distilled_model_dir, data_dir):
     """Each pair's start is where the student's own steps from its noise lead (interval i: after
     i student steps), and its end is the guided teacher's walk from there to the next timestep."""
-    from models.distill import onpolicy_pairs, student_grid, teacher_walk
-    from models.train import load_training_set
+    from models.training.distill import onpolicy_pairs, student_grid, teacher_walk
+    from models.training.stages import load_training_set
 
     model = TwinModel.load(distilled_model_dir)
     ts = load_training_set(data_dir / "ptbxl-subset", fs=model.meta.fs, limit=48)
@@ -127,7 +127,7 @@ def test_onpolicy_round_continues_the_student_on_its_own_pairs(distilled_model_d
     import json
     import shutil
 
-    from models.train import run_stage
+    from models.training.stages import run_stage
 
     out = tmp_path / "model"
     shutil.copytree(distilled_model_dir, out)
@@ -148,8 +148,8 @@ def test_a_guidance_folding_round_fits_the_guided_students_own_steps(distilled_m
     import json
     import shutil
 
-    from models.distill import student_grid
-    from models.train import run_stage
+    from models.training.distill import student_grid
+    from models.training.stages import run_stage
 
     out = tmp_path / "model"
     shutil.copytree(distilled_model_dir, out)

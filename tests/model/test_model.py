@@ -7,8 +7,8 @@ import torch
 
 from models.checkpoint import CheckpointError
 from models.conditions import CardiacState, ConditionError
-from models.dit import AdaXDiT, DiTConfig
-from models.schedulers import SAMPLERS, NoiseSchedule, get_sampler
+from models.nets.dit import AdaXDiT, DiTConfig
+from models.sampling.samplers import SAMPLERS, NoiseSchedule, get_sampler
 from models.twin import TwinModel
 
 NORMAL = CardiacState({"NORM": 1.0, "SR": 1.0}, 70)
@@ -134,7 +134,7 @@ def test_edit_changes_less_than_a_fresh_sample(tiny_model, base):
 
 
 def test_training_resumes(tmp_path, data_dir):
-    from models.train import run_stage
+    from models.training.stages import run_stage
 
     out = tmp_path / "r"
     run_stage("autoencoder", out, data_dir / "ptbxl-subset", size="tiny", steps=6, batch=4, limit=8)

@@ -39,7 +39,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.train import main as train_main
+    from models.training.stages import main as train_main
 
     return train_main(args, _settings(args))
 
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--guidance", type=float, default=1.5, help="distill: guidance folded into the student")
     t.add_argument("--ema", type=float, default=0.999, help="distill: EMA decay of the student's weights (0: off)")
     t.add_argument("--on-policy", action="store_true",
-                   help="distill: fit pairs on the student's own path (a further round; see models/distill.py)")
+                   help="distill: fit pairs on the student's own path (a further round; see models/training/distill.py)")
     t.add_argument("--student-guidance", type=float, default=None,
                    help="distill: fit the student's own steps run with this classifier-free guidance on top, "
                         "folding it in (a further round)")

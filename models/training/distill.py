@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from models.conditions import encode_states
-from models.trainer import Trainer, TrainingSet, record_latents_and_bases, tensor
+from models.training.trainer import Trainer, TrainingSet, record_latents_and_bases, tensor
 from models.twin import TwinModel
 
 
@@ -113,7 +113,7 @@ def teacher_trajectories(model: TwinModel, ts: TrainingSet, n: int, steps: int, 
     in (its null-condition pass against its conditional one). Fitting those states folds the
     extra guidance into the student: one forward pass per step again, where the guided
     student needs two."""
-    from models.schedulers import get_sampler
+    from models.sampling.samplers import get_sampler
 
     rng, dev, tok = np.random.default_rng(seed), model.device, model.tokens
     z_all, base_all, inten_all, cont_all = _sources(model, ts)
@@ -153,7 +153,7 @@ def onpolicy_pairs(model: TwinModel, ts: TrainingSet, n: int, steps: int, teache
     teacher's solution from there to t_(i+1). The trajectory targets only ever show the student
     the teacher's states, so its errors compound over its steps; these teach it to steer back.
     Costs one teacher interval per pair, a quarter of a 4-step trajectory."""
-    from models.schedulers import get_sampler
+    from models.sampling.samplers import get_sampler
 
     if model.student is None:
         raise ValueError("on-policy distillation needs a student to start from (a first round)")

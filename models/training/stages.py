@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.base_extractor import info_nce
 from models.conditions import encode_states
-from models.trainer import (  # noqa: F401 (the stages' shared pieces, importable from here as before)
+from models.nets.base_extractor import info_nce
+from models.training.trainer import (  # noqa: F401 (the stages' shared pieces, importable from here as before)
     Trainer,
     TrainingSet,
     crops,
@@ -37,7 +37,7 @@ DEFAULTS = {  # steps, batch size, learning rate
     "autoencoder": (3000, 32, 2e-3),
     "encoder": (1500, 64, 1e-3),
     "diffusion": (6000, 64, 1e-3),
-    "distill": (3000, 64, 2e-4),  # models/distill.py
+    "distill": (3000, 64, 2e-4),  # models/training/distill.py
 }
 
 
@@ -132,7 +132,7 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
             # ablation: a fresh denoiser variant on top of the run's autoencoder and extractor
             from dataclasses import replace as _replace
 
-            from models.dit import AdaXDiT
+            from models.nets.dit import AdaXDiT
 
             model.dit = AdaXDiT(_replace(model.dit.cfg, **dit_overrides)).to(dev)
             model.set_backend("torch", model.dit, model.ae.decode)
@@ -143,7 +143,7 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
     t0 = time.time()
     ts = load_training_set(data, fs=model.meta.fs, limit=limit)
     if stage == "distill":
-        from models.distill import distill
+        from models.training.distill import distill
 
         model.requires_grad_(False).eval()
         report = distill(model, ts, out, train_steps=steps, batch=batch, lr=lr, seed=seed, device=dev,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import ConditionEmbedder, sinusoidal_positions, timestep_embedding
+from models.nets.layers import ConditionEmbedder, sinusoidal_positions, timestep_embedding
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import ConditionEmbedder, sinusoidal_positions
+from models.nets.layers import ConditionEmbedder, sinusoidal_positions
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What every training stage shares: the training set, the trainer (optimiser, EMA, resumable
-state, progress) and the latents and base vectors of whole records. ``models.train`` runs the
-stages; ``models.distill`` fits the few-step student with the same pieces (no import between
+state, progress) and the latents and base vectors of whole records. ``models.training.stages`` runs the
+stages; ``models.training.distill`` fits the few-step student with the same pieces (no import between
 the two runs back)."""
 
 from __future__ import annotations
