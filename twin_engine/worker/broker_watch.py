@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from stream.kafka.topics import TopicSpec
@@ -22,15 +23,20 @@ from twin_engine.registry import Registry
 log = logging.getLogger(__name__)
 
 
-async def check_topics(consumer: AIOKafkaConsumer, topics: list[TopicSpec]) -> str | None:
-    """Why the broker's topics are not the deployment's (None: they are)."""
-    await consumer.topics()  # a fresh metadata request
+async def check_topics(admin: AIOKafkaAdminClient, topics: list[TopicSpec]) -> str | None:
+    """Why the broker's topics are not the deployment's (None: they are). Asked of the broker
+    each time: a consumer's ``partitions_for_topic`` answers from its cached metadata, which
+    holds only the topics it reads (the watch reported every other topic gone after 10 s)."""
+    names = set(await admin.list_topics())
+    present = [t for t in topics if t.name in names]
     for t in topics:
-        have = consumer.partitions_for_topic(t.name)
-        if not have:
+        if t.name not in names:
             return f"topic {t.name} is gone"
-        if len(have) != t.partitions:
-            return f"topic {t.name} has {len(have)} partitions, the deployment {t.partitions}"
+    described = await admin.describe_topics([t.name for t in present])
+    counts = {d.get("topic"): len(d.get("partitions") or []) for d in described}
+    for t in present:
+        if counts.get(t.name) and counts[t.name] != t.partitions:
+            return f"topic {t.name} has {counts[t.name]} partitions, the deployment {t.partitions}"
     return None
 
 
@@ -82,13 +88,15 @@ class BrokerWatch:
         # small fetches: the check reads one record a partition, not the changelog
         consumer = AIOKafkaConsumer(enable_auto_commit=False, max_partition_fetch_bytes=64 * 1024,
                                     fetch_max_wait_ms=100, **self.kafka_kwargs)
+        admin = AIOKafkaAdminClient(**self.kafka_kwargs)
         await consumer.start()
+        await admin.start()
         strikes = 0  # two checks in a row must fail: one fetch may be slow on a loaded host
         try:
             while True:
                 await asyncio.sleep(self.interval)
                 try:
-                    why = await check_topics(consumer, self.topics) or await check_registry(consumer, self.registry)
+                    why = await check_topics(admin, self.topics) or await check_registry(consumer, self.registry)
                 except KafkaError as exc:  # unreachable: the clients' own retries and errors say so
                     log.debug("broker check failed: %s", exc)
                     continue
@@ -98,3 +106,4 @@ class BrokerWatch:
                     return
         finally:
             await consumer.stop()
+            await admin.close()

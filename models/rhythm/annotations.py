@@ -1,0 +1,52 @@
+"""Ground truth as a WFDB annotation file, in MIT-BIH's codes: a beat annotation per beat (N, V,
+A, F, /, Q) and a rhythm-change annotation (``+`` with its aux note: ``(N``, ``(AFIB``, ``(VT``,
+...) where each episode begins, which ``wfdb.rdann`` and PhysioNet's ``bxb`` and ``epicmp`` read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+from models.rhythm.beats import MIT_RHYTHM, MIT_SYMBOL, Beat, Episode
+
+SYMBOL_KIND = {v: k for k, v in MIT_SYMBOL.items()}
+AUX_RHYTHM = {v: k for k, v in MIT_RHYTHM.items() if k in ("sinus", "sinus_brady", "afib", "aflutter", "bigeminy",
+                                                           "trigeminy", "vt", "asystole", "vf")}
+
+
+def write_annotations(record_name: str, out_dir: Path, fs: float, start: float, beats: Sequence[Beat],
+                      episodes: Sequence[Episode], extension: str = "atr") -> Path:
+    """Write the beats and rhythm episodes of a record that begins at stream time ``start``.
+
+    Returns:
+        the annotation file's path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = [(int(round((e.start - start) * fs)), 0, "+", e.aux) for e in episodes]
+    rows += [(int(round((b.time - start) * fs)), 1, b.symbol, "") for b in beats]
+    rows = sorted((r for r in rows if r[0] >= 0), key=lambda r: (r[0], r[1]))
+    if not rows:  # wrann refuses an empty file; an asystole from the start still has its rhythm
+        rows = [(0, 0, "+", "(N")]
+    wfdb.wrann(record_name, extension, np.array([r[0] for r in rows]), symbol=[r[2] for r in rows],
+               aux_note=[r[3] for r in rows], fs=fs, write_dir=str(out_dir))
+    return out_dir / f"{record_name}.{extension}"
+
+
+def read_annotations(record_path: str | Path, extension: str = "atr") -> tuple[list[Beat], list[Episode]]:
+    """Beats and rhythm episodes of an annotation file (times in seconds from the record's
+    start); beat symbols outside our classes are read as Q, rhythms we do not make are skipped."""
+    ann = wfdb.rdann(str(record_path), extension)
+    fs = float(ann.fs)
+    rows = list(zip(ann.sample, ann.symbol, ann.aux_note, strict=True))
+    beats = [Beat(s / fs, SYMBOL_KIND.get(sym, "Q")) for s, sym, _ in rows if sym != "+"]
+    changes = [(s / fs, (aux or "").strip("\x00")) for s, sym, aux in rows if sym == "+"]
+    episodes = []
+    for i, (t, aux) in enumerate(changes):
+        end = changes[i + 1][0] if i + 1 < len(changes) else None
+        if aux in AUX_RHYTHM:
+            episodes.append(Episode(AUX_RHYTHM[aux], t, end))
+    return beats, episodes

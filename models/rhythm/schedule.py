@@ -1,0 +1,143 @@
+"""A stream's beats, window by window: rhythm requests in, beats and rhythm episodes out.
+
+The rhythm in effect at a time is the last request at or before it; a request with a
+``duration`` holds that long, then the rhythm before it resumes (a pause holds until its one
+long RR is over). Each beat's random generator is seeded by (stream seed, beat number), so the
+beats are the same however the stream is cut into windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.rhythm.beats import Beat, Episode
+from models.rhythm.programs import RHYTHMS, Rhythm
+
+RECENT = 8  # beat classes kept for the patterns (couplets, bigeminy, trigeminy)
+
+
+@dataclass(frozen=True)
+class _Request:
+    at: float
+    rhythm: Rhythm
+    until: float | None  # a timed request's end (None: until the next one)
+
+
+def episode_name(rhythm: Rhythm) -> str:
+    """The rhythm an episode records: bigeminy and trigeminy are rhythms of their own in MIT-BIH."""
+    return rhythm.pattern if rhythm.name == "pvc" and rhythm.pattern in ("bigeminy", "trigeminy") else rhythm.name
+
+
+class BeatSchedule:
+    """Beats of one stream from ``start`` on.
+
+    Args:
+        rhythm: the rhythm from the stream's start.
+        start: stream time of the stream's start (seconds).
+        seed: the stream's seed (the patient's).
+    """
+
+    def __init__(self, rhythm: Rhythm, start: float, seed: int) -> None:
+        self.start, self.seed = start, seed & 0x7FFFFFFF
+        self._requests = [_Request(start, rhythm.validated(), None)]
+        self._cursor = start  # no beat is still to come before this time
+        self._last: Beat | None = None
+        self._recent: list[str] = []
+        self._count = 0
+        self._pending: Beat | None = None  # made, after the last window asked for
+
+    @property
+    def last(self) -> Beat | None:
+        """The last beat handed out."""
+        return self._last
+
+    def request(self, rhythm: Rhythm, at: float) -> None:
+        """From stream time ``at`` on, ``rhythm`` (validated here: RhythmError if it cannot be).
+        The past stays: ``at`` before the last beat handed out is moved to it."""
+        rhythm = rhythm.validated()
+        at = max(at, self._cursor)
+        spec = RHYTHMS[rhythm.name]
+        until = at + rhythm.duration if rhythm.duration is not None and not spec.one_beat else None
+        self._requests = [q for q in self._requests if q.at <= at] + [_Request(at, rhythm, until)]
+        self._pending = None
+
+    def rhythm_at(self, t: float) -> tuple[Rhythm, float]:
+        """The rhythm in effect at ``t`` and when it began."""
+        held: list[_Request] = []  # the requests in effect, newest last; a timed one ends on its own
+        for q in self._requests:
+            if q.at > t:
+                break
+            if q.until is None:
+                held = [q]
+            else:
+                held.append(q)
+        while len(held) > 1 and held[-1].until is not None and held[-1].until <= t:
+            ended = held.pop()
+            held[-1] = _Request(max(held[-1].at, ended.until), held[-1].rhythm, held[-1].until)
+        q = held[-1]
+        return q.rhythm, q.at
+
+    def _next_change(self, t: float) -> float | None:
+        times = [q.at for q in self._requests if q.at > t] + [q.until for q in self._requests
+                                                              if q.until is not None and q.until > t]
+        return min(times) if times else None
+
+    def beats(self, until: float) -> list[Beat]:
+        """The beats before stream time ``until`` not handed out yet, in time order."""
+        out: list[Beat] = []
+        while self._cursor < until:
+            beat = self._pending or self._make(until)
+            if beat is None:
+                continue  # a stretch without beats: the cursor moved on
+            if beat.time >= until:
+                self._pending = beat
+                break
+            self._pending = None
+            out.append(beat)
+            self._hand_out(beat)
+        return out
+
+    def _make(self, until: float) -> Beat | None:
+        t = self._cursor
+        rhythm, began = self.rhythm_at(t)
+        spec = RHYTHMS[rhythm.name]
+        since = self._last.time if self._last is not None else began
+        beat = spec.program(rhythm, since, self._last, self._recent,
+                            np.random.default_rng((self.seed, self._count)))
+        change = self._next_change(t)
+        if beat is None:  # no beats until the next change (or past this window)
+            self._cursor = until if change is None or change > until else change
+            return None
+        if beat.time <= t:  # the rhythm began after the beat it would have made: its first beat now
+            beat = Beat(t + 1e-6 if self._last is not None and t <= self._last.time else t, beat.kind)
+        if change is not None and beat.time > change and not spec.one_beat:
+            self._cursor = change  # made by the rhythm in effect then
+            return None
+        if spec.one_beat:  # a pause is over with its beat: the rhythm before it goes on from there
+            self._requests = [q for q in self._requests if q.at != began or q.rhythm != rhythm]
+            prev, _ = self.rhythm_at(began)
+            self._requests = [q for q in self._requests if q.at <= beat.time] + [_Request(beat.time, prev, None)] + \
+                [q for q in self._requests if q.at > beat.time]
+        return beat
+
+    def _hand_out(self, beat: Beat) -> None:
+        self._last, self._count = beat, self._count + 1
+        self._recent = (self._recent + [beat.kind])[-RECENT:]
+        self._cursor = beat.time
+
+    def episodes(self, until: float) -> list[Episode]:
+        """The rhythm episodes from the stream's start up to ``until`` (the last one open). A pause
+        is no episode: its beat's long RR is the record of it (MIT-BIH annotates none either)."""
+        points = sorted({self.start, *(q.at for q in self._requests), *(q.until for q in self._requests if q.until)})
+        spans: list[Episode] = []
+        for p in [p for p in points if p < until]:
+            rhythm, _ = self.rhythm_at(p)
+            name = episode_name(rhythm)
+            if spans and spans[-1].rhythm == name:
+                continue
+            if spans:
+                spans[-1] = Episode(spans[-1].rhythm, spans[-1].start, p)
+            spans.append(Episode(name, p))
+        return spans
