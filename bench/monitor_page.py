@@ -30,11 +30,12 @@ from aiohttp import web
 
 from stream.events import Event
 from stream.kafka.embedded import EmbeddedBroker, free_port
+from stream.subscribers import SubscriberHub
 from twin_engine.config import load_settings
 from twin_engine.metrics import Metrics
 from twin_engine.ops.app import load_model
 from twin_engine.ops.demo import demo_patients
-from twin_engine.web.dashboard import STATIC, SubscriberHub
+from twin_engine.web.dashboard import STATIC, page_hello
 from twin_engine.web.http_api import build_app
 from twin_engine.worker.service import TwinService
 
@@ -85,8 +86,9 @@ async def run(args: argparse.Namespace, broker: EmbeddedBroker) -> dict:
     settings.kafka.bootstrap_servers = broker.bootstrap_servers
     settings.http_port = free_port()
     metrics = Metrics()
-    hub = SubscriberHub(metrics=metrics)
-    service = TwinService(settings, load_model(settings), sinks=[hub], metrics=metrics)
+    model = load_model(settings)
+    hub = SubscriberHub(metrics=metrics, hello=page_hello(settings, model.meta.vocab))
+    service = TwinService(settings, model, sinks=[hub], metrics=metrics)
     await service.start()
     app = build_app(service, hub)
     for i, path in enumerate(pages.values()):

@@ -55,6 +55,26 @@ PRESETS: dict[str, dict] = {
 }
 
 
+DENOISERS = ("auto", "teacher", "student")
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How windows are sampled: which denoiser, which sampler, how many steps. The denoiser is a
+    choice of its own (as k-diffusion wraps a model before any sampler sees it): the AdaX DiT
+    "teacher" with classifier-free guidance, or the distilled "student", which has the guidance
+    folded in and was distilled for DDIM at ``meta.student_steps`` steps."""
+
+    denoiser: str
+    sampler: str
+    steps: int
+
+    @property
+    def name(self) -> str:
+        """What reports, benchmarks and configuration call it ("distilled": the student's plan)."""
+        return "distilled" if self.denoiser == "student" else self.sampler
+
+
 @dataclass
 class ModelMeta:
     fs: int = 250
@@ -124,12 +144,39 @@ class TwinModel(torch.nn.Module):
         self.meta.student_steps, self.meta.student_guidance = int(steps), float(guidance)
         self.set_backend(self.backend, self.denoiser, self.decoder, student)
 
+    def plan(self, sampler: str, steps: int, denoiser: str = "auto") -> SamplingPlan:
+        """The sampling plan for a configured sampler and denoiser.
+
+        Args:
+            sampler: a sampler name, "auto", or "distilled" (the configuration's name for the
+                student with DDIM).
+            denoiser: "teacher", "student", or "auto": the student where the model has one for
+                ``steps`` steps and the sampler is "auto" (half the forward passes: guidance is
+                folded in), else the teacher.
+        Raises:
+            ValueError: a student asked for that the model does not have, or for other steps
+                or another sampler than it was distilled for.
+        """
+        if denoiser not in DENOISERS:
+            raise ValueError(f"denoiser must be one of {', '.join(DENOISERS)}, not {denoiser!r}")
+        if sampler == "distilled":
+            sampler, denoiser = "ddim", "student"
+        if denoiser == "auto":
+            fits = self.student is not None and steps == self.meta.student_steps
+            denoiser = "student" if sampler == "auto" and fits else "teacher"
+        if sampler == "auto":
+            sampler = "ddim" if denoiser == "student" else "dpmpp2m"
+        if denoiser == "student":
+            if self.student_denoiser is None:
+                raise ValueError("the distilled student needs a model that has one (twin-engine train distill)")
+            if steps != self.meta.student_steps or sampler != "ddim":
+                raise ValueError(f"the distilled student was trained for {self.meta.student_steps} steps of DDIM, "
+                                 f"not {steps} of {sampler}")
+        return SamplingPlan(denoiser, sampler, steps)
+
     def resolve_sampler(self, name: str, steps: int) -> str:
-        """``auto``: the distilled student where the model has one for ``steps`` steps (half the
-        forward passes: guidance is folded in), else DPM-Solver++."""
-        if name != "auto":
-            return name
-        return "distilled" if self.student is not None and steps == self.meta.student_steps else "dpmpp2m"
+        """The plan's name for a configured sampler (``plan(name, steps).name``)."""
+        return self.plan(name, steps).name
 
     def _modules_to_save(self) -> dict[str, torch.nn.Module]:
         mods = {"ae": self.ae, "ibe": self.ibe, "dit": self.dit}
@@ -262,11 +309,11 @@ class TwinModel(torch.nn.Module):
     def generate_latent(self, base_vectors: np.ndarray | torch.Tensor, states: Sequence[CardiacState],
                         steps: int = 4, seed: int | Sequence[int] = 0, sampler: str = "dpmpp2m",
                         guidance: float = 1.5, context: torch.Tensor | None = None,
-                        controller: AttentionRecorder | None = None) -> torch.Tensor:
+                        controller: AttentionRecorder | None = None, denoiser: str = "auto") -> torch.Tensor:
         """(B, C, tokens) latents; ``context`` (B, C, k) fixes the first k tokens (continuation).
 
-        ``sampler="distilled"`` runs the distilled student with DDIM at the step count it was
-        trained for, one forward pass per step (guidance is folded in, ``guidance`` is ignored)."""
+        ``sampler`` and ``denoiser`` make the plan (``plan``): the distilled student runs one
+        forward pass per step with guidance folded in (``guidance`` is ignored for it)."""
         base = to_device(np.asarray(base_vectors, np.float32), self.device)
         inten, cont = self.condition_tensors(states)
         b = len(states)
@@ -275,19 +322,12 @@ class TwinModel(torch.nn.Module):
         noise = to_device([torch.randn(self.dit.cfg.latent_channels, self.tokens, generator=g.manual_seed(int(s))).numpy()
                            for s in seeds], self.device)
         gen = torch.Generator().manual_seed(int(seeds[0]))
-        sampler = self.resolve_sampler(sampler, steps)
-        if sampler == "distilled":
-            if self.student_denoiser is None:
-                raise ValueError("sampler 'distilled' needs a model with a distilled student "
-                                 "(twin-engine train distill)")
-            if steps != self.meta.student_steps:
-                raise ValueError(f"the distilled student was trained for {self.meta.student_steps} steps, "
-                                 f"not {steps}")
+        plan = self.plan(sampler, steps, denoiser)
+        if plan.denoiser == "student":
             fn = self.x0_predictor(base, inten, cont, 1.0, context, net=self.student_denoiser)
-            sampler = "ddim"
         else:
             fn = self.x0_predictor(base, inten, cont, guidance, context, controller)
-        return get_sampler(sampler, self.schedule).sample(fn, noise, steps, gen)
+        return get_sampler(plan.sampler, self.schedule).sample(fn, noise, steps, gen)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:

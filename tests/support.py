@@ -11,9 +11,10 @@ from models.twin import TwinModel
 from stream.events import Event
 from stream.kafka.embedded import free_port
 from stream.kafka.topics import read_topic
+from stream.subscribers import SubscriberHub
 from twin_engine.config import load_settings
 from twin_engine.metrics import Metrics
-from twin_engine.web.dashboard import SubscriberHub
+from twin_engine.web.dashboard import page_hello
 from twin_engine.web.http_api import serve_http
 from twin_engine.worker.service import TwinService
 
@@ -58,8 +59,9 @@ async def start_with_dashboard(broker, tiny_model_dir, data_dir, speed=1.0, pati
     settings = service_settings(broker, prefix, data_dir=data_dir, speed=speed)
     settings.http_port = free_port()
     metrics = Metrics()
-    hub = SubscriberHub(queue_frames=16, metrics=metrics)
-    svc = TwinService(settings, TwinModel.load(tiny_model_dir), sinks=[hub], metrics=metrics)
+    model = TwinModel.load(tiny_model_dir)
+    hub = SubscriberHub(queue_frames=16, metrics=metrics, hello=page_hello(settings, model.meta.vocab))
+    svc = TwinService(settings, model, sinks=[hub], metrics=metrics)
     await svc.start()
     runner = await serve_http(svc, "127.0.0.1", settings.http_port, hub)
     await asyncio.wait_for(svc.ready.wait(), 30)

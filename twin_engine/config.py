@@ -146,6 +146,7 @@ class Settings:
     backend: str = "auto"  # auto, torch, torch-compile, cuda-graphs, onnxruntime, tensorrt
     precision: str = "fp16"  # cuda-graphs on a GPU: fp16, bf16 or fp32 (docs/BENCHMARKS.md, GPU)
     sampler: str = "auto"  # the model's distilled student where it has one, else dpmpp2m
+    denoiser: str = "auto"  # auto, teacher (the DiT, guided), student (distilled: DDIM at its steps)
     steps: int = 4  # the distilled student's count: better than the teacher at 8 (docs/EVALUATION.md)
     guidance_scale: float = 1.5
     segment_seconds: float = 2.0
@@ -185,6 +186,7 @@ class Settings:
             ("backend", self.backend in ("auto", *BACKEND_NAMES)),
             ("precision", self.precision in ("fp16", "bf16", "fp32")),
             ("sampler", self.sampler in ("auto", "distilled", "ddpm", "ddim", "dpmpp2m")),
+            ("denoiser", self.denoiser in ("auto", "teacher", "student")),
             ("steps", 1 <= self.steps <= 1000),
             ("guidance_scale", 0.0 <= self.guidance_scale <= 20.0),
             ("segment_seconds", 1.0 <= self.segment_seconds <= 10.0),

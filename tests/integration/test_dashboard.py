@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 
 from stream.events import Event
+from stream.subscribers import SubscriberHub
 from tests.cdp import Chromium, chromium_binary
 from tests.support import start_with_dashboard, wait_for
-from twin_engine.web.dashboard import SubscriberHub
 
 ARTIFACTS = Path(os.environ.get("TWIN_ENGINE_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
 
@@ -107,15 +107,14 @@ async def test_slow_subscriber_drops_frames_not_memory(broker, tiny_model_dir, d
 
 
 async def test_dropped_frames_are_counted():
-    hub = SubscriberHub(queue_frames=4)
+    from stream.subscribers import Subscriber
+    from twin_engine.metrics import Metrics
+
+    hub = SubscriberHub(queue_frames=4, metrics=Metrics())
 
     class _WS:  # a subscriber whose writer is not running: nothing drains its queue
         pass
 
-    from twin_engine.metrics import Metrics
-    from twin_engine.web.dashboard import Subscriber
-
-    hub.metrics = Metrics()
     client = Subscriber(_WS(), asyncio.Queue(maxsize=4), None)  # subscribed to every patient
     hub.clients.add(client)
     for i in range(10):

@@ -41,6 +41,13 @@ def test_student_ships_in_the_model_folder(distilled_model_dir, tmp_path):
     assert np.isfinite(a).all() and not np.allclose(a[0], a[1])
     with pytest.raises(ValueError, match="trained for 4 steps"):
         model.generate(base, states, steps=2, seed=1, sampler="distilled")
+    # the student is a denoiser choice: with DDIM at its steps it is the "distilled" plan
+    assert model.plan("ddim", 4, "student").name == "distilled" and model.plan("ddim", 4).denoiser == "teacher"
+    assert model.plan("auto", 4, "teacher") == type(model.plan("auto", 4))("teacher", "dpmpp2m", 4)
+    np.testing.assert_allclose(model.generate_latent(base, states, 4, 1, "ddim", denoiser="student"),
+                               model.generate_latent(base, states, 4, 1, "distilled"), atol=1e-6)
+    with pytest.raises(ValueError, match="trained for 4 steps of DDIM"):
+        model.plan("dpmpp2m", 4, "student")
     model.save(tmp_path / "copy")
     again = TwinModel.load(tmp_path / "copy").generate(base, states, steps=4, seed=1, sampler="auto")
     np.testing.assert_allclose(a, again, atol=1e-5)

@@ -13,9 +13,10 @@ import pytest
 from stream.events import Event
 from stream.kafka.embedded import free_port
 from stream.segments import Segment
+from stream.subscribers import SubscriberHub
 from twin_engine.config import ConfigError, load_settings
 from twin_engine.web.auth import Tokens, check_exposure, is_loopback
-from twin_engine.web.dashboard import SubscriberHub
+from twin_engine.web.dashboard import page_hello
 from twin_engine.web.http_api import serve_http
 
 WRITE, READ = "w" * 24, "r" * 24
@@ -47,8 +48,9 @@ class Front:
 
 async def _serve(**kw):
     settings = load_settings(env={}, http_port=free_port(), **kw)
-    front, hub = Front(settings), SubscriberHub(max_clients=kw.get("ws_max_clients", 256),
-                                               max_subscription=kw.get("ws_max_subscription", 1000))
+    front = Front(settings)
+    hub = SubscriberHub(max_clients=kw.get("ws_max_clients", 256), max_subscription=kw.get("ws_max_subscription", 1000),
+                        hello=page_hello(settings, front.vocab))
     runner = await serve_http(front, "127.0.0.1", settings.http_port, hub)
     return front, hub, runner, f"http://127.0.0.1:{settings.http_port}"
 

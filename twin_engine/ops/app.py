@@ -76,13 +76,14 @@ async def run_service(settings: Settings, model: TwinModel,
                       scenario: Callable[[TwinService], Awaitable[None]] | None = None,
                       duration: float = 0) -> None:
     """Serve until SIGINT/SIGTERM (or ``duration`` seconds); then shut down gracefully."""
+    from stream.subscribers import SubscriberHub
     from twin_engine.metrics import Metrics
-    from twin_engine.web.dashboard import SubscriberHub
+    from twin_engine.web.dashboard import page_hello
     from twin_engine.worker.sinks import WfdbSink
 
     metrics = Metrics()
     hub = SubscriberHub(max_clients=settings.ws_max_clients, max_subscription=settings.ws_max_subscription,
-                        metrics=metrics)
+                        metrics=metrics, hello=page_hello(settings, model.meta.vocab))
     sinks: list = [hub]
     wfdb_sink = WfdbSink(settings.wfdb_export_dir) if settings.wfdb_export_dir else None
     if wfdb_sink is not None:

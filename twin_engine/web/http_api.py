@@ -20,9 +20,10 @@ from aiohttp.web_log import AccessLogger
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from stream.events import Event, EventError, json_value, new_event_id, parse_event, state_to_dict
+from stream.subscribers import SubscriberHub
 from twin_engine.config import Settings
 from twin_engine.web.auth import Tokens, check_exposure, guard
-from twin_engine.web.dashboard import SubscriberHub, add_routes
+from twin_engine.web.dashboard import add_routes, page_hello
 
 
 class Frontend(Protocol):
@@ -165,8 +166,8 @@ def build_app(service: Frontend, hub: SubscriberHub | None = None) -> web.Applic
     app[SERVICE] = service
     app[TOKENS] = tokens
     if hub is not None:
-        hub.hello = {"speed": service.settings.speed, "segment_seconds": service.settings.segment_seconds,
-                     "vocab": list(service.vocab)}
+        if hub.hello != page_hello(s, service.vocab):  # the page would draw with another vocabulary or speed
+            raise ValueError("the hub's hello is not this service's: SubscriberHub(hello=page_hello(settings, vocab))")
         add_routes(app, hub)
     app.router.add_get("/api/records", list_records)
     app.router.add_get("/healthz", health)

@@ -25,10 +25,11 @@ from stream.events import Event
 from stream.kafka.producer import send_events
 from stream.kafka.topics import ensure_topics
 from stream.segments import Annotation
+from stream.subscribers import SubscriberHub
 from twin_engine.config import Settings
 from twin_engine.metrics import MonitorMetrics
 from twin_engine.registry import Patient, apply_record
-from twin_engine.web.dashboard import SubscriberHub
+from twin_engine.web.dashboard import page_hello
 
 log = logging.getLogger(__name__)
 YIELD_EVERY = 16  # records relayed between turns of the subscribers' writers (their queues hold 64)
@@ -51,9 +52,9 @@ class Monitor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = MonitorMetrics()
-        self.hub = SubscriberHub(max_clients=settings.ws_max_clients, max_subscription=settings.ws_max_subscription,
-                                 metrics=self.metrics)
         self.vocab, self.fs = model_meta(settings.model_path)
+        self.hub = SubscriberHub(max_clients=settings.ws_max_clients, max_subscription=settings.ws_max_subscription,
+                                 metrics=self.metrics, hello=page_hello(settings, self.vocab))
         self.patients: dict[str, Patient] = {}
         self.ready = asyncio.Event()
         self.kafka_kwargs = settings.kafka.client_kwargs()

@@ -57,11 +57,13 @@ def patient_seed(patient_id: str, seq: int, window: int = 0) -> int:
 
 class ContinuousGenerator:
     def __init__(self, model: TwinModel, steps: int = 4, sampler: str = "dpmpp2m",
-                 guidance: float = 1.5, context_fraction: float = 0.25, splice_samples: int = 12) -> None:
+                 guidance: float = 1.5, context_fraction: float = 0.25, splice_samples: int = 12,
+                 denoiser: str = "auto") -> None:
         self.model, self.steps, self.guidance = model, steps, guidance
-        self.sampler = model.resolve_sampler(sampler, steps)
-        log.info("sampler: %s, %d steps%s", self.sampler, steps,
-                 " (distilled, guidance folded in)" if self.sampler == "distilled" else f", guidance {guidance}")
+        self.plan = model.plan(sampler, steps, denoiser)
+        self.sampler = self.plan.name  # what reports and benchmarks call it
+        log.info("denoiser: %s, sampler: %s, %d steps%s", self.plan.denoiser, self.plan.sampler, steps,
+                 " (guidance folded in)" if self.plan.denoiser == "student" else f", guidance {guidance}")
         self.window = model.meta.window
         self.context = int(self.window * context_fraction) // 8 * 8
         self.splice = splice_samples
@@ -104,8 +106,8 @@ class ContinuousGenerator:
         if tails is not None:
             t = to_device(tails, m.device)  # (B, C, leads)
             ctx = m.ae.encode(t.transpose(1, 2).contiguous())
-        z = m.generate_latent(base, [r.state for r in reqs], self.steps, seeds, self.sampler,
-                              self.guidance, context=ctx)
+        z = m.generate_latent(base, [r.state for r in reqs], self.steps, seeds, self.plan.sampler,
+                              self.guidance, context=ctx, denoiser=self.plan.denoiser)
         y = m.decoder(z).float()  # (B, leads, window), where the model runs
         if t is not None:  # the splice runs there too, and only the new part leaves the device
             y = y[..., self.context:]

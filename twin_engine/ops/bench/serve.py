@@ -236,15 +236,16 @@ async def _ws_once(settings: Settings, model, patients: int, clients: int, durat
     import aiohttp
 
     from stream.kafka.embedded import free_port
+    from stream.subscribers import SubscriberHub
     from twin_engine.metrics import Metrics
-    from twin_engine.web.dashboard import SubscriberHub
+    from twin_engine.web.dashboard import page_hello
     from twin_engine.web.http_api import serve_http
     from twin_engine.worker.service import TwinService
 
     s = Settings(**{**settings.__dict__})
     s.kafka = settings.kafka.namespaced(f"benchws{uuid.uuid4().hex[:6]}")
     metrics = Metrics()
-    hub = SubscriberHub(deflate=deflate, metrics=metrics)
+    hub = SubscriberHub(deflate=deflate, metrics=metrics, hello=page_hello(s, model.meta.vocab))
     svc = TwinService(s, model, sinks=[hub], metrics=metrics)
     await svc.start()
     port = free_port()
