@@ -1,0 +1,127 @@
+"""QRS detectors as plug-ins: a Python callable, or an external command that reads a WFDB record
+and writes an annotation file. Whatever a detector returns is checked before it is scored: a
+malformed answer is a ``DetectorError`` with the reason, never a crash of the run.
+
+Built in as references: ``xqrs`` (``wfdb.processing.xqrs_detect``), ``neurokit2`` and
+``pantompkins`` (``neurokit2.ecg_peaks`` with its default and Pan-Tompkins methods).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ")
+
+
+class DetectorError(RuntimeError):
+    """A detector failed or answered something that is not a list of beat positions."""
+
+
+def checked(found: object, n_samples: int, name: str) -> np.ndarray:
+    """``found`` as sorted unique sample indices within the signal, or DetectorError saying why."""
+    try:
+        arr = np.asarray(found)
+    except Exception as exc:  # noqa: BLE001 - any object a plug-in may return
+        raise DetectorError(f"{name}: its result is not an array ({exc.__class__.__name__})") from exc
+    if arr.size == 0:
+        return np.zeros(0, int)
+    if arr.ndim != 1:
+        raise DetectorError(f"{name}: expected a 1-d list of sample indices, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr.astype(np.float64)).all():
+        raise DetectorError(f"{name}: sample indices must be finite numbers, got {arr.dtype}")
+    if (arr != np.round(arr)).any():
+        raise DetectorError(f"{name}: sample indices must be whole numbers")
+    idx = arr.astype(np.int64)
+    if idx.min() < 0 or idx.max() >= n_samples:
+        raise DetectorError(f"{name}: sample indices must lie in 0..{n_samples - 1}, got {idx.min()}..{idx.max()}")
+    return np.unique(idx)
+
+
+@dataclass(frozen=True)
+class PythonDetector:
+    """A callable ``(lead: (samples,) in mV, fs) -> sample indices`` on one lead."""
+
+    name: str
+    fn: Callable[[np.ndarray, float], object]
+
+    def __call__(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        try:
+            found = self.fn(np.asarray(signal, np.float64), fs)
+        except Exception as exc:  # noqa: BLE001 - a plug-in's failure is reported, the run goes on
+            raise DetectorError(f"{self.name} failed: {exc.__class__.__name__}: {exc}") from exc
+        return checked(found, len(signal), self.name)
+
+
+@dataclass(frozen=True)
+class CommandDetector:
+    """An external program: ``command`` with ``{record}`` replaced by a WFDB record's name (in
+    its working directory, one lead ``ECG`` in mV); it writes ``{record}.{extension}``.
+
+    Attributes:
+        timeout_s: how long it may run on one record.
+    """
+
+    name: str
+    command: str
+    extension: str = "qrs"
+    timeout_s: float = 120.0
+
+    def __call__(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="twin-detector-") as tmp:
+            x = np.asarray(signal, np.float64).reshape(-1, 1)
+            wfdb.wrsamp("rec", fs=fs, units=["mV"], sig_name=["ECG"], p_signal=x, fmt=["16"],
+                        adc_gain=[1000.0], baseline=[0], write_dir=tmp)
+            args = [a.replace("{record}", "rec") for a in shlex.split(self.command)]
+            try:
+                done = subprocess.run(args, cwd=tmp, capture_output=True, timeout=self.timeout_s, check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise DetectorError(f"{self.name} could not run: {exc.__class__.__name__}: {exc}") from exc
+            if done.returncode != 0:
+                tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+                raise DetectorError(f"{self.name} exited with {done.returncode}: {' | '.join(tail)}")
+            path = Path(tmp) / f"rec.{self.extension}"
+            if not path.exists():
+                raise DetectorError(f"{self.name} wrote no annotation file rec.{self.extension}")
+            try:
+                ann = wfdb.rdann(str(Path(tmp) / "rec"), self.extension)
+            except Exception as exc:  # noqa: BLE001 - an unreadable file is the detector's error
+                raise DetectorError(f"{self.name}: its annotation file is unreadable ({exc.__class__.__name__})") \
+                    from exc
+            beats = [s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS]
+            return checked(beats, len(x), self.name)
+
+
+def _xqrs(x: np.ndarray, fs: float) -> np.ndarray:
+    from wfdb import processing
+
+    return processing.xqrs_detect(x, fs, verbose=False)
+
+
+def _neurokit(method: str) -> Callable[[np.ndarray, float], np.ndarray]:
+    def detect(x: np.ndarray, fs: float) -> np.ndarray:
+        import neurokit2 as nk
+
+        clean = nk.ecg_clean(x, sampling_rate=int(fs), method="neurokit" if method == "neurokit" else method)
+        return np.asarray(nk.ecg_peaks(clean, sampling_rate=int(fs), method=method)[1]["ECG_R_Peaks"], int)
+    return detect
+
+
+BUILTIN: dict[str, Callable[[np.ndarray, float], object]] = {
+    "xqrs": _xqrs, "neurokit2": _neurokit("neurokit"), "pantompkins": _neurokit("pantompkins1985")}
+
+
+def detector(spec: str) -> PythonDetector | CommandDetector:
+    """A built-in detector by name, or ``cmd:<command with {record}>`` for an external one."""
+    if spec.startswith("cmd:"):
+        return CommandDetector(spec[4:].split()[0], spec[4:])
+    if spec not in BUILTIN:
+        raise DetectorError(f"unknown detector {spec!r}; built in: {', '.join(BUILTIN)}, or cmd:<command>")
+    return PythonDetector(spec, BUILTIN[spec])
