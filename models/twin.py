@@ -175,8 +175,9 @@ class TwinModel(torch.nn.Module):
         return SamplingPlan(denoiser, sampler, steps)
 
     def resolve_sampler(self, name: str, steps: int) -> str:
-        """The plan's name for a configured sampler (``plan(name, steps).name``)."""
-        return self.plan(name, steps).name
+        """What a configured sampler name runs as: ``auto`` resolved (``plan``), any other name as
+        given (checked when it is sampled, so benchmarks can list and skip combinations)."""
+        return name if name != "auto" else self.plan(name, steps).name
 
     def _modules_to_save(self) -> dict[str, torch.nn.Module]:
         mods = {"ae": self.ae, "ibe": self.ibe, "dit": self.dit}
