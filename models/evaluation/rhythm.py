@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,24 +109,13 @@ def rr_statistics(mitdb: Path, seconds: float = 1800.0) -> dict:
     return {k: {"mitdb": _summary(real[k]), "programs": _summary(made[k])} for k in real}
 
 
-def _detectors() -> dict[str, Callable[[np.ndarray, float], np.ndarray]]:
-    import neurokit2 as nk
-    from wfdb import processing
-
+def _detectors() -> dict:
     from models.rpeaks import detect_r_peaks
+    from models.stress.detectors import PythonDetector, detector
 
-    def xqrs(x, fs):
-        return processing.xqrs_detect(x, fs, verbose=False)
-
-    def nk_method(method):
-        def detect(x, fs):
-            clean = nk.ecg_clean(x, sampling_rate=int(fs), method="neurokit" if method == "neurokit" else method)
-            return np.asarray(nk.ecg_peaks(clean, sampling_rate=int(fs), method=method)[1]["ECG_R_Peaks"], int)
-        return detect
-
-    return {"xqrs (wfdb)": xqrs, "neurokit2 neurokit": nk_method("neurokit"),
-            "neurokit2 pantompkins1985": nk_method("pantompkins1985"),
-            "models.rpeaks (ours)": lambda x, fs: detect_r_peaks(x, fs)}
+    return {"xqrs (wfdb)": detector("xqrs"), "neurokit2 neurokit": detector("neurokit2"),
+            "neurokit2 pantompkins1985": detector("pantompkins"),
+            "models.rpeaks (ours)": PythonDetector("models.rpeaks", detect_r_peaks)}
 
 
 def detector_scores(mitdb: Path, seconds: float = 300.0) -> dict:
