@@ -19,9 +19,7 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
-from models.rhythm import BeatSchedule, Rhythm
-
-BEATS = set("NLRBAaJSVrFejnE/fQ")  # MIT-BIH beat symbols (the rest mark rhythm, noise, comments)
+from models.rhythm import BEAT_SYMBOLS, MIT_KIND, BeatSchedule, Rhythm
 
 
 def _rhythm_runs(ann) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -32,7 +30,7 @@ def _rhythm_runs(ann) -> list[tuple[str, np.ndarray, np.ndarray]]:
             if current is not None:
                 runs.append((current, np.array(samples), np.array(symbols)))
             current, samples, symbols = aux.strip("\x00"), [], []
-        elif sym in BEATS and current is not None:
+        elif sym in BEAT_SYMBOLS and current is not None:
             samples.append(s)
             symbols.append(sym)
     if current is not None:
@@ -68,8 +66,7 @@ def _window_stats(times: np.ndarray, kinds: np.ndarray, rhythm: str, window: flo
 
 
 def _kinds(symbols: np.ndarray) -> np.ndarray:
-    return np.array(["V" if s in "VE" else "N" if s in "NLRBej" else "S" if s in "AaJS" else "F" if s == "F" else "Q"
-                     for s in symbols])
+    return np.array([MIT_KIND.get(s, "Q") for s in symbols])
 
 
 def _summary(values: list[float]) -> dict | None:
@@ -124,14 +121,15 @@ def detector_scores(mitdb: Path, seconds: float = 300.0) -> dict:
     figures are for detectors started cold, as a monitor's is after a lead change."""
     from wfdb import processing
 
-    totals = {name: [0, 0, 0] for name in _detectors()}  # true positives, reference beats, detections
+    detectors = _detectors()
+    totals = {name: [0, 0, 0] for name in detectors}  # true positives, reference beats, detections
     for hea in sorted(Path(mitdb).glob("*.hea")):
         rec = wfdb.rdrecord(str(hea.with_suffix("")), sampto=int(360 * seconds))
         lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
         x, fs = rec.p_signal[:, lead], float(rec.fs)
         ann = wfdb.rdann(str(hea.with_suffix("")), "atr", sampto=int(fs * seconds))
-        ref = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEATS])
-        for name, detect in _detectors().items():
+        ref = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS])
+        for name, detect in detectors.items():
             found = np.asarray(detect(x, fs), int)
             cmp = processing.compare_annotations(ref, found, int(0.15 * fs))
             totals[name][0] += cmp.tp

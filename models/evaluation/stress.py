@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
-from models.stress.detectors import BEAT_SYMBOLS, DetectorError, detector
+from models.rhythm.beats import BEAT_SYMBOLS
+from models.stress.detectors import DetectorError, detector
 from models.stress.noise import add_noise, read_noise
 from models.stress.scoring import gross, score_beats
 

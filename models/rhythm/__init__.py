@@ -7,9 +7,17 @@ one signature for all and one registry of names; ``schedule`` composes a stream'
 requests into beats window by window, the same beats however the stream is cut into windows.
 """
 
-from models.rhythm.beats import BEAT_KINDS, MIT_RHYTHM, MIT_SYMBOL, Beat, Episode
+from models.rhythm.beats import (
+           BEAT_KINDS,
+           BEAT_SYMBOLS,
+           MIT_KIND,
+           MIT_RHYTHM,
+           MIT_SYMBOL,
+           Beat,
+           Episode,
+)
 from models.rhythm.programs import RHYTHMS, Rhythm, RhythmError, rhythm_names
 from models.rhythm.schedule import BeatSchedule
 
-__all__ = ["BEAT_KINDS", "MIT_RHYTHM", "MIT_SYMBOL", "RHYTHMS", "Beat", "BeatSchedule", "Episode", "Rhythm",
+__all__ = ["BEAT_KINDS", "BEAT_SYMBOLS", "MIT_KIND", "MIT_RHYTHM", "MIT_SYMBOL", "RHYTHMS", "Beat", "BeatSchedule", "Episode", "Rhythm",
            "RhythmError", "rhythm_names"]

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
-from models.rhythm.beats import MIT_RHYTHM, MIT_SYMBOL, Beat, Episode
+from models.rhythm.beats import BEAT_SYMBOLS, MIT_KIND, MIT_RHYTHM, Beat, Episode
 
-SYMBOL_KIND = {v: k for k, v in MIT_SYMBOL.items()}
 AUX_RHYTHM = {v: k for k, v in MIT_RHYTHM.items() if k in ("sinus", "sinus_brady", "afib", "aflutter", "bigeminy",
                                                            "trigeminy", "vt", "asystole", "vf")}
 
@@ -38,11 +37,12 @@ def write_annotations(record_name: str, out_dir: Path, fs: float, start: float, 
 
 def read_annotations(record_path: str | Path, extension: str = "atr") -> tuple[list[Beat], list[Episode]]:
     """Beats and rhythm episodes of an annotation file (times in seconds from the record's
-    start); beat symbols outside our classes are read as Q, rhythms we do not make are skipped."""
+    start); beats by their class (``MIT_KIND``, Q for the rest), other annotations than beats
+    and rhythm changes are left out, and rhythms we do not make are skipped."""
     ann = wfdb.rdann(str(record_path), extension)
     fs = float(ann.fs)
     rows = list(zip(ann.sample, ann.symbol, ann.aux_note, strict=True))
-    beats = [Beat(s / fs, SYMBOL_KIND.get(sym, "Q")) for s, sym, _ in rows if sym != "+"]
+    beats = [Beat(s / fs, MIT_KIND.get(sym, "Q")) for s, sym, _ in rows if sym in BEAT_SYMBOLS]
     changes = [(s / fs, (aux or "").strip("\x00")) for s, sym, aux in rows if sym == "+"]
     episodes = []
     for i, (t, aux) in enumerate(changes):

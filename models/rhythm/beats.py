@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 BEAT_KINDS = {"N": "normal", "V": "ventricular ectopic", "S": "supraventricular ectopic", "F": "fusion",
               "P": "paced", "Q": "unclassifiable"}
 MIT_SYMBOL = {"N": "N", "V": "V", "S": "A", "F": "F", "P": "/", "Q": "Q"}
+# every MIT-BIH beat symbol (the others mark rhythm changes, noise, comments) and the class each
+# reads as (AAMI EC57's groups, paced apart; unlisted beat symbols: Q)
+BEAT_SYMBOLS = frozenset("NLRBAaJSVrFejnE/fQ")
+MIT_KIND = {**dict.fromkeys("NLRBej", "N"), **dict.fromkeys("AaJS", "S"), **dict.fromkeys("VE", "V"), "F": "F",
+            "/": "P"}
 # rhythm names -> the aux note of a rhythm-change annotation (MIT-BIH's; "(ASYS" is ours: MIT-BIH
 # has no asystole episodes, and PhysioNet/CinC 2015 names the alarm so)
 MIT_RHYTHM = {"sinus": "(N", "sinus_brady": "(SBR", "sinus_tachy": "(N", "afib": "(AFIB", "aflutter": "(AFL",

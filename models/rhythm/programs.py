@@ -94,7 +94,7 @@ Program = Callable[[Rhythm, float, Beat | None, Sequence[str], np.random.Generat
 
 # sinus variability as ECGSYN models it (McSharry et al. 2003: Mayer waves at 0.1 Hz, respiration
 # at 0.25 Hz) plus jitter of each beat about the sinus node's time; sized to MIT-BIH's sinus
-# (SDNN and RMSSD over 5 min, docs/EVALUATION.md) and scaled down above 60 bpm (vagal tone
+# (SDNN and RMSSD over 5 min, docs/RHYTHM.md) and scaled down above 60 bpm (vagal tone
 # withdrawn). Jitter about the node's time, not in the RR, keeps a 10 s mean rate within 1 bpm.
 LF_HZ, HF_HZ, LF, HF, JITTER_S = 0.1, 0.25, 0.04, 0.03, 0.013
 REFRACTORY_S = 0.24  # no beat follows another sooner (AF's shortest RRs in mitdb are about 0.25 s)
@@ -128,6 +128,16 @@ def aflutter(r: Rhythm, since: float, last: Beat | None, recent: Sequence[str], 
     return Beat(since + ratio * flutter * (1.0 + 0.005 * rng.standard_normal()), "N")
 
 
+def _trailing(recent: Sequence[str], kind: str) -> int:
+    """How many of the last beats in a row are of ``kind``."""
+    n = 0
+    for k in reversed(recent):
+        if k != kind:
+            break
+        n += 1
+    return n
+
+
 def _ectopic(r: Rhythm, since: float, last: Beat | None, recent: Sequence[str], rng: np.random.Generator,
              kind: str, compensatory: bool) -> Beat:
     """Sinus with ectopic beats at ``coupling`` x RR. After a ventricular one the next sinus beat
@@ -140,18 +150,11 @@ def _ectopic(r: Rhythm, since: float, last: Beat | None, recent: Sequence[str], 
         if compensatory:
             # the sinus node went on undisturbed: its next beat is on its own grid from the last
             # sinus beat, the first at least half an RR after the ectopic one
-            run = 1
-            while run < len(recent) and recent[-1 - run] == kind:
-                run += 1
-            elapsed = run * r.coupling * r.rr
+            elapsed = _trailing(recent, kind) * r.coupling * r.rr
             return Beat(since + math.ceil((elapsed + 0.5 * r.rr) / r.rr) * r.rr - elapsed, "N")
         return _sinus_beat(r, since, None, rng)
     pattern = r.pattern or "isolated"
-    normals = 0
-    for k in reversed(recent):
-        if k != "N":
-            break
-        normals += 1
+    normals = _trailing(recent, "N")
     if pattern == "bigeminy":
         ectopic = normals >= 1
     elif pattern == "trigeminy":

@@ -115,14 +115,16 @@ class BeatSchedule:
         if change is not None and beat.time > change and not spec.one_beat:
             self._cursor = change  # made by the rhythm in effect then
             return None
-        if spec.one_beat:  # a pause is over with its beat: the rhythm before it goes on from there
+        return beat
+
+    def _hand_out(self, beat: Beat) -> None:
+        # the cursor is still where the beat was made from (a pending beat keeps it there)
+        rhythm, began = self.rhythm_at(self._cursor)
+        if RHYTHMS[rhythm.name].one_beat:  # a pause is over with its beat: the rhythm before it goes on
             self._requests = [q for q in self._requests if q.at != began or q.rhythm != rhythm]
             prev, _ = self.rhythm_at(began)
             self._requests = [q for q in self._requests if q.at <= beat.time] + [_Request(beat.time, prev, None)] + \
                 [q for q in self._requests if q.at > beat.time]
-        return beat
-
-    def _hand_out(self, beat: Beat) -> None:
         self._last, self._count = beat, self._count + 1
         self._recent = (self._recent + [beat.kind])[-RECENT:]
         self._cursor = beat.time

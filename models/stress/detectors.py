@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
-BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ")
+from models.rhythm.beats import BEAT_SYMBOLS
 
 
 class DetectorError(RuntimeError):
