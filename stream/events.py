@@ -8,7 +8,10 @@
                                                 # at or after it, so changes scheduled ahead all
                                                 # happen, in the order of their times
      "state": {"statements": {"AFIB": 1.0}, "heart_rate": 118, "age": 67, "sex": 1},
-     "transition_seconds": 0}                   # heart rate ramps linearly over this time
+     "transition_seconds": 0,                   # heart rate ramps linearly over this time
+     "rhythm": {"name": "vt", "rate": 180, "duration": 8}}  # optional: beat timing and type
+                                                # (models.rhythm.RHYTHMS); a condition event
+                                                # needs a state, a rhythm or both
 
 ``remove`` ends the patient's stream and deletes it from the registry: at once, or with an
 ``effective_time`` ahead, before the first segment starting at or after it (kept in the registry
@@ -28,9 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.conditions import VOCAB, CardiacState
+from models.rhythm.programs import Rhythm, RhythmError
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("condition", "register", "remove")
+# the service's answer to a rhythm request until its live streams carry the rhythm layer
+RHYTHM_NOT_LIVE = ("this service streams the model's own rhythm and takes no rhythm requests yet; "
+                   "`twin-engine render` draws named rhythms offline, with their beat annotations")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -47,6 +54,7 @@ class Event:
     effective_time: float | None = None
     transition_seconds: float = 0.0
     reference: dict[str, Any] = field(default_factory=dict)
+    rhythm: Rhythm | None = None
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "event_id": self.event_id,
@@ -58,6 +66,8 @@ class Event:
             body["state"] = state_to_dict(self.state)
         if self.reference:
             body["reference"] = self.reference
+        if self.rhythm is not None:
+            body["rhythm"] = self.rhythm.to_dict()
         return json.dumps(body).encode()
 
 
@@ -120,14 +130,22 @@ def parse_event(raw: bytes | str, vocab: tuple[str, ...] = VOCAB) -> Event:
     if not isinstance(trans, (int, float)) or isinstance(trans, bool) or not 0 <= trans <= 3600:
         raise EventError("transition_seconds must be a number in [0, 3600]")
     state = state_from_dict(d["state"], vocab) if "state" in d else None
-    if typ == "condition" and state is None:
-        raise EventError("a condition event needs a state")
+    rhythm = None
+    if d.get("rhythm") is not None:
+        if typ == "remove":
+            raise EventError("a remove event takes no rhythm")
+        try:
+            rhythm = Rhythm.from_dict(d["rhythm"])
+        except (RhythmError, TypeError) as exc:
+            raise EventError(f"invalid rhythm: {exc}") from None
+    if typ == "condition" and state is None and rhythm is None:
+        raise EventError("a condition event needs a state, a rhythm or both")
     ref = d.get("reference", {})
     if typ == "register":
         if not isinstance(ref, dict) or len(set(ref) & {"wfdb", "samples", "base_vector"}) != 1:
             raise EventError("register needs reference with exactly one of wfdb, samples, base_vector")
     return Event(d["event_id"], d["patient_id"], typ, state, None if eff is None else float(eff),
-                 float(trans), ref if typ == "register" else {})
+                 float(trans), ref if typ == "register" else {}, rhythm)
 
 
 def new_event_id() -> str:

@@ -13,7 +13,7 @@ import wfdb
 from models.rhythm.beats import BEAT_SYMBOLS, MIT_KIND, MIT_RHYTHM, Beat, Episode
 
 AUX_RHYTHM = {v: k for k, v in MIT_RHYTHM.items() if k in ("sinus", "sinus_brady", "afib", "aflutter", "bigeminy",
-                                                           "trigeminy", "vt", "asystole", "vf")}
+                                                           "trigeminy", "svt", "vt", "asystole", "vf")}
 
 
 def write_annotations(record_name: str, out_dir: Path, fs: float, start: float, beats: Sequence[Beat],

@@ -186,15 +186,18 @@ def cmd_play(args: argparse.Namespace) -> int:
     import time
 
     from twin_engine.ops.clients import with_default_broker
-    from twin_engine.ops.scenario import load_scenario, play
+    from twin_engine.ops.scenario import load_scenario, names_rhythms, play
 
     settings = with_default_broker(_settings(args))
     scenario = load_scenario(args.scenario)
+    if names_rhythms(scenario):
+        raise ScenarioError(f"{args.scenario} names rhythms: the service takes no rhythm requests yet; "
+                            "`twin-engine render` draws them offline")
     start = asyncio.run(play(settings, scenario, args.timeout))
     for pid, t in sorted(start.items()):
         print(f"{pid}: stream starts {time.strftime('%H:%M:%S', time.localtime(t))}")
     for c in scenario.changes:
-        if c.event.state is None:  # a removal
+        if c.event.type == "remove":
             print(f"{c.event.patient_id} at {c.at:g} s: removed ({c.event.event_id})")
             continue
         st = "+".join(c.event.state.statements) or "-"
@@ -203,6 +206,27 @@ def cmd_play(args: argparse.Namespace) -> int:
               + f" ({c.event.event_id})")
     print(f"scheduled {len(scenario.changes)} changes for {len(start)} patients; "
           f"when each began: the annotations topic ({settings.kafka.topic_annotations})")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.rhythm.render import BankError
+    from models.twin import TwinModel
+    from stream.events import EventError
+    from twin_engine.ops.render import render_scenario
+    from twin_engine.ops.scenario import load_scenario
+
+    settings = _settings(args)
+    model = TwinModel.load(Path(settings.model_path))
+    scenario = load_scenario(args.scenario, model.meta.vocab)
+    try:
+        written = render_scenario(settings, model, scenario, Path(args.out), args.seconds)
+    except (EventError, BankError) as exc:
+        raise ScenarioError(str(exc)) from None
+    for r in written:
+        print(f"{r.path}: {r.seconds:g} s, {r.beats} beats, episodes {', '.join(r.episodes)}")
     return 0
 
 
@@ -337,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl2.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the first segments")
     pl2.set_defaults(func=cmd_play)
 
+    rn = sub.add_parser("render", help="a scenario's patients as WFDB records with beat and rhythm annotations "
+                                       "(offline, no broker)")
+    rn.add_argument("scenario", help="scenario TOML (see twin_engine/ops/scenarios/)")
+    rn.add_argument("--out", required=True, help="folder for the records, annotations and manifest.json")
+    rn.add_argument("--seconds", type=float, help="record length (default: 30 s past the last change)")
+    rn.set_defaults(func=cmd_render)
     se = sub.add_parser("send", help="send a condition event")
     se.add_argument("patient")
     se.add_argument("statement", nargs="*", help="SCP codes, optionally CODE=intensity (e.g. AFIB PVC=0.5)")

@@ -2,7 +2,8 @@
 
 A scenario is TOML: the patients to onboard, the state changes, each at a time in seconds of
 that patient's stream (from its first segment in the scenario's state), optionally with a
-heart-rate ramp, and removals (``[[remove]]``: the patient's stream ends before the first segment
+heart-rate ramp or a named rhythm (``rhythm = { name = "vt", rate = 180, duration = 8 }``, drawn
+by ``twin-engine render``), and removals (``[[remove]]``: the patient's stream ends before the first segment
 at or after its time). See ``twin_engine/ops/scenarios/ward.toml``.
 
 The player registers the patients, waits for each one's first segment to learn where its stream
@@ -70,7 +71,7 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
         if len(ref) != 1:
             raise ScenarioError(f"{where}: give one reference, wfdb or base_vector")
         regs.append(_event({"patient_id": p.get("id"), "type": "register", "reference": ref,
-                            **({"state": p["state"]} if "state" in p else {})}, vocab, where))
+                            **{k: p[k] for k in ("state", "rhythm") if k in p}}, vocab, where))
     ids = [e.patient_id for e in regs]
     if not ids or len(set(ids)) != len(ids):
         raise ScenarioError(f"{path}: patients must be listed, each id once")
@@ -89,9 +90,15 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
                 removed.add(c["patient"])
                 fields = {"type": "remove"}
             else:
-                fields = {"type": "condition", "state": c.get("state"), "transition_seconds": c.get("transition", 0)}
+                fields = {"type": "condition", "transition_seconds": c.get("transition", 0),
+                          **{k: c[k] for k in ("state", "rhythm") if k in c}}
             changes.append(Change(float(at), _event({"patient_id": c["patient"], **fields}, vocab, where)))
     return Scenario(regs, sorted(changes, key=lambda c: c.at))
+
+
+def names_rhythms(scenario: Scenario) -> bool:
+    """Whether any entry asks for a rhythm (``render`` draws those; the service takes none yet)."""
+    return any(e.rhythm is not None for e in [*scenario.registrations, *(c.event for c in scenario.changes)])
 
 
 async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -> dict[str, float]:

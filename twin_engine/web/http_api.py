@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from stream.events import Event, EventError, json_value, new_event_id, parse_event, state_to_dict
+from stream.events import RHYTHM_NOT_LIVE, Event, EventError, json_value, new_event_id, parse_event, state_to_dict
 from stream.subscribers import SubscriberHub
 from twin_engine.config import Settings
 from twin_engine.web.auth import Tokens, check_exposure, guard
@@ -59,7 +59,10 @@ def _event_from_body(body: dict, patient_id: str, typ: str, service: Frontend) -
     body = {"schema_version": 1, "event_id": body.get("event_id") or new_event_id(),
             "patient_id": patient_id, "type": typ, **{k: v for k, v in body.items() if k != "patient_id"}}
     body["type"] = typ
-    return parse_event(json.dumps(body), service.vocab)
+    ev = parse_event(json.dumps(body), service.vocab)
+    if ev.rhythm is not None:
+        raise EventError(RHYTHM_NOT_LIVE)
+    return ev
 
 
 async def health(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.dead_letters import dead_letter_record
-from stream.events import Event, EventError, parse_event, state_to_dict
+from stream.events import RHYTHM_NOT_LIVE, Event, EventError, parse_event, state_to_dict
 from stream.kafka.producer import QueuedProducer, delivered, is_final
 from twin_engine.config import Settings
 from twin_engine.metrics import Metrics
@@ -29,6 +29,7 @@ from twin_engine.worker.streams import Streams
 from twin_engine.worker.timeline import StateChange
 
 log = logging.getLogger(__name__)
+
 RETRY_S = 1.0  # after Kafka failed while a scheduled removal was written
 
 
@@ -78,6 +79,8 @@ class EventHandler:
             if msg.key is None or msg.key.decode(errors="replace") != event.patient_id:
                 raise EventError("message key must be the patient id (it decides the partition)")
             self.metrics.events.labels(event.type).inc()
+            if event.rhythm is not None:
+                raise EventError(RHYTHM_NOT_LIVE)
             await self.apply(event)
         except EventError as exc:
             await self._dead_letter(msg, str(exc))

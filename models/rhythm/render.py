@@ -1,0 +1,268 @@
+"""The patient's beats laid on the schedule: morphology from the twin, timing from the rhythm layer.
+
+The diffusion model draws the patient's heart (``BeatBank.from_windows`` cuts its beats out of
+the twin's own windows, in the patient's morphology at a rate it renders well); the renderer
+places one of them at every scheduled R peak, time-warped for the RR (QT shortens about as
+sqrt(RR), the PR little), and adds the atrial activity a rhythm has without beats of its own (AF's
+f waves, flutter waves) and the episodes without QRS complexes (VF; asystole is flat). Every
+sample is a function of absolute stream time, the beats around it and the stream's seed, so a
+stream cut into windows anywhere gives the same samples: a beat across a seam is drawn once,
+partly in each window.
+
+Why not a timing input to the diffusion model: a tester needs every beat exactly where the
+ground truth says and the rate within 1 bpm over 30-250 bpm; the PTB-XL training windows span
+about 40-150 bpm, and a sampled window puts its beats only roughly where it is asked
+(docs/EVALUATION.md: a third of 10 s windows more than 10 bpm off).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import wfdb.processing as wp
+
+from models.rhythm.beats import Beat, Episode
+
+PRE_S, POST_S = 0.30, 0.50  # a beat's extent about its R peak, as cut (P onset to T end at 75 bpm)
+QRS_BEFORE_S, QRS_AFTER_S = 0.06, 0.08  # kept as they are at every rate; the rest is warped
+TAPER_S = 0.03
+BANK_RATE = 75.0  # the model's rate error is smallest at 60-80 bpm (docs/EVALUATION.md: within 1.3)
+# the longest a placed beat reaches about its R (at the slowest rates the warp stretches the T)
+REACH_BEFORE_S, REACH_AFTER_S = 0.32, 0.70
+LEAD_II = 1
+# rhythms whose conducted beats show no P wave of their own (f or flutter waves instead, or
+# none to see: in a regular tachycardia above 180 it is buried in the T wave)
+NO_P_WAVES = frozenset({"afib", "aflutter", "svt", "vt"})
+
+
+class BankError(ValueError):
+    """The twin's windows gave too few clean beats to build a patient's beat bank from."""
+
+
+@dataclass(frozen=True)
+class BeatBank:
+    """Beats of one patient's morphology (12 leads), each with its R peak at sample ``r``.
+
+    Attributes:
+        normal: (K, length, leads) beats cut from the twin's windows, baseline at zero at the ends.
+        ventricular: (K, length, leads) wide-complex beats derived from them (see ``ventricular``).
+        fs: sampling rate.
+        rr: the RR (seconds) they were cut at.
+        scale: (leads,) each lead's QRS peak-to-peak amplitude, for atrial and VF activity.
+    """
+
+    normal: np.ndarray
+    ventricular: np.ndarray
+    fs: int
+    rr: float
+    scale: np.ndarray
+
+    @property
+    def r(self) -> int:
+        return int(round(PRE_S * self.fs))
+
+    @classmethod
+    def from_windows(cls, windows: Sequence[np.ndarray], fs: int, max_beats: int = 12) -> BeatBank:
+        """Cut the beats of ``windows`` ((samples, leads) each, one patient in one state).
+
+        R peaks by XQRS on lead II, then each set on its lead-II extremum; beats that correlate
+        poorly with the median beat (a misplaced detection, a merged pair) are dropped.
+
+        Raises:
+            BankError: fewer than two clean beats.
+        """
+        pre, post = int(round(PRE_S * fs)), int(round(POST_S * fs))
+        cut, rrs = [], []
+        for w in windows:
+            w = np.asarray(w, np.float32)
+            peaks = wp.xqrs_detect(w[:, LEAD_II].astype(np.float64), fs=fs, verbose=False)
+            peaks = _refine(w[:, LEAD_II], np.asarray(peaks, int), int(0.04 * fs))
+            rrs += list(np.diff(peaks) / fs)
+            cut += [w[p - pre:p + post] for p in peaks if p - pre >= 0 and p + post <= len(w)]
+        if len(cut) < 2:
+            raise BankError(f"the twin's windows gave {len(cut)} whole beats; need at least 2")
+        beats = np.stack([_flatten_ends(b, int(TAPER_S * fs)) for b in cut])
+        med = np.median(beats, axis=0)
+        corr = np.array([np.corrcoef(b.ravel(), med.ravel())[0, 1] for b in beats])
+        keep = beats[corr >= max(0.8, np.median(corr) - 0.1)][:max_beats]
+        if len(keep) < 2:
+            raise BankError("the twin's beats disagree with each other (fewer than 2 alike)")
+        rr = float(np.median(rrs)) if rrs else 60.0 / BANK_RATE
+        qrs = slice(pre - int(QRS_BEFORE_S * fs), pre + int(QRS_AFTER_S * fs))
+        scale = np.ptp(np.median(keep, axis=0)[qrs], axis=0).astype(np.float32)
+        return cls(keep.astype(np.float32), np.stack([ventricular(b, fs) for b in keep]), fs, rr,
+                   np.maximum(scale, 1e-3))
+
+
+def _refine(lead: np.ndarray, peaks: np.ndarray, radius: int) -> np.ndarray:
+    """Each detection moved to the largest deflection of ``lead`` within ``radius`` samples."""
+    out = []
+    for p in peaks:
+        lo, hi = max(0, p - radius), min(len(lead), p + radius + 1)
+        seg = lead[lo:hi] - np.median(lead[lo:hi])
+        out.append(lo + int(np.argmax(np.abs(seg))))
+    return np.unique(np.asarray(out, int))
+
+
+def _flatten_ends(beat: np.ndarray, taper: int) -> np.ndarray:
+    """The beat less the line through its end levels, faded to zero over ``taper`` samples at
+    each end, so that beats overlapping at fast rates add up without steps."""
+    n = len(beat)
+    a, b = beat[:taper].mean(axis=0), beat[-taper:].mean(axis=0)
+    line = a + (b - a) * np.linspace(0.0, 1.0, n)[:, None]
+    fade = np.ones(n, np.float32)
+    ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, taper))
+    fade[:taper], fade[-taper:] = ramp, ramp[::-1]
+    return ((beat - line) * fade[:, None]).astype(np.float32)
+
+
+def ventricular(beat: np.ndarray, fs: int) -> np.ndarray:
+    """A wide-complex (ventricular) beat derived from a normal one: no P wave, the QRS stretched
+    to about 2.4 times its width (160 ms from 70), and a T wave opposite the QRS's main
+    deflection in each lead (secondary ST-T change). Not learned: the PTB-XL model renders PVCs
+    too weakly (docs/EVALUATION.md, judge AUROC 0.72) to cut them from its windows."""
+    r, n = int(round(PRE_S * fs)), len(beat)
+    half = int(round(0.05 * fs))
+    qrs = beat[r - half:r + half + 1]
+    t = (np.arange(n) - r) / fs
+    src = t / 2.4 * fs + half  # index into the QRS for each output sample
+    inside = (src >= 0) & (src <= 2 * half)
+    out = np.zeros_like(beat)
+    i0 = np.clip(np.floor(src).astype(int), 0, 2 * half - 1)
+    f = (src - i0)[:, None]
+    stretched = (qrs[i0] * (1 - f) + qrs[np.minimum(i0 + 1, 2 * half)] * f)
+    window = np.where(inside, 0.5 + 0.5 * np.cos(np.pi * np.clip(t / (2.4 * 0.05), -1, 1)), 0.0)
+    out += (1.3 * stretched * window[:, None]) * inside[:, None]
+    main = qrs[np.argmax(np.abs(qrs), axis=0), np.arange(beat.shape[1])]
+    twave = np.exp(-0.5 * ((t - 0.30) / 0.06) ** 2)
+    out += (-0.35 * main)[None, :] * twave[:, None]
+    return _flatten_ends(out.astype(np.float32), int(TAPER_S * fs))
+
+
+def _warp(tau: np.ndarray, rr: float, bank_rr: float, with_p: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Template time for each output time ``tau`` (seconds from R) at RR ``rr``, and a mask of
+    where the beat is drawn. After the QRS time runs sqrt(RR) fast (Bazett), limited so that the
+    T wave ends before the next QRS at fast rates; the P wave and PR shorten less."""
+    k = min(math.sqrt(rr / bank_rr), max(0.25, (0.85 * rr - QRS_AFTER_S) / (POST_S - QRS_AFTER_S)),
+            (REACH_AFTER_S - QRS_AFTER_S) / (POST_S - QRS_AFTER_S))
+    kp = max(0.55, min(1.0, math.sqrt(rr / bank_rr)))
+    u = np.where(tau > QRS_AFTER_S, QRS_AFTER_S + (tau - QRS_AFTER_S) / k,
+                 np.where(tau < -QRS_BEFORE_S, -QRS_BEFORE_S + (tau + QRS_BEFORE_S) / kp, tau))
+    lo = -PRE_S if with_p else -QRS_BEFORE_S
+    return u, (u >= lo) & (u <= POST_S)
+
+
+def _stream_rng(seed: int, t: float) -> np.random.Generator:
+    return np.random.default_rng((seed & 0x7FFFFFFF, int(round(t * 1e6)) & 0x7FFFFFFFFFFF))
+
+
+class BeatRenderer:
+    """Samples of one stream from its beats and episodes.
+
+    Args:
+        bank: the patient's beats.
+        seed: the stream's seed (which bank beat each beat shows, the f-wave phases).
+    """
+
+    def __init__(self, bank: BeatBank, seed: int) -> None:
+        self.fs, self.seed = bank.fs, seed & 0x7FFFFFFF
+        self._banks: list[tuple[float, BeatBank]] = [(-math.inf, bank)]
+        self.leads = bank.normal.shape[2]
+        phase = np.random.default_rng(self.seed)
+        self._f_hz = 5.5 + 1.5 * phase.random(3)  # AF's f waves: 4-9 Hz in the literature
+        self._f_phase = 2 * np.pi * phase.random((3, self.leads))
+        self._vf_phase = 2 * np.pi * phase.random((3, self.leads))
+
+    def morph(self, since: float, bank: BeatBank) -> None:
+        """Beats from stream time ``since`` on are drawn from ``bank`` (a new morphology); the
+        beats before it keep theirs, also where their waves reach past ``since``."""
+        if bank.fs != self.fs or bank.normal.shape[2] != self.leads:
+            raise ValueError("a new bank must have the stream's rate and leads")
+        self._banks = [(t, b) for t, b in self._banks if t < since] + [(since, bank)]
+
+    def bank_at(self, t: float) -> BeatBank:
+        """The bank of beats at stream time ``t``."""
+        return next(b for since, b in reversed(self._banks) if since <= t)
+
+    def render(self, t0: float, n: int, beats: Sequence[Beat], episodes: Sequence[Episode]) -> np.ndarray:
+        """(n, leads) samples from stream time ``t0``.
+
+        Args:
+            beats: in time order, every beat within ``REACH_AFTER_S`` before the window to
+                ``REACH_BEFORE_S`` after it, and the one before those (each beat is warped for
+                the RR before it; the stream's first for the RR after it).
+            episodes: the rhythm episodes overlapping the window.
+        """
+        fs = self.fs
+        out = np.zeros((n, self.leads), np.float32)
+        times = t0 + np.arange(n) / fs
+        no_p = [(e.start, math.inf if e.end is None else e.end) for e in episodes if e.rhythm in NO_P_WAVES]
+        for i, b in enumerate(beats):
+            if b.time + REACH_AFTER_S < t0 or b.time - REACH_BEFORE_S > times[-1]:
+                continue
+            if i > 0:
+                rr = b.time - beats[i - 1].time
+            else:
+                rr = beats[1].time - b.time if len(beats) > 1 else self.bank_at(b.time).rr
+            atrial = b.kind in ("N", "S", "Q") and not any(lo <= b.time < hi for lo, hi in no_p)
+            self._add_beat(out, t0, b, rr, atrial)
+        for e in episodes:
+            self._add_episode(out, times, e)
+        return out
+
+    def _add_beat(self, out: np.ndarray, t0: float, b: Beat, rr: float, with_p: bool) -> None:
+        fs, bank = self.fs, self.bank_at(b.time)
+        lo = max(0, math.ceil((b.time - REACH_BEFORE_S - t0) * fs))
+        hi = min(len(out), math.floor((b.time + REACH_AFTER_S - t0) * fs) + 1)
+        if hi <= lo:
+            return
+        tau = t0 + np.arange(lo, hi) / fs - b.time
+        rr = max(0.2, min(rr, 2.5))
+        u, drawn = _warp(tau, rr, bank.rr, with_p)
+        rng = _stream_rng(self.seed, b.time)
+        k = int(rng.integers(len(bank.normal)))
+        if b.kind in ("V", "P"):
+            tpl = bank.ventricular[k]
+        elif b.kind == "F":
+            tpl = 0.5 * (bank.normal[k] + bank.ventricular[k])
+        else:
+            tpl = bank.normal[k]
+        src = u * fs + bank.r
+        i0 = np.clip(np.floor(src).astype(int), 0, len(tpl) - 2)
+        f = np.clip(src - i0, 0.0, 1.0)[:, None]
+        wave = tpl[i0] * (1 - f) + tpl[i0 + 1] * f
+        gain = 1.0 + 0.04 * rng.standard_normal()  # beat-to-beat amplitude (respiration, position)
+        out[lo:hi] += (gain * wave * drawn[:, None]).astype(np.float32)
+
+    def _add_episode(self, out: np.ndarray, times: np.ndarray, e: Episode) -> None:
+        end = math.inf if e.end is None else e.end
+        inside = (times >= e.start) & (times < end)
+        if not inside.any() or e.rhythm not in ("afib", "aflutter", "vf"):
+            return
+        t = times[inside]
+        # faded in and out over 0.3 s, so that the transitions stay continuous
+        fade = np.clip(np.minimum(t - e.start, end - t) / 0.3, 0.0, 1.0)[:, None]
+        scale = self.bank_at(float(t[0])).scale[None, :]
+        if e.rhythm == "afib":  # f waves: three drifting sinusoids, about 8% of the QRS
+            w = sum(np.sin(2 * np.pi * self._f_hz[j] * t[:, None] + self._f_phase[j]) for j in range(3)) / 3
+            w = 0.08 * scale * w * (1 + 0.3 * np.sin(2 * np.pi * 0.2 * t))[:, None]
+        elif e.rhythm == "aflutter":  # flutter waves: a sawtooth at 300/min, negative in II, III, aVF
+            saw = 2.0 * ((5.0 * t) % 1.0) - 1.0
+            sign = np.ones(self.leads, np.float32)
+            sign[[1, 2, 5]] = -1.0
+            w = 0.12 * scale * sign * saw[:, None]
+        else:  # ventricular fibrillation: 4-7 Hz, waxing and waning, about 40% of the QRS
+            f = np.array([4.3, 5.1, 6.2])
+            env = 0.6 + 0.4 * np.sin(2 * np.pi * 0.35 * t)[:, None]
+            w = sum(np.sin(2 * np.pi * f[j] * t[:, None] + self._vf_phase[j]) for j in range(3)) / 2
+            w = 0.4 * scale * env * w
+        out[inside] += (fade * w).astype(np.float32)
+
+
+def bank_seed(patient_id: str) -> int:
+    """A stream's renderer seed from its patient id."""
+    return zlib.crc32(patient_id.encode()) & 0x7FFFFFFF

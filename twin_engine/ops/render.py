@@ -1,0 +1,129 @@
+"""``twin-engine render SCENARIO --out DIR``: a test database made to order, without a broker.
+
+Each patient of a scenario file becomes a WFDB record (12 leads at the model's rate) and an
+annotation file in MIT-BIH's codes with every beat (N, V, A, F, /, Q) and rhythm episode ((N,
+(AFIB, (VT, ...), drawn by the rhythm layer (``models.rhythm``) from the twin's own beats. State
+changes take effect at their times; a change of morphology statements draws the beats from then
+on from a new bank, a rhythm (named, or implied by the state) takes over the schedule, a
+heart-rate ramp moves the rate each second of its ``transition``, a removal ends the record.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+from models.conditions import CardiacState
+from models.rhythm.annotations import write_annotations
+from models.rhythm.morphology import bank_for, morphology_state, rhythm_of
+from models.rhythm.programs import RHYTHMS, Rhythm
+from models.rhythm.render import BeatRenderer, bank_seed
+from models.rhythm.schedule import BeatSchedule
+from models.rhythm.track import RhythmTrack
+from models.twin import TwinModel
+from stream.events import Event
+from stream.segments import GAIN
+from twin_engine.config import Settings
+from twin_engine.ops.scenario import Scenario
+from twin_engine.worker.references import References
+
+WINDOW_S = 1.0  # rendered (and ramped) a second at a time; samples do not depend on it
+TAIL_S = 30.0  # rendered past a scenario's last change when no length is given
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One record written: its path (without extension), length and what it holds."""
+
+    path: Path
+    seconds: float
+    beats: int
+    episodes: list[str]
+
+
+def scenario_seconds(scenario: Scenario) -> float:
+    """How long records run when not told: past the last change by ``TAIL_S``."""
+    return max([c.at for c in scenario.changes], default=0.0) + TAIL_S
+
+
+def render_scenario(settings: Settings, model: TwinModel, scenario: Scenario, out: Path,
+                    seconds: float | None = None) -> list[Rendered]:
+    """Write every patient of ``scenario`` to ``out``; returns what was written.
+
+    Raises:
+        EventError: a reference the service would refuse (the message says why).
+        BankError: the twin gave too few clean beats for a patient's morphology.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = scenario_seconds(scenario) if seconds is None else float(seconds)
+    refs = References(settings, model)
+    written = []
+    for reg in scenario.registrations:
+        changes = [c for c in scenario.changes if c.event.patient_id == reg.patient_id]
+        written.append(_render_patient(model, refs.base_vector(reg.reference), reg,
+                                       [(c.at, c.event) for c in changes], seconds, out))
+    (out / "manifest.json").write_text(json.dumps(
+        {"seconds": seconds, "fs": model.meta.fs, "units": "zscore", "model_version": model.meta.version,
+         "records": [{"record": r.path.name, "seconds": r.seconds, "beats": r.beats, "episodes": r.episodes}
+                     for r in written]}, indent=1))
+    return written
+
+
+def _rhythm(ev: Event, state: CardiacState) -> Rhythm:
+    return ev.rhythm if ev.rhythm is not None else rhythm_of(state)
+
+
+def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: list[tuple[float, Event]],
+                    seconds: float, out: Path) -> Rendered:
+    fs, seed = model.meta.fs, bank_seed(reg.patient_id)
+    state = reg.state or CardiacState()
+    end = next((at for at, ev in changes if ev.type == "remove"), seconds)
+    end = min(end, seconds)
+    schedule = BeatSchedule(_rhythm(reg, state), 0.0, seed)
+    renderer = BeatRenderer(bank_for(model, base, state, seed), seed)
+    morph = morphology_state(state)
+    # every request is known up front: each holds from its own time exactly
+    for at, ev in changes:
+        if ev.type != "condition" or at >= end:
+            continue
+        if ev.state is not None and morphology_state(ev.state) != morph:
+            morph = morphology_state(ev.state)
+            renderer.morph(at, bank_for(model, base, ev.state, seed + int(at * 1000)))
+        new = ev.state or state
+        target = _rhythm(ev, new)
+        ramp = ev.transition_seconds if ev.rhythm is None and RHYTHMS[target.name].program is \
+            RHYTHMS["sinus"].program else 0.0
+        steps = max(1, int(ramp // WINDOW_S))
+        for k in range(1, steps + 1) if ramp else ():  # a sinus rate ramped second by second
+            hr = state.heart_rate + (new.heart_rate - state.heart_rate) * k / steps
+            schedule.request(rhythm_of(CardiacState(new.statements, hr)), at + (k - 1) * WINDOW_S)
+        if not ramp:
+            schedule.request(target, at)
+        state = new
+    track = RhythmTrack(schedule, renderer)
+    n_total = int(round(end * fs))
+    chunks, beats = [], []
+    step = int(WINDOW_S * fs)
+    for s0 in range(0, n_total, step):
+        x, b, _ = track.window(s0 / fs, min(step, n_total - s0))
+        chunks.append(x)
+        beats += b
+    signal = np.concatenate(chunks) if chunks else np.zeros((0, len(model.meta.leads)), np.float32)
+    episodes = schedule.episodes(end)
+    name = "".join(c if c.isalnum() else "_" for c in reg.patient_id)
+    _write_record(out, name, signal, fs, model.meta.leads)
+    write_annotations(name, out, fs, 0.0, beats, episodes)
+    return Rendered(out / name, end, len(beats), [f"{e.rhythm}@{e.start:g}" for e in episodes])
+
+
+def _write_record(out: Path, name: str, signal: np.ndarray, fs: int, leads: tuple[str, ...]) -> None:
+    """16-bit WFDB record at the stream's own gain (as the service's WFDB sink writes)."""
+    q = np.clip(np.round(signal * GAIN), -32768, 32767).astype(np.int16)
+    n = len(leads)
+    wfdb.wrsamp(name, fs=fs, units=["z"] * n, sig_name=list(leads), d_signal=q, fmt=["16"] * n,
+                adc_gain=[GAIN] * n, baseline=[0] * n, write_dir=str(out))
