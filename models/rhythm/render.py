@@ -194,7 +194,7 @@ class BeatRenderer:
         Args:
             beats: in time order, every beat within ``REACH_AFTER_S`` before the window to
                 ``REACH_BEFORE_S`` after it, and the one before those (each beat is warped for
-                the RR before it; the stream's first for the RR after it).
+                the RR before it).
             episodes: the rhythm episodes overlapping the window.
         """
         fs = self.fs
@@ -204,10 +204,9 @@ class BeatRenderer:
         for i, b in enumerate(beats):
             if b.time + REACH_AFTER_S < t0 or b.time - REACH_BEFORE_S > times[-1]:
                 continue
-            if i > 0:
-                rr = b.time - beats[i - 1].time
-            else:
-                rr = beats[1].time - b.time if len(beats) > 1 else self.bank_at(b.time).rr
+            # the stream's first beat is drawn at the bank's own RR (what follows it may not be
+            # known yet: the same sample values however the stream is cut)
+            rr = b.time - beats[i - 1].time if i > 0 else self.bank_at(b.time).rr
             atrial = b.kind in ("N", "S", "Q") and not any(lo <= b.time < hi for lo, hi in no_p)
             self._add_beat(out, t0, b, rr, atrial)
         for e in episodes:

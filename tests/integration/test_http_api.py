@@ -54,6 +54,8 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
                    ("POST", "/patients/bed-9/state", {"json": {"state": {"heart_rate": 1e999}}}),
                    ("POST", "/patients/bed-9/state", {"json": {"state": {"age": -3}}}),
                    ("POST", "/patients/bed-9/state", {"json": {}}),
+                   ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "vt", "rate": 400}}}),
+                   ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "vt", "rate": 180}}}),
                    ("POST", "/patients/bed-9/state", {"data": b"[]", "headers": {"Content-Type": "application/json"}})]
             for method, path, kw in bad:
                 status, body = await call(method, path, **kw)

@@ -50,3 +50,60 @@ def test_register_names_a_local_record_as_the_service_reads_it(data_dir, tmp_pat
     assert _record_path(settings, RECORDS[0]) == RECORDS[0]  # no such local file: as given
     (tmp_path / "own.hea").write_text("own 1 250 10\n")
     assert _record_path(settings, str(tmp_path / "own")) == str(tmp_path / "own")  # not in data_dir: the service refuses it
+
+
+def test_render_writes_records_whose_annotations_a_detector_finds(data_dir, tmp_path):
+    """``twin-engine render`` with the shipped model: every scheduled beat in the .atr file, the
+    rhythm episodes where the scenario puts them, and XQRS (not ours) finds the beats there."""
+    import json
+
+    import numpy as np
+    import wfdb
+    import wfdb.processing as wp
+
+    scenario = tmp_path / "alarms.toml"
+    scenario.write_text(f'''
+[[patient]]
+id = "bed-1"
+wfdb = "{RECORDS[0]}"
+state = {{ statements = {{ SR = 1 }}, heart_rate = 70 }}
+
+[[change]]
+at = 10
+patient = "bed-1"
+rhythm = {{ name = "vt", rate = 190, duration = 6 }}
+
+[[change]]
+at = 20
+patient = "bed-1"
+rhythm = {{ name = "asystole", duration = 4 }}
+
+[[change]]
+at = 30
+patient = "bed-1"
+state = {{ statements = {{ AFIB = 1 }}, heart_rate = 120 }}
+''')
+    out = tmp_path / "db"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{data_dir}"\n')
+    assert main(["--config", str(cfg), "render", str(scenario), "--out", str(out), "--seconds", "45"]) == 0
+    rec = wfdb.rdrecord(str(out / "bed_1"))
+    ann = wfdb.rdann(str(out / "bed_1"), "atr")
+    assert rec.fs == 250 and rec.p_signal.shape == (45 * 250, 12)
+    rhythms = [(s / 250, a) for s, sym, a in zip(ann.sample, ann.symbol, ann.aux_note) if sym == "+"]
+    assert [a for _, a in rhythms] == ["(N", "(VT", "(N", "(ASYS", "(N", "(AFIB"]
+    assert [t for t, _ in rhythms][1::2] == [10.0, 20.0, 30.0]
+    beats = np.array([s for s, sym in zip(ann.sample, ann.symbol) if sym != "+"])
+    kinds = np.array([sym for sym in ann.symbol if sym != "+"])
+    vt = (beats >= 10 * 250) & (beats < 16 * 250)
+    assert set(kinds[vt]) == {"V"} and abs(vt.sum() - 6 * 190 / 60) <= 2
+    assert not ((beats > 20 * 250) & (beats < 24 * 250)).any()
+    found = wp.xqrs_detect(rec.p_signal[:, 1], fs=250, verbose=False)
+    c = wp.compare_annotations(beats, found, int(0.15 * 250))
+    assert c.sensitivity >= 0.97 and c.positive_predictivity >= 0.97, (c.sensitivity, c.positive_predictivity)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["records"][0]["beats"] == len(beats)
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(scenario.read_text().replace('rate = 190', 'rate = 400'))
+    assert main(["--config", str(cfg), "render", str(bad), "--out", str(out)]) == 2

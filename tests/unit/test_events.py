@@ -89,3 +89,21 @@ def test_any_mutation_parses_or_says_why():
         assert isinstance(ev, Event) and ev.event_id and ev.patient_id, trial
         if ev.state is not None:  # what the model is given is finite
             assert all(np.isfinite(a).all() for a in encode_states([ev.state])), (trial, ev.state)
+
+
+def test_rhythms_ride_on_events_and_impossible_ones_are_refused_with_the_reason():
+    from models.rhythm import Rhythm
+
+    ev = parse_event(_ev(state=None, rhythm={"name": "vt", "rate": 180, "duration": 8}))
+    assert ev.state is None and ev.rhythm == Rhythm("vt", rate=180, duration=8).validated()
+    assert parse_event(ev.to_json()) == ev
+    for rhythm, reason in [({"name": "vt", "rate": 400}, "100-250"), ({"name": "torsade"}, "unknown rhythm"),
+                           ({"name": "pvc", "pattern": "quadrigeminy"}, "pattern must be one of"),
+                           ({"name": "asystole", "rate": 60}, "takes no rate"), ("vt", "an object"),
+                           ({"name": "aflutter", "rate": 150, "ratio": 4}, "flutter runs at 240-350")]:
+        with pytest.raises(EventError, match=reason):
+            parse_event(_ev(rhythm=rhythm))
+    with pytest.raises(EventError, match="needs a state, a rhythm or both"):
+        parse_event(_ev(state=None))
+    with pytest.raises(EventError, match="remove event takes no rhythm"):
+        parse_event(_ev(type="remove", state=None, rhythm={"name": "vf"}))
