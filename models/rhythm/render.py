@@ -69,43 +69,52 @@ class BeatBank:
     def from_windows(cls, windows: Sequence[np.ndarray], fs: int, max_beats: int = 12) -> BeatBank:
         """Cut the beats of ``windows`` ((samples, leads) each, one patient in one state).
 
-        R peaks by XQRS on lead II, then each set on its lead-II extremum; beats that correlate
-        poorly with the median beat (a misplaced detection, a merged pair) are dropped.
+        QRS complexes by XQRS on lead II; each beat then shifted onto the median beat (the
+        best cross-correlation of all leads' QRS within 40 ms), and the R peak set on the
+        median's largest lead-II deflection: every beat has its R at the same sample. Beats
+        unlike the median (a misplaced detection, a merged pair) are dropped.
 
         Raises:
             BankError: fewer than two clean beats.
         """
         pre, post = int(round(PRE_S * fs)), int(round(POST_S * fs))
-        cut, rrs = [], []
+        slack = int(0.08 * fs)  # room to shift each beat by before it is cut to its extent
+        spans, rrs = [], []
         for w in windows:
             w = np.asarray(w, np.float32)
-            peaks = wp.xqrs_detect(w[:, LEAD_II].astype(np.float64), fs=fs, verbose=False)
-            peaks = _refine(w[:, LEAD_II], np.asarray(peaks, int), int(0.04 * fs))
+            peaks = np.asarray(wp.xqrs_detect(w[:, LEAD_II].astype(np.float64), fs=fs, verbose=False), int)
             rrs += list(np.diff(peaks) / fs)
-            cut += [w[p - pre:p + post] for p in peaks if p - pre >= 0 and p + post <= len(w)]
-        if len(cut) < 2:
-            raise BankError(f"the twin's windows gave {len(cut)} whole beats; need at least 2")
-        beats = np.stack([_flatten_ends(b, int(TAPER_S * fs)) for b in cut])
+            spans += [w[p - pre - slack:p + post + slack] for p in peaks
+                      if p - pre - slack >= 0 and p + post + slack <= len(w)]
+        if len(spans) < 2:
+            raise BankError(f"the twin's windows gave {len(spans)} whole beats; need at least 2")
+        raw = np.stack(spans)
+        shifts = np.zeros(len(raw), int)
+        qrs = slice(slack + pre - int(QRS_BEFORE_S * fs), slack + pre + int(QRS_AFTER_S * fs))
+        for _ in range(2):  # align on the median, re-take the median, align again
+            med = np.median([np.roll(b, -s, axis=0) for b, s in zip(raw, shifts, strict=True)], axis=0)[qrs]
+            shifts = np.array([_best_shift(b, med, qrs, int(0.04 * fs)) for b in raw])
+        aligned = np.stack([np.roll(b, -s, axis=0) for b, s in zip(raw, shifts, strict=True)])
+        med = np.median(aligned, axis=0)
+        around = slice(slack + pre - int(0.06 * fs), slack + pre + int(0.06 * fs) + 1)
+        lead = med[around, LEAD_II] - np.median(med[:, LEAD_II])
+        r = around.start + int(np.argmax(np.abs(lead)))  # the median's R peak, in the spans
+        beats = np.stack([_flatten_ends(b[r - pre:r + post], int(TAPER_S * fs)) for b in aligned])
         med = np.median(beats, axis=0)
         corr = np.array([np.corrcoef(b.ravel(), med.ravel())[0, 1] for b in beats])
-        keep = beats[corr >= max(0.8, np.median(corr) - 0.1)][:max_beats]
+        keep = beats[corr >= max(0.85, float(np.median(corr)) - 0.1)][:max_beats]
         if len(keep) < 2:
             raise BankError("the twin's beats disagree with each other (fewer than 2 alike)")
         rr = float(np.median(rrs)) if rrs else 60.0 / BANK_RATE
-        qrs = slice(pre - int(QRS_BEFORE_S * fs), pre + int(QRS_AFTER_S * fs))
-        scale = np.ptp(np.median(keep, axis=0)[qrs], axis=0).astype(np.float32)
+        scale = np.ptp(np.median(keep, axis=0)[pre - int(QRS_BEFORE_S * fs):pre + int(QRS_AFTER_S * fs)], axis=0)
         return cls(keep.astype(np.float32), np.stack([ventricular(b, fs) for b in keep]), fs, rr,
-                   np.maximum(scale, 1e-3))
+                   np.maximum(scale, 1e-3).astype(np.float32))
 
 
-def _refine(lead: np.ndarray, peaks: np.ndarray, radius: int) -> np.ndarray:
-    """Each detection moved to the largest deflection of ``lead`` within ``radius`` samples."""
-    out = []
-    for p in peaks:
-        lo, hi = max(0, p - radius), min(len(lead), p + radius + 1)
-        seg = lead[lo:hi] - np.median(lead[lo:hi])
-        out.append(lo + int(np.argmax(np.abs(seg))))
-    return np.unique(np.asarray(out, int))
+def _best_shift(beat: np.ndarray, template: np.ndarray, qrs: slice, radius: int) -> int:
+    """The shift (samples) of ``beat`` whose QRS best matches ``template`` (all leads)."""
+    scores = [float((beat[qrs.start + s:qrs.stop + s] * template).sum()) for s in range(-radius, radius + 1)]
+    return int(np.argmax(scores)) - radius
 
 
 def _flatten_ends(beat: np.ndarray, taper: int) -> np.ndarray:
