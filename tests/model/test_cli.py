@@ -90,10 +90,10 @@ state = {{ statements = {{ AFIB = 1 }}, heart_rate = 120 }}
     rec = wfdb.rdrecord(str(out / "bed_1"))
     ann = wfdb.rdann(str(out / "bed_1"), "atr")
     assert rec.fs == 250 and rec.p_signal.shape == (45 * 250, 12)
-    rhythms = [(s / 250, a) for s, sym, a in zip(ann.sample, ann.symbol, ann.aux_note) if sym == "+"]
+    rhythms = [(s / 250, a) for s, sym, a in zip(ann.sample, ann.symbol, ann.aux_note, strict=True) if sym == "+"]
     assert [a for _, a in rhythms] == ["(N", "(VT", "(N", "(ASYS", "(N", "(AFIB"]
     assert [t for t, _ in rhythms][1::2] == [10.0, 20.0, 30.0]
-    beats = np.array([s for s, sym in zip(ann.sample, ann.symbol) if sym != "+"])
+    beats = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym != "+"])
     kinds = np.array([sym for sym in ann.symbol if sym != "+"])
     vt = (beats >= 10 * 250) & (beats < 16 * 250)
     assert set(kinds[vt]) == {"V"} and abs(vt.sum() - 6 * 190 / 60) <= 2

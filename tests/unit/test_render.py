@@ -26,7 +26,7 @@ def bank(data_dir) -> BeatBank:
 
 def _stream(bank: BeatBank, rhythm: Rhythm, seconds: float, window: float, seed: int = 7):
     track = RhythmTrack(BeatSchedule(rhythm, 0.0, seed), BeatRenderer(bank, seed))
-    xs, beats, t = [], [], 0.0
+    xs, beats = [], []
     n_total = int(seconds * FS)
     done = 0
     while done < n_total:

@@ -19,7 +19,15 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from stream.events import RHYTHM_NOT_LIVE, Event, EventError, json_value, new_event_id, parse_event, state_to_dict
+from stream.events import (
+    RHYTHM_NOT_LIVE,
+    Event,
+    EventError,
+    json_value,
+    new_event_id,
+    parse_event,
+    state_to_dict,
+)
 from stream.subscribers import SubscriberHub
 from twin_engine.config import Settings
 from twin_engine.web.auth import Tokens, check_exposure, guard
