@@ -116,6 +116,17 @@ def _detectors() -> dict:
             "models.rpeaks (ours)": PythonDetector("models.rpeaks", detect_r_peaks)}
 
 
+def _mitdb_mlii(mitdb: Path, seconds: float):
+    """(lead MLII in mV, fs, reference beat samples) of each MIT-BIH record's first ``seconds``."""
+    for hea in sorted(Path(mitdb).glob("*.hea")):
+        rec = wfdb.rdrecord(str(hea.with_suffix("")), sampto=int(360 * seconds))
+        lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
+        fs = float(rec.fs)
+        ann = wfdb.rdann(str(hea.with_suffix("")), "atr", sampto=int(fs * seconds))
+        yield rec.p_signal[:, lead], fs, np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True)
+                                                    if sym in BEAT_SYMBOLS])
+
+
 def detector_scores(mitdb: Path, seconds: float = 300.0) -> dict:
     """Gross QRS Se and +P of each detector over the records' first ``seconds`` (lead MLII),
     EC57 matching within 150 ms, skipping the first 5 min's learning period is not done: the
@@ -124,12 +135,7 @@ def detector_scores(mitdb: Path, seconds: float = 300.0) -> dict:
 
     detectors = _detectors()
     totals = {name: [0, 0, 0] for name in detectors}  # true positives, reference beats, detections
-    for hea in sorted(Path(mitdb).glob("*.hea")):
-        rec = wfdb.rdrecord(str(hea.with_suffix("")), sampto=int(360 * seconds))
-        lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
-        x, fs = rec.p_signal[:, lead], float(rec.fs)
-        ann = wfdb.rdann(str(hea.with_suffix("")), "atr", sampto=int(fs * seconds))
-        ref = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS])
+    for x, fs, ref in _mitdb_mlii(mitdb, seconds):
         for name, detect in detectors.items():
             found = np.asarray(detect(x, fs), int)
             cmp = processing.compare_annotations(ref, found, int(0.15 * fs))
@@ -215,12 +221,7 @@ def mitdb_timing(mitdb: Path, seconds: float = 300.0) -> dict:
 
     dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
     per: dict[str, list] = {d: [] for d in dets}
-    for hea in sorted(Path(mitdb).glob("*.hea")):
-        rec = wfdb.rdrecord(str(hea.with_suffix("")), sampto=int(360 * seconds))
-        lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
-        x, fs = rec.p_signal[:, lead], float(rec.fs)
-        ann = wfdb.rdann(str(hea.with_suffix("")), "atr", sampto=int(fs * seconds))
-        ref = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS])
+    for x, fs, ref in _mitdb_mlii(mitdb, seconds):
         for name, det in dets.items():
             per[name].append(score_beats(ref, det(x, fs), fs))
     return {d: gross(v).to_dict() for d, v in per.items()}
