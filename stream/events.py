@@ -35,9 +35,6 @@ from models.rhythm.programs import Rhythm, RhythmError
 
 SCHEMA_VERSION = 1
 EVENT_TYPES = ("condition", "register", "remove")
-# the service's answer to a rhythm request until its live streams carry the rhythm layer
-RHYTHM_NOT_LIVE = ("this service streams the model's own rhythm and takes no rhythm requests yet; "
-                   "`twin-engine render` draws named rhythms offline, with their beat annotations")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

@@ -7,11 +7,20 @@ Segment value:
      "state": {...}, "event_id": "e-42", "model_version": "default-..."}
 Physical value = int16 / gain. Units are per-lead z-scores (the training data's units).
 
-Annotation value (one per state interval; re-sent with ``end_time`` when it closes). A
-heart-rate transition opens one interval per segment of its ramp, each with the rate that
-segment carries and the same ``event_id``: an event's first interval is where it took effect.
-    {"schema_version": 1, "patient_id": "bed-7", "event_id": "e-42", "state": {...},
+Annotation values, told apart by ``kind`` (a record without one is a state interval):
+- ``state``: one per state interval; re-sent with ``end_time`` when it closes. A heart-rate
+  transition opens one interval per segment of its ramp, each with the rate that segment carries
+  and the same ``event_id``: an event's first interval is where it took effect.
+    {"schema_version": 1, "kind": "state", "patient_id": "bed-7", "event_id": "e-42", "state": {...},
      "start_time": 1764081024.0, "end_time": null, "start_seq": 12}
+- ``beats``: every beat of a segment, sent with it: its sample within the segment, its stream
+  time and its MIT-BIH symbol (N, V, A, F, /, Q).
+    {"schema_version": 1, "kind": "beats", "patient_id": "bed-7", "seq": 12, "start_time": ...,
+     "fs": 250, "beats": [{"sample": 212, "time": 1764081024.848, "symbol": "N"}, ...]}
+- ``rhythm``: one per rhythm episode (``models.rhythm.RHYTHMS`` names, MIT-BIH's aux note);
+  re-sent with ``end_time`` when it closes.
+    {"schema_version": 1, "kind": "rhythm", "patient_id": "bed-7", "rhythm": "vt", "aux": "(VT",
+     "start_time": 1764081030.2, "end_time": null}
 """
 
 from __future__ import annotations
@@ -101,22 +110,65 @@ class Annotation:
     end_time: float | None = None
 
     def to_json(self) -> bytes:
-        return json.dumps({"schema_version": 1, "patient_id": self.patient_id, "event_id": self.event_id,
-                           "state": self.state, "start_time": self.start_time, "end_time": self.end_time,
-                           "start_seq": self.start_seq}).encode()
+        return json.dumps({"schema_version": 1, "kind": "state", "patient_id": self.patient_id,
+                           "event_id": self.event_id, "state": self.state, "start_time": self.start_time,
+                           "end_time": self.end_time, "start_seq": self.start_seq}).encode()
 
     @staticmethod
     def from_json(raw: bytes | str) -> Annotation:
-        """An annotation record as ``to_json`` writes it; ValueError for anything else."""
+        """A state annotation record as ``to_json`` writes it; ValueError for anything else
+        (beats and rhythm records among them)."""
         d = json.loads(raw)
-        if not isinstance(d, dict) or not isinstance(d.get("patient_id"), str) or not isinstance(d.get("state"), dict):
-            raise ValueError("not an annotation record")
+        if not isinstance(d, dict) or not isinstance(d.get("patient_id"), str) or not isinstance(d.get("state"), dict) \
+                or d.get("kind", "state") != "state":
+            raise ValueError("not a state annotation record")
         return Annotation(d["patient_id"], d.get("event_id"), d["state"], float(d["start_time"]),
                           int(d["start_seq"]), None if d.get("end_time") is None else float(d["end_time"]))
 
     def frame(self) -> dict:
         """The record as a WebSocket frame's fields."""
         return json.loads(self.to_json())
+
+
+@dataclass(frozen=True)
+class BeatsRecord:
+    """The beats of one published segment: (sample within it, MIT-BIH symbol) each."""
+
+    patient_id: str
+    seq: int
+    start_time: float
+    fs: int
+    beats: tuple[tuple[int, str], ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.frame()).encode()
+
+    def frame(self) -> dict:
+        return {"schema_version": 1, "kind": "beats", "patient_id": self.patient_id, "seq": self.seq,
+                "start_time": self.start_time, "fs": self.fs,
+                "beats": [{"sample": i, "time": round(self.start_time + i / self.fs, 6), "symbol": sym}
+                          for i, sym in self.beats]}
+
+
+@dataclass(frozen=True)
+class RhythmRecord:
+    """A rhythm episode: open while ``end_time`` is None, closed by a second record with it."""
+
+    patient_id: str
+    rhythm: str
+    aux: str
+    start_time: float
+    end_time: float | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.frame()).encode()
+
+    def frame(self) -> dict:
+        return {"schema_version": 1, "kind": "rhythm", "patient_id": self.patient_id, "rhythm": self.rhythm,
+                "aux": self.aux, "start_time": self.start_time, "end_time": self.end_time}
+
+
+GroundTruth = Annotation | BeatsRecord | RhythmRecord
 
 
 def annotation(patient_id: str, event_id: str | None, state: dict, start_time: float,

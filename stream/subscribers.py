@@ -9,7 +9,7 @@ A client gets only what it subscribed to, from its first frame: ``/ws?patients=b
 or ``{"subscribe": "*"}`` changes it (at most ``max_subscription`` ids). At most ``max_clients``
 connect at once (503 past that).
 Server -> client: ``{"type": "hello", ...}``, ``{"type": "segment", ...segment fields}``,
-``{"type": "annotation", ...}``, ``{"type": "removed", "patient_id": ...}``.
+``{"type": "annotation", ...}`` (a state interval), ``{"type": "beats", ...}``, ``{"type": "rhythm", ...}``, ``{"type": "removed", "patient_id": ...}``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from stream.events import EventError, json_value
-from stream.segments import Annotation, Segment
+from stream.segments import Annotation, GroundTruth, Segment
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,12 @@ class SubscriberHub:
         if record[:2] == b'{"' and any(c.wants(patient_id) for c in self.clients):
             self._offer(patient_id, '{"type": "segment", ' + record[1:].decode())
 
-    async def annotation(self, ann: Annotation) -> None:
+    async def annotation(self, ann: GroundTruth) -> None:
+        """A state interval (frame type ``annotation``), a segment's beats (``beats``) or a
+        rhythm episode (``rhythm``)."""
         if self.clients:
-            self._offer(ann.patient_id, json.dumps({"type": "annotation", **ann.frame()}))
+            kind = "annotation" if isinstance(ann, Annotation) else ann.frame()["kind"]
+            self._offer(ann.patient_id, json.dumps({**ann.frame(), "type": kind}))
 
     async def removed(self, patient_id: str) -> None:
         if self.clients:  # pages drop the patient's card

@@ -23,7 +23,10 @@ RECORDS = ["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/0
 
 
 def service_settings(broker, prefix: str, **kw):
-    s = load_settings(env={}, speed=kw.pop("speed", 10.0), segment_seconds=1.0, **kw)
+    """Settings on the test broker; the rhythm layer off unless asked for (the tiny model's
+    windows have no beats to draw: its streams would ask for a bank first, then fall back)."""
+    s = load_settings(env={}, speed=kw.pop("speed", 10.0), segment_seconds=1.0,
+                      rhythm_layer=kw.pop("rhythm_layer", False), **kw)
     s.kafka = s.kafka.namespaced(prefix)
     s.kafka.bootstrap_servers, s.kafka.partitions = broker.bootstrap_servers, 4
     return s

@@ -150,6 +150,9 @@ class Settings:
     steps: int = 4  # the distilled student's count: better than the teacher at 8 (docs/EVALUATION.md)
     guidance_scale: float = 1.5
     segment_seconds: float = 2.0
+    # streams drawn by the rhythm layer (beats where a schedule says, with their ground truth);
+    # off, or where the model's windows give no beats to draw: the model's own windows
+    rhythm_layer: bool = True
     lookahead_segments: int = 2
     speed: float = 1.0  # 1.0 real time; 0 as fast as possible; N: N x real time
     max_batch: int = 0  # 0: 16 on the CPU, 4096 on a GPU (runtime.batch_limit; docs/BENCHMARKS.md)

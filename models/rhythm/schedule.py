@@ -129,6 +129,45 @@ class BeatSchedule:
         self._recent = (self._recent + [beat.kind])[-RECENT:]
         self._cursor = beat.time
 
+    def forget(self, before: float) -> None:
+        """Drop the requests no time from ``before`` on depends on (a long stream's record
+        stays small); the episodes then begin with the one in effect at ``before``."""
+        if before <= self.start:
+            return
+        _, began = self.rhythm_at(before)
+        keep = [q for q in self._requests if q.at >= began or (q.until is not None and q.until > before)]
+        if keep and keep[0].at < began:  # a timed request still holding from before it: keep what it resumes
+            keep = [q for q in self._requests if q.until is None and q.at <= keep[0].at][-1:] + keep
+        self._requests = keep or self._requests[-1:]
+        self.start = self._requests[0].at
+
+    def to_dict(self) -> dict:
+        """The schedule's whole state as JSON values (a stream position carries it)."""
+        def beat(b: Beat | None) -> list | None:
+            return None if b is None else [b.time, b.kind, b.anchor]
+        return {"start": self.start, "seed": self.seed, "cursor": self._cursor, "count": self._count,
+                "recent": "".join(self._recent), "last": beat(self._last), "pending": beat(self._pending),
+                "requests": [[q.at, q.rhythm.to_dict(), q.until] for q in self._requests]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BeatSchedule:
+        """A schedule as ``to_dict`` wrote it; ValueError (RhythmError among them) if it is not one."""
+        try:
+            reqs = [_Request(float(at), Rhythm.from_dict(r), None if until is None else float(until))
+                    for at, r, until in d["requests"]]
+
+            def beat(v: list | None) -> Beat | None:
+                return None if v is None else Beat(float(v[0]), str(v[1]), None if v[2] is None else float(v[2]))
+            if not reqs:
+                raise ValueError("a schedule has at least one request")
+            sched = cls(reqs[0].rhythm, float(d["start"]), int(d["seed"]))
+            sched._requests, sched._cursor, sched._count = reqs, float(d["cursor"]), int(d["count"])
+            sched._recent, sched._last, sched._pending = list(str(d["recent"]))[-RECENT:], beat(d["last"]), \
+                beat(d["pending"])
+            return sched
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"not a beat schedule: {exc.__class__.__name__}") from exc
+
     def episodes(self, until: float) -> list[Episode]:
         """The rhythm episodes from the stream's start up to ``until`` (the last one open). A pause
         is no episode: its beat's long RR is the record of it (MIT-BIH annotates none either)."""

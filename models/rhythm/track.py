@@ -7,6 +7,8 @@ so that the next window draws the rest of a beat begun in this one.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from models.rhythm.beats import Beat, Episode
@@ -23,6 +25,25 @@ class RhythmTrack:
     def __init__(self, schedule: BeatSchedule, renderer: BeatRenderer) -> None:
         self.schedule, self.renderer = schedule, renderer
         self._beats: list[Beat] = []  # handed out by the schedule, still within reach
+        # what the owner last asked of the schedule and the morphology it draws (its own keys,
+        # kept with the track so that a copy put back also puts them back)
+        self.asked, self.look = "", ""
+
+    def to_dict(self) -> dict:
+        """The track's state as JSON values: its schedule and the beats still within reach."""
+        return {"schedule": self.schedule.to_dict(), "beats": [[b.time, b.kind] for b in self._beats],
+                "asked": self.asked, "look": self.look}
+
+    @classmethod
+    def from_dict(cls, d: dict, renderer: BeatRenderer) -> RhythmTrack:
+        """A track as ``to_dict`` wrote it, drawn by ``renderer``; ValueError if it is not one."""
+        try:
+            track = cls(BeatSchedule.from_dict(d["schedule"]), renderer)
+            track._beats = [Beat(float(t), str(k)) for t, k in d["beats"]]
+            track.asked, track.look = str(d.get("asked", "")), str(d.get("look", ""))
+            return track
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a rhythm track: {exc.__class__.__name__}") from exc
 
     @property
     def fs(self) -> int:
@@ -43,3 +64,9 @@ class RhythmTrack:
         later = [i for i, b in enumerate(self._beats) if b.time >= t1 - REACH_AFTER_S]
         self._beats = self._beats[max(0, later[0] - 1):] if later else self._beats[-1:]
         return x, [b for b in use if t0 <= b.time < t1], episodes
+
+    def copy(self) -> RhythmTrack:
+        """A track that goes on apart from this one (the bank arrays are shared)."""
+        twin = RhythmTrack(copy.deepcopy(self.schedule), self.renderer.copy())
+        twin._beats, twin.asked, twin.look = list(self._beats), self.asked, self.look
+        return twin

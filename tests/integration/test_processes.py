@@ -126,7 +126,7 @@ async def test_sigterm_finishes_segments_commits_and_exits(broker, tiny_model_di
     rec = wfdb.rdrecord(str(tmp_path / "wfdb" / "bed_0"))
     assert rec.fs == 250 and rec.sig_len == 250 * len(mine) and rec.n_sig == 12
     assert abs(rec.p_signal - np.concatenate([s.samples for s in mine])).max() < 1e-6
-    ann = wfdb.rdann(str(tmp_path / "wfdb" / "bed_0"), "atr")
+    ann = wfdb.rdann(str(tmp_path / "wfdb" / "bed_0"), "state")
     afib_at = next(s.seq for s in mine if s.event_id == "afib") * 250
     assert list(ann.sample) == [0, afib_at] and ann.aux_note[1].startswith("(AFIB HR120")
 

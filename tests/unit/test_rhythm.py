@@ -143,3 +143,20 @@ def test_the_ground_truth_reads_back_with_wfdb_rdann(tmp_path):
     back, eps = read_annotations(tmp_path / "twin1")
     assert [b.kind for b in back] == [b.kind for b in beats]
     assert [e.rhythm for e in eps] == ["bigeminy", "vt", "bigeminy", "asystole", "bigeminy"]
+
+
+def test_a_schedule_written_down_and_read_back_goes_on_with_the_same_beats():
+    import json
+
+    s = BeatSchedule(Rhythm("sinus", rate=70), 0.0, 3)
+    s.request(Rhythm("vt", rate=180, duration=8), 10.0)
+    s.request(Rhythm("pvc", pattern="bigeminy"), 30.0)
+    s.beats(12.3)  # mid-VT, with a beat made past the window
+    back = BeatSchedule.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back.beats(60.0) == s.beats(60.0)
+    s.forget(40.0)  # what no time from 40 s on depends on goes
+    assert len(s.to_dict()["requests"]) == 1 and [e.rhythm for e in s.episodes(60.0)] == ["bigeminy"]
+    with pytest.raises(ValueError):
+        BeatSchedule.from_dict({"requests": []})
+    with pytest.raises(RhythmError):
+        BeatSchedule.from_dict({**s.to_dict(), "requests": [[0.0, {"name": "vt", "rate": 999}, None]]})

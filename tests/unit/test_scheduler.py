@@ -30,7 +30,7 @@ async def _stream(speed: float, lookahead: int = 3, gen=_hr_generator, context: 
     batcher.start()
     published = []
 
-    async def publish(p, seg, change):
+    async def publish(p, seg, change, truth=None):
         published.append((seg, time.monotonic()))
 
     p = Patient("p1", [1.0] * 4, "m", state_to_dict(CardiacState({"SR": 1.0}, 60)), state_event_id="reg")
@@ -49,7 +49,7 @@ def _restored_stream(p: Patient, clock: StreamClock, lookahead: int = 3):
     batcher.start()
     published = []
 
-    async def publish(p, seg, change):
+    async def publish(p, seg, change, truth=None):
         published.append(seg)
 
     s = PatientStream(p, clock=clock, batcher=batcher, fs=100, segment_samples=100, context_samples=10,
@@ -323,7 +323,7 @@ async def test_a_failed_publication_is_retried_and_the_stream_goes_on(monkeypatc
     batcher.start()
     published, calls = [], []
 
-    async def publish(p, seg, change):
+    async def publish(p, seg, change, truth=None):
         calls.append(seg.seq)
         if len(calls) in (3, 4):  # the third segment fails twice
             raise ConnectionError("broker unreachable")

@@ -47,7 +47,7 @@ def test_wfdb_export_with_annotations(tmp_path):
     sig, fields = wfdb.rdsamp(str(path))
     assert sig.shape == (750, 12) and fields["fs"] == 250
     assert np.abs(sig - np.concatenate(chunks)).max() < 1e-3
-    ann = wfdb.rdann(str(path), "atr")
+    ann = wfdb.rdann(str(path), "state")
     assert list(ann.sample) == [0, 500]
     assert ann.aux_note[1].startswith("(AFIB")
 
@@ -76,3 +76,27 @@ def test_wfdb_export_streams_to_disk_and_a_removed_patient_is_readable_at_once(t
     asyncio.run(feed(again, 1))
     (path,) = again.close()
     assert wfdb.rdsamp(str(path))[0].shape == (250, 12)
+
+
+def test_wfdb_export_writes_beats_and_rhythm_changes_in_mit_bih_codes(tmp_path):
+    from stream.segments import BeatsRecord, RhythmRecord
+
+    sink = WfdbSink(tmp_path)
+    chunks = [np.zeros((250, 12), np.float32) for _ in range(3)]
+
+    async def feed():
+        await sink.annotation(RhythmRecord("bed 1", "sinus", "(N", 1000.0))
+        for i, c in enumerate(chunks):
+            if i == 1:  # VT from 1.5 s into the stream, in the middle of the second segment
+                await sink.annotation(RhythmRecord("bed 1", "sinus", "(N", 1000.0, 1001.5))
+                await sink.annotation(RhythmRecord("bed 1", "vt", "(VT", 1001.5))
+            beats = ((100, "N"),) if i == 0 else ((50, "N"), (200, "V")) if i == 1 else ((80, "V"),)
+            await sink.annotation(BeatsRecord("bed 1", i, 1000.0 + i, 250, beats))
+            await sink.segment(_seg(i, c, {}))
+
+    asyncio.run(feed())
+    (path,) = sink.close()
+    ann = wfdb.rdann(str(path), "atr")
+    assert list(zip(ann.sample, ann.symbol, strict=True)) == [(0, "+"), (100, "N"), (300, "N"), (375, "+"), (450, "V"),
+                                                              (580, "V")]
+    assert [a for a, sym in zip(ann.aux_note, ann.symbol, strict=True) if sym == "+"] == ["(N", "(VT"]

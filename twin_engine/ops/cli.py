@@ -186,13 +186,10 @@ def cmd_play(args: argparse.Namespace) -> int:
     import time
 
     from twin_engine.ops.clients import with_default_broker
-    from twin_engine.ops.scenario import load_scenario, names_rhythms, play
+    from twin_engine.ops.scenario import load_scenario, play
 
     settings = with_default_broker(_settings(args))
     scenario = load_scenario(args.scenario)
-    if names_rhythms(scenario):
-        raise ScenarioError(f"{args.scenario} names rhythms: the service takes no rhythm requests yet; "
-                            "`twin-engine render` draws them offline")
     start = asyncio.run(play(settings, scenario, args.timeout))
     for pid, t in sorted(start.items()):
         print(f"{pid}: stream starts {time.strftime('%H:%M:%S', time.localtime(t))}")

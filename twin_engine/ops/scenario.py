@@ -2,8 +2,8 @@
 
 A scenario is TOML: the patients to onboard, the state changes, each at a time in seconds of
 that patient's stream (from its first segment in the scenario's state), optionally with a
-heart-rate ramp or a named rhythm (``rhythm = { name = "vt", rate = 180, duration = 8 }``, drawn
-by ``twin-engine render``), and removals (``[[remove]]``: the patient's stream ends before the first segment
+heart-rate ramp or a named rhythm (``rhythm = { name = "vt", rate = 180, duration = 8 }``), and
+removals (``[[remove]]``: the patient's stream ends before the first segment
 at or after its time). See ``twin_engine/ops/scenarios/ward.toml``.
 
 The player registers the patients, waits for each one's first segment to learn where its stream
@@ -95,10 +95,6 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
             changes.append(Change(float(at), _event({"patient_id": c["patient"], **fields}, vocab, where)))
     return Scenario(regs, sorted(changes, key=lambda c: c.at))
 
-
-def names_rhythms(scenario: Scenario) -> bool:
-    """Whether any entry asks for a rhythm (``render`` draws those; the service takes none yet)."""
-    return any(e.rhythm is not None for e in [*scenario.registrations, *(c.event for c in scenario.changes)])
 
 
 async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -> dict[str, float]:

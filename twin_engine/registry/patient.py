@@ -23,7 +23,7 @@ HISTORY_LIMIT = 50
 SCHEDULED_LIMIT = 500
 SEEN_EVENTS_LIMIT = 256
 POSITION_FIELDS = ("next_seq", "stream_start", "published_event_id", "published_state", "published_since",
-                   "tail_b64", "segment_seconds")
+                   "tail_b64", "segment_seconds", "rhythm_state", "published_rhythm")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Change:
         time: wall-clock epoch seconds when it was applied.
         at: the stream time it holds from; None: from the stream's start (a registration).
         transition: seconds of heart-rate ramp from ``at``.
+        rhythm: the rhythm the event named (``Rhythm.to_dict``), if it named one.
     """
 
     event_id: str
@@ -45,6 +46,7 @@ class Change:
     time: float
     at: float | None = None
     transition: float = 0.0
+    rhythm: dict[str, Any] | None = None
 
     @property
     def holds_from(self) -> float:
@@ -56,6 +58,8 @@ class Change:
         d = {"event_id": self.event_id, "state": self.state, "seq": self.seq, "time": self.time}
         if self.at is not None:
             d.update(at=self.at, transition=self.transition)
+        if self.rhythm is not None:
+            d["rhythm"] = self.rhythm
         return d
 
     @staticmethod
@@ -70,8 +74,11 @@ class Change:
         seq = d.get("seq", 0)
         if isinstance(seq, bool) or not isinstance(seq, int):
             raise ValueError(f"history entry seq must be a count, got {seq!r}")
+        rhythm = d.get("rhythm")
+        if rhythm is not None and not isinstance(rhythm, dict):
+            raise ValueError("history entry rhythm must be an object")
         return Change(d["event_id"], d["state"], seq, float(d.get("time", 0.0)),
-                      None if at is None else float(at), float(transition))
+                      None if at is None else float(at), float(transition), rhythm)
 
 
 @dataclass
@@ -91,6 +98,10 @@ class Patient:
     published_state: dict[str, Any] | None = None
     published_since: float | None = None  # ... and the stream time it began
     tail_b64: str | None = None  # last samples published (int16, see stream.segments): continuity
+    # the beat schedule after the last published segment (models.rhythm.RhythmTrack.to_dict), and
+    # the rhythm episode open there (name, start time): a restored stream's beats go on from them
+    rhythm_state: dict[str, Any] | None = None
+    published_rhythm: list | None = None
     remove_at: float | None = None  # stream time of a scheduled removal (a remove event's effective_time)
     remove_event_id: str | None = None
     # the ``TwinModel.encoder_id`` its base vector came from ("" in records written before it
@@ -124,7 +135,7 @@ class Patient:
         del self.seen_events[:-SEEN_EVENTS_LIMIT]
 
     def set_state(self, state: CardiacState, event_id: str, seq: int, when: float, at: float | None = None,
-                  transition: float = 0.0, now: float | None = None) -> None:
+                  transition: float = 0.0, now: float | None = None, rhythm: dict[str, Any] | None = None) -> None:
         """The state last asked for. ``at``: the stream time it holds from (with the heart-rate
         ``transition`` seconds), kept in the history so that a restored stream still makes the
         changes scheduled ahead; without it (registration) it holds from the stream's start.
@@ -132,7 +143,7 @@ class Patient:
         self.state = state_to_dict(state)
         self.state_event_id = event_id
         self.state_since_seq = seq
-        self.history.append(Change(event_id, self.state, seq, when, at, transition if at is not None else 0.0))
+        self.history.append(Change(event_id, self.state, seq, when, at, transition if at is not None else 0.0, rhythm))
         self._trim_history(float("-inf") if now is None else now)
 
     def _trim_history(self, now: float) -> None:
@@ -240,6 +251,8 @@ class Patient:
             raise ValueError(f"segment_seconds must be a length in seconds, got {ss!r}")
         if self.tail_b64 is not None and not isinstance(self.tail_b64, str):
             raise ValueError("tail_b64 must be base64 text")
+        if self.rhythm_state is not None and not isinstance(self.rhythm_state, dict):
+            raise ValueError("rhythm_state must be an object")
 
 
 PATIENT_FIELDS = frozenset(f.name for f in fields(Patient))

@@ -20,7 +20,6 @@ from aiohttp.web_log import AccessLogger
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from stream.events import (
-    RHYTHM_NOT_LIVE,
     Event,
     EventError,
     json_value,
@@ -68,8 +67,8 @@ def _event_from_body(body: dict, patient_id: str, typ: str, service: Frontend) -
             "patient_id": patient_id, "type": typ, **{k: v for k, v in body.items() if k != "patient_id"}}
     body["type"] = typ
     ev = parse_event(json.dumps(body), service.vocab)
-    if ev.rhythm is not None:
-        raise EventError(RHYTHM_NOT_LIVE)
+    if ev.rhythm is not None and not service.settings.rhythm_layer:
+        raise EventError("this deployment's rhythm layer is off (rhythm_layer): it draws no named rhythms")
     return ev
 
 

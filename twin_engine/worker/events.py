@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 from models.conditions import CardiacState
 from models.twin import TwinModel
 from stream.dead_letters import dead_letter_record
-from stream.events import RHYTHM_NOT_LIVE, Event, EventError, parse_event, state_to_dict
+from stream.events import Event, EventError, parse_event, state_to_dict
 from stream.kafka.producer import QueuedProducer, delivered, is_final
 from twin_engine.config import Settings
 from twin_engine.metrics import Metrics
@@ -31,6 +31,7 @@ from twin_engine.worker.timeline import StateChange
 log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # after Kafka failed while a scheduled removal was written
+RHYTHM_NOT_DRAWN = "this patient's stream cannot draw named rhythms: {reason}"
 
 
 class EventHandler:
@@ -79,8 +80,6 @@ class EventHandler:
             if msg.key is None or msg.key.decode(errors="replace") != event.patient_id:
                 raise EventError("message key must be the patient id (it decides the partition)")
             self.metrics.events.labels(event.type).inc()
-            if event.rhythm is not None:
-                raise EventError(RHYTHM_NOT_LIVE)
             await self.apply(event)
         except EventError as exc:
             await self._dead_letter(msg, str(exc))
@@ -151,9 +150,13 @@ class EventHandler:
         # regeneration starts now, while the registry write is in flight: the offset commit
         # (after this returns) still waits for durability, and a crash before it re-delivers
         # the event, so the one write's latency is kept off the event-to-effect path
-        at = stream.change_state(StateChange(ev.state, ev.event_id, ev.effective_time, ev.transition_seconds,
-                                             time.monotonic()))
-        p.set_state(ev.state, ev.event_id, p.next_seq, time.time(), at, ev.transition_seconds, now=now)
+        if ev.rhythm is not None and not stream.draws_rhythms:
+            raise EventError(RHYTHM_NOT_DRAWN.format(reason=stream.rhythm_problem or "the rhythm layer is off"))
+        state = ev.state or p.cardiac_state  # a rhythm alone keeps the state
+        rhythm = None if ev.rhythm is None else ev.rhythm.to_dict()
+        at = stream.change_state(StateChange(state, ev.event_id, ev.effective_time, ev.transition_seconds,
+                                             time.monotonic(), rhythm=ev.rhythm))
+        p.set_state(state, ev.event_id, p.next_seq, time.time(), at, ev.transition_seconds, now=now, rhythm=rhythm)
         p.remember(ev.event_id)
         await self._write(p)
 
@@ -231,7 +234,8 @@ class EventHandler:
         # position counts in, which the new stream keeps the next segment's time in
         seconds = self.streams.segment_samples / self.model.meta.fs
         at = None if p.stream_start is None else p.start_time(p.next_seq, seconds)
-        p.set_state(state, ev.event_id, p.next_seq, time.time(), at, now=at)
+        p.set_state(state, ev.event_id, p.next_seq, time.time(), at, now=at,
+                    rhythm=None if ev.rhythm is None else ev.rhythm.to_dict())
         p.remember(ev.event_id)
         await self._write(p)
         self.streams.start(p)

@@ -1,12 +1,14 @@
-"""Publishing a stream's segment: its annotations, the segment itself, then its position, to
-the topics and to every sink, one fan-out."""
+"""Publishing a stream's segment: its annotations (state intervals; beats and rhythm episodes
+where the rhythm layer drew it), the segment itself, then its position, to the topics and to
+every sink, one fan-out."""
 
 from __future__ import annotations
 
 import asyncio
 
+from models.rhythm import MIT_RHYTHM, Beat, Episode
 from stream.kafka.producer import QueuedProducer, delivered
-from stream.segments import Annotation, Segment, annotation
+from stream.segments import BeatsRecord, GroundTruth, RhythmRecord, Segment, annotation
 from twin_engine.config import KafkaConfig
 from twin_engine.crash_points import crash_point
 from twin_engine.metrics import Metrics
@@ -31,7 +33,7 @@ class Publisher:
         self.producer, self.registry, self.topics = producer, registry, topics
         self.sinks, self.metrics = sinks, metrics
 
-    async def annotate(self, p: Patient, ann: Annotation) -> asyncio.Future:
+    async def annotate(self, p: Patient, ann: GroundTruth) -> asyncio.Future:
         """Queue the annotation; returns its delivery future (the caller awaits it)."""
         future = await self.producer.send(self.topics.topic_annotations, ann.to_json(), key=p.patient_id.encode())
         for sink in self.sinks:
@@ -39,7 +41,12 @@ class Publisher:
         return future
 
     async def close_annotation(self, p: Patient, end_time: float) -> None:
-        """End the patient's open state interval at ``end_time`` (its stream is ending)."""
+        """End the patient's open state interval and rhythm episode at ``end_time`` (its stream
+        is ending)."""
+        if p.published_rhythm is not None:
+            name, since = p.published_rhythm
+            await (await self.annotate(p, RhythmRecord(p.patient_id, name, MIT_RHYTHM.get(name, ""), since, end_time)))
+            p.published_rhythm = None
         if p.published_since is not None:
             await (await self.annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
                                                      p.published_since, p.next_seq, end_time)))
@@ -49,7 +56,25 @@ class Publisher:
         for sink in self.sinks:
             await sink.removed(patient_id)
 
-    async def publish(self, p: Patient, seg: Segment, change: StateChange | None) -> None:
+    async def _truth(self, p: Patient, seg: Segment, beats: list[Beat], episodes: list[Episode]) -> list:
+        """The rhythm episodes the segment opens (closing the one before) and its beats."""
+        futures = []
+        for e in sorted(episodes, key=lambda e: e.start):
+            if p.published_rhythm is not None and p.published_rhythm[0] == e.rhythm:
+                continue
+            if p.published_rhythm is not None:
+                name, since = p.published_rhythm
+                futures.append(await self.annotate(p, RhythmRecord(p.patient_id, name, MIT_RHYTHM.get(name, ""),
+                                                                   since, e.start)))
+            p.published_rhythm = [e.rhythm, e.start]
+            futures.append(await self.annotate(p, RhythmRecord(p.patient_id, e.rhythm, e.aux, e.start)))
+        n = len(seg.samples)
+        marks = tuple((min(n - 1, max(0, int(round((b.time - seg.start_time) * seg.fs)))), b.symbol) for b in beats)
+        futures.append(await self.annotate(p, BeatsRecord(p.patient_id, seg.seq, seg.start_time, seg.fs, marks)))
+        return futures
+
+    async def publish(self, p: Patient, seg: Segment, change: StateChange | None,
+                      truth: tuple[list[Beat], list[Episode]] | None = None) -> None:
         """Out once this returns: the segment, its annotations and the stream position are all
         acknowledged by the broker. If any is not, this raises; the stream puts its position back
         (``Patient.set_position``) and sends the segment again (at least once), rather than
@@ -63,6 +88,8 @@ class Publisher:
             p.published_event_id, p.published_state, p.published_since = seg.event_id, seg.state, seg.start_time
             futures.append(await self.annotate(p, annotation(p.patient_id, seg.event_id, seg.state,
                                                                seg.start_time, seg.seq)))
+        if truth is not None:  # drawn by the rhythm layer: its beats and episodes
+            futures += await self._truth(p, seg, *truth)
         futures.append(await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode()))
         crash_point("segment-sent")
         for sink in self.sinks:

@@ -8,13 +8,14 @@ from typing import Protocol
 
 import numpy as np
 
-from stream.segments import GAIN, Annotation, Segment
+from stream.segments import GAIN, BeatsRecord, GroundTruth, RhythmRecord, Segment
 
 
 class Sink(Protocol):
     async def segment(self, seg: Segment) -> None: ...
 
-    async def annotation(self, ann: Annotation) -> None: ...
+    async def annotation(self, ann: GroundTruth) -> None:
+        """A state interval, a segment's beats or a rhythm episode (before the segment)."""
 
     async def removed(self, patient_id: str) -> None:
         """The patient was removed: its stream has ended (after its last segment and annotation)."""
@@ -32,7 +33,10 @@ class _WfdbRecord:
 
 class WfdbSink:
     """Writes each patient's stream as a WFDB record (``<pid>.hea/.dat``) plus an annotation file
-    (``.atr``, one '+' rhythm annotation per state change). Samples go to the ``.dat`` file as
+    (``.atr``) in MIT-BIH's codes that ``bxb`` and ``epicmp`` read: every beat (N, V, A, F, /, Q)
+    and a '+' rhythm change with its aux note ((N, (AFIB, (VT, ...) where each rhythm episode
+    begins (streams the rhythm layer draws); the state changes go to ``.state`` (a '+' each, its
+    statements and rate: not rhythm codes, kept apart from them). Samples go to the ``.dat`` file as
     they are published, so a run of days holds only a few numbers per patient in memory (it held
     every segment until shutdown: 2 GB an hour at 100 patients); header and annotations are
     written when the patient is removed and at ``close()``."""
@@ -41,7 +45,8 @@ class WfdbSink:
         self.folder = Path(folder)
         self.patients = patients
         self._records: dict[str, _WfdbRecord] = {}
-        self._notes: dict[str, list[tuple[int, str]]] = {}  # (sample, text) per patient
+        self._notes: dict[str, list[tuple[int, str, str]]] = {}  # (sample, symbol, aux) per patient
+        self._starts: dict[str, float] = {}  # stream time of each record's first sample
 
     def _wanted(self, patient_id: str) -> bool:
         return self.patients is None or patient_id in self.patients
@@ -62,12 +67,24 @@ class WfdbSink:
         r.samples += len(q)
         r.checksum = (r.checksum + q.sum(0, dtype=np.int64)) % 65536
 
-    async def annotation(self, ann: Annotation) -> None:
-        if ann.end_time is None and self._wanted(ann.patient_id):
+    async def annotation(self, ann: GroundTruth) -> None:
+        if not self._wanted(ann.patient_id):
+            return
+        r = self._records.get(ann.patient_id)  # none yet: the annotations of the first segment
+        at = r.samples if r is not None else 0  # they come before their segment's samples
+        notes = self._notes.setdefault(ann.patient_id, [])
+        if isinstance(ann, BeatsRecord):
+            self._starts.setdefault(ann.patient_id, ann.start_time - at / ann.fs)
+            notes += [(at + i, sym, "") for i, sym in ann.beats]
+        elif isinstance(ann, RhythmRecord):
+            if ann.end_time is None:  # where it begins, which may be inside the segment to come
+                start = self._starts.get(ann.patient_id)
+                fs = r.fs if r is not None else None
+                offset = at if start is None or fs is None else int(round((ann.start_time - start) * fs))
+                notes.append((max(at, offset), "+", ann.aux))
+        elif ann.end_time is None:
             label = "+".join(sorted(ann.state.get("statements", {}))) or "none"
-            note = f"({label} HR{ann.state.get('heart_rate', 0):.0f}"
-            r = self._records.get(ann.patient_id)  # none yet: the annotation of the first segment
-            self._notes.setdefault(ann.patient_id, []).append((r.samples if r is not None else 0, note))
+            notes.append((at, "state", f"({label} HR{ann.state.get('heart_rate', 0):.0f}"))
 
     async def removed(self, patient_id: str) -> None:
         """The stream has ended: its record is complete and can be read now."""
@@ -83,7 +100,7 @@ class WfdbSink:
     def _dat(self, r: _WfdbRecord) -> Path:
         return self.folder / f"{r.name}.dat"
 
-    def _write_header(self, r: _WfdbRecord, notes: list[tuple[int, str]]) -> None:
+    def _write_header(self, r: _WfdbRecord, notes: list[tuple[int, str, str]]) -> None:
         import wfdb
 
         n = len(r.leads)
@@ -91,6 +108,9 @@ class WfdbSink:
                     fmt=["16"] * n, adc_gain=[GAIN] * n, baseline=[0] * n, units=["z"] * n, sig_name=list(r.leads),
                     checksum=[int(c) for c in r.checksum], init_value=r.init_value, adc_res=[16] * n,
                     adc_zero=[0] * n, block_size=[0] * n).wrheader(write_dir=str(self.folder))
-        if notes:
-            wfdb.wrann(r.name, "atr", np.array([at for at, _ in notes]), np.array(["+"] * len(notes)),
-                       aux_note=[note for _, note in notes], write_dir=str(self.folder))
+        for ext, rows in (("atr", [n for n in notes if n[1] != "state"]), ("state", [n for n in notes if n[1] == "state"])):
+            if rows:
+                rows = sorted(rows, key=lambda n: (n[0], n[1] != "+"))  # a rhythm change before its beat
+                wfdb.wrann(r.name, ext, np.array([at for at, _, _ in rows]),
+                           symbol=["+" if sym == "state" else sym for _, sym, _ in rows],
+                           aux_note=[aux for _, _, aux in rows], write_dir=str(self.folder))

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.conditions import CardiacState
+from models.rhythm import Beat, Episode, Rhythm
+from models.rhythm.render import BankError
+from models.rhythm.track import RhythmTrack
 from stream.events import state_to_dict
 from stream.segments import Segment
 from twin_engine.metrics import Metrics
@@ -37,6 +40,7 @@ from twin_engine.worker.generator import (
     patient_seed,
     unpack_tail,
 )
+from twin_engine.worker.rhythm import StreamRhythm
 from twin_engine.worker.timeline import StateChange, Timeline
 
 log = logging.getLogger(__name__)
@@ -53,17 +57,25 @@ class Pending:
     # what the model's last window produced beyond this segment, continuing it in the same
     # state: the next segment starts from it instead of discarding a third of every window
     spare: np.ndarray | None = None
+    # drawn by the rhythm layer: its ground truth, and the track once it is out
+    truth: tuple[list[Beat], list[Episode]] | None = None
+    track: RhythmTrack | None = None
 
 
-PublishFn = Callable[[Patient, Segment, StateChange | None], Awaitable[None]]
+PublishFn = Callable[[Patient, Segment, StateChange | None, tuple[list[Beat], list[Episode]] | None],
+                    Awaitable[None]]
 
 
 class PatientStream:
     def __init__(self, patient: Patient, *, clock: StreamClock, batcher: MicroBatcher, fs: int,
                  segment_samples: int, context_samples: int, lookahead: int, leads: tuple[str, ...],
                  model_version: str, publish: PublishFn, metrics: Metrics,
-                 on_end: Callable[[], None] | None = None) -> None:
+                 on_end: Callable[[], None] | None = None, rhythm: StreamRhythm | None = None) -> None:
         self.p = patient
+        # the rhythm layer draws the segments (None: off, or ``rhythm_problem`` says why not)
+        self.rhythm = rhythm
+        self.rhythm_problem: str | None = None if rhythm is not None else "the rhythm layer is off"
+        self._track_out: RhythmTrack | None = None  # the track after the last segment published
         # a scheduled end (stream time, the patient's ``remove_at``): segments starting at or
         # after it are not published, and once the last one before it has played out, ``on_end``
         # runs (in this stream's task, which then ends)
@@ -145,6 +157,21 @@ class PatientStream:
         self._wake.set()
         return at
 
+    @property
+    def draws_rhythms(self) -> bool:
+        """Whether the stream draws named rhythms (the rhythm layer on, and able to)."""
+        return self.rhythm is not None and self.rhythm_problem is None
+
+    def named_rhythm(self, event_id: str | None) -> Rhythm | None:
+        """The rhythm event ``event_id`` named, if it named one."""
+        for c in self.timeline.changes:
+            if c.event_id == event_id:
+                return c.rhythm
+        for h in reversed(self.p.history):
+            if h.event_id == event_id:
+                return None if h.rhythm is None else Rhythm.from_dict(h.rhythm)
+        return None
+
     def state_for(self, seq: int) -> CardiacState:
         return self.timeline.state_and_event(seq)[0]
 
@@ -154,6 +181,16 @@ class PatientStream:
         first by the next segment if its state is the same (a change or a ramp step drops them)."""
         state, event_id = self.timeline.state_and_event(seq)
         tail = prev.tail if prev is not None else unpack_tail(self.p.tail_b64, len(self.leads))
+        if self.draws_rhythms:
+            try:
+                x, beats, episodes = await self.rhythm.window(self.start_time(seq), self.n, state, event_id,
+                                                              self.named_rhythm(event_id),
+                                                              self.clock.due(self.start_time(seq)))
+                return Pending(seq, x, state, event_id, extend_tail(tail, x, self.context), None,
+                               (beats, episodes), self.rhythm.track.copy())
+            except BankError as exc:
+                self.rhythm_problem = str(exc)
+                log.warning("%s: no rhythm layer, the model's own windows instead: %s", self.p.patient_id, exc)
         spare = prev.spare if prev is not None and (prev.state, prev.event_id) == (state, event_id) else None
         have = np.zeros((0, len(self.leads)), np.float32) if spare is None else spare
         if len(have) < self.n:
@@ -192,6 +229,8 @@ class PatientStream:
                         self._gen.cancel()
                         await asyncio.gather(self._gen, return_exceptions=True)
                         self._gen = None
+                    if self.rhythm is not None:  # the schedule goes on from what is out
+                        self.rhythm.track = None if self._track_out is None else self._track_out.copy()
                     continue
                 if self._gen is not None and self._gen.done():
                     gen, self._gen = self._gen, None
@@ -252,11 +291,15 @@ class PatientStream:
             self.metrics.event_to_effect.observe(change.published - max(change.received, due))
         before = self.p.position(), self.published
         self.p.tail_b64 = pack_tail(item.tail)
+        if item.track is not None:
+            self.p.rhythm_state = item.track.to_dict()
         self.published = item
         self.p.next_seq = item.seq + 1
         try:
-            await self.publish(self.p, seg, change)
+            await self.publish(self.p, seg, change, item.truth)
             self.timeline.settle(self.p.next_seq)
+            if item.track is not None:
+                self._track_out = item.track
         except Exception:
             # not out (or not durably): the whole stream position, the state last published
             # included, stays where it was, and the retry sends this segment and its annotations

@@ -13,6 +13,7 @@ from twin_engine.registry import Patient
 from twin_engine.worker.batcher import MicroBatcher
 from twin_engine.worker.clock import StreamClock
 from twin_engine.worker.publisher import Publisher
+from twin_engine.worker.rhythm import StreamRhythm
 from twin_engine.worker.stream import PatientStream
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ class Streams(Mapping[str, PatientStream]):
             p, clock=self.clock, batcher=self.batcher, fs=meta.fs, segment_samples=self.segment_samples,
             context_samples=self.context_samples, lookahead=s.lookahead_segments, leads=meta.leads,
             model_version=meta.version, publish=self.publisher.publish, metrics=self.metrics,
-            on_end=lambda: self.on_end(p.patient_id))
+            on_end=lambda: self.on_end(p.patient_id),
+            rhythm=StreamRhythm(p.patient_id, p.base(), meta.fs, self.batcher.submit, p.rhythm_state)
+            if s.rhythm_layer else None)
         self.live[p.patient_id] = stream
         self.held.pop(p.patient_id, None)
         stream.start()

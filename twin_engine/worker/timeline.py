@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from models.conditions import CardiacState
+from models.rhythm import Rhythm
 from stream.events import state_from_dict
 from twin_engine.registry import Change
 
@@ -30,6 +31,7 @@ class StateChange:
     first_seq: int | None = None  # first segment published in the new state
     published: float | None = None  # monotonic, when that segment went to the sinks
     ramp_from: float | None = None  # heart rate of the segment before its first, once known
+    rhythm: Rhythm | None = None  # the rhythm the event named (None: the state's own)
 
 
 class Timeline:
@@ -75,7 +77,8 @@ class Timeline:
                 self.settled, self.changes = (state, h.event_id), []
             else:  # still to come, or still ramping (then its first segment is out: no new effect to time)
                 self.changes.append(StateChange(state, h.event_id, at, ramp, time.monotonic(), at=at,
-                                                first_seq=self.seq_at(at) if at <= nxt else None))
+                                                first_seq=self.seq_at(at) if at <= nxt else None,
+                                                rhythm=None if h.rhythm is None else Rhythm.from_dict(h.rhythm)))
         self.settle(next_seq)
 
     def seq_at(self, t: float) -> int:

@@ -1,0 +1,113 @@
+"""The rhythm layer in the live service, with the shipped model: every beat of a stream on the
+annotations topic where a detector we did not write finds it, a named rhythm made at its time,
+seams and a restart that neither lose nor double a beat, and a refusal where a stream cannot
+draw rhythms."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import numpy as np
+import pytest
+import wfdb.processing as wp
+
+from models.conditions import CardiacState
+from models.rhythm import Rhythm
+from models.twin import TwinModel
+from stream.events import Event
+from stream.segments import decode_segment
+from tests.support import RECORDS, read_all, service_settings, wait_for
+from twin_engine.config import REPO_ROOT
+from twin_engine.worker.service import TwinService
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"r{uuid.uuid4().hex[:8]}"
+
+
+async def _stream(broker, settings, pid: str):
+    """(samples, fs, beat samples, beat symbols, rhythm records, seqs) of ``pid`` as published."""
+    segs = sorted((decode_segment(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_segments)
+                   if m.key == pid.encode()), key=lambda s: s.seq)
+    anns = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_annotations)
+            if m.key == pid.encode()]
+    by_seq = {}
+    for s in segs:
+        by_seq.setdefault(s.seq, s)  # at least once: a segment sent again is the same segment
+    seqs = sorted(by_seq)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a gap in the stream"
+    x = np.concatenate([by_seq[q].samples for q in seqs])
+    start, fs = by_seq[seqs[0]].start_time, by_seq[seqs[0]].fs
+    beats = {}
+    for a in anns:
+        if a.get("kind") == "beats" and a["seq"] in by_seq:
+            beats[a["seq"]] = [(round((a["start_time"] - start) * fs) + b["sample"], b["symbol"]) for b in a["beats"]]
+    assert sorted(beats) == seqs, "every segment's beats, once"
+    marks = [m for q in seqs for m in beats[q]]
+    return x, fs, np.array([m[0] for m in marks]), [m[1] for m in marks], [a for a in anns if a.get("kind") == "rhythm"], start
+
+
+async def test_beats_where_the_annotations_say_a_named_rhythm_and_a_restart(broker, prefix, data_dir):
+    model = TwinModel.load(REPO_ROOT / "models" / "default")
+    settings = service_settings(broker, prefix, data_dir=data_dir, rhythm_layer=True, speed=0.0)
+    settings.lookahead_segments = 2
+    svc = TwinService(settings, model)
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    await svc.send_event(Event("reg", "bed-1", "register", CardiacState({"SR": 1.0}, 70), reference={"wfdb": RECORDS[0]}))
+    await wait_for(lambda: "bed-1" in svc.streams and svc.streams["bed-1"].p.next_seq >= 5)
+    stream = svc.streams["bed-1"]
+    assert stream.draws_rhythms, stream.rhythm_problem
+    vt_at = stream.start_time(stream.p.next_seq + 10)
+    await svc.send_event(Event("vt", "bed-1", "condition", None, effective_time=vt_at,
+                               rhythm=Rhythm("vt", rate=180, duration=6.0).validated()))
+    await wait_for(lambda: stream.start_time(stream.p.next_seq) > vt_at + 10)
+    await svc.stop()
+
+    svc2 = TwinService(settings, model)  # restored from the registry: the schedule goes on
+    await svc2.start()
+    await asyncio.wait_for(svc2.ready.wait(), 30)
+    await wait_for(lambda: "bed-1" in svc2.streams and svc2.streams["bed-1"].p.next_seq >= stream.p.next_seq + 8)
+    await svc2.stop()
+
+    x, fs, beats, symbols, rhythms, start = await _stream(broker, settings, "bed-1")
+    assert len(np.unique(beats)) == len(beats) and (np.diff(beats) >= 0.24 * fs).all(), "a beat doubled"
+    found = wp.xqrs_detect(x[:, 1].astype(np.float64), fs=fs, verbose=False)
+    inside = beats[(beats > 2 * fs) & (beats < len(x) - 0.3 * fs)]
+    c = wp.compare_annotations(inside, found[(found > 2 * fs - 37) & (found < len(x) - 0.15 * fs)], int(0.15 * fs))
+    assert c.sensitivity >= 0.97 and c.positive_predictivity >= 0.97, (c.sensitivity, c.positive_predictivity)
+    # the VT run: at its time, V beats at its rate, for its duration, then sinus again
+    opened = [(r["rhythm"], r["start_time"]) for r in rhythms if r["end_time"] is None]
+    names = [n for n, _ in opened]
+    assert names[:3] == ["sinus", "vt", "sinus"], opened
+    vt_start = dict(opened)["vt"]
+    assert abs(vt_start - vt_at) <= 0.35  # from the segment it falls in, past the beats already made
+    t = beats / fs + start
+    vt = [s for s, tt in zip(symbols, t, strict=True) if vt_start + 0.4 < tt < vt_start + 5.6]
+    assert vt and set(vt) == {"V"} and abs(len(vt) - 5.2 * 3) <= 2
+    after = [s for s, tt in zip(symbols, t, strict=True) if tt > vt_start + 7]
+    assert after and set(after) == {"N"}
+
+
+async def test_a_stream_that_cannot_draw_rhythms_refuses_them_with_the_reason(broker, tiny_model_dir, prefix, data_dir):
+    model = TwinModel.load(tiny_model_dir)  # its windows hold no beats to cut
+    settings = service_settings(broker, prefix, data_dir=data_dir, rhythm_layer=True)
+    svc = TwinService(settings, model)
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    try:
+        await svc.send_event(Event("reg", "bed-1", "register", CardiacState(), reference={"wfdb": RECORDS[0]}))
+        await wait_for(lambda: "bed-1" in svc.streams and svc.streams["bed-1"].p.next_seq >= 2)
+        problem = svc.streams["bed-1"].rhythm_problem
+        assert problem and "beats" in problem, problem
+        await svc.send_event(Event("asys", "bed-1", "condition", None, rhythm=Rhythm("asystole").validated()))
+        for _ in range(60):
+            dead = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
+            if dead:
+                break
+        assert any("cannot draw named rhythms" in d["reason"] and problem in d["reason"] for d in dead), dead
+    finally:
+        await svc.stop()

@@ -1,0 +1,97 @@
+"""A stream's rhythm layer: the patient's beat banks (the twin's own windows, made through the
+shared batcher) and the track that draws each segment on the beat schedule (``models.rhythm``).
+
+The model is asked for a bank once per morphology (a registration, a change of morphology
+statements), not once per segment; the schedule takes a request whenever the rhythm a segment
+is in differs from the last one asked (an event's rhythm, or the one its state implies, its
+heart-rate ramp included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from models.conditions import CardiacState
+from models.rhythm import Beat, BeatSchedule, Episode, Rhythm
+from models.rhythm.morphology import morphology_state, rhythm_of
+from models.rhythm.render import BeatBank, BeatRenderer, bank_seed
+from models.rhythm.track import RhythmTrack
+from twin_engine.worker.generator import GenRequest
+
+BANK_SAMPLES = 2560  # about 10 s of the twin: a dozen beats at 75 bpm, of which the bank keeps the alike
+BANKS_KEPT = 4  # morphologies a stream keeps at hand (a change back and forth asks the model once)
+
+Submit = Callable[[GenRequest, float], Awaitable[np.ndarray]]
+
+
+def look_key(state: CardiacState) -> str:
+    """Which bank a state is drawn from: its morphology statements and demographics."""
+    m = morphology_state(state)
+    return json.dumps([sorted(m.statements.items()), None if m.age != m.age else m.age, m.sex])
+
+
+class StreamRhythm:
+    """Args:
+        patient_id: whose stream (its seed).
+        base: the patient's base vector.
+        fs: the stream's rate.
+        submit: generation through the worker's batcher, ``(request, due) -> samples``.
+        saved: the track after the last published segment (``RhythmTrack.to_dict``), if any.
+    """
+
+    def __init__(self, patient_id: str, base: np.ndarray, fs: int, submit: Submit, saved: dict | None) -> None:
+        self.base, self.fs, self.submit = base, fs, submit
+        self.seed = bank_seed(patient_id)
+        self._saved = saved
+        self._banks: OrderedDict[str, BeatBank] = OrderedDict()
+        self.track: RhythmTrack | None = None
+
+    async def _bank(self, state: CardiacState, due: float) -> BeatBank:
+        key = look_key(state)
+        if key not in self._banks:
+            req = GenRequest(self.base, morphology_state(state), None, BANK_SAMPLES, self.seed)
+            x = await self.submit(req, due)
+            self._banks[key] = await asyncio.to_thread(BeatBank.from_windows, [x], self.fs)  # XQRS: ~20 ms
+            while len(self._banks) > BANKS_KEPT:
+                self._banks.popitem(last=False)
+        self._banks.move_to_end(key)
+        return self._banks[key]
+
+    async def window(self, t0: float, n: int, state: CardiacState, event_id: str | None, named: Rhythm | None,
+                     due: float) -> tuple[np.ndarray, list[Beat], list[Episode]]:
+        """The samples of the segment from stream time ``t0`` in ``state`` (and the rhythm the
+        event ``event_id`` named, if it named one), its beats and the episodes it overlaps.
+
+        Raises:
+            BankError: the twin's windows give no beats to draw (the caller streams the model's
+                own windows instead and says why).
+        """
+        bank = await self._bank(state, due)
+        rhythm = named or rhythm_of(state)
+        asked = json.dumps([event_id, rhythm.to_dict()], sort_keys=True)
+        look = look_key(state)
+        if self.track is None:
+            renderer = BeatRenderer(bank, self.seed)
+            if self._saved is not None:
+                try:
+                    self.track = RhythmTrack.from_dict(self._saved, renderer)
+                except ValueError:
+                    self.track = None  # a damaged record: the schedule starts again here
+            if self.track is None:
+                self.track = RhythmTrack(BeatSchedule(rhythm, t0, self.seed), renderer)
+                self.track.asked = asked
+            self.track.look = look
+        if self.track.look != look:
+            self.track.morph(t0, bank)
+            self.track.look = look
+        if self.track.asked != asked:
+            self.track.schedule.request(rhythm, t0)
+            self.track.asked = asked
+        x, beats, episodes = self.track.window(t0, n)
+        self.track.schedule.forget(t0 - 60.0)  # the record a segment carries stays small
+        return x, beats, episodes
