@@ -107,3 +107,15 @@ def test_rhythms_ride_on_events_and_impossible_ones_are_refused_with_the_reason(
         parse_event(_ev(state=None))
     with pytest.raises(EventError, match="remove event takes no rhythm"):
         parse_event(_ev(type="remove", state=None, rhythm={"name": "vf"}))
+
+
+def test_the_shipped_scenarios_parse_and_the_alarms_name_the_five_rhythms():
+    from pathlib import Path
+
+    from twin_engine.ops.scenario import load_scenario
+
+    folder = Path(__file__).resolve().parents[2] / "twin_engine" / "ops" / "scenarios"
+    scenarios = {p.stem: load_scenario(p) for p in folder.glob("*.toml")}
+    assert {"ward", "alarms"} <= set(scenarios)
+    named = {c.event.rhythm.name for c in scenarios["alarms"].changes}
+    assert named == {"asystole", "sinus_brady", "svt", "vt", "vf"}

@@ -225,7 +225,11 @@ class TwinService:
         """What the HTTP API shows of one patient, or None if it is not here."""
         p = self.registry.get(pid)
         stream = self.streams.get(pid)
-        return None if p is None else {**p.view(stream.seconds if stream else None), "held": self.held.get(pid)}
+        if p is None:
+            return None
+        # whether its beats are drawn on a schedule (and published), and if not, why not
+        rhythm = None if stream is None else {"drawn": stream.draws_rhythms, "problem": stream.rhythm_problem}
+        return {**p.view(stream.seconds if stream else None), "held": self.held.get(pid), "rhythm_layer": rhythm}
 
     def why_unknown(self, pid: str) -> str:
         """A patient of another worker's partitions is not unknown, only not here: say so."""

@@ -72,6 +72,35 @@ def _neurokit_rate(fs: int, seconds: float = 10.0, n: int = 5) -> float:
     return 1.0 / _median_time(one, n)
 
 
+def _rhythm_layer(model, settings: Settings, model_segment_s: float | None, repeats: int = 50) -> dict:
+    """The rhythm layer's cost in the same run: a patient's bank (the twin's windows and XQRS,
+    once per morphology) and drawing one segment, beside the model making one segment."""
+    from models.data.ptbxl import PTBXL
+    from models.rhythm import BeatSchedule, Rhythm
+    from models.rhythm.morphology import bank_for
+    from models.rhythm.render import BeatRenderer
+    from models.rhythm.track import RhythmTrack
+
+    fs, seg = model.meta.fs, int(settings.segment_seconds * model.meta.fs)
+    db = PTBXL(settings.data_dir / "ptbxl-subset")
+    base = model.encode([db.record(db.ecg_ids[0]).signal])
+    bank = bank_for(model, base, CardiacState(), 1)
+    bank_s = _median_time(lambda: bank_for(model, base, CardiacState(), 1), 3)
+    draw = {}
+    for name, rate in (("sinus", 70.0), ("sinus_tachy", 180.0), ("vt", 240.0)):
+        track = RhythmTrack(BeatSchedule(Rhythm(name, rate=rate), 0.0, 1), BeatRenderer(bank, 1))
+        clock = [0.0]
+
+        def one(track=track, clock=clock):
+            track.window(clock[0], seg)
+            clock[0] += seg / fs
+        draw[f"{name} {rate:.0f}"] = _median_time(one, repeats)
+    worst = max(draw.values())
+    return {"segment_seconds": settings.segment_seconds, "bank_s": bank_s, "draw_segment_s": draw,
+            "model_segment_s": model_segment_s,
+            "draw_over_model": worst / model_segment_s if model_segment_s else None}
+
+
 def bench_generate(settings: Settings, backends: list[str], samplers: list[str], steps_list: list[int],
                    batches: list[int], repeats: int = 5) -> dict:
     from models.twin import TwinModel
@@ -159,7 +188,14 @@ def bench_generate(settings: Settings, backends: list[str], samplers: list[str],
                     tail_b64=pack_tail(np.zeros((ContinuousGenerator(model).context, 12), np.float32)),
                     history=[Change("e", {"statements": {"SR": 1.0}}, 0, 0.0)] * 50)
         state_kb = (len(p.to_json()) + settings.lookahead_segments * seg * 12 * 4) / 1024
+    # the model's cost of one segment in the serving configuration (one patient's share of the best batch)
+    model_segment_s = None
+    if best and fs:
+        gen = ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale)
+        model_segment_s = best["batch_s"] / best["batch"] * settings.segment_seconds * fs / gen.new_per_window
+    rhythm = _rhythm_layer(model, settings, model_segment_s) if fs else None
     result = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": _machine(),
+              "rhythm_layer": rhythm,
               "service_state_kb_per_patient": state_kb,
               "model": str(settings.model_path), "rows": rows, "continuity": continuity,
               "flops": flops,
@@ -203,6 +239,13 @@ def table(result: dict) -> str:
         lines += ["", f"Continuity ({result.get('model')}): mean boundary jump {c['boundary_jump_mean']:.4f} vs mean "
                   f"within-segment step {c['within_step_mean']:.4f} (ratio {c['ratio_mean']:.2f}); p99 "
                   f"{c['boundary_jump_p99']:.4f} vs {c['within_step_p99']:.4f}."]
+    r = result.get("rhythm_layer")
+    if r:
+        draws = ", ".join(f"{k} bpm {v * 1000:.2f} ms" for k, v in r["draw_segment_s"].items())
+        lines += ["", f"Rhythm layer (same run): a patient's beat bank {r['bank_s'] * 1000:.0f} ms (once per morphology); "
+                  f"drawing a {r['segment_seconds']:g} s segment: {draws}"
+                  + (f"; the model's own segment {r['model_segment_s'] * 1000:.2f} ms (serving batch share), "
+                     f"so the slowest draw is {r['draw_over_model']:.0%} of it." if r.get("model_segment_s") else ".")]
     nk = result["neurokit2"]["segments_10s_per_s_per_core"]
     lines += ["", f"neurokit2 ecg_simulate(multileads), 10 s 12-lead: {nk:.2f} segments/s per core (same run)."]
     if "best" in result:
