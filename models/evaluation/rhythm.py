@@ -78,8 +78,9 @@ def _summary(values: list[float]) -> dict | None:
             "p90": round(float(q[2]), 3)}
 
 
-def rr_statistics(mitdb: Path, seconds: float = 1800.0) -> dict:
-    """RR dynamics of MIT-BIH's annotated rhythms and of the programs asked for the same."""
+def rr_statistics(mitdb: Path, seconds: float = 1800.0, label: str = "mitdb") -> dict:
+    """RR dynamics of a database's annotated rhythms (MIT-BIH's, or any with its codes:
+    CPSC 2021's) and of the programs asked for the same, under keys ``label`` and "programs"."""
     real: dict[str, list[float]] = {"sdnn_ms": [], "rmssd_ms": [], "cv": [], "coupling": [], "compensation": []}
     rates = []
     for hea in sorted(Path(mitdb).glob("*.hea")):
@@ -104,7 +105,7 @@ def rr_statistics(mitdb: Path, seconds: float = 1800.0) -> dict:
                 if rhythm.name == "pvc" and k in ("sdnn_ms", "rmssd_ms"):
                     continue  # sinus variability is the sinus program's
                 made[k] += v
-    return {k: {"mitdb": _summary(real[k]), "programs": _summary(made[k])} for k in real}
+    return {k: {label: _summary(real[k]), "programs": _summary(made[k])} for k in real}
 
 
 def _detectors() -> dict:
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                   "mitdb": mitdb_timing(args.data / "mitdb", args.seconds)}
     else:
         result = {"rr_statistics": rr_statistics(args.data / "mitdb"),
+                  "rr_statistics_cpsc2021": rr_statistics(args.data / "cpsc2021", label="cpsc2021"),
                   "detectors": detector_scores(args.data / "mitdb", args.seconds)}
     text = json.dumps(result, indent=2)
     print(text)
