@@ -23,6 +23,10 @@ def test_bench_generate_rows_and_serving_summary(distilled_model_dir, tmp_path):
                and r["batch_s"] > 0 and r["denoiser_s"] >= 0 for r in rows)
     assert res["best"]["sampler"] == "distilled" and res["best"]["steps"] == 4
     assert res["best"]["ratio_vs_neurokit2_per_core"] > 0
+    # the rhythm layer's cost, or why it could not be measured (the tiny model draws no beats)
+    r = res["rhythm_layer"]
+    assert ("beats" in r["skipped"]) if "skipped" in r else min(r["draw_segment_s"].values()) > 0
+    assert "Rhythm layer" in table(res)
     if not torch.cuda.is_available():
         [skipped] = [r for r in res["rows"] if "skipped" in r]
         assert "NVIDIA GPU" in skipped["skipped"]
