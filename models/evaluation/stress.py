@@ -1,9 +1,10 @@
 """The classical Noise Stress Test on real MIT-BIH records: NSTDB noise (bw, ma, em) added to
 lead MLII at SNRs from 24 to -6 dB (``models.stress.noise``), each detector scored beat by beat
-against the reference annotations (``models.stress.scoring``). The twins' side of the same
-table needs the rhythm layer rendered (docs/RHYTHM.md) and comes with it.
+against the reference annotations (``models.stress.scoring``); with ``--twins`` the same on
+twins drawn on a beat schedule (``models.rhythm``), scored against their schedule.
 
     python -m models.evaluation.stress --out docs/stress-mitdb.json
+    python -m models.evaluation.stress --twins --out docs/stress-twins.json
 """
 
 from __future__ import annotations
@@ -27,20 +28,51 @@ SNRS = (24, 18, 12, 6, 0, -6)
 KINDS = ("bw", "ma", "em")
 
 
-def noise_stress(data: Path, records=RECORDS, snrs=SNRS, kinds=KINDS, detectors=("xqrs", "neurokit2", "pantompkins"),
-                 seconds: float = 300.0) -> dict:
-    """Gross Se/+P per detector, noise kind and SNR (and clean), over ``records``' first ``seconds``."""
-    dets = [detector(d) for d in detectors]
-    cells: dict[str, dict[str, list]] = {}
-    for ri, rec_name in enumerate(records):
+def mitdb_sources(data: Path, records=RECORDS, seconds: float = 300.0):
+    """(name, lead MLII, fs, reference beats, normal beats) of MIT-BIH ``records``' first ``seconds``."""
+    for rec_name in records:
         path = str(Path(data) / "mitdb" / rec_name)
         rec = wfdb.rdrecord(path, sampto=int(360 * seconds))
-        fs = float(rec.fs)
         lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
         clean = rec.p_signal[:, lead]
         ann = wfdb.rdann(path, "atr", sampto=len(clean))
         ref = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS])
         normal = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym == "N"])
+        yield rec_name, clean, float(rec.fs), ref, normal
+
+
+def twin_sources(model, data: Path, patients: int = 10, seconds: float = 300.0):
+    """The same for twins of held-out PTB-XL patients drawn on a schedule (lead II): sinus at 75
+    bpm with isolated PVCs (one beat in 20), each in its own morphology, their beats the truth."""
+    from models.conditions import CardiacState
+    from models.data.ptbxl import PTBXL
+    from models.rhythm import BeatSchedule, Rhythm
+    from models.rhythm.morphology import bank_for
+    from models.rhythm.render import BeatRenderer
+    from models.rhythm.track import RhythmTrack
+
+    db = PTBXL(Path(data) / "ptbxl-subset")
+    fs = model.meta.fs
+    for i, rid in enumerate(db.split()[1][:patients]):
+        rec = db.record(rid)
+        state = CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab)
+        bank = bank_for(model, model.encode([rec.signal]), state, seed=1000 + i)
+        track = RhythmTrack(BeatSchedule(Rhythm("pvc", rate=75.0, probability=0.05), 0.0, i), BeatRenderer(bank, i))
+        x, beats, _ = track.window(0.0, int(seconds * fs))
+        ref = np.array([int(round(b.time * fs)) for b in beats])
+        normal = np.array([int(round(b.time * fs)) for b in beats if b.kind == "N"])
+        yield f"ptbxl-{rid}", x[:, 1].astype(np.float64), float(fs), ref, normal
+
+
+def noise_stress(data: Path, records=RECORDS, snrs=SNRS, kinds=KINDS, detectors=("xqrs", "neurokit2", "pantompkins"),
+                 seconds: float = 300.0, sources=None) -> dict:
+    """Gross Se/+P per detector, noise kind and SNR (and clean), over ``records``' first ``seconds``
+    (or over ``sources``: ``mitdb_sources``' form, ``twin_sources`` for the twins)."""
+    dets = [detector(d) for d in detectors]
+    cells: dict[str, dict[str, list]] = {}
+    lead = "MLII" if sources is None else "II"
+    sources = list(mitdb_sources(data, records, seconds) if sources is None else sources)
+    for ri, (rec_name, clean, fs, ref, normal) in enumerate(sources):
         trials = [("clean", None, clean)]
         for k in kinds:
             noise = read_noise(Path(data) / "nstdb", k, fs, len(clean) / fs, seed=ri)
@@ -60,7 +92,7 @@ def noise_stress(data: Path, records=RECORDS, snrs=SNRS, kinds=KINDS, detectors=
         name, kind, snr = key.split("|")
         out.append({"detector": name, "noise": kind, "snr_db": None if snr == "" else int(snr),
                     **gross(cell["scores"]).to_dict(), "records": len(cell["scores"]), "errors": cell["errors"]})
-    return {"records": list(records), "seconds": seconds, "lead": "MLII", "window_ms": 150, "cells": out}
+    return {"records": [src[0] for src in sources], "seconds": seconds, "lead": lead, "window_ms": 150, "cells": out}
 
 
 def table(result: dict) -> str:
@@ -85,8 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2].parent / "shared" / "data")
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--twins", action="store_true", help="twins of held-out PTB-XL patients drawn on a schedule "
+                                                         "(the shipped model), not MIT-BIH records")
+    ap.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "default")
     args = ap.parse_args(argv)
-    result = noise_stress(args.data, seconds=args.seconds)
+    sources = None
+    if args.twins:
+        from models.twin import TwinModel
+
+        sources = twin_sources(TwinModel.load(args.model), args.data, seconds=args.seconds)
+    result = noise_stress(args.data, seconds=args.seconds, sources=sources)
     print(table(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -68,3 +68,18 @@ def test_reduced_report_and_a_wrong_model_scores_worse(tmp_path, data_dir):
     hr_key = next(k for k in right["heart_rate"] if k.startswith("twins_"))
     assert hr_key == f"twins_{right['config']['sampler']}_4"
     assert wrong["heart_rate"][hr_key]["median_abs_error_bpm"] > right["heart_rate"][hr_key]["median_abs_error_bpm"]
+
+
+def test_the_noise_stress_test_runs_on_twins_against_their_schedule(data_dir):
+    """The twins' half of docs/STRESS.md: a twin drawn on a schedule, NSTDB noise at an SNR,
+    scored against the schedule; clean, XQRS finds its beats, and muscle noise at -6 dB costs it."""
+    from models.evaluation.stress import noise_stress, twin_sources
+
+    model = TwinModel.load(REPO_ROOT / "models" / "default")
+    sources = list(twin_sources(model, data_dir, patients=1, seconds=40.0))
+    (name, x, fs, ref, normal), = sources
+    assert name.startswith("ptbxl-") and len(x) == 40 * 250 and 40 <= len(ref) <= 60 and len(normal) < len(ref)
+    res = noise_stress(data_dir, snrs=(-6,), kinds=("ma",), detectors=("xqrs",), seconds=40.0, sources=sources)
+    cells = {(c["noise"], c["snr_db"]): c for c in res["cells"]}
+    assert cells[("clean", None)]["se"] >= 0.97 and cells[("clean", None)]["ppv"] >= 0.97
+    assert cells[("ma", -6)]["ppv"] < cells[("clean", None)]["ppv"]
