@@ -49,6 +49,11 @@ class BeatSchedule:
         self._pending: Beat | None = None  # made, after the last window asked for
 
     @property
+    def cursor(self) -> float:
+        """No beat is still to come before this stream time."""
+        return self._cursor
+
+    @property
     def last(self) -> Beat | None:
         """The last beat handed out."""
         return self._last

@@ -25,6 +25,9 @@ from twin_engine.worker.generator import GenRequest
 
 BANK_SAMPLES = 2560  # about 10 s of the twin: a dozen beats at 75 bpm, of which the bank keeps the alike
 BANKS_KEPT = 4  # morphologies a stream keeps at hand (a change back and forth asks the model once)
+# a restored stream whose time jumped past its schedule by more than this (downtime: it goes on
+# from now) starts a new schedule there, rather than making every beat of the gap
+GAP_S = 10.0
 
 Submit = Callable[[GenRequest, float], Awaitable[np.ndarray]]
 
@@ -75,6 +78,9 @@ class StreamRhythm:
         rhythm = named or rhythm_of(state)
         asked = json.dumps([event_id, rhythm.to_dict()], sort_keys=True)
         look = look_key(state)
+        resumed = False  # a schedule begun again mid-stream: a timed rhythm named before is over
+        if self.track is not None and t0 - self.track.schedule.cursor > GAP_S:
+            self.track, self._saved, resumed = None, None, True
         if self.track is None:
             renderer = BeatRenderer(bank, self.seed)
             if self._saved is not None:
@@ -82,8 +88,11 @@ class StreamRhythm:
                     self.track = RhythmTrack.from_dict(self._saved, renderer)
                 except ValueError:
                     self.track = None  # a damaged record: the schedule starts again here
+                if self.track is None or t0 - self.track.schedule.cursor > GAP_S:
+                    self.track, resumed = None, True  # restored after downtime: it goes on from now
             if self.track is None:
-                self.track = RhythmTrack(BeatSchedule(rhythm, t0, self.seed), renderer)
+                first = rhythm_of(state) if resumed and rhythm.duration is not None else rhythm
+                self.track = RhythmTrack(BeatSchedule(first, t0, self.seed), renderer)
                 self.track.asked = asked
             self.track.look = look
         if self.track.look != look:
