@@ -36,6 +36,8 @@ class Rhythm:
         probability: isolated ectopy and couplets: the chance per sinus beat.
         coupling: ectopic coupling interval as a fraction of the sinus RR.
         ratio: atrial flutter's conduction (2, 3 or 4 flutter waves per beat; 0 varies).
+        irregularity: AF's RR spread, the coefficient of variation the program aims at
+            (MIT-BIH's AF: median 0.18 over 1 min; CPSC 2021's: 0.24; docs/RHYTHM.md).
     """
 
     name: str = "sinus"
@@ -45,6 +47,7 @@ class Rhythm:
     probability: float | None = None
     coupling: float | None = None
     ratio: int | None = None
+    irregularity: float | None = None
 
     @staticmethod
     def from_dict(d: dict) -> Rhythm:
@@ -66,7 +69,7 @@ class Rhythm:
         if spec is None:
             raise RhythmError(f"unknown rhythm {self.name!r}; known: {', '.join(rhythm_names())}")
         r = replace(self, **{k: v for k, v in spec.defaults.items() if getattr(self, k) is None})
-        for k in ("rate", "duration", "pattern", "probability", "coupling", "ratio"):
+        for k in ("rate", "duration", "pattern", "probability", "coupling", "ratio", "irregularity"):
             v = getattr(r, k)
             if v is None:
                 continue
@@ -115,8 +118,8 @@ def sinus(r: Rhythm, since: float, last: Beat | None, recent: Sequence[str], rng
 
 
 def afib(r: Rhythm, since: float, last: Beat | None, recent: Sequence[str], rng: np.random.Generator) -> Beat:
-    """Atrial fibrillation: irregularly irregular RR, log-normal about the mean (CV about 0.2)."""
-    sigma = 0.2
+    """Atrial fibrillation: irregularly irregular RR, log-normal about the mean (CV about ``irregularity``)."""
+    sigma = float(r.irregularity)  # log-normal: a CV of about sigma at these sizes
     rr = r.rr * math.exp(sigma * rng.standard_normal() - sigma * sigma / 2)
     return Beat(since + max(REFRACTORY_S, rr), "N")
 
@@ -211,7 +214,8 @@ RHYTHMS: dict[str, Spec] = {
     "sinus": Spec(sinus, {"rate": 70.0}, _SINUS_LIMITS),
     "sinus_brady": Spec(sinus, {"rate": 45.0}, {**_SINUS_LIMITS, "rate": (30.0, 59.0)}),
     "sinus_tachy": Spec(sinus, {"rate": 120.0}, {**_SINUS_LIMITS, "rate": (101.0, 180.0)}),
-    "afib": Spec(afib, {"rate": 110.0}, {"rate": (40.0, 200.0), "duration": (1.0, 86400.0)}),
+    "afib": Spec(afib, {"rate": 110.0, "irregularity": 0.2}, {"rate": (40.0, 200.0), "duration": (1.0, 86400.0),
+                                                              "irregularity": (0.05, 0.4)}),
     "aflutter": Spec(aflutter, {"rate": 150.0, "ratio": 2}, {"rate": (60.0, 175.0), "ratio": (0, 4),
                                                              "duration": (1.0, 86400.0)}),
     "pvc": Spec(pvc, {"rate": 75.0, "pattern": "isolated", "probability": 0.1, "coupling": 0.7},

@@ -160,3 +160,14 @@ def test_a_schedule_written_down_and_read_back_goes_on_with_the_same_beats():
         BeatSchedule.from_dict({"requests": []})
     with pytest.raises(RhythmError):
         BeatSchedule.from_dict({**s.to_dict(), "requests": [[0.0, {"name": "vt", "rate": 999}, None]]})
+
+
+@pytest.mark.parametrize("irregularity", [0.1, 0.2, 0.3])
+def test_af_irregularity_is_the_rr_spread_asked_for(irregularity):
+    rr = _rr(_beats(Rhythm("afib", rate=90, irregularity=irregularity), 600.0))
+    assert abs(rr.std() / rr.mean() - irregularity) <= 0.03
+    assert abs(60.0 / rr.mean() - 90) <= 3.0
+    with pytest.raises(RhythmError, match="irregularity"):
+        Rhythm("afib", irregularity=0.9).validated()
+    with pytest.raises(RhythmError, match="takes no irregularity"):
+        Rhythm("vt", irregularity=0.2).validated()
