@@ -162,6 +162,19 @@ def _render(track, seconds: float, fs: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.array([b.time for b in beats])
 
 
+def held_out_banks(model, data: Path, patients: int = 10):
+    """(ecg id, beat bank) of the first ``patients`` held-out PTB-XL patients (folds 9-10), each
+    in its own morphology (its statements, at the bank's rate); the i-th bank from seed 1000 + i."""
+    from models.data.ptbxl import PTBXL
+    from models.rhythm.morphology import bank_for
+
+    db = PTBXL(Path(data) / "ptbxl-subset")
+    for i, rid in enumerate(db.split()[1][:patients]):
+        rec = db.record(rid)
+        state = CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab)
+        yield rid, bank_for(model, model.encode([rec.signal]), state, seed=1000 + i)
+
+
 def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0) -> dict:
     """Twins of held-out PTB-XL patients drawn on schedules, read back by detectors we did not write.
 
@@ -172,24 +185,17 @@ def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0) ->
         ``rates``: per requested rate of ``RATES`` and detector, the share of 10 s windows whose
         rate (from the detected beats) is within 1 bpm of the request.
     """
-    from models.data.ptbxl import PTBXL
-    from models.rhythm.morphology import bank_for
     from models.rhythm.render import BeatRenderer
     from models.rhythm.track import RhythmTrack
     from models.stress.detectors import detector
     from models.stress.scoring import gross, score_beats
 
     fs = model.meta.fs
-    db = PTBXL(data / "ptbxl-subset")
-    held = db.split()[1][:patients]
     dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
     scores: dict[str, dict[str, list]] = {}
     windows: dict[int, dict[str, list[bool]]] = {r: {d: [] for d in dets} for r in RATES}
-    for i, rid in enumerate(held):
-        rec = db.record(rid)
-        base = model.encode([rec.signal])
-        state = CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab)
-        bank = bank_for(model, base, state, seed=1000 + i)
+    banks = [bank for _, bank in held_out_banks(model, data, patients)]
+    for i, bank in enumerate(banks):
         for rhythm in BEAT_RHYTHMS:
             x, truth = _render(RhythmTrack(BeatSchedule(rhythm, 0.0, i), BeatRenderer(bank, i)), seconds, fs)
             key = rhythm.pattern if rhythm.pattern else rhythm.name
@@ -208,7 +214,7 @@ def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0) ->
                     inside = found[(found >= t0) & (found < t0 + 10.0)]
                     ok = len(inside) > 1 and abs(60.0 / np.diff(inside).mean() - rate) <= 1.0
                     windows[rate][name].append(bool(ok))
-    return {"patients": len(held), "seconds": seconds,
+    return {"patients": len(banks), "seconds": seconds,
             "beats": {k: {d: gross(v).to_dict() for d, v in by.items()} for k, by in scores.items()},
             "rates": {str(r): {d: round(float(np.mean(v)), 4) for d, v in by.items()} for r, by in windows.items()},
             "rates_all": {d: round(float(np.mean([w for r in RATES for w in windows[r][d]])), 4) for d in dets}}

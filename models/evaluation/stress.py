@@ -44,19 +44,13 @@ def mitdb_sources(data: Path, records=RECORDS, seconds: float = 300.0):
 def twin_sources(model, data: Path, patients: int = 10, seconds: float = 300.0):
     """The same for twins of held-out PTB-XL patients drawn on a schedule (lead II): sinus at 75
     bpm with isolated PVCs (one beat in 20), each in its own morphology, their beats the truth."""
-    from models.conditions import CardiacState
-    from models.data.ptbxl import PTBXL
+    from models.evaluation.rhythm import held_out_banks
     from models.rhythm import BeatSchedule, Rhythm
-    from models.rhythm.morphology import bank_for
     from models.rhythm.render import BeatRenderer
     from models.rhythm.track import RhythmTrack
 
-    db = PTBXL(Path(data) / "ptbxl-subset")
     fs = model.meta.fs
-    for i, rid in enumerate(db.split()[1][:patients]):
-        rec = db.record(rid)
-        state = CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab)
-        bank = bank_for(model, model.encode([rec.signal]), state, seed=1000 + i)
+    for i, (rid, bank) in enumerate(held_out_banks(model, data, patients)):
         track = RhythmTrack(BeatSchedule(Rhythm("pvc", rate=75.0, probability=0.05), 0.0, i), BeatRenderer(bank, i))
         x, beats, _ = track.window(0.0, int(seconds * fs))
         ref = np.array([int(round(b.time * fs)) for b in beats])

@@ -23,15 +23,27 @@ def write_annotations(record_name: str, out_dir: Path, fs: float, start: float, 
     Returns:
         the annotation file's path.
     """
+    rows = [(int(round((e.start - start) * fs)), "+", e.aux) for e in episodes]
+    rows += [(int(round((b.time - start) * fs)), b.symbol, "") for b in beats]
+    rows = [r for r in rows if r[0] >= 0]
+    if not rows:  # wrann refuses an empty file; an asystole from the start still has its rhythm
+        rows = [(0, "+", "(N")]
+    return write_rows(record_name, out_dir, rows, extension, fs)
+
+
+def write_rows(record_name: str, out_dir: Path, rows: Sequence[tuple[int, str, str]], extension: str = "atr",
+               fs: float | None = None) -> Path:
+    """(sample, symbol, aux note) rows as a WFDB annotation file, in sample order with a rhythm
+    change ('+') before a beat at the same sample.
+
+    Returns:
+        the annotation file's path.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [(int(round((e.start - start) * fs)), 0, "+", e.aux) for e in episodes]
-    rows += [(int(round((b.time - start) * fs)), 1, b.symbol, "") for b in beats]
-    rows = sorted((r for r in rows if r[0] >= 0), key=lambda r: (r[0], r[1]))
-    if not rows:  # wrann refuses an empty file; an asystole from the start still has its rhythm
-        rows = [(0, 0, "+", "(N")]
-    wfdb.wrann(record_name, extension, np.array([r[0] for r in rows]), symbol=[r[2] for r in rows],
-               aux_note=[r[3] for r in rows], fs=fs, write_dir=str(out_dir))
+    rows = sorted(rows, key=lambda r: (r[0], r[1] != "+"))
+    wfdb.wrann(record_name, extension, np.array([r[0] for r in rows]), symbol=[r[1] for r in rows],
+               aux_note=[r[2] for r in rows], fs=fs, write_dir=str(out_dir))
     return out_dir / f"{record_name}.{extension}"
 
 

@@ -105,14 +105,14 @@ class BeatBank:
         corr = np.array([np.corrcoef(b.ravel(), med.ravel())[0, 1] for b in beats])
         # and a lead-II QRS like the median's: the detectors' lead (one beat at half the
         # height made every detector miss 12% of one patient's AF beats)
-        qrs_ii = slice(pre - int(QRS_BEFORE_S * fs), pre + int(QRS_AFTER_S * fs))
-        height = np.ptp(beats[:, qrs_ii, LEAD_II], axis=1) / max(1e-6, float(np.ptp(med[qrs_ii, LEAD_II])))
+        cut_qrs = slice(pre - int(QRS_BEFORE_S * fs), pre + int(QRS_AFTER_S * fs))
+        height = np.ptp(beats[:, cut_qrs, LEAD_II], axis=1) / max(1e-6, float(np.ptp(med[cut_qrs, LEAD_II])))
         alike = (corr >= max(0.85, float(np.median(corr)) - 0.1)) & (height >= 0.75) & (height <= 1.33)
         keep = beats[alike][:max_beats]
         if len(keep) < 2:
             raise BankError("the twin's beats disagree with each other (fewer than 2 alike)")
         rr = float(np.median(rrs)) if rrs else 60.0 / BANK_RATE
-        scale = np.ptp(np.median(keep, axis=0)[pre - int(QRS_BEFORE_S * fs):pre + int(QRS_AFTER_S * fs)], axis=0)
+        scale = np.ptp(np.median(keep, axis=0)[cut_qrs], axis=0)
         return cls(keep.astype(np.float32), np.stack([ventricular(b, fs) for b in keep]), fs, rr,
                    np.maximum(scale, 1e-3).astype(np.float32))
 
@@ -121,6 +121,14 @@ def _best_shift(beat: np.ndarray, template: np.ndarray, qrs: slice, radius: int)
     """The shift (samples) of ``beat`` whose QRS best matches ``template`` (all leads)."""
     scores = [float((beat[qrs.start + s:qrs.stop + s] * template).sum()) for s in range(-radius, radius + 1)]
     return int(np.argmax(scores)) - radius
+
+
+def _interpolate(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``rows`` (samples, leads) read at fractional sample positions ``at``, linearly (held at
+    the ends outside them)."""
+    i0 = np.clip(np.floor(at).astype(int), 0, len(rows) - 2)
+    f = np.clip(at - i0, 0.0, 1.0)[:, None]
+    return rows[i0] * (1 - f) + rows[i0 + 1] * f
 
 
 def _flatten_ends(beat: np.ndarray, taper: int) -> np.ndarray:
@@ -159,9 +167,7 @@ def ventricular(beat: np.ndarray, fs: int, width_s: float = 0.16) -> np.ndarray:
     t = (np.arange(n) - r) / fs
     src = t * fs / k + half  # index into the QRS for each output sample
     inside = (src >= 0) & (src <= 2 * half)
-    i0 = np.clip(np.floor(src).astype(int), 0, 2 * half - 1)
-    f = (src - i0)[:, None]
-    stretched = qrs[i0] * (1 - f) + qrs[np.minimum(i0 + 1, 2 * half)] * f
+    stretched = _interpolate(qrs, src)
     # flat over the middle 70%, faded at the ends: the lobes keep their height and slope
     edge = np.clip((1.0 - np.abs(src - half) / half) / 0.3, 0.0, 1.0)
     window = np.where(inside, 0.5 - 0.5 * np.cos(np.pi * edge), 0.0)
@@ -265,10 +271,7 @@ class BeatRenderer:
             tpl = 0.5 * (bank.normal[k] + bank.ventricular[k])
         else:
             tpl = bank.normal[k]
-        src = u * fs + bank.r
-        i0 = np.clip(np.floor(src).astype(int), 0, len(tpl) - 2)
-        f = np.clip(src - i0, 0.0, 1.0)[:, None]
-        wave = tpl[i0] * (1 - f) + tpl[i0 + 1] * f
+        wave = _interpolate(tpl, u * fs + bank.r)
         gain = 1.0 + 0.04 * rng.standard_normal()  # beat-to-beat amplitude (respiration, position)
         out[lo:hi] += (gain * wave * drawn[:, None]).astype(np.float32)
 

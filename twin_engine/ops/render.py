@@ -26,10 +26,11 @@ from models.rhythm.schedule import BeatSchedule
 from models.rhythm.track import RhythmTrack
 from models.twin import TwinModel
 from stream.events import Event
-from stream.segments import GAIN
+from stream.segments import GAIN, quantize
 from twin_engine.config import Settings
 from twin_engine.ops.scenario import Scenario
 from twin_engine.worker.references import References
+from twin_engine.worker.sinks import record_name
 
 WINDOW_S = 1.0  # rendered (and ramped) a second at a time; samples do not depend on it
 TAIL_S = 30.0  # rendered past a scenario's last change when no length is given
@@ -115,7 +116,7 @@ def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: lis
         beats += b
     signal = np.concatenate(chunks) if chunks else np.zeros((0, len(model.meta.leads)), np.float32)
     episodes = schedule.episodes(end)
-    name = "".join(c if c.isalnum() else "_" for c in reg.patient_id)
+    name = record_name(reg.patient_id)
     _write_record(out, name, signal, fs, model.meta.leads)
     write_annotations(name, out, fs, 0.0, beats, episodes)
     return Rendered(out / name, end, len(beats), [f"{e.rhythm}@{e.start:g}" for e in episodes])
@@ -123,7 +124,6 @@ def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: lis
 
 def _write_record(out: Path, name: str, signal: np.ndarray, fs: int, leads: tuple[str, ...]) -> None:
     """16-bit WFDB record at the stream's own gain (as the service's WFDB sink writes)."""
-    q = np.clip(np.round(signal * GAIN), -32768, 32767).astype(np.int16)
     n = len(leads)
-    wfdb.wrsamp(name, fs=fs, units=["z"] * n, sig_name=list(leads), d_signal=q, fmt=["16"] * n,
+    wfdb.wrsamp(name, fs=fs, units=["z"] * n, sig_name=list(leads), d_signal=quantize(signal), fmt=["16"] * n,
                 adc_gain=[GAIN] * n, baseline=[0] * n, write_dir=str(out))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from models.conditions import CardiacState
+from models.rhythm import Rhythm
 from stream.events import json_value, state_from_dict, state_to_dict
 from stream.segments import dumps_spliced
 
@@ -47,6 +48,10 @@ class Change:
     at: float | None = None
     transition: float = 0.0
     rhythm: dict[str, Any] | None = None
+
+    def named_rhythm(self) -> Rhythm | None:
+        """The rhythm the event named, if it named one."""
+        return None if self.rhythm is None else Rhythm.from_dict(self.rhythm)
 
     @property
     def holds_from(self) -> float:
@@ -135,15 +140,17 @@ class Patient:
         del self.seen_events[:-SEEN_EVENTS_LIMIT]
 
     def set_state(self, state: CardiacState, event_id: str, seq: int, when: float, at: float | None = None,
-                  transition: float = 0.0, now: float | None = None, rhythm: dict[str, Any] | None = None) -> None:
+                  transition: float = 0.0, now: float | None = None, rhythm: Rhythm | None = None) -> None:
         """The state last asked for. ``at``: the stream time it holds from (with the heart-rate
         ``transition`` seconds), kept in the history so that a restored stream still makes the
         changes scheduled ahead; without it (registration) it holds from the stream's start.
-        ``now``: the stream time of the next segment, before which changes are in the past."""
+        ``now``: the stream time of the next segment, before which changes are in the past.
+        ``rhythm``: the rhythm the event named, kept with its entry."""
         self.state = state_to_dict(state)
         self.state_event_id = event_id
         self.state_since_seq = seq
-        self.history.append(Change(event_id, self.state, seq, when, at, transition if at is not None else 0.0, rhythm))
+        self.history.append(Change(event_id, self.state, seq, when, at, transition if at is not None else 0.0,
+                                   None if rhythm is None else rhythm.to_dict()))
         self._trim_history(float("-inf") if now is None else now)
 
     def _trim_history(self, now: float) -> None:

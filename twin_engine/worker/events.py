@@ -153,10 +153,9 @@ class EventHandler:
         if ev.rhythm is not None and not stream.draws_rhythms:
             raise EventError(RHYTHM_NOT_DRAWN.format(reason=stream.rhythm_problem or "the rhythm layer is off"))
         state = ev.state or p.cardiac_state  # a rhythm alone keeps the state
-        rhythm = None if ev.rhythm is None else ev.rhythm.to_dict()
         at = stream.change_state(StateChange(state, ev.event_id, ev.effective_time, ev.transition_seconds,
                                              time.monotonic(), rhythm=ev.rhythm))
-        p.set_state(state, ev.event_id, p.next_seq, time.time(), at, ev.transition_seconds, now=now, rhythm=rhythm)
+        p.set_state(state, ev.event_id, p.next_seq, time.time(), at, ev.transition_seconds, now=now, rhythm=ev.rhythm)
         p.remember(ev.event_id)
         await self._write(p)
 
@@ -234,8 +233,7 @@ class EventHandler:
         # position counts in, which the new stream keeps the next segment's time in
         seconds = self.streams.segment_samples / self.model.meta.fs
         at = None if p.stream_start is None else p.start_time(p.next_seq, seconds)
-        p.set_state(state, ev.event_id, p.next_seq, time.time(), at, now=at,
-                    rhythm=None if ev.rhythm is None else ev.rhythm.to_dict())
+        p.set_state(state, ev.event_id, p.next_seq, time.time(), at, now=at, rhythm=ev.rhythm)
         p.remember(ev.event_id)
         await self._write(p)
         self.streams.start(p)

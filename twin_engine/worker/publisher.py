@@ -44,8 +44,7 @@ class Publisher:
         """End the patient's open state interval and rhythm episode at ``end_time`` (its stream
         is ending)."""
         if p.published_rhythm is not None:
-            name, since = p.published_rhythm
-            await (await self.annotate(p, RhythmRecord(p.patient_id, name, MIT_RHYTHM.get(name, ""), since, end_time)))
+            await (await self._end_rhythm(p, end_time))
             p.published_rhythm = None
         if p.published_since is not None:
             await (await self.annotate(p, annotation(p.patient_id, p.published_event_id, p.published_state or {},
@@ -56,6 +55,11 @@ class Publisher:
         for sink in self.sinks:
             await sink.removed(patient_id)
 
+    async def _end_rhythm(self, p: Patient, end_time: float) -> asyncio.Future:
+        """Queue the record that closes the patient's open rhythm episode at ``end_time``."""
+        name, since = p.published_rhythm
+        return await self.annotate(p, RhythmRecord(p.patient_id, name, MIT_RHYTHM.get(name, ""), since, end_time))
+
     async def _truth(self, p: Patient, seg: Segment, beats: list[Beat], episodes: list[Episode]) -> list:
         """The rhythm episodes the segment opens (closing the one before) and its beats."""
         futures = []
@@ -63,9 +67,7 @@ class Publisher:
             if p.published_rhythm is not None and p.published_rhythm[0] == e.rhythm:
                 continue
             if p.published_rhythm is not None:
-                name, since = p.published_rhythm
-                futures.append(await self.annotate(p, RhythmRecord(p.patient_id, name, MIT_RHYTHM.get(name, ""),
-                                                                   since, e.start)))
+                futures.append(await self._end_rhythm(p, e.start))
             p.published_rhythm = [e.rhythm, e.start]
             futures.append(await self.annotate(p, RhythmRecord(p.patient_id, e.rhythm, e.aux, e.start)))
         n = len(seg.samples)

@@ -78,23 +78,19 @@ class StreamRhythm:
         rhythm = named or rhythm_of(state)
         asked = json.dumps([event_id, rhythm.to_dict()], sort_keys=True)
         look = look_key(state)
-        resumed = False  # a schedule begun again mid-stream: a timed rhythm named before is over
+        begun = self.track is not None or self._saved is not None  # this stream drew beats before
+        if self.track is None and self._saved is not None:
+            try:
+                self.track = RhythmTrack.from_dict(self._saved, BeatRenderer(bank, self.seed))
+                self.track.look = look  # drawn with the bank of now
+            except ValueError:
+                pass  # a damaged record: the schedule starts again here
         if self.track is not None and t0 - self.track.schedule.cursor > GAP_S:
-            self.track, self._saved, resumed = None, None, True
-        if self.track is None:
-            renderer = BeatRenderer(bank, self.seed)
-            if self._saved is not None:
-                try:
-                    self.track = RhythmTrack.from_dict(self._saved, renderer)
-                except ValueError:
-                    self.track = None  # a damaged record: the schedule starts again here
-                if self.track is None or t0 - self.track.schedule.cursor > GAP_S:
-                    self.track, resumed = None, True  # restored after downtime: it goes on from now
-            if self.track is None:
-                first = rhythm_of(state) if resumed and rhythm.duration is not None else rhythm
-                self.track = RhythmTrack(BeatSchedule(first, t0, self.seed), renderer)
-                self.track.asked = asked
-            self.track.look = look
+            self.track, self._saved = None, None  # the stream's time jumped past it (downtime): it goes on from now
+        if self.track is None:  # a schedule begun again mid-stream holds no timed rhythm named before: it is over
+            first = rhythm_of(state) if begun and rhythm.duration is not None else rhythm
+            self.track = RhythmTrack(BeatSchedule(first, t0, self.seed), BeatRenderer(bank, self.seed))
+            self.track.asked, self.track.look = asked, look
         if self.track.look != look:
             self.track.morph(t0, bank)
             self.track.look = look

@@ -8,7 +8,13 @@ from typing import Protocol
 
 import numpy as np
 
+from models.rhythm.annotations import write_rows
 from stream.segments import GAIN, BeatsRecord, GroundTruth, RhythmRecord, Segment
+
+
+def record_name(patient_id: str) -> str:
+    """The WFDB record name of a patient's stream (letters and digits; the rest as '_')."""
+    return "".join(c if c.isalnum() else "_" for c in patient_id)
 
 
 class Sink(Protocol):
@@ -45,7 +51,8 @@ class WfdbSink:
         self.folder = Path(folder)
         self.patients = patients
         self._records: dict[str, _WfdbRecord] = {}
-        self._notes: dict[str, list[tuple[int, str, str]]] = {}  # (sample, symbol, aux) per patient
+        # per patient, (sample, symbol, aux) rows for each annotation file: "atr" and "state"
+        self._notes: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
         self._starts: dict[str, float] = {}  # stream time of each record's first sample
 
     def _wanted(self, patient_id: str) -> bool:
@@ -57,8 +64,7 @@ class WfdbSink:
         q = seg.quantized  # int16, as published
         r = self._records.get(seg.patient_id)
         if r is None:
-            name = "".join(c if c.isalnum() else "_" for c in seg.patient_id)
-            r = self._records[seg.patient_id] = _WfdbRecord(name, seg.fs, seg.leads, [int(v) for v in q[0]],
+            r = self._records[seg.patient_id] = _WfdbRecord(record_name(seg.patient_id), seg.fs, seg.leads, [int(v) for v in q[0]],
                                                             np.zeros(len(seg.leads), np.int64))
             self.folder.mkdir(parents=True, exist_ok=True)
             self._dat(r).write_bytes(b"")  # a record of this name from an earlier run is replaced
@@ -72,35 +78,35 @@ class WfdbSink:
             return
         r = self._records.get(ann.patient_id)  # none yet: the annotations of the first segment
         at = r.samples if r is not None else 0  # they come before their segment's samples
-        notes = self._notes.setdefault(ann.patient_id, [])
+        notes = self._notes.setdefault(ann.patient_id, {"atr": [], "state": []})
         if isinstance(ann, BeatsRecord):
             self._starts.setdefault(ann.patient_id, ann.start_time - at / ann.fs)
-            notes += [(at + i, sym, "") for i, sym in ann.beats]
+            notes["atr"] += [(at + i, sym, "") for i, sym in ann.beats]
         elif isinstance(ann, RhythmRecord):
             if ann.end_time is None:  # where it begins, which may be inside the segment to come
                 start = self._starts.get(ann.patient_id)
                 fs = r.fs if r is not None else None
                 offset = at if start is None or fs is None else int(round((ann.start_time - start) * fs))
-                notes.append((max(at, offset), "+", ann.aux))
+                notes["atr"].append((max(at, offset), "+", ann.aux))
         elif ann.end_time is None:
             label = "+".join(sorted(ann.state.get("statements", {}))) or "none"
-            notes.append((at, "state", f"({label} HR{ann.state.get('heart_rate', 0):.0f}"))
+            notes["state"].append((at, "+", f"({label} HR{ann.state.get('heart_rate', 0):.0f}"))
 
     async def removed(self, patient_id: str) -> None:
         """The stream has ended: its record is complete and can be read now."""
         r = self._records.get(patient_id)
         if r is not None:
-            self._write_header(r, self._notes.get(patient_id, []))
+            self._write_header(r, self._notes.get(patient_id, {}))
 
     def close(self) -> list[Path]:
         for pid, r in self._records.items():
-            self._write_header(r, self._notes.get(pid, []))
+            self._write_header(r, self._notes.get(pid, {}))
         return [self.folder / r.name for r in self._records.values()]
 
     def _dat(self, r: _WfdbRecord) -> Path:
         return self.folder / f"{r.name}.dat"
 
-    def _write_header(self, r: _WfdbRecord, notes: list[tuple[int, str, str]]) -> None:
+    def _write_header(self, r: _WfdbRecord, notes: dict[str, list[tuple[int, str, str]]]) -> None:
         import wfdb
 
         n = len(r.leads)
@@ -108,9 +114,6 @@ class WfdbSink:
                     fmt=["16"] * n, adc_gain=[GAIN] * n, baseline=[0] * n, units=["z"] * n, sig_name=list(r.leads),
                     checksum=[int(c) for c in r.checksum], init_value=r.init_value, adc_res=[16] * n,
                     adc_zero=[0] * n, block_size=[0] * n).wrheader(write_dir=str(self.folder))
-        for ext, rows in (("atr", [n for n in notes if n[1] != "state"]), ("state", [n for n in notes if n[1] == "state"])):
-            if rows:
-                rows = sorted(rows, key=lambda n: (n[0], n[1] != "+"))  # a rhythm change before its beat
-                wfdb.wrann(r.name, ext, np.array([at for at, _, _ in rows]),
-                           symbol=["+" if sym == "state" else sym for _, sym, _ in rows],
-                           aux_note=[aux for _, _, aux in rows], write_dir=str(self.folder))
+        for extension, rows in notes.items():
+            if rows:  # wrann refuses an empty file
+                write_rows(r.name, self.folder, rows, extension)

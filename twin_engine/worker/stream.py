@@ -169,7 +169,7 @@ class PatientStream:
                 return c.rhythm
         for h in reversed(self.p.history):
             if h.event_id == event_id:
-                return None if h.rhythm is None else Rhythm.from_dict(h.rhythm)
+                return h.named_rhythm()
         return None
 
     def state_for(self, seq: int) -> CardiacState:

@@ -78,7 +78,7 @@ class Timeline:
             else:  # still to come, or still ramping (then its first segment is out: no new effect to time)
                 self.changes.append(StateChange(state, h.event_id, at, ramp, time.monotonic(), at=at,
                                                 first_seq=self.seq_at(at) if at <= nxt else None,
-                                                rhythm=None if h.rhythm is None else Rhythm.from_dict(h.rhythm)))
+                                                rhythm=h.named_rhythm()))
         self.settle(next_seq)
 
     def seq_at(self, t: float) -> int:
