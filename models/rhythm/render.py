@@ -111,6 +111,11 @@ class BeatBank:
         keep = beats[alike][:max_beats]
         if len(keep) < 2:
             raise BankError("the twin's beats disagree with each other (fewer than 2 alike)")
+        # each lead of each beat at the median's QRS height: the model's beat-to-beat amplitude
+        # swings (one CLBBB twin's lead-II QRS 2.1-3.2) made detectors take small beats for T waves
+        target = np.ptp(np.median(keep, axis=0)[cut_qrs], axis=0)
+        gain = np.clip(target / np.maximum(np.ptp(keep[:, cut_qrs], axis=1), 1e-6), 0.67, 1.5)
+        keep = keep * gain[:, None, :]
         rr = float(np.median(rrs)) if rrs else 60.0 / BANK_RATE
         scale = np.ptp(np.median(keep, axis=0)[cut_qrs], axis=0)
         return cls(keep.astype(np.float32), np.stack([ventricular(b, fs) for b in keep]), fs, rr,
