@@ -37,8 +37,9 @@ GAIN = 1000.0
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
-    """float samples in units -> little-endian int16 at ``GAIN``, saturating."""
-    return np.clip(np.round(x * GAIN), -32768, 32767).astype("<i2")
+    """float samples in units -> little-endian int16 at ``GAIN``, saturating at +-32767 (WFDB
+    reads -32768 in a format-16 file as a missing sample)."""
+    return np.clip(np.round(x * GAIN), -32767, 32767).astype("<i2")
 
 
 def dumps_spliced(d: dict[str, Any], key: str) -> bytes:

@@ -17,14 +17,16 @@ AUX_RHYTHM = {v: k for k, v in MIT_RHYTHM.items() if k in ("sinus", "sinus_brady
 
 
 def write_annotations(record_name: str, out_dir: Path, fs: float, start: float, beats: Sequence[Beat],
-                      episodes: Sequence[Episode], extension: str = "atr") -> Path:
-    """Write the beats and rhythm episodes of a record that begins at stream time ``start``.
+                      episodes: Sequence[Episode], extension: str = "atr",
+                      extra: Sequence[tuple[int, str, str]] = ()) -> Path:
+    """Write the beats and rhythm episodes of a record that begins at stream time ``start``
+    (and ``extra`` (sample, symbol, aux note) rows: noise annotations, say).
 
     Returns:
         the annotation file's path.
     """
     rows = [(int(round((e.start - start) * fs)), "+", e.aux) for e in episodes]
-    rows += [(int(round((b.time - start) * fs)), b.symbol, "") for b in beats]
+    rows += [(int(round((b.time - start) * fs)), b.symbol, "") for b in beats] + list(extra)
     rows = [r for r in rows if r[0] >= 0]
     if not rows:  # wrann refuses an empty file; an asystole from the start still has its rhythm
         rows = [(0, "+", "(N")]

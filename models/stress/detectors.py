@@ -119,9 +119,29 @@ BUILTIN: dict[str, Callable[[np.ndarray, float], object]] = {
 
 
 def detector(spec: str) -> PythonDetector | CommandDetector:
-    """A built-in detector by name, or ``cmd:<command with {record}>`` for an external one."""
+    """A built-in detector by name, ``py:package.module:function`` for a Python one, or
+    ``cmd:<command with {record}>`` for an external one.
+
+    Raises:
+        DetectorError: an unknown name, or a Python function that cannot be imported.
+    """
     if spec.startswith("cmd:"):
+        if "{record}" not in spec:
+            raise DetectorError(f"{spec!r}: the command must name the record as {{record}}")
         return CommandDetector(spec[4:].split()[0], spec[4:])
+    if spec.startswith("py:"):
+        import importlib
+
+        module, _, name = spec[3:].partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise DetectorError(f"{spec!r}: cannot import {name!r} from {module!r} ({exc.__class__.__name__})") \
+                from None
+        if not callable(fn):
+            raise DetectorError(f"{spec!r}: {name!r} is not callable")
+        return PythonDetector(spec[3:], fn)
     if spec not in BUILTIN:
-        raise DetectorError(f"unknown detector {spec!r}; built in: {', '.join(BUILTIN)}, or cmd:<command>")
+        raise DetectorError(f"unknown detector {spec!r}; built in: {', '.join(BUILTIN)}, "
+                            "or py:module:function, or cmd:<command with {record}>")
     return PythonDetector(spec, BUILTIN[spec])

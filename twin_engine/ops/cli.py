@@ -148,9 +148,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     if args.what == "generate":
         result = bench.bench_generate(settings, args.backends.split(","), args.samplers.split(","),
-                                      ints(args.steps), ints(args.batches), args.repeats)
+                                      ints(args.steps), ints(args.batches), args.repeats or 5)
         print()
         print(bench.table(result))
+    elif args.what == "stress":
+        result = bench.bench_stress(settings, args.repeats or 3)
     elif args.what == "ws":
         deflate = tuple(x == "on" for x in args.ws_deflate.split(","))
         result = bench.bench_ws(settings, int(args.patients.split(",")[0]), args.clients, args.duration, deflate)
@@ -224,6 +226,30 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise ScenarioError(str(exc)) from None
     for r in written:
         print(f"{r.path}: {r.seconds:g} s, {r.beats} beats, episodes {', '.join(r.episodes)}")
+    return 0
+
+
+def cmd_stress(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.stress.detectors import DetectorError, detector
+    from models.twin import TwinModel
+    from twin_engine.ops.stress import SHIPPED, run_suite
+
+    settings = _settings(args)
+    try:
+        dets = [detector(d) for d in (args.detector or ["xqrs", "neurokit2", "pantompkins"])]
+    except DetectorError as exc:
+        print(f"detector error: {exc}", file=sys.stderr)
+        return 2
+    model = TwinModel.load(Path(settings.model_path))
+    report = run_suite(settings, model, [Path(p) for p in (args.suite or [SHIPPED])], dets, Path(args.out),
+                       args.lead, args.learning)
+    for name, s in report["detectors"].items():
+        b = s["beats"]["all"]
+        print(f"{name}: QRS Se {100 * b['se']:.2f}% +P {100 * b['ppv']:.2f}% over {s['records']} cases"
+              + (f", {len(s['errors'])} errors" if s["errors"] else ""))
+    print(f"{report['cases']} cases in {report['seconds_taken']:g} s; report: {Path(args.out) / 'report.md'}")
     return 0
 
 
@@ -325,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     bn = sub.add_parser("bench", help="benchmarks: generation and the whole service (figures, not tests)")
-    bn.add_argument("what", choices=["generate", "serve", "ws"])
+    bn.add_argument("what", choices=["generate", "serve", "ws", "stress"])
     bn.add_argument("--clients", type=int, default=50, help="ws: concurrent WebSocket subscribers")
     bn.add_argument("--ws-deflate", default="off", choices=["off", "on", "off,on", "on,off", "off,on,off,on"],
                     help="ws: runs with the hub declining or accepting the clients' permessage-deflate, in this order")
@@ -333,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--samplers", default="distilled,dpmpp2m,ddim")
     bn.add_argument("--steps", default="1,2,4")
     bn.add_argument("--batches", default="1,16,64")
-    bn.add_argument("--repeats", type=int, default=5)
+    bn.add_argument("--repeats", type=int, default=None, help="generate: 5 by default; stress: 3")
     bn.add_argument("--patients", default="10,100,1000", help="serve: patient counts (accelerated)")
     bn.add_argument("--duration", type=float, default=30.0, help="serve: seconds measured per count")
     bn.add_argument("--speed", type=float, default=0.0, help="serve: accelerated speed (0 = as fast as possible)")
@@ -364,6 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--out", required=True, help="folder for the records, annotations and manifest.json")
     rn.add_argument("--seconds", type=float, help="record length (default: 30 s past the last change)")
     rn.set_defaults(func=cmd_render)
+    st = sub.add_parser("stress", help="run a stress suite of scenarios (offline), score detectors against the "
+                                       "ground truth, write a report")
+    st.add_argument("suite", nargs="*", help="scenario files or folders of them (default: the shipped suite, "
+                                             "twin_engine/ops/suites/standard)")
+    st.add_argument("--detector", action="append", help="xqrs, neurokit2, pantompkins, py:module:function, or "
+                                                        "'cmd:<command with {record}>' (repeat; default: the three "
+                                                        "built in)")
+    st.add_argument("--out", default="stress-report", help="folder for the records and the report")
+    st.add_argument("--lead", default="II", help="the lead the detectors read")
+    st.add_argument("--learning", type=float, default=5.0, help="seconds of each record left unscored (learning)")
+    st.set_defaults(func=cmd_stress)
     se = sub.add_parser("send", help="send a condition event")
     se.add_argument("patient")
     se.add_argument("statement", nargs="*", help="SCP codes, optionally CODE=intensity (e.g. AFIB PVC=0.5)")

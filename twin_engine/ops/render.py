@@ -6,6 +6,10 @@ annotation file in MIT-BIH's codes with every beat (N, V, A, F, /, Q) and rhythm
 changes take effect at their times; a change of morphology statements draws the beats from then
 on from a new bank, a rhythm (named, or implied by the state) takes over the schedule, a
 heart-rate ramp moves the rate each second of its ``transition``, a removal ends the record.
+The scenario's artifacts (``[[artifact]]``) are then drawn over the clean record, each marked in
+the annotation file by a noise annotation (``~``, its kind, SNR and leads in the aux note) where
+it begins and one (``~`` ``clean``) where it ends; ``manifest.json`` lists for each record its
+changes, episodes and artifacts (with the SNR measured back per lead).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from models.rhythm.programs import RHYTHMS, Rhythm
 from models.rhythm.render import BeatRenderer, bank_seed
 from models.rhythm.schedule import BeatSchedule
 from models.rhythm.track import RhythmTrack
+from models.stress.artifacts import Artifact, apply
 from models.twin import TwinModel
 from stream.events import Event
 from stream.segments import GAIN, quantize
@@ -44,11 +49,16 @@ class Rendered:
     seconds: float
     beats: int
     episodes: list[str]
+    truth: dict  # what the manifest says of it: changes, episodes, artifacts
 
 
 def scenario_seconds(scenario: Scenario) -> float:
-    """How long records run when not told: past the last change by ``TAIL_S``."""
-    return max([c.at for c in scenario.changes], default=0.0) + TAIL_S
+    """How long records run when not told: the scenario's ``seconds``, or past its last change
+    or artifact by ``TAIL_S``."""
+    if scenario.seconds is not None:
+        return scenario.seconds
+    ends = [c.at for c in scenario.changes] + [a.end for arts in scenario.artifacts.values() for a in arts]
+    return max(ends, default=0.0) + TAIL_S
 
 
 def render_scenario(settings: Settings, model: TwinModel, scenario: Scenario, out: Path,
@@ -67,10 +77,11 @@ def render_scenario(settings: Settings, model: TwinModel, scenario: Scenario, ou
     for reg in scenario.registrations:
         changes = [c for c in scenario.changes if c.event.patient_id == reg.patient_id]
         written.append(_render_patient(model, refs.base_vector(reg.reference), reg,
-                                       [(c.at, c.event) for c in changes], seconds, out))
+                                       [(c.at, c.event) for c in changes], seconds, out,
+                                       scenario.artifacts.get(reg.patient_id, []), settings.data_dir / "nstdb"))
     (out / "manifest.json").write_text(json.dumps(
         {"seconds": seconds, "fs": model.meta.fs, "units": "zscore", "model_version": model.meta.version,
-         "records": [{"record": r.path.name, "seconds": r.seconds, "beats": r.beats, "episodes": r.episodes}
+         "records": [{"record": r.path.name, "seconds": r.seconds, "beats": r.beats, **r.truth}
                      for r in written]}, indent=1))
     return written
 
@@ -80,11 +91,12 @@ def _rhythm(ev: Event, state: CardiacState) -> Rhythm:
 
 
 def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: list[tuple[float, Event]],
-                    seconds: float, out: Path) -> Rendered:
+                    seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path) -> Rendered:
     fs, seed = model.meta.fs, bank_seed(reg.patient_id)
     state = reg.state or CardiacState()
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
+    asked = [{"at": 0.0, **_rhythm(reg, state).to_dict()}]
     schedule = BeatSchedule(_rhythm(reg, state), 0.0, seed)
     renderer = BeatRenderer(bank_for(model, base, state, seed), seed)
     morph = morphology_state(state)
@@ -105,6 +117,7 @@ def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: lis
             schedule.request(rhythm_of(CardiacState(new.statements, hr)), at + (k - 1) * WINDOW_S)
         if not ramp:
             schedule.request(target, at)
+        asked.append({"at": at, **target.to_dict(), **({"transition": ramp} if ramp else {})})
         state = new
     track = RhythmTrack(schedule, renderer)
     n_total = int(round(end * fs))
@@ -116,10 +129,28 @@ def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: lis
         beats += b
     signal = np.concatenate(chunks) if chunks else np.zeros((0, len(model.meta.leads)), np.float32)
     episodes = schedule.episodes(end)
+    arts = [a for a in artifacts if a.start < end]
+    measured: list[dict] = []
+    if arts:
+        normal = np.array([int(round(b.time * fs)) for b in beats if b.kind == "N"] or
+                          [int(round(b.time * fs)) for b in beats], int)
+        signal, measured = apply(signal, fs, normal, arts, seed, nstdb)
     name = record_name(reg.patient_id)
     _write_record(out, name, signal, fs, model.meta.leads)
-    write_annotations(name, out, fs, 0.0, beats, episodes)
-    return Rendered(out / name, end, len(beats), [f"{e.rhythm}@{e.start:g}" for e in episodes])
+    leads = model.meta.leads
+    noise_rows = []
+    for a in arts:
+        where = "all" if a.leads is None else ",".join(leads[i] for i in a.leads)
+        level = "" if a.snr is None else f" {a.snr:g}dB"
+        noise_rows += [(int(round(a.start * fs)), "~", f"{a.kind}{level} {where}"),
+                       (min(int(round(a.end * fs)), len(signal) - 1), "~", "clean")]
+    write_annotations(name, out, fs, 0.0, beats, episodes, extra=noise_rows)
+    truth = {"changes": asked,
+             "episodes": [{"rhythm": e.rhythm, "aux": e.aux, "start": e.start, "end": e.end} for e in episodes],
+             "artifacts": [{**a.to_dict(leads), "end": min(a.end, end),
+                            "measured_snr_db": {leads[j]: v for j, v in m.items()}}
+                           for a, m in zip(arts, measured or [{}] * len(arts), strict=True)]}
+    return Rendered(out / name, end, len(beats), [f"{e.rhythm}@{e.start:g}" for e in episodes], truth)
 
 
 def _write_record(out: Path, name: str, signal: np.ndarray, fs: int, leads: tuple[str, ...]) -> None:

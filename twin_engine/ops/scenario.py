@@ -4,7 +4,10 @@ A scenario is TOML: the patients to onboard, the state changes, each at a time i
 that patient's stream (from its first segment in the scenario's state), optionally with a
 heart-rate ramp or a named rhythm (``rhythm = { name = "vt", rate = 180, duration = 8 }``), and
 removals (``[[remove]]``: the patient's stream ends before the first segment
-at or after its time). See ``twin_engine/ops/scenarios/ward.toml``.
+at or after its time). See ``twin_engine/ops/scenarios/ward.toml``. ``[[artifact]]`` entries
+(noise and artifacts over an interval, ``models.stress.artifacts``) are drawn by ``twin-engine
+render`` and ``twin-engine stress``; the service does not draw them yet, so ``play`` refuses
+them. A top-level ``seconds`` sets how long ``render`` draws each record.
 
 The player registers the patients, waits for each one's first segment to learn where its stream
 starts, then sends every change at once with its ``effective_time``: the service makes each at
@@ -20,13 +23,15 @@ import asyncio
 import base64
 import json
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import VOCAB
+from models.data.ptbxl import LEADS
+from models.stress.artifacts import Artifact, ArtifactError, artifact
 from stream.events import Event, EventError, json_value, new_event_id, parse_event
 from stream.kafka.producer import send_events
 from twin_engine.config import Settings
@@ -46,6 +51,8 @@ class Change:
 class Scenario:
     registrations: list[Event]
     changes: list[Change]  # the timeline: state changes and removals, in time order
+    artifacts: dict[str, list[Artifact]] = field(default_factory=dict)  # per patient, in file order
+    seconds: float | None = None  # how long render draws each record
 
 
 def _event(d: dict[str, Any], vocab: tuple[str, ...], where: str) -> Event:
@@ -61,9 +68,14 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
         doc = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
-    unknown = set(doc) - {"patient", "change", "remove"}
+    unknown = set(doc) - {"patient", "change", "remove", "artifact", "seconds", "title"}
     if unknown:
-        raise ScenarioError(f"{path}: unknown sections {sorted(unknown)} (known: patient, change, remove)")
+        raise ScenarioError(f"{path}: unknown sections {sorted(unknown)} "
+                            "(known: patient, change, remove, artifact, seconds, title)")
+    seconds = doc.get("seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not 1 <= seconds <= 86400):
+        raise ScenarioError(f"{path}: seconds must be 1..86400")
     regs = []
     for i, p in enumerate(doc.get("patient", [])):
         where = f"patient {i + 1} ({p.get('id', '?')})"
@@ -93,13 +105,31 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
                 fields = {"type": "condition", "transition_seconds": c.get("transition", 0),
                           **{k: c[k] for k in ("state", "rhythm") if k in c}}
             changes.append(Change(float(at), _event({"patient_id": c["patient"], **fields}, vocab, where)))
-    return Scenario(regs, sorted(changes, key=lambda c: c.at))
+    artifacts: dict[str, list[Artifact]] = {}
+    for i, a in enumerate(doc.get("artifact", [])):
+        where = f"artifact {i + 1} (at {a.get('at', '?')} s, {a.get('patient', '?')})"
+        if not isinstance(a, dict) or a.get("patient") not in ids:
+            raise ScenarioError(f"{where}: patient must be one of the scenario's {ids}")
+        try:
+            artifacts.setdefault(a["patient"], []).append(
+                artifact({k: v for k, v in a.items() if k != "patient"}, LEADS, where))
+        except ArtifactError as exc:
+            raise ScenarioError(str(exc)) from None
+    return Scenario(regs, sorted(changes, key=lambda c: c.at), artifacts,
+                    None if seconds is None else float(seconds))
 
 
 
 async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -> dict[str, float]:
     """Onboard the scenario's patients, then schedule its changes; returns each patient's stream
-    start (the start time of its first segment in the scenario's state)."""
+    start (the start time of its first segment in the scenario's state).
+
+    Raises:
+        ScenarioError: the scenario has artifacts (the service does not draw them yet), or the
+            service is not there or refused a registration.
+    """
+    if scenario.artifacts:
+        raise ScenarioError("the service does not draw artifacts yet: render or stress this scenario offline")
     kw = settings.kafka.client_kwargs()
     k = settings.kafka
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **k.consumer_kwargs())

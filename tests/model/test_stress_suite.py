@@ -1,0 +1,181 @@
+"""``twin-engine stress``: a suite rendered with the shipped model and scored against the engine's
+ground truth. Artifacts measure back at their SNR from the records written; a plug-in that
+answers the truth scores perfectly and one that drops known beats scores what it dropped; an
+external command works; a malformed answer is an error in the report, not a crash; lead-off
+makes the false asystole alarm a tester expects, blamed on it; a rerun gives the same report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+
+from models.stress.detectors import PythonDetector, detector
+from models.stress.noise import snr_db
+from models.stress.suite import read_record, score_record
+from models.twin import TwinModel
+from tests.support import RECORDS
+from twin_engine.config import REPO_ROOT, Settings
+from twin_engine.ops.cli import main
+from twin_engine.ops.render import render_scenario
+from twin_engine.ops.scenario import ScenarioError, load_scenario, play
+from twin_engine.ops.stress import SHIPPED, run_suite, suite_files
+
+SCENARIO = f'''
+seconds = 40
+
+[[patient]]
+id = "pause"
+wfdb = "{RECORDS[0]}"
+state = {{ statements = {{ SR = 1 }}, heart_rate = 75 }}
+
+[[change]]
+at = 12
+patient = "pause"
+rhythm = {{ name = "asystole", duration = 6 }}
+
+[[patient]]
+id = "noisy"
+wfdb = "{RECORDS[1]}"
+state = {{ statements = {{ SR = 1 }}, heart_rate = 80 }}
+
+[[change]]
+at = 20
+patient = "noisy"
+state = {{ statements = {{ SR = 1 }}, heart_rate = 120 }}
+'''
+ARTIFACTS = '''
+[[artifact]]
+patient = "noisy"
+kind = "ma"
+at = 8
+duration = 8
+snr = 6
+leads = ["II"]
+
+[[artifact]]
+patient = "pause"
+kind = "lead_off"
+at = 28
+duration = 6
+leads = ["II"]
+'''
+DETECT = '''
+import sys, wfdb
+from wfdb import processing
+rec = wfdb.rdrecord(sys.argv[1])
+found = processing.xqrs_detect(rec.p_signal[:, 0], rec.fs, verbose=False)
+wfdb.wrann(sys.argv[1], "qrs", found, symbol=["N"] * len(found), fs=rec.fs)
+'''
+
+
+@pytest.fixture(scope="module")
+def model():
+    return TwinModel.load(REPO_ROOT / "models" / "default")
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    d = tmp_path_factory.mktemp("suite")
+    (d / "case.toml").write_text(SCENARIO + ARTIFACTS)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ran(model, suite, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    script = out / "detect.py"
+    script.write_text(DETECT)
+    dets = [detector("xqrs"), detector(f"cmd:{sys.executable} {script} {{record}}"),
+            PythonDetector("malformed", lambda x, fs: np.ones((3, 2)))]
+    return out, run_suite(Settings(data_dir=data_dir), model, [suite], dets, out)
+
+
+def test_artifacts_measure_back_at_their_snr_from_the_records(ran, model, data_dir, tmp_path):
+    out, _ = ran
+    clean_dir = tmp_path / "clean"
+    render_scenario(Settings(data_dir=data_dir), model, load_scenario_text(tmp_path, SCENARIO), clean_dir)
+    noisy = wfdb.rdrecord(str(out / "records" / "case" / "noisy")).p_signal
+    clean = wfdb.rdrecord(str(clean_dir / "noisy")).p_signal
+    beats = wfdb.rdann(str(clean_dir / "noisy"), "atr")
+    lo, hi = 8 * 250, 16 * 250
+    inside = np.array([s for s, sym in zip(beats.sample, beats.symbol, strict=True) if sym == "N" and lo <= s < hi])
+    assert abs(snr_db(clean[lo:hi, 1], noisy[lo:hi, 1] - clean[lo:hi, 1], inside - lo, 250) - 6.0) <= 0.5
+    assert np.array_equal(noisy[:, 0], clean[:, 0]) and np.array_equal(noisy[:lo], clean[:lo])  # only II, only then
+    ann = wfdb.rdann(str(out / "records" / "case" / "noisy"), "atr")
+    marks = [(s, a) for s, sym, a in zip(ann.sample, ann.symbol, ann.aux_note, strict=True) if sym == "~"]
+    assert marks == [(lo, "ma 6dB II"), (hi, "clean")]
+    manifest = json.loads((out / "records" / "case" / "manifest.json").read_text())
+    art = next(r for r in manifest["records"] if r["record"] == "noisy")["artifacts"][0]
+    assert art["kind"] == "ma" and abs(art["measured_snr_db"]["II"] - 6.0) <= 0.5
+
+
+def load_scenario_text(tmp_path: Path, text: str):
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    return load_scenario(p)
+
+
+def test_the_report_scores_each_detector_and_reports_a_malformed_one(ran):
+    out, report = ran
+    assert report["cases"] == 2 and (out / "report.md").exists() and (out / "se_ppv_snr.png").exists()
+    x, cmd, bad = (report["detectors"][k] for k in ("xqrs", next(k for k in report["detectors"] if "python" in k),
+                                                      "malformed"))
+    assert x["beats"]["clean"]["se"] > 0.97 and x["beats"]["clean"]["ppv"] > 0.97
+    assert x["beats"]["lead_off"]["se"] == 0.0 and x["beats"]["all"]["fn"] >= x["beats"]["lead_off"]["fn"] > 0
+    assert json.dumps(cmd["beats"]) == json.dumps(x["beats"])  # the same XQRS through a WFDB record and an annotation file
+    assert x["alarms"]["asystole"]["raised"] == 1  # the asystole, found
+    # lead II off for 6 s: no beats there, a false asystole alarm, blamed on the lead-off
+    assert x["alarms"]["asystole"]["false_by_noise"] == {"lead_off": 1}
+    assert x["alarms"]["vt"]["not_raised_by_detector"]
+    assert [round(s["to"]) for s in x["steps"]] == [120] and x["steps"][0]["response_s"] <= 3
+    assert len(bad["errors"]) == 2 and all("shape" in e for e in bad["errors"])
+    assert "Detector errors" in (out / "report.md").read_text()
+
+
+def test_known_answers_give_known_scores(ran):
+    out, _ = ran
+    manifest = json.loads((out / "records" / "case" / "manifest.json").read_text())
+    rec = read_record(out / "records" / "case", manifest["records"][0])
+    truth = np.round(rec.beats * rec.fs).astype(int)
+    perfect = score_record(rec, PythonDetector("truth", lambda x, fs: truth))
+    b = perfect["beats"]["all"]
+    assert (b.fn, b.fp, b.timing_ms) == (0, 0, 0.0)
+    assert perfect["alarms"]["asystole"]["raised"] == 1 and perfect["alarms"]["asystole"]["false"] == 0
+    scored = truth[(rec.beats >= 5.0) & (rec.beats < rec.seconds - 0.3)]
+    dropped = scored[::4]
+    half = score_record(rec, PythonDetector("some", lambda x, fs: np.setdiff1d(truth, dropped)))["beats"]["all"]
+    assert (half.tp, half.fn, half.fp) == (len(scored) - len(dropped), len(dropped), 0)
+
+
+def test_a_rerun_gives_the_same_report(ran, model, suite, data_dir, tmp_path):
+    out, report = ran
+    again = run_suite(Settings(data_dir=data_dir), model, [suite], [detector("xqrs")], tmp_path / "again")
+    assert json.dumps(again["detectors"]["xqrs"]) == json.dumps(report["detectors"]["xqrs"])  # NaN +P alike
+    first = wfdb.rdrecord(str(out / "records" / "case" / "noisy")).p_signal
+    assert np.array_equal(first, wfdb.rdrecord(str(tmp_path / "again" / "records" / "case" / "noisy")).p_signal)
+
+
+def test_the_command_and_its_refusals(suite, data_dir, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{data_dir}"\n')
+    assert main(["--config", str(cfg), "stress", str(suite), "--out", str(tmp_path / "r"), "--detector", "xqrs"]) == 0
+    assert "2 cases" in capsys.readouterr().out
+    assert main(["--config", str(cfg), "stress", str(suite), "--detector", "nope"]) == 2
+    assert "unknown detector" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SCENARIO + ARTIFACTS.replace('kind = "ma"', 'kind = "smoke"'))
+    assert main(["--config", str(cfg), "stress", str(bad), "--out", str(tmp_path / "r2")]) == 2
+    assert "kind must be one of" in capsys.readouterr().err
+    with pytest.raises(ScenarioError, match="does not draw artifacts"):
+        asyncio.run(play(Settings(data_dir=data_dir), load_scenario_text(tmp_path, SCENARIO + ARTIFACTS)))
+
+
+def test_the_shipped_suite_has_thirty_cases_or_more():
+    cases = sum(len(load_scenario(f).registrations) for f in suite_files([SHIPPED]))
+    assert cases >= 30
