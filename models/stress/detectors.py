@@ -1,6 +1,8 @@
-"""QRS detectors as plug-ins: a Python callable, or an external command that reads a WFDB record
-and writes an annotation file. Whatever a detector returns is checked before it is scored: a
-malformed answer is a ``DetectorError`` with the reason, never a crash of the run.
+"""QRS detectors and beat classifiers as plug-ins: a Python callable, or an external command that
+reads a WFDB record and writes an annotation file. A callable returns sample indices, or, to
+classify, ``(samples, symbols)`` (MIT-BIH beat symbols); a command's annotation file carries
+its symbols. Whatever a detector returns is checked before it is scored: a malformed answer is
+a ``DetectorError`` with the reason, never a crash of the run.
 
 Built in as references: ``xqrs`` (``wfdb.processing.xqrs_detect``), ``neurokit2`` and
 ``pantompkins`` (``neurokit2.ecg_peaks`` with its default and Pan-Tompkins methods).
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
-from models.rhythm.beats import BEAT_SYMBOLS
+from models.rhythm.beats import BEAT_SYMBOLS, MIT_KIND
 
 
 class DetectorError(RuntimeError):
@@ -45,19 +47,42 @@ def checked(found: object, n_samples: int, name: str) -> np.ndarray:
     return np.unique(idx)
 
 
+def checked_labelled(found: object, n_samples: int, name: str) -> tuple[np.ndarray, list[str] | None]:
+    """``found`` as sample indices and, where it is ``(samples, symbols)``, each beat's class
+    (``MIT_KIND``: N, V, S, F, P; Q for other beat symbols), or DetectorError saying why."""
+    if not (isinstance(found, tuple) and len(found) == 2):
+        return checked(found, n_samples, name), None
+    samples, symbols = found
+    idx = checked(samples, n_samples, name)
+    symbols = list(symbols) if not isinstance(symbols, str) else None
+    if symbols is None or len(symbols) != np.asarray(samples).size:
+        raise DetectorError(f"{name}: give one symbol per sample index")
+    if idx.size != len(symbols):
+        raise DetectorError(f"{name}: two beats at one sample")
+    bad = sorted({str(x) for x in symbols if x not in BEAT_SYMBOLS})
+    if bad:
+        raise DetectorError(f"{name}: {', '.join(bad[:5])} are not MIT-BIH beat symbols")
+    order = np.argsort(np.asarray(samples, np.float64), kind="stable")
+    return idx, [MIT_KIND.get(symbols[i], "Q") for i in order]
+
+
 @dataclass(frozen=True)
 class PythonDetector:
-    """A callable ``(lead: (samples,) in mV, fs) -> sample indices`` on one lead."""
+    """A callable ``(lead: (samples,), fs) -> sample indices`` (or ``(samples, symbols)``) on one lead."""
 
     name: str
     fn: Callable[[np.ndarray, float], object]
 
     def __call__(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        return self.classify(signal, fs)[0]
+
+    def classify(self, signal: np.ndarray, fs: float) -> tuple[np.ndarray, list[str] | None]:
+        """Sample indices and, where the plug-in classifies, each beat's class."""
         try:
             found = self.fn(np.asarray(signal, np.float64), fs)
         except Exception as exc:  # noqa: BLE001 - a plug-in's failure is reported, the run goes on
             raise DetectorError(f"{self.name} failed: {exc.__class__.__name__}: {exc}") from exc
-        return checked(found, len(signal), self.name)
+        return checked_labelled(found, len(signal), self.name)
 
 
 @dataclass(frozen=True)
@@ -67,14 +92,21 @@ class CommandDetector:
 
     Attributes:
         timeout_s: how long it may run on one record.
+        classifies: its beat symbols are classes (a beat classifier); otherwise only where the
+            beats are is read (a QRS detector writes N for every beat, as for ``bxb``).
     """
 
     name: str
     command: str
     extension: str = "qrs"
     timeout_s: float = 120.0
+    classifies: bool = False
 
     def __call__(self, signal: np.ndarray, fs: float) -> np.ndarray:
+        return self.classify(signal, fs)[0]
+
+    def classify(self, signal: np.ndarray, fs: float) -> tuple[np.ndarray, list[str] | None]:
+        """Sample indices and, for a classifier, each beat's class (from the symbols it wrote)."""
         with tempfile.TemporaryDirectory(prefix="twin-detector-") as tmp:
             x = np.asarray(signal, np.float64).reshape(-1, 1)
             wfdb.wrsamp("rec", fs=fs, units=["mV"], sig_name=["ECG"], p_signal=x, fmt=["16"],
@@ -95,8 +127,10 @@ class CommandDetector:
             except Exception as exc:  # noqa: BLE001 - an unreadable file is the detector's error
                 raise DetectorError(f"{self.name}: its annotation file is unreadable ({exc.__class__.__name__})") \
                     from exc
-            beats = [s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS]
-            return checked(beats, len(x), self.name)
+            rows = [(int(s), sym) for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS]
+            if not self.classifies:
+                return checked([r[0] for r in rows], len(x), self.name), None
+            return checked_labelled(([r[0] for r in rows], [r[1] for r in rows]), len(x), self.name)
 
 
 def _xqrs(x: np.ndarray, fs: float) -> np.ndarray:
@@ -119,16 +153,19 @@ BUILTIN: dict[str, Callable[[np.ndarray, float], object]] = {
 
 
 def detector(spec: str) -> PythonDetector | CommandDetector:
-    """A built-in detector by name, ``py:package.module:function`` for a Python one, or
-    ``cmd:<command with {record}>`` for an external one.
+    """A built-in detector by name, ``py:package.module:function`` for a Python one,
+    ``cmd:<command with {record}>`` for an external one, ``classify:<command with {record}>``
+    for an external beat classifier.
 
     Raises:
         DetectorError: an unknown name, or a Python function that cannot be imported.
     """
-    if spec.startswith("cmd:"):
-        if "{record}" not in spec:
-            raise DetectorError(f"{spec!r}: the command must name the record as {{record}}")
-        return CommandDetector(spec[4:].split()[0], spec[4:])
+    for prefix in ("cmd:", "classify:"):
+        if spec.startswith(prefix):
+            command = spec[len(prefix):]
+            if "{record}" not in command or not command.split():
+                raise DetectorError(f"{spec!r}: the command must name the record as {{record}}")
+            return CommandDetector(command.split()[0], command, classifies=prefix == "classify:")
     if spec.startswith("py:"):
         import importlib
 
@@ -143,5 +180,5 @@ def detector(spec: str) -> PythonDetector | CommandDetector:
         return PythonDetector(spec[3:], fn)
     if spec not in BUILTIN:
         raise DetectorError(f"unknown detector {spec!r}; built in: {', '.join(BUILTIN)}, "
-                            "or py:module:function, or cmd:<command with {record}>")
+                            "or py:module:function, cmd:<command with {record}>, classify:<command with {record}>")
     return PythonDetector(spec, BUILTIN[spec])

@@ -25,11 +25,11 @@ def markdown(report: dict) -> str:
              "", f"Model {report['model_version']}; suite: {', '.join(Path(s).name for s in report['suite'])}; "
              f"the first {report['learning_s']:g} s of each record are the detector's learning period.", "",
              "## Beats (EC57 matching within 150 ms), gross Se / +P %", "",
-             "| detector | all | " + " | ".join(map(_label, _labels(report))) + " |", "|---|---|" + "---|" * len(_labels(report))]
-    for name, s in report["detectors"].items():
-        cells = [f"{_pct(s['beats'][k]['se'])} / {_pct(s['beats'][k]['ppv'])}" if k in s["beats"] else "-"
-                 for k in ["all", *_labels(report)]]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+             "| beats under | " + " | ".join(report["detectors"]) + " |", "|---|" + "---|" * len(report["detectors"])]
+    for key in ["all", *_labels(report)]:
+        cells = [f"{_pct(s['beats'][key]['se'])} / {_pct(s['beats'][key]['ppv'])}" if key in s["beats"] else "-"
+                 for s in report["detectors"].values()]
+        lines.append(f"| {_label(key)} | " + " | ".join(cells) + " |")
     lines += ["", "## Alarms (PhysioNet/CinC 2015 definitions on true and on detected beats)", "",
               "| detector | alarm | raised / true | false | false per hour | median delay s | max delay s | "
               "episode Se / +P % | duration Se / +P % |", "|---|---|---|---|---|---|---|---|---|"]
@@ -69,7 +69,9 @@ def markdown(report: dict) -> str:
 
 
 def _label(key: str) -> str:
-    """``ma|6`` -> ``ma 6 dB``; ``lead_off|`` -> ``lead_off``."""
+    """``ma|6`` -> ``ma 6 dB``; ``veb:all`` -> ``VEB (all beats)``."""
+    if key.endswith(":all"):
+        return f"{key.split(':')[0].upper()} (all beats)"
     kind, _, snr = key.partition("|")
     return f"{kind} {snr} dB" if snr else kind
 
@@ -80,7 +82,7 @@ def _labels(report: dict) -> list[str]:
 
     def key(k: str):
         kind, _, snr = k.partition("|")
-        return (k != "clean", kind, -float(snr) if snr else 0.0)
+        return (k.endswith(":all"), k != "clean", kind, -float(snr) if snr else 0.0)
     return sorted(labels, key=key)
 
 

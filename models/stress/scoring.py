@@ -55,3 +55,24 @@ def gross(scores: Iterable[BeatScore]) -> BeatScore:
     timings = [s.timing_ms for s in scores if s.timing_ms is not None]
     return BeatScore(sum(s.tp for s in scores), sum(s.fn for s in scores), sum(s.fp for s in scores),
                      float(np.median(timings)) if timings else None)
+
+
+def score_classes(reference: np.ndarray, ref_kinds: list[str], detected: np.ndarray, test_kinds: list[str],
+                  fs: float, window_s: float = EC57_WINDOW_S) -> dict[str, BeatScore]:
+    """VEB (class V) and SVEB (class S) Se and +P from the beats matched as ``score_beats``
+    matches them: a true positive is a matched pair of that class on both sides; a reference
+    beat of the class missed or called otherwise is a false negative; a detection of the class
+    matched to a reference beat of another class is a false positive (an unmatched detection
+    counts against QRS +P only)."""
+    ref, test = np.asarray(reference, int), np.asarray(detected, int)
+    rk, tk = np.asarray(ref_kinds), np.asarray(test_kinds)
+    pairs: list[tuple[int, int]] = []
+    if len(ref) and len(test):
+        cmp = processing.compare_annotations(ref, test, int(round(window_s * fs)))
+        pairs = list(zip(np.asarray(cmp.matched_ref_inds, int), np.asarray(cmp.matched_test_inds, int), strict=True))
+    out = {}
+    for name, kind in (("veb", "V"), ("sveb", "S")):
+        tp = sum(1 for r, t in pairs if rk[r] == kind and tk[t] == kind)
+        fp = sum(1 for r, t in pairs if rk[r] != kind and tk[t] == kind)
+        out[name] = BeatScore(tp, int((rk == kind).sum()) - tp, fp)
+    return out

@@ -9,7 +9,6 @@ a suite's records are a minute or two) and are not scored.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import wfdb
 from models.rhythm.annotations import read_annotations
 from models.stress import alarms as al
 from models.stress import hr_meter
-from models.stress.detectors import DetectorError
-from models.stress.scoring import BeatScore, score_beats
+from models.stress.detectors import CommandDetector, DetectorError, PythonDetector
+from models.stress.scoring import BeatScore, score_beats, score_classes
 
 LEARNING_S = 5.0
 STEP_BPM = 20.0  # a change of the asked rate by at least this much is scored as a step
@@ -74,26 +73,32 @@ def _lead_name(record: Record) -> str:
     return LEADS[record.lead]
 
 
-def score_record(record: Record, detect: Callable[[np.ndarray, float], np.ndarray],
-                 learning_s: float = LEARNING_S) -> dict:
+def score_record(record: Record, detect: PythonDetector | CommandDetector, learning_s: float = LEARNING_S) -> dict:
     """Every figure of one record for one detector.
 
     Returns:
-        ``beats`` (BeatScore per noise label, and ``all``), ``hr`` (meter accuracy), ``steps``
+        ``beats`` (BeatScore per noise label, and ``all``; for a classifier ``veb:all`` and
+        ``sveb:all`` too), ``hr`` (meter accuracy), ``steps``
         (response to each rate step), ``alarms`` (per alarm: raised, missed, false, delays, each
         false onset with its noise label), ``episodes`` (per alarm, epicmp's parts); or
         ``error`` where the detector failed or answered nonsense.
     """
     fs, end = record.fs, record.seconds
     try:
-        found = np.asarray(detect(record.signal, fs), int) / fs
+        samples, kinds = detect.classify(record.signal, fs)
     except DetectorError as exc:
         return {"error": str(exc)}
+    found = np.asarray(samples, int) / fs
     w = 0.15
-    ref = record.beats[(record.beats >= learning_s) & (record.beats < end - 0.3)]
-    test = found[(found >= learning_s - w) & (found < end - 0.3 + w)]
+    keep_ref = (record.beats >= learning_s) & (record.beats < end - 0.3)
+    keep_test = (found >= learning_s - w) & (found < end - 0.3 + w)
+    ref, test = record.beats[keep_ref], found[keep_test]
     labels = {t: noise_at(record, t) for t in ref}
     beats: dict[str, BeatScore] = {"all": score_beats(np.round(ref * fs), np.round(test * fs), fs)}
+    if kinds is not None:  # a beat classifier: EC57's VEB and SVEB figures as well
+        classes = score_classes(np.round(ref * fs), list(np.asarray(record.kinds)[keep_ref]), np.round(test * fs),
+                                list(np.asarray(kinds)[keep_test]), fs)
+        beats.update({f"{k}:all": v for k, v in classes.items()})
     for label in sorted(set(labels.values()) | {noise_at(record, t) for t in test}):
         r = np.array([t for t in ref if labels[t] == label])
         d = np.array([t for t in test if noise_at(record, t) == label])

@@ -39,6 +39,11 @@ at = 12
 patient = "pause"
 rhythm = {{ name = "asystole", duration = 6 }}
 
+[[change]]
+at = 21
+patient = "pause"
+rhythm = {{ name = "vt", rate = 170, duration = 3 }}
+
 [[patient]]
 id = "noisy"
 wfdb = "{RECORDS[1]}"
@@ -147,6 +152,14 @@ def test_known_answers_give_known_scores(ran):
     b = perfect["beats"]["all"]
     assert (b.fn, b.fp, b.timing_ms) == (0, 0, 0.0)
     assert perfect["alarms"]["asystole"]["raised"] == 1 and perfect["alarms"]["asystole"]["false"] == 0
+    symbols = ["V" if k == "V" else "N" for k in rec.kinds]
+    classifier = score_record(rec, PythonDetector("labels", lambda x, fs: (truth, symbols)))["beats"]
+    assert classifier["veb:all"].tp == sum(k == "V" for k, t in zip(rec.kinds, rec.beats, strict=True) if t >= 5)
+    assert (classifier["veb:all"].fn, classifier["veb:all"].fp) == (0, 0)
+    wrong = score_record(rec, PythonDetector("all-v", lambda x, fs: (truth, ["V"] * len(truth))))["beats"]["veb:all"]
+    assert wrong.fp == classifier["all"].tp - classifier["veb:all"].tp  # every N called V
+    bad = score_record(rec, PythonDetector("short", lambda x, fs: (truth, ["N"])))
+    assert "one symbol per sample" in bad["error"]
     scored = truth[(rec.beats >= 5.0) & (rec.beats < rec.seconds - 0.3)]
     dropped = scored[::4]
     half = score_record(rec, PythonDetector("some", lambda x, fs: np.setdiff1d(truth, dropped)))["beats"]["all"]

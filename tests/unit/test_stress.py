@@ -67,6 +67,32 @@ def test_an_external_command_detector_reads_and_writes_wfdb(record, tmp_path):
     det = CommandDetector("ext", f"{sys.executable} {script} {{record}}")
     assert score_beats(beats, det(clean, fs), fs).se > 0.99
     assert detector(f"cmd:{sys.executable} {script} {{record}}").name == sys.executable
+    assert det.classify(clean, fs)[1] is None  # a QRS detector's N symbols are not classes
+
+
+def test_an_external_classifier_gives_each_beat_its_class(record, tmp_path):
+    clean, beats, fs = record
+    script = tmp_path / "cls.py"
+    script.write_text("import sys, wfdb\nfrom wfdb import processing\n"
+                      "r = wfdb.rdrecord(sys.argv[1])\n"
+                      "q = processing.xqrs_detect(r.p_signal[:, 0], r.fs, verbose=False)\n"
+                      "wfdb.wrann(sys.argv[1], 'qrs', q, symbol=['V' if i % 3 == 0 else 'A' for i in range(len(q))],"
+                      " fs=r.fs)\n")
+    samples, kinds = detector(f"classify:{sys.executable} {script} {{record}}").classify(clean, fs)
+    assert len(samples) == len(kinds) > 50 and kinds[:3] == ["V", "S", "S"]
+    with pytest.raises(DetectorError, match="must name the record"):
+        detector("classify:mytool")
+
+
+@pytest.mark.parametrize("answer, why", [(lambda x, fs: ([1, 2], ["N"]), "one symbol per sample"),
+                                         (lambda x, fs: ([1, 2], ["N", "~"]), "not MIT-BIH beat symbols"),
+                                         (lambda x, fs: ([2, 2], ["N", "V"]), "two beats at one sample")])
+def test_a_malformed_classification_is_a_clear_error(record, answer, why):
+    clean, _, fs = record
+    with pytest.raises(DetectorError, match=why):
+        PythonDetector("bad", answer).classify(clean, fs)
+    samples, kinds = PythonDetector("ok", lambda x, fs: ([30, 10], ["V", "N"])).classify(clean, fs)
+    assert list(samples) == [10, 30] and kinds == ["N", "V"]  # sorted together
 
 
 @pytest.mark.parametrize("answer, why", [(lambda x, fs: [[1, 2], [3, 4]], "1-d list"),

@@ -394,9 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "ground truth, write a report")
     st.add_argument("suite", nargs="*", help="scenario files or folders of them (default: the shipped suite, "
                                              "twin_engine/ops/suites/standard)")
-    st.add_argument("--detector", action="append", help="xqrs, neurokit2, pantompkins, py:module:function, or "
-                                                        "'cmd:<command with {record}>' (repeat; default: the three "
-                                                        "built in)")
+    st.add_argument("--detector", action="append", help="xqrs, neurokit2, pantompkins, py:module:function, "
+                                                        "'cmd:<command with {record}>', or a beat classifier "
+                                                        "'classify:<command with {record}>' (repeat; default: the "
+                                                        "three built in)")
     st.add_argument("--out", default="stress-report", help="folder for the records and the report")
     st.add_argument("--lead", default="II", help="the lead the detectors read")
     st.add_argument("--learning", type=float, default=5.0, help="seconds of each record left unscored (learning)")
