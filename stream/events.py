@@ -13,6 +13,11 @@
                                                 # (models.rhythm.RHYTHMS); a condition event
                                                 # needs a state, a rhythm or both
 
+``artifact`` puts noise or an artifact on the patient's stream from ``effective_time`` (default:
+the next segment not yet published) for its ``duration``: ``"artifact": {"kind": "ma", "snr": 6,
+"duration": 20, "leads": ["II"]}`` (``models.stress.artifacts``: the kinds, their parameters and
+limits; at most ``ARTIFACT_MAX_S`` seconds each).
+
 ``remove`` ends the patient's stream and deletes it from the registry: at once, or with an
 ``effective_time`` ahead, before the first segment starting at or after it (kept in the registry
 until then). ``register`` adds ``reference``: {"wfdb": "path/to/record"} (or a list of them; read by the
@@ -34,7 +39,8 @@ from models.conditions import VOCAB, CardiacState
 from models.rhythm.programs import Rhythm, RhythmError
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = ("condition", "register", "remove")
+EVENT_TYPES = ("condition", "register", "remove", "artifact")
+ARTIFACT_MAX_S = 600.0  # one artifact's length: its waveform is made whole when it is scheduled
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -52,6 +58,7 @@ class Event:
     transition_seconds: float = 0.0
     reference: dict[str, Any] = field(default_factory=dict)
     rhythm: Rhythm | None = None
+    artifact: dict[str, Any] | None = None  # as asked (checked by ``models.stress.artifacts.artifact``)
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "event_id": self.event_id,
@@ -65,6 +72,8 @@ class Event:
             body["reference"] = self.reference
         if self.rhythm is not None:
             body["rhythm"] = self.rhythm.to_dict()
+        if self.artifact is not None:
+            body["artifact"] = self.artifact
         return json.dumps(body).encode()
 
 
@@ -137,12 +146,38 @@ def parse_event(raw: bytes | str, vocab: tuple[str, ...] = VOCAB) -> Event:
             raise EventError(f"invalid rhythm: {exc}") from None
     if typ == "condition" and state is None and rhythm is None:
         raise EventError("a condition event needs a state, a rhythm or both")
+    artifact = d.get("artifact")
+    if (artifact is not None) != (typ == "artifact"):
+        raise EventError("an artifact event needs an artifact, and only an artifact event takes one")
+    if artifact is not None:
+        artifact = checked_artifact(artifact)
+        if state is not None or rhythm is not None:
+            raise EventError("an artifact event takes no state or rhythm")
     ref = d.get("reference", {})
     if typ == "register":
         if not isinstance(ref, dict) or len(set(ref) & {"wfdb", "samples", "base_vector"}) != 1:
             raise EventError("register needs reference with exactly one of wfdb, samples, base_vector")
     return Event(d["event_id"], d["patient_id"], typ, state, None if eff is None else float(eff),
-                 float(trans), ref if typ == "register" else {}, rhythm)
+                 float(trans), ref if typ == "register" else {}, rhythm, artifact)
+
+
+def checked_artifact(d: Any) -> dict[str, Any]:
+    """An artifact request (kind, duration, snr, leads, the kind's parameters) checked against
+    ``models.stress.artifacts``; EventError with the reason."""
+    from models.data.ptbxl import LEADS
+    from models.stress.artifacts import ArtifactError, artifact
+
+    if not isinstance(d, dict):
+        raise EventError("artifact must be an object")
+    if "at" in d:
+        raise EventError("artifact takes no at: the event's effective_time says when")
+    try:
+        artifact({**d, "at": 0.0}, LEADS, "artifact")
+    except (ArtifactError, TypeError) as exc:
+        raise EventError(f"invalid {exc}") from None
+    if d["duration"] > ARTIFACT_MAX_S:
+        raise EventError(f"artifact duration must be at most {ARTIFACT_MAX_S:g} s")
+    return dict(d)
 
 
 def new_event_id() -> str:

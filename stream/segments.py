@@ -169,7 +169,35 @@ class RhythmRecord:
                 "aux": self.aux, "start_time": self.start_time, "end_time": self.end_time}
 
 
-GroundTruth = Annotation | BeatsRecord | RhythmRecord
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """Noise or an artifact on the stream from ``start_time`` to ``end_time`` (known when it
+    begins: an artifact has its duration), on ``leads`` (None: all), at ``snr_db`` (additive kinds)."""
+
+    patient_id: str
+    event_id: str
+    artifact: str
+    start_time: float
+    end_time: float
+    leads: tuple[str, ...] | None = None
+    snr_db: float | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.frame()).encode()
+
+    def frame(self) -> dict:
+        return {"schema_version": 1, "kind": "artifact", "patient_id": self.patient_id, "event_id": self.event_id,
+                "artifact": self.artifact, "start_time": self.start_time, "end_time": self.end_time,
+                "leads": None if self.leads is None else list(self.leads), "snr_db": self.snr_db}
+
+    @property
+    def aux(self) -> str:
+        """The aux note of its noise annotation (``~``) in a WFDB annotation file."""
+        level = "" if self.snr_db is None else f" {self.snr_db:g}dB"
+        return f"{self.artifact}{level} {'all' if self.leads is None else ','.join(self.leads)}"
+
+
+GroundTruth = Annotation | BeatsRecord | RhythmRecord | ArtifactRecord
 
 
 def annotation(patient_id: str, event_id: str | None, state: dict, start_time: float,

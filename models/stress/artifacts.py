@@ -1,12 +1,13 @@
 """Artifacts and noise on a drawn record, each over its own interval and leads, with the ground
 truth a tester scores against.
 
-One signature for every kind: ``make(x, fs, rng, params, ctx) -> x'`` takes the stretch of the
-signal the artifact covers ((samples, leads) of those leads) and returns it as the monitor
-would see it. Additive kinds (``ADDITIVE``) are scaled to the asked SNR with the Noise Stress
-Test's own definition (``noise.py``: S from the clean record's normal QRS complexes per lead, N
-from the added waveform's one-second RMS over the artifact's stretch), so the SNR asked for is
-the SNR measured; the others (lead-off, saturation) change the signal and have no SNR.
+Every artifact is drawn by a ``Drawn``: made once (its random choices, and its gain per lead
+for the asked SNR, from the whole interval), it then draws itself on any window of the stream,
+so a stream cut into segments anywhere gets the same samples as one record (tested). Additive
+kinds (``ADDITIVE``) add a waveform scaled to the asked SNR with the Noise Stress Test's own
+definition (``noise.py``: S from the clean signal's normal QRS complexes per lead, N from the
+added waveform's one-second RMS over the artifact's whole interval), so the SNR asked for is the
+SNR measured; the others (lead-off, saturation) change the signal and have no SNR.
 
 Kinds: ``bw``, ``ma``, ``em`` (NSTDB records), ``powerline`` (50/60 Hz and the harmonics
 below Nyquist), ``emg`` (bursts of band-limited muscle noise), ``steps`` (loose-electrode
@@ -19,14 +20,15 @@ pulses are not here: a 0.1-2 ms pulse does not fit a 250 Hz stream (docs/STRESS.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import butter, sosfilt
+import wfdb
+from scipy.signal import firwin, resample_poly
 
-from models.stress.noise import NOISE_RECORDS, NoiseError, noise_power, qrs_power, read_noise
+from models.stress.noise import NOISE_RECORDS, TRIM, NoiseError, noise_power, qrs_power
 
 RAIL = 32.767  # the 16-bit stream's largest value (stream.segments.GAIN = 1000 per unit)
 
@@ -36,22 +38,10 @@ class ArtifactError(ValueError):
 
 
 @dataclass(frozen=True)
-class Context:
-    """What a kind may need besides the stretch: each lead's QRS power S and the NSTDB folder."""
-
-    s_power: np.ndarray
-    nstdb: Path | None
-
-
-Make = Callable[[np.ndarray, float, np.random.Generator, dict, Context], np.ndarray]
-
-
-@dataclass(frozen=True)
 class Kind:
-    """An artifact kind: its maker, whether it is added noise (scaled to an SNR), and its
-    parameters' defaults and (low, high) limits."""
+    """An artifact kind: whether it is added noise (scaled to an SNR), and its parameters'
+    defaults and (low, high) limits."""
 
-    make: Make
     additive: bool
     defaults: dict = field(default_factory=dict)
     limits: dict = field(default_factory=dict)
@@ -59,7 +49,7 @@ class Kind:
 
 @dataclass(frozen=True)
 class Artifact:
-    """One artifact: ``kind`` from ``start`` to ``end`` (seconds of the record) on ``leads``
+    """One artifact: ``kind`` from ``start`` to ``end`` (seconds of the stream) on ``leads``
     (indices; None: every lead), at ``snr`` dB (additive kinds), with its kind's ``params``."""
 
     kind: str
@@ -77,93 +67,183 @@ class Artifact:
         return {"kind": self.kind, "start": self.start, "end": self.end, "leads": leads, "snr_db": self.snr,
                 **dict(self.params)}
 
-
-def _scaled(noise: np.ndarray, snr: float, ctx: Context, fs: float) -> np.ndarray:
-    """``noise`` (samples, leads) less its mean, each lead scaled to ``snr`` against S."""
-    out = np.zeros_like(noise, dtype=np.float64)
-    for j in range(noise.shape[1]):
-        n = noise[:, j] - noise[:, j].mean()
-        p = noise_power(n, fs)
-        if p > 0:
-            out[:, j] = n * math.sqrt(ctx.s_power[j] / (p * 10 ** (snr / 10.0)))
-    return out
-
-
-def _nstdb(name: str) -> Make:
-    def make(x: np.ndarray, fs: float, rng: np.random.Generator, params: dict, ctx: Context) -> np.ndarray:
-        if ctx.nstdb is None:
-            raise ArtifactError(f"{name}: no NSTDB folder to read the noise from")
-        noise = read_noise(ctx.nstdb, name, fs, len(x) / fs, seed=int(rng.integers(0, 2**31)))
-        cols = noise[:, np.arange(x.shape[1]) % noise.shape[1]]
-        return x + _scaled(cols, params["snr"], ctx, fs)
-    return make
+    @staticmethod
+    def from_dict(d: dict) -> Artifact:
+        """From ``to_dict`` without lead names (a stream position); ArtifactError if damaged."""
+        try:
+            params = {k: v for k, v in d.items() if k not in ("kind", "start", "end", "leads", "snr_db")}
+            leads = None if d["leads"] is None else tuple(int(i) for i in d["leads"])
+            return Artifact(str(d["kind"]), float(d["start"]), float(d["end"]), leads,
+                            None if d["snr_db"] is None else float(d["snr_db"]), tuple(sorted(params.items())))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"not an artifact record: {exc}") from None
 
 
-def _powerline(x, fs, rng, params, ctx):
-    t = np.arange(len(x)) / fs
-    f0 = float(params["hz"])
-    wave = np.zeros(len(x))
-    for h in range(1, int(params["harmonics"]) + 1):
-        if h * f0 < fs / 2:  # above Nyquist a harmonic would alias: a sampled monitor filters it out
-            wave += np.sin(2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi)) / h ** 2
-    return x + _scaled(np.repeat(wave[:, None], x.shape[1], axis=1), params["snr"], ctx, fs)
+_NSTDB_CACHE: dict[tuple[str, str, float], np.ndarray] = {}
+BLOCK = 256  # EMG's white noise comes in blocks of this many samples, each seeded by its index
 
 
-def _emg(x, fs, rng, params, ctx):
-    n = len(x)
-    sos = butter(4, [20.0, min(150.0, 0.45 * fs)], btype="band", fs=fs, output="sos")
-    noise = sosfilt(sos, rng.standard_normal((n, x.shape[1])), axis=0)
-    env, t = np.zeros(n), 0.0
-    while t < n / fs:  # bursts of 0.3-1.5 s; their share of time is about ``duty``
-        length = rng.uniform(0.3, 1.5)
-        a, b = int(t * fs), min(n, int((t + length) * fs))
-        env[a:b] = np.sin(np.linspace(0, np.pi, b - a)) ** 0.5 if b > a else 0.0
-        t += length + rng.exponential(length * (1 - params["duty"]) / params["duty"])
-    return x + _scaled(noise * env[:, None], params["snr"], ctx, fs)
+def _nstdb_record(nstdb: Path, kind: str, fs: float) -> np.ndarray:
+    """A whole NSTDB noise record at ``fs`` (cached: read once per process)."""
+    key = (str(nstdb), kind, float(fs))
+    if key not in _NSTDB_CACHE:
+        r = wfdb.rdrecord(str(Path(nstdb) / NOISE_RECORDS[kind]))
+        x = r.p_signal.astype(np.float64)
+        if abs(r.fs - fs) > 1e-6:
+            ratio = Fraction(float(fs) / r.fs).limit_denominator(1000)
+            x = resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
+        _NSTDB_CACHE[key] = x.astype(np.float32)
+    return _NSTDB_CACHE[key]
 
 
-def _steps(x, fs, rng, params, ctx):
-    n = len(x)
-    wave = np.zeros((n, x.shape[1]))
-    t = np.arange(n) / fs
-    at = rng.uniform(0, 1.0 / params["rate"])
-    while at < n / fs:  # each jump decays as an AC-coupled input recovers from it
-        jump = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.5, x.shape[1])
-        after = t >= at
-        wave[after] += jump * np.exp(-(t[after, None] - at) / params["recovery"])
-        at += rng.exponential(1.0 / params["rate"])
-    return x + _scaled(wave, params["snr"], ctx, fs)
+class Drawn:
+    """An artifact ready to draw on any window of its stream.
 
+    Args:
+        artifact: what, when, where.
+        fs: the stream's rate.
+        s_power: (leads,) each lead's QRS power S (``noise.qrs_power``), for the SNR and
+            saturation.
+        seed: the artifact's own seed (its random choices).
+        nstdb: the NSTDB folder (bw, ma, em).
 
-def _respiration(x, fs, rng, params, ctx):
-    t = np.arange(len(x)) / fs
-    phase = 2 * np.pi * params["rate"] / 60.0 * t + rng.uniform(0, 2 * np.pi)
-    modulated = x * (1.0 + params["depth"] * np.sin(phase))[:, None]
-    baseline = np.repeat(np.sin(phase)[:, None], x.shape[1], axis=1)
-    return modulated + _scaled(baseline, params["snr"], ctx, fs)
+    Raises:
+        ArtifactError: NSTDB noise without its folder.
+    """
 
+    def __init__(self, artifact: Artifact, fs: float, s_power: np.ndarray, seed: int, nstdb: Path | None) -> None:
+        self.a, self.fs = artifact, float(fs)
+        self.leads = None if artifact.leads is None else np.asarray(artifact.leads)
+        k = len(s_power) if self.leads is None else len(self.leads)
+        self.s = np.asarray(s_power, np.float64) if self.leads is None else np.asarray(s_power, np.float64)[self.leads]
+        self.n = max(0, int(round((artifact.end - artifact.start) * fs)))
+        self.params = {**KINDS[artifact.kind].defaults, **dict(artifact.params)}
+        rng = np.random.default_rng(seed & 0x7FFFFFFF)
+        kind, p = artifact.kind, self.params
+        self.seed = int(rng.integers(0, 2**31))
+        if kind in NOISE_RECORDS:
+            if nstdb is None:
+                raise ArtifactError(f"{kind}: no NSTDB folder to read the noise from")
+            self.record = _nstdb_record(nstdb, kind, fs)
+            self.offset = int(rng.integers(0, len(self.record)))
+        elif kind == "powerline":
+            self.phases = rng.uniform(0, 2 * np.pi, int(p["harmonics"]))
+        elif kind == "emg":
+            self.taps = firwin(63, [20.0, min(150.0, 0.45 * fs)], pass_zero=False, fs=fs)
+            bursts, t = [], 0.0
+            while t < self.n / fs:  # bursts of 0.3-1.5 s; their share of time is about ``duty``
+                length = rng.uniform(0.3, 1.5)
+                bursts.append((int(t * fs), int((t + length) * fs)))
+                t += length + rng.exponential(length * (1 - p["duty"]) / p["duty"])
+            self.bursts = bursts
+        elif kind == "steps":
+            jumps, t = [], rng.uniform(0, 1.0 / p["rate"])
+            while t < self.n / fs:  # each jump decays as an AC-coupled input recovers from it
+                jumps.append((t * fs, rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.5, k)))
+                t += rng.exponential(1.0 / p["rate"])
+            self.jumps = jumps
+        elif kind == "respiration":
+            self.phase = rng.uniform(0, 2 * np.pi)
+        self.gain = np.ones(k)
+        self.mean = np.zeros(k)
+        if KINDS[kind].additive:
+            self._calibrate(k, float(artifact.snr))
 
-def _lead_off(x, fs, rng, params, ctx):
-    return np.full_like(x, RAIL if params["level"] == "rail" else 0.0)
+    def _calibrate(self, k: int, snr: float) -> None:
+        """Each lead's gain for ``snr``: N over the whole interval, a minute at a time."""
+        step, rms, total = int(60 * self.fs), [], np.zeros(k)
+        one = int(self.fs)
+        for i0 in range(0, self.n, step):
+            w = self.raw(i0, min(step, self.n - i0))
+            total += w.sum(axis=0)
+        self.mean = total / max(1, self.n)
+        for i0 in range(0, self.n, step):
+            w = self.raw(i0, min(step, self.n - i0)) - self.mean
+            for c in range(0, len(w) - one + 1 if len(w) >= one else 1, one):
+                chunk = w[c:c + one]
+                rms.append(np.sqrt(np.mean((chunk - chunk.mean(axis=0)) ** 2, axis=0)))
+        if not rms:
+            return
+        r = np.sort(np.stack(rms), axis=0)
+        cut = int(len(r) * TRIM)
+        noise = (r[cut:len(r) - cut] if len(r) > 2 * cut else r).mean(axis=0) ** 2
+        self.gain = np.where(noise > 0, np.sqrt(self.s / (np.maximum(noise, 1e-30) * 10 ** (snr / 10.0))), 0.0)
 
+    def raw(self, i0: int, n: int) -> np.ndarray:
+        """The unscaled waveform (n, leads) at the artifact's samples ``i0``..``i0 + n``."""
+        kind, p, fs = self.a.kind, self.params, self.fs
+        k = len(self.s)
+        i = np.arange(i0, i0 + n)
+        if kind in NOISE_RECORDS:
+            rec = self.record
+            return rec[(self.offset + i) % len(rec)][:, np.arange(k) % rec.shape[1]].astype(np.float64)
+        t = i / fs
+        if kind == "powerline":
+            wave = np.zeros(n)
+            for h, ph in enumerate(self.phases, start=1):
+                if h * p["hz"] < fs / 2:  # above Nyquist a harmonic would alias: a sampled monitor filters it out
+                    wave += np.sin(2 * np.pi * h * p["hz"] * t + ph) / h ** 2
+            return np.repeat(wave[:, None], k, axis=1)
+        if kind == "emg":
+            lo, taps = i0 - len(self.taps) + 1, self.taps
+            blocks = range(lo // BLOCK, (i0 + n - 1) // BLOCK + 1) if n else range(0)
+            white = np.concatenate([np.random.default_rng((self.seed, b & 0x7FFFFFFF)).standard_normal((BLOCK, k))
+                                    for b in blocks]) if n else np.zeros((0, k))
+            start = lo - (lo // BLOCK) * BLOCK
+            white = white[start:start + n + len(taps) - 1]
+            noise = np.stack([np.convolve(white[:, j], taps, mode="valid") for j in range(k)], axis=1)
+            env = np.zeros(n)
+            for a, b in self.bursts:
+                if b > a and a < i0 + n and b > i0:
+                    u = np.clip((i - a) / (b - a), 0.0, 1.0)
+                    env = np.maximum(env, np.where((i >= a) & (i < b), np.sin(np.pi * u) ** 0.5, 0.0))
+            return noise * env[:, None]
+        if kind == "steps":
+            wave = np.zeros((n, k))
+            for at, jump in self.jumps:
+                if at < i0 + n:
+                    after = np.maximum(i - at, 0.0)
+                    wave += np.where((i >= at)[:, None], jump * np.exp(-after / (p["recovery"] * fs))[:, None], 0.0)
+            return wave
+        if kind == "respiration":
+            return np.repeat(np.sin(2 * np.pi * p["rate"] / 60.0 * t + self.phase)[:, None], k, axis=1)
+        return np.zeros((n, k))
 
-def _saturation(x, fs, rng, params, ctx):
-    limit = params["limit"] * np.sqrt(8 * ctx.s_power)  # S = (QRS peak-to-peak)^2 / 8
-    return np.clip(x, -limit, limit)
+    def draw(self, x: np.ndarray, t0: float) -> np.ndarray:
+        """``x`` (samples, leads), the window of the stream from time ``t0``, with the artifact
+        drawn where it overlaps it (``x`` itself untouched)."""
+        first = int(round((self.a.start - t0) * self.fs))
+        lo, hi = max(0, first), min(len(x), first + self.n)
+        if hi <= lo:
+            return x
+        out = np.array(x, np.float64 if x.dtype == np.float64 else np.float32, copy=True)
+        cols = np.arange(x.shape[1]) if self.leads is None else self.leads
+        seg = out[lo:hi][:, cols].astype(np.float64)
+        kind, p = self.a.kind, self.params
+        if kind == "lead_off":
+            seg[:] = RAIL if p["level"] == "rail" else 0.0
+        elif kind == "saturation":
+            limit = p["limit"] * np.sqrt(8 * self.s)  # S = (QRS peak-to-peak)^2 / 8
+            seg = np.clip(seg, -limit, limit)
+        else:
+            i0 = lo - first
+            if kind == "respiration":  # the QRS amplitude breathes with the baseline
+                t = np.arange(i0, i0 + hi - lo) / self.fs
+                seg = seg * (1.0 + p["depth"] * np.sin(2 * np.pi * p["rate"] / 60.0 * t + self.phase))[:, None]
+            seg = seg + (self.raw(i0, hi - lo) - self.mean) * self.gain
+        out[lo:hi, cols] = seg
+        return out
 
 
 _SNR = {"snr": (-12.0, 36.0)}
 KINDS: dict[str, Kind] = {
-    **{k: Kind(_nstdb(k), True, {}, _SNR) for k in NOISE_RECORDS},
-    "powerline": Kind(_powerline, True, {"hz": 50.0, "harmonics": 3}, {**_SNR, "hz": (45.0, 65.0),
-                                                                       "harmonics": (1, 5)}),
-    "emg": Kind(_emg, True, {"duty": 0.5}, {**_SNR, "duty": (0.05, 1.0)}),
-    "steps": Kind(_steps, True, {"rate": 0.5, "recovery": 0.8}, {**_SNR, "rate": (0.05, 5.0),
-                                                                  "recovery": (0.05, 10.0)}),
-    "respiration": Kind(_respiration, True, {"rate": 15.0, "depth": 0.1}, {**_SNR, "rate": (4.0, 60.0),
-                                                                           "depth": (0.0, 0.5)}),
-    "lead_off": Kind(_lead_off, False, {"level": "flat"}, {}),
-    "saturation": Kind(_saturation, False, {"limit": 0.4}, {"limit": (0.05, 2.0)}),
+    **{k: Kind(True, {}, _SNR) for k in NOISE_RECORDS},
+    "powerline": Kind(True, {"hz": 50.0, "harmonics": 3}, {**_SNR, "hz": (45.0, 65.0), "harmonics": (1, 5)}),
+    "emg": Kind(True, {"duty": 0.5}, {**_SNR, "duty": (0.05, 1.0)}),
+    "steps": Kind(True, {"rate": 0.5, "recovery": 0.8}, {**_SNR, "rate": (0.05, 5.0), "recovery": (0.05, 10.0)}),
+    "respiration": Kind(True, {"rate": 15.0, "depth": 0.1}, {**_SNR, "rate": (4.0, 60.0), "depth": (0.0, 0.5)}),
+    "lead_off": Kind(False, {"level": "flat"}, {}),
+    "saturation": Kind(False, {"limit": 0.4}, {"limit": (0.05, 2.0)}),
 }
 CHOICES = {"level": ("flat", "rail")}
 
@@ -217,14 +297,15 @@ def artifact(d: dict, lead_names: tuple[str, ...], where: str = "artifact") -> A
 
 def apply(clean: np.ndarray, fs: float, normal_beats: np.ndarray, artifacts: list[Artifact], seed: int,
           nstdb: Path | None) -> tuple[np.ndarray, list[dict]]:
-    """``clean`` (samples, leads) with ``artifacts`` applied in order.
+    """``clean`` (samples, leads), a record from stream time 0, with ``artifacts`` drawn in order.
 
     Args:
         normal_beats: sample indices of the record's normal beats (S per lead, as ``nst``).
-        seed: the record's seed; the i-th artifact's random numbers come from (seed, i).
+        seed: the record's seed; the i-th artifact's own seed comes from (seed, i).
 
     Returns:
-        the signal, and per artifact its SNR measured back per lead (additive kinds).
+        the signal, and per artifact its SNR measured back per lead (additive kinds; for
+        respiration its amplitude modulation counts as noise too).
 
     Raises:
         ArtifactError: no beats to measure S on, or no NSTDB folder for NSTDB noise.
@@ -236,19 +317,18 @@ def apply(clean: np.ndarray, fs: float, normal_beats: np.ndarray, artifacts: lis
         raise ArtifactError(f"artifacts need beats to measure the QRS amplitude on: {exc}") from None
     measured = []
     for i, a in enumerate(artifacts):
+        before = x
+        x = Drawn(a, fs, s, artifact_seed(seed, i), nstdb).draw(x, 0.0)
         lo, hi = int(round(a.start * fs)), min(len(x), int(round(a.end * fs)))
-        if hi <= lo:
-            measured.append({})
-            continue
         leads = np.arange(x.shape[1]) if a.leads is None else np.asarray(a.leads)
-        params = {**KINDS[a.kind].defaults, **dict(a.params), "snr": a.snr}
-        rng = np.random.default_rng((seed & 0x7FFFFFFF, i))
-        before = x[lo:hi][:, leads]
-        after = KINDS[a.kind].make(before, fs, rng, params, Context(s[leads], nstdb))
-        x[lo:hi, leads] = after
-        if KINDS[a.kind].additive:  # respiration's amplitude modulation counts as noise here
-            measured.append({int(j): round(10 * math.log10(s[j] / noise_power(after[:, k] - before[:, k], fs)), 2)
-                             for k, j in enumerate(leads)})
+        if KINDS[a.kind].additive and hi - lo >= fs:
+            measured.append({int(j): round(10 * math.log10(s[j] / noise_power(x[lo:hi, j] - before[lo:hi, j], fs)), 2)
+                             for j in leads})
         else:
             measured.append({})
     return x.astype(np.float32), measured
+
+
+def artifact_seed(seed: int, index: int) -> int:
+    """The seed of a stream's ``index``-th artifact."""
+    return int(np.random.default_rng((seed & 0x7FFFFFFF, index)).integers(0, 2**31))

@@ -43,6 +43,11 @@ async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
             # and the mark is on screen: wait until the playhead has passed it
             await page.wait_for("""(() => { const p = patients.get('bed-0'); const m = p.marks[p.marks.length - 1];
                                    return playhead(p) > m.t + 1; })()""", 30)
+            # noise from the page goes to the artifacts endpoint: this deployment (the tiny model,
+            # no rhythm layer) refuses it, and the page says why
+            await page.eval("""(() => { const s = document.querySelector('.card[data-pid="bed-0"] .set');
+                               s.value = 'lead II off 5 s'; s.dispatchEvent(new Event('change')); return true; })()""")
+            await page.wait_for("document.getElementById('notice').textContent.includes('draws no artifacts')", 10)
             # onboard a patient from the page's record list, as a user would
             await page.wait_for("document.getElementById('record').options.length > 0", 30)
             await page.eval("""(() => { document.getElementById('newpid').value = 'bed-new';

@@ -56,7 +56,12 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
                    ("POST", "/patients/bed-9/state", {"json": {}}),
                    ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "vt", "rate": 400}}}),
                    ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "vt", "rate": 180}}}),
-                   ("POST", "/patients/bed-9/state", {"data": b"[]", "headers": {"Content-Type": "application/json"}})]
+                   ("POST", "/patients/bed-9/state", {"data": b"[]", "headers": {"Content-Type": "application/json"}}),
+                   # artifacts: a bad one, and any while this deployment's rhythm layer is off
+                   ("POST", "/patients/bed-9/artifacts", {"json": {"artifact": {"kind": "smoke", "duration": 3}}}),
+                   ("POST", "/patients/bed-9/artifacts", {"json": {"artifact": {"kind": "ma", "duration": 3}}}),
+                   ("POST", "/patients/bed-9/artifacts", {"json": {"artifact": {"kind": "ma", "snr": 6, "duration": 3}}}),
+                   ("POST", "/patients/bed-9/artifacts", {"json": {}})]
             for method, path, kw in bad:
                 status, body = await call(method, path, **kw)
                 assert status == 400 and body["error"], (path, kw, status, body)

@@ -6,7 +6,6 @@ makes the false asystole alarm a tester expects, blamed on it; a rerun gives the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from tests.support import RECORDS
 from twin_engine.config import REPO_ROOT, Settings
 from twin_engine.ops.cli import main
 from twin_engine.ops.render import render_scenario
-from twin_engine.ops.scenario import ScenarioError, load_scenario, play
+from twin_engine.ops.scenario import load_scenario
 from twin_engine.ops.stress import SHIPPED, run_suite, suite_files
 
 SCENARIO = f'''
@@ -185,8 +184,10 @@ def test_the_command_and_its_refusals(suite, data_dir, tmp_path, capsys):
     bad.write_text(SCENARIO + ARTIFACTS.replace('kind = "ma"', 'kind = "smoke"'))
     assert main(["--config", str(cfg), "stress", str(bad), "--out", str(tmp_path / "r2")]) == 2
     assert "kind must be one of" in capsys.readouterr().err
-    with pytest.raises(ScenarioError, match="does not draw artifacts"):
-        asyncio.run(play(Settings(data_dir=data_dir), load_scenario_text(tmp_path, SCENARIO + ARTIFACTS)))
+    sc = load_scenario_text(tmp_path, SCENARIO + ARTIFACTS)  # play sends the artifacts as events
+    sent = [c.event for c in sc.changes if c.event.type == "artifact"]
+    assert [(e.patient_id, e.artifact["kind"]) for e in sent] == [("noisy", "ma"), ("pause", "lead_off")]
+    assert "at" not in sent[0].artifact and [c.at for c in sc.changes if c.event.type == "artifact"] == [8.0, 28.0]
 
 
 def test_the_shipped_suite_has_thirty_cases_or_more():

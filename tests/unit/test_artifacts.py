@@ -9,8 +9,8 @@ import pytest
 import wfdb
 
 from models.data.ptbxl import LEADS
-from models.stress.artifacts import KINDS, RAIL, ArtifactError, apply, artifact
-from models.stress.noise import snr_db
+from models.stress.artifacts import KINDS, RAIL, ArtifactError, Drawn, apply, artifact
+from models.stress.noise import qrs_power, snr_db
 from stream.segments import GAIN, quantize
 
 
@@ -88,3 +88,21 @@ def test_nstdb_noise_without_its_folder_and_artifacts_without_beats_are_refused(
         apply(x, fs, beats, [a], seed=1, nstdb=None)
     with pytest.raises(ArtifactError, match="beats to measure"):
         apply(x, fs, np.zeros(0, int), [a], seed=1, nstdb=None)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_stream_cut_anywhere_gets_the_same_artifact(clean, data_dir, kind):
+    """What a record gets in one piece, a stream gets segment by segment (seams at 0.348 s)."""
+    x, beats, fs = clean
+    x = x[: int(30 * fs)].astype(np.float64)
+    entry = {"kind": kind, "at": 3.3, "duration": 20}
+    if KINDS[kind].additive:
+        entry["snr"] = 3
+    a = artifact(entry, LEADS)
+    s = np.array([qrs_power(x[:, j], beats[beats < len(x)], fs) for j in range(12)])
+    drawn = Drawn(a, fs, s, seed=5, nstdb=data_dir / "nstdb")
+    whole = drawn.draw(x, 0.0)
+    step = int(0.348 * fs)
+    pieces = np.concatenate([drawn.draw(x[i:i + step], i / fs) for i in range(0, len(x), step)])
+    assert np.allclose(whole, pieces, atol=1e-9)
+    assert not np.allclose(whole[int(4 * fs):int(20 * fs)], x[int(4 * fs):int(20 * fs)])

@@ -119,3 +119,22 @@ def test_the_shipped_scenarios_parse_and_the_alarms_name_the_five_rhythms():
     assert {"ward", "alarms"} <= set(scenarios)
     named = {c.event.rhythm.name for c in scenarios["alarms"].changes}
     assert named == {"asystole", "sinus_brady", "svt", "vt", "vf"}
+
+
+def test_artifact_events_round_trip_and_bad_ones_say_why():
+    base = {"schema_version": 1, "event_id": "a-1", "patient_id": "bed-1", "type": "artifact"}
+    ok = parse_event(json.dumps({**base, "effective_time": 1e9, "artifact": {"kind": "ma", "snr": 6, "duration": 20,
+                                                                             "leads": ["II"]}}))
+    assert ok.artifact == {"kind": "ma", "snr": 6, "duration": 20, "leads": ["II"]} and ok.effective_time == 1e9
+    assert parse_event(ok.to_json()) == ok
+    for body, reason in [({}, "needs an artifact"),
+                         ({"type": "condition", "state": {"heart_rate": 80}, "artifact": {"kind": "ma"}},
+                          "only an artifact event"),
+                         ({"artifact": {"kind": "ma", "snr": 6, "duration": 2}, "state": {"heart_rate": 80}},
+                          "takes no state"),
+                         ({"artifact": {"kind": "ma", "snr": 6, "duration": 601}}, "at most 600"),
+                         ({"artifact": {"kind": "ma", "snr": 6, "duration": 2, "at": 3}}, "takes no at"),
+                         ({"artifact": {"kind": "lead_off", "duration": 2, "leads": ["Q7"]}}, "leads must be"),
+                         ({"artifact": ["ma"]}, "must be an object")]:
+        with pytest.raises(EventError, match=reason):
+            parse_event(json.dumps({**base, **body}))

@@ -32,6 +32,22 @@ def test_history_round_trips_typed_and_refuses_damaged_entries():
             Patient.from_json(json.dumps({**record, "history": bad}).encode())
 
 
+def test_artifacts_round_trip_are_forgotten_once_over_and_damaged_ones_refused():
+    p = _patient()
+    p.add_artifact({"kind": "ma", "start": 1010.0, "end": 1020.0, "leads": [1], "snr_db": 6.0, "event_id": "a",
+                    "seed": 7}, now=1000.0)
+    q = Patient.from_json(p.to_json())
+    assert q.artifacts == p.artifacts and q.artifacts_after(1000.0) == 1 and q.artifacts_after(1020.0) == 0
+    q.add_artifact({"kind": "lead_off", "start": 1030.0, "end": 1031.0, "leads": None, "snr_db": None,
+                    "event_id": "b", "seed": 8, "level": "flat"}, now=1025.0)
+    assert [a["event_id"] for a in q.artifacts] == ["b"]  # the one over by then is forgotten
+    assert q.view(2.0)["artifacts"] == q.artifacts
+    record = json.loads(p.to_json())
+    for bad in ("x", [{"kind": "ma"}], [{"event_id": "a", "seed": "7", "start": 1, "end": 2}]):
+        with pytest.raises(ValueError):
+            Patient.from_json(json.dumps({**record, "artifacts": bad}).encode())
+
+
 def test_changelog_replay_positions_tombstones_and_the_newer_position():
     table: dict[str, Patient | None] = {}
     p = _patient()

@@ -6,8 +6,8 @@ heart-rate ramp or a named rhythm (``rhythm = { name = "vt", rate = 180, duratio
 removals (``[[remove]]``: the patient's stream ends before the first segment
 at or after its time). See ``twin_engine/ops/scenarios/ward.toml``. ``[[artifact]]`` entries
 (noise and artifacts over an interval, ``models.stress.artifacts``) are drawn by ``twin-engine
-render`` and ``twin-engine stress``; the service does not draw them yet, so ``play`` refuses
-them. A top-level ``seconds`` sets how long ``render`` draws each record.
+render`` and ``twin-engine stress``, and ``play`` sends them as artifact events. A top-level
+``seconds`` sets how long ``render`` draws each record.
 
 The player registers the patients, waits for each one's first segment to learn where its stream
 starts, then sends every change at once with its ``effective_time``: the service makes each at
@@ -115,6 +115,9 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
                 artifact({k: v for k, v in a.items() if k != "patient"}, LEADS, where))
         except ArtifactError as exc:
             raise ScenarioError(str(exc)) from None
+        asked = {k: v for k, v in a.items() if k not in ("patient", "at")}
+        changes.append(Change(float(a["at"]), _event({"patient_id": a["patient"], "type": "artifact",
+                                                      "artifact": asked}, vocab, where)))
     return Scenario(regs, sorted(changes, key=lambda c: c.at), artifacts,
                     None if seconds is None else float(seconds))
 
@@ -125,11 +128,8 @@ async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -
     start (the start time of its first segment in the scenario's state).
 
     Raises:
-        ScenarioError: the scenario has artifacts (the service does not draw them yet), or the
-            service is not there or refused a registration.
+        ScenarioError: the service is not there, or refused a registration.
     """
-    if scenario.artifacts:
-        raise ScenarioError("the service does not draw artifacts yet: render or stress this scenario offline")
     kw = settings.kafka.client_kwargs()
     k = settings.kafka
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **k.consumer_kwargs())

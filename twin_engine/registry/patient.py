@@ -21,6 +21,7 @@ from stream.events import json_value, state_from_dict, state_to_dict
 from stream.segments import dumps_spliced
 
 HISTORY_LIMIT = 50
+ARTIFACTS_LIMIT = 20  # artifacts a patient may have not yet over (each is made whole when drawn)
 SCHEDULED_LIMIT = 500
 SEEN_EVENTS_LIMIT = 256
 POSITION_FIELDS = ("next_seq", "stream_start", "published_event_id", "published_state", "published_since",
@@ -112,6 +113,17 @@ class Patient:
     # the ``TwinModel.encoder_id`` its base vector came from ("" in records written before it
     # was kept): a model with another one would stream someone else
     encoder_id: str = ""
+    # noise and artifacts on the stream (``models.stress.artifacts.Artifact.to_dict`` in stream
+    # time, with the ``event_id`` that asked and the artifact's ``seed``), until they are over
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_artifact(self, entry: dict[str, Any], now: float) -> None:
+        """Schedule an artifact; those over by stream time ``now`` are forgotten."""
+        self.artifacts = [a for a in self.artifacts if a["end"] > now] + [entry]
+
+    def artifacts_after(self, now: float) -> int:
+        """How many artifacts are not over by stream time ``now``."""
+        return sum(a["end"] > now for a in self.artifacts)
 
     def __post_init__(self) -> None:
         # the stream position the broker has acknowledged: what ``to_json`` writes, so that a
@@ -190,7 +202,8 @@ class Patient:
                 "published_state": self.published_state, "history": [h.to_dict() for h in self.history[-20:]],
                 "stream_time": nxt,
                 "scheduled": [h.to_dict() for h in self.history if nxt is not None and h.at is not None and h.at > nxt],
-                "remove_at": self.remove_at, "encoder_id": self.encoder_id or None}
+                "remove_at": self.remove_at, "encoder_id": self.encoder_id or None,
+                "artifacts": [a for a in self.artifacts if nxt is None or a["end"] > nxt]}
 
     def to_json(self) -> bytes:
         # the fields hold JSON values already: a shallow dict serialises the same record as
@@ -240,6 +253,11 @@ class Patient:
         if not isinstance(p.history, list):
             raise ValueError("history must be a list")
         p.history = [Change.from_dict(h) for h in p.history]
+        if not isinstance(p.artifacts, list) or not all(
+                isinstance(a, dict) and isinstance(a.get("event_id"), str) and isinstance(a.get("seed"), int)
+                and isinstance(a.get("start"), (int, float)) and isinstance(a.get("end"), (int, float))
+                for a in p.artifacts):
+            raise ValueError("artifacts must be a list of scheduled artifacts")
         base = np.asarray(p.base_vector, np.float32)
         if not isinstance(p.patient_id, str) or base.ndim != 1 or not np.isfinite(base).all():
             raise ValueError("patient_id must be a string and base_vector finite numbers")

@@ -1,4 +1,4 @@
-"""HTTP API: health, readiness, metrics, patients, state; served by a worker or a monitor.
+"""HTTP API: health, readiness, metrics, patients, state, artifacts; served by a worker or a monitor.
 
 Writes (register, change state, remove) are turned into events on the events topic, the same
 path a Kafka producer or the CLI takes, so they are validated, ordered per patient, durable and
@@ -69,6 +69,8 @@ def _event_from_body(body: dict, patient_id: str, typ: str, service: Frontend) -
     ev = parse_event(json.dumps(body), service.vocab)
     if ev.rhythm is not None and not service.settings.rhythm_layer:
         raise EventError("this deployment's rhythm layer is off (rhythm_layer): it draws no named rhythms")
+    if ev.artifact is not None and not service.settings.rhythm_layer:
+        raise EventError("this deployment's rhythm layer is off (rhythm_layer): it draws no artifacts")
     return ev
 
 
@@ -148,6 +150,12 @@ async def change_state(request: web.Request) -> web.Response:
     return await _send(request, request.match_info["pid"], "condition")
 
 
+async def add_artifact(request: web.Request) -> web.Response:
+    """``{"artifact": {"kind": "ma", "snr": 6, "duration": 20, "leads": ["II"]}}``, from the
+    body's ``effective_time`` or the next segment."""
+    return await _send(request, request.match_info["pid"], "artifact")
+
+
 async def delete_patient(request: web.Request) -> web.Response:
     return await _send(request, request.match_info["pid"], "remove")
 
@@ -188,6 +196,7 @@ def build_app(service: Frontend, hub: SubscriberHub | None = None) -> web.Applic
     app.router.add_get("/patients/{pid}", get_patient)
     app.router.add_delete("/patients/{pid}", delete_patient)
     app.router.add_post("/patients/{pid}/state", change_state)
+    app.router.add_post("/patients/{pid}/artifacts", add_artifact)
     return app
 
 

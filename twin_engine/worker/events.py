@@ -15,6 +15,8 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from models.conditions import CardiacState
+from models.rhythm.render import bank_seed
+from models.stress.artifacts import artifact
 from models.twin import TwinModel
 from stream.dead_letters import dead_letter_record
 from stream.events import Event, EventError, parse_event, state_to_dict
@@ -22,6 +24,7 @@ from stream.kafka.producer import QueuedProducer, delivered, is_final
 from twin_engine.config import Settings
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient, Registry, partition_of
+from twin_engine.registry.patient import ARTIFACTS_LIMIT
 from twin_engine.worker.clock import StreamClock
 from twin_engine.worker.publisher import Publisher
 from twin_engine.worker.references import References
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # after Kafka failed while a scheduled removal was written
 RHYTHM_NOT_DRAWN = "this patient's stream cannot draw named rhythms: {reason}"
+ARTIFACT_NOT_DRAWN = "this patient's stream cannot draw artifacts: {reason}"
 
 
 class EventHandler:
@@ -137,8 +141,28 @@ class EventHandler:
             await self._remove_event(ev, p)
         elif ev.patient_id in self.streams.held:
             raise EventError(f"patient {ev.patient_id!r} is held, not streamed: {self.streams.held[ev.patient_id]}")
+        elif ev.type == "artifact":
+            await self._artifact(ev, p)
         else:
             await self._change(ev, p)
+
+    async def _artifact(self, ev: Event, p: Patient) -> None:
+        """Schedule noise or an artifact from its effective time (or the next segment not yet
+        published); the segments made ahead are made again with it."""
+        stream = self.streams[ev.patient_id]
+        if not stream.draws_rhythms:  # its SNR is against the bank's QRS amplitude
+            raise EventError(ARTIFACT_NOT_DRAWN.format(reason=stream.rhythm_problem or "the rhythm layer is off"))
+        now = stream.start_time(p.next_seq)
+        if p.artifacts_after(now) >= ARTIFACTS_LIMIT:
+            raise EventError(f"patient {ev.patient_id!r} already has {ARTIFACTS_LIMIT} artifacts not yet over "
+                             "(the most one patient may have)")
+        at = now if ev.effective_time is None else max(now, ev.effective_time)
+        a = artifact({**ev.artifact, "at": at}, self.model.meta.leads, "artifact")
+        entry = {**a.to_dict(), "event_id": ev.event_id, "seed": bank_seed(ev.event_id)}
+        p.add_artifact(entry, now)
+        stream.artifacts_changed()
+        p.remember(ev.event_id)
+        await self._write(p)
 
     async def _change(self, ev: Event, p: Patient) -> None:
         stream = self.streams[ev.patient_id]

@@ -8,7 +8,14 @@ import asyncio
 
 from models.rhythm import MIT_RHYTHM, Beat, Episode
 from stream.kafka.producer import QueuedProducer, delivered
-from stream.segments import BeatsRecord, GroundTruth, RhythmRecord, Segment, annotation
+from stream.segments import (
+    ArtifactRecord,
+    BeatsRecord,
+    GroundTruth,
+    RhythmRecord,
+    Segment,
+    annotation,
+)
 from twin_engine.config import KafkaConfig
 from twin_engine.crash_points import crash_point
 from twin_engine.metrics import Metrics
@@ -60,8 +67,10 @@ class Publisher:
         name, since = p.published_rhythm
         return await self.annotate(p, RhythmRecord(p.patient_id, name, MIT_RHYTHM.get(name, ""), since, end_time))
 
-    async def _truth(self, p: Patient, seg: Segment, beats: list[Beat], episodes: list[Episode]) -> list:
-        """The rhythm episodes the segment opens (closing the one before) and its beats."""
+    async def _truth(self, p: Patient, seg: Segment, beats: list[Beat], episodes: list[Episode],
+                     artifacts: list[ArtifactRecord] = ()) -> list:
+        """The rhythm episodes the segment opens (closing the one before), the artifacts that begin
+        in it, and its beats."""
         futures = []
         for e in sorted(episodes, key=lambda e: e.start):
             if p.published_rhythm is not None and p.published_rhythm[0] == e.rhythm:
@@ -73,10 +82,10 @@ class Publisher:
         n = len(seg.samples)
         marks = tuple((min(n - 1, max(0, int(round((b.time - seg.start_time) * seg.fs)))), b.symbol) for b in beats)
         futures.append(await self.annotate(p, BeatsRecord(p.patient_id, seg.seq, seg.start_time, seg.fs, marks)))
-        return futures
+        return futures + [await self.annotate(p, a) for a in artifacts]
 
     async def publish(self, p: Patient, seg: Segment, change: StateChange | None,
-                      truth: tuple[list[Beat], list[Episode]] | None = None) -> None:
+                      truth: tuple[list[Beat], list[Episode], list[ArtifactRecord]] | None = None) -> None:
         """Out once this returns: the segment, its annotations and the stream position are all
         acknowledged by the broker. If any is not, this raises; the stream puts its position back
         (``Patient.set_position``) and sends the segment again (at least once), rather than
@@ -90,7 +99,7 @@ class Publisher:
             p.published_event_id, p.published_state, p.published_since = seg.event_id, seg.state, seg.start_time
             futures.append(await self.annotate(p, annotation(p.patient_id, seg.event_id, seg.state,
                                                                seg.start_time, seg.seq)))
-        if truth is not None:  # drawn by the rhythm layer: its beats and episodes
+        if truth is not None:  # drawn by the rhythm layer: its beats, episodes and artifacts
             futures += await self._truth(p, seg, *truth)
         futures.append(await self.producer.send(self.topics.topic_segments, seg.to_json(), key=p.patient_id.encode()))
         crash_point("segment-sent")

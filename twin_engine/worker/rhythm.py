@@ -53,6 +53,7 @@ class StreamRhythm:
         self._saved = saved
         self._banks: OrderedDict[str, BeatBank] = OrderedDict()
         self.track: RhythmTrack | None = None
+        self.qrs_power: np.ndarray | None = None  # per lead, of the bank the last window was drawn from
 
     async def _bank(self, state: CardiacState, due: float) -> BeatBank:
         key = look_key(state)
@@ -99,4 +100,5 @@ class StreamRhythm:
             self.track.asked = asked
         x, beats, episodes = self.track.window(t0, n)
         self.track.schedule.forget(t0 - 60.0)  # the record a segment carries stays small
+        self.qrs_power = bank.scale.astype(np.float64) ** 2 / 8.0  # nst's S: (QRS peak-to-peak)^2 / 8
         return x, beats, episodes

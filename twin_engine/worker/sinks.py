@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from models.rhythm.annotations import write_rows
-from stream.segments import GAIN, BeatsRecord, GroundTruth, RhythmRecord, Segment
+from stream.segments import GAIN, ArtifactRecord, BeatsRecord, GroundTruth, RhythmRecord, Segment
 
 
 def record_name(patient_id: str) -> str:
@@ -41,7 +41,8 @@ class WfdbSink:
     """Writes each patient's stream as a WFDB record (``<pid>.hea/.dat``) plus an annotation file
     (``.atr``) in MIT-BIH's codes that ``bxb`` and ``epicmp`` read: every beat (N, V, A, F, /, Q)
     and a '+' rhythm change with its aux note ((N, (AFIB, (VT, ...) where each rhythm episode
-    begins (streams the rhythm layer draws); the state changes go to ``.state`` (a '+' each, its
+    begins (streams the rhythm layer draws), and a noise annotation ('~', its kind, SNR and leads;
+    '~ clean' where it ends) for each artifact; the state changes go to ``.state`` (a '+' each, its
     statements and rate: not rhythm codes, kept apart from them). Samples go to the ``.dat`` file as
     they are published, so a run of days holds only a few numbers per patient in memory (it held
     every segment until shutdown: 2 GB an hour at 100 patients); header and annotations are
@@ -82,6 +83,12 @@ class WfdbSink:
         if isinstance(ann, BeatsRecord):
             self._starts.setdefault(ann.patient_id, ann.start_time - at / ann.fs)
             notes["atr"] += [(at + i, sym, "") for i, sym in ann.beats]
+        elif isinstance(ann, ArtifactRecord):  # a noise annotation where it begins and where it ends
+            start = self._starts.get(ann.patient_id)
+            fs = r.fs if r is not None else None
+            if start is not None and fs is not None:
+                notes["atr"] += [(max(at, int(round((ann.start_time - start) * fs))), "~", ann.aux),
+                                 (int(round((ann.end_time - start) * fs)), "~", "clean")]
         elif isinstance(ann, RhythmRecord):
             if ann.end_time is None:  # where it begins, which may be inside the segment to come
                 start = self._starts.get(ann.patient_id)

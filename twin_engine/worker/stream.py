@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +28,9 @@ from models.conditions import CardiacState
 from models.rhythm import Beat, Episode, Rhythm
 from models.rhythm.render import BankError
 from models.rhythm.track import RhythmTrack
+from models.stress.artifacts import Artifact, ArtifactError, Drawn
 from stream.events import state_to_dict
-from stream.segments import Segment
+from stream.segments import ArtifactRecord, Segment
 from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient
 from twin_engine.worker.batcher import MicroBatcher
@@ -57,20 +59,22 @@ class Pending:
     # what the model's last window produced beyond this segment, continuing it in the same
     # state: the next segment starts from it instead of discarding a third of every window
     spare: np.ndarray | None = None
-    # drawn by the rhythm layer: its ground truth, and the track once it is out
-    truth: tuple[list[Beat], list[Episode]] | None = None
+    # drawn by the rhythm layer: its ground truth (beats, rhythm episodes, the artifacts that
+    # begin in it), and the track once it is out
+    truth: tuple[list[Beat], list[Episode], list[ArtifactRecord]] | None = None
     track: RhythmTrack | None = None
 
 
-PublishFn = Callable[[Patient, Segment, StateChange | None, tuple[list[Beat], list[Episode]] | None],
-                    Awaitable[None]]
+PublishFn = Callable[[Patient, Segment, StateChange | None,
+                     tuple[list[Beat], list[Episode], list[ArtifactRecord]] | None], Awaitable[None]]
 
 
 class PatientStream:
     def __init__(self, patient: Patient, *, clock: StreamClock, batcher: MicroBatcher, fs: int,
                  segment_samples: int, context_samples: int, lookahead: int, leads: tuple[str, ...],
                  model_version: str, publish: PublishFn, metrics: Metrics,
-                 on_end: Callable[[], None] | None = None, rhythm: StreamRhythm | None = None) -> None:
+                 on_end: Callable[[], None] | None = None, rhythm: StreamRhythm | None = None,
+                 nstdb: Path | None = None) -> None:
         self.p = patient
         # the rhythm layer draws the segments (None: off, or ``rhythm_problem`` says why not)
         self.rhythm = rhythm
@@ -88,6 +92,8 @@ class PatientStream:
         # which state each segment is in (its start time: this stream's, whose origin may move)
         self.timeline = Timeline((patient.cardiac_state, patient.state_event_id), self.start_time, self.seconds)
         self.base = patient.base()  # fixed for the stream's life: re-registration starts a new one
+        self.nstdb = nstdb
+        self._drawn: dict[str, Drawn | None] = {}  # each artifact made once (None: it could not be)
         # the stream task's one alarm: a state change, a moved end or stop; ``_stale`` says the
         # segments made ahead are in an old state
         self._wake = asyncio.Event()
@@ -157,6 +163,38 @@ class PatientStream:
         self._wake.set()
         return at
 
+    def artifacts_changed(self) -> None:
+        """An artifact was scheduled: the segments made ahead are made again with it."""
+        self._stale = True
+        self._wake.set()
+
+    def _artifacts(self, x: np.ndarray, t0: float) -> tuple[np.ndarray, list[ArtifactRecord]]:
+        """``x`` (the window from stream time ``t0``) with the patient's artifacts drawn on it, and
+        the records of those that begin in it."""
+        end, opened = t0 + len(x) / self.fs, []
+        for entry in self.p.artifacts:
+            if entry["end"] <= t0 or entry["start"] >= end:
+                continue
+            key = entry["event_id"]
+            if key not in self._drawn:
+                try:
+                    self._drawn[key] = Drawn(Artifact.from_dict(entry), self.fs, self.rhythm.qrs_power,
+                                             int(entry["seed"]), self.nstdb)
+                except ArtifactError as exc:  # a damaged record, or NSTDB noise without its folder
+                    log.error("%s: artifact %s not drawn: %s", self.p.patient_id, key, exc)
+                    self._drawn[key] = None
+            drawn = self._drawn[key]
+            if drawn is None:
+                continue
+            x = drawn.draw(x, t0).astype(np.float32)
+            if t0 <= entry["start"] < end:
+                a = drawn.a
+                opened.append(ArtifactRecord(self.p.patient_id, key, a.kind, a.start, a.end,
+                                             None if a.leads is None else tuple(self.leads[i] for i in a.leads), a.snr))
+        live = {e["event_id"] for e in self.p.artifacts}
+        self._drawn = {k: v for k, v in self._drawn.items() if k in live}
+        return x, opened
+
     @property
     def draws_rhythms(self) -> bool:
         """Whether the stream draws named rhythms (the rhythm layer on, and able to)."""
@@ -186,8 +224,9 @@ class PatientStream:
                 x, beats, episodes = await self.rhythm.window(self.start_time(seq), self.n, state, event_id,
                                                               self.named_rhythm(event_id),
                                                               self.clock.due(self.start_time(seq)))
+                x, opened = self._artifacts(x, self.start_time(seq))
                 return Pending(seq, x, state, event_id, extend_tail(tail, x, self.context), None,
-                               (beats, episodes), self.rhythm.track.copy())
+                               (beats, episodes, opened), self.rhythm.track.copy())
             except BankError as exc:
                 self.rhythm_problem = str(exc)
                 log.warning("%s: no rhythm layer, the model's own windows instead: %s", self.p.patient_id, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 from models.twin import TwinModel
 from twin_engine.config import Settings
@@ -61,7 +62,7 @@ class Streams(Mapping[str, PatientStream]):
             model_version=meta.version, publish=self.publisher.publish, metrics=self.metrics,
             on_end=lambda: self.on_end(p.patient_id),
             rhythm=StreamRhythm(p.patient_id, p.base(), meta.fs, self.batcher.submit, p.rhythm_state)
-            if s.rhythm_layer else None)
+            if s.rhythm_layer else None, nstdb=Path(s.data_dir) / "nstdb")
         self.live[p.patient_id] = stream
         self.held.pop(p.patient_id, None)
         stream.start()
