@@ -21,6 +21,11 @@ Annotation values, told apart by ``kind`` (a record without one is a state inter
   re-sent with ``end_time`` when it closes.
     {"schema_version": 1, "kind": "rhythm", "patient_id": "bed-7", "rhythm": "vt", "aux": "(VT",
      "start_time": 1764081030.2, "end_time": null}
+- ``artifact``: noise or an artifact on the stream (``models.stress.artifacts``), sent with the
+  segment it begins in; its end is known then.
+    {"schema_version": 1, "kind": "artifact", "patient_id": "bed-7", "event_id": "e-43",
+     "artifact": "ma", "start_time": 1764081040.0, "end_time": 1764081060.0, "leads": ["II"],
+     "snr_db": 6}
 """
 
 from __future__ import annotations
