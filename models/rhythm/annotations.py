@@ -1,6 +1,6 @@
 """Ground truth as a WFDB annotation file, in MIT-BIH's codes: a beat annotation per beat (N, V,
 A, F, /, Q) and a rhythm-change annotation (``+`` with its aux note: ``(N``, ``(AFIB``, ``(VT``,
-...) where each episode begins, which ``wfdb.rdann`` and PhysioNet's ``bxb`` and ``epicmp`` read."""
+``(P`` for paced rhythm, ...) where each episode begins, which ``wfdb.rdann`` and PhysioNet's ``bxb`` and ``epicmp`` read."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import wfdb
 from models.rhythm.beats import BEAT_SYMBOLS, MIT_KIND, MIT_RHYTHM, Beat, Episode
 
 AUX_RHYTHM = {v: k for k, v in MIT_RHYTHM.items() if k in ("sinus", "sinus_brady", "afib", "aflutter", "bigeminy",
-                                                           "trigeminy", "svt", "vt", "asystole", "vf")}
+                                                           "trigeminy", "svt", "vt", "asystole", "vf",
+                                                           "paced")}
 
 
 def write_annotations(record_name: str, out_dir: Path, fs: float, start: float, beats: Sequence[Beat],

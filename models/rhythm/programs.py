@@ -182,6 +182,11 @@ def vt(r: Rhythm, since: float, last: Beat | None, recent: Sequence[str], rng: n
     return Beat(since + r.rr * (1.0 + 0.02 * rng.standard_normal()), "V")
 
 
+def paced(r: Rhythm, since: float, last: Beat | None, recent: Sequence[str], rng: np.random.Generator) -> Beat:
+    """Ventricular pacing (VVI) at a fixed rate: every beat paced, exactly on time."""
+    return Beat(since + r.rr, "P")
+
+
 def svt(r: Rhythm, since: float, last: Beat | None, recent: Sequence[str], rng: np.random.Generator) -> Beat:
     """A regular narrow-complex tachycardia (re-entrant: next to no rate variability)."""
     return Beat(since + r.rr * (1.0 + 0.003 * rng.standard_normal()), "N")
@@ -221,6 +226,7 @@ RHYTHMS: dict[str, Spec] = {
     "pvc": Spec(pvc, {"rate": 75.0, "pattern": "isolated", "probability": 0.1, "coupling": 0.7},
                 {**_ECTOPY, "pattern": ("isolated", "couplet", "bigeminy", "trigeminy")}),
     "pac": Spec(pac, {"rate": 75.0, "probability": 0.1, "coupling": 0.7}, _ECTOPY),
+    "paced": Spec(paced, {"rate": 70.0}, {"rate": (30.0, 180.0), "duration": (1.0, 86400.0)}),
     "svt": Spec(svt, {"rate": 200.0}, {"rate": (150.0, 250.0), "duration": (1.0, 86400.0)}),
     "vt": Spec(vt, {"rate": 180.0}, {"rate": (100.0, 250.0), "duration": (1.0, 86400.0)}),
     "pause": Spec(pause, {"duration": 3.0}, {"duration": (1.5, 12.0)}, one_beat=True),

@@ -31,13 +31,18 @@ from models.rhythm.beats import Beat, Episode
 PRE_S, POST_S = 0.30, 0.50  # a beat's extent about its R peak, as cut (P onset to T end at 75 bpm)
 QRS_BEFORE_S, QRS_AFTER_S = 0.06, 0.08  # kept as they are at every rate; the rest is warped
 TAPER_S = 0.03
+P_FADE_S = 0.04  # a beat drawn without its P wave fades in over this before its QRS
 BANK_RATE = 75.0  # the model's rate error is smallest at 60-80 bpm (docs/EVALUATION.md: within 1.3)
 # the longest a placed beat reaches about its R (at the slowest rates the warp stretches the T)
 REACH_BEFORE_S, REACH_AFTER_S = 0.32, 0.70
 LEAD_II = 1
 # rhythms whose conducted beats show no P wave of their own (f or flutter waves instead, or
 # none to see: in a regular tachycardia above 180 it is buried in the T wave)
-NO_P_WAVES = frozenset({"afib", "aflutter", "svt", "vt"})
+NO_P_WAVES = frozenset({"afib", "aflutter", "svt", "vt", "paced"})
+# a pacing pulse (IEC 60601-2-27: 2-700 mV, 0.1-2 ms) is far shorter than a 250 Hz sample: it is
+# drawn as the footprint a band-limited monitor shows, a biphasic blip of PACE_SPIKE times the
+# lead's QRS height at the stimulus, PACE_LEAD_S before the paced beat's R peak
+PACE_SPIKE, PACE_LEAD_S = 0.5, 0.09
 
 
 class BankError(ValueError):
@@ -160,13 +165,13 @@ def qrs_width(beat: np.ndarray, fs: int) -> float:
 
 def ventricular(beat: np.ndarray, fs: int, width_s: float = 0.16) -> np.ndarray:
     """A wide-complex (ventricular) beat derived from a normal one: no P wave, the QRS stretched
-    to about ``width_s`` (at least 1.2 times its own width: a bundle-branch block's is already
-    wide), and a T wave opposite the QRS's main deflection in each lead (secondary ST-T change).
+    to about ``width_s`` (by 1.2-2 times its own width: a bundle-branch block's is already wide;
+    a narrow one stretched more became a smooth hump XQRS missed), and a T wave opposite the QRS's main deflection in each lead (secondary ST-T change).
     Not learned: the PTB-XL model renders PVCs too weakly (docs/EVALUATION.md, judge AUROC 0.72)
     to cut them from its windows."""
     r, n = int(round(PRE_S * fs)), len(beat)
     own = qrs_width(beat, fs)
-    k = float(np.clip(width_s / own, 1.2, 2.4))
+    k = float(np.clip(width_s / own, 1.2, 2.0))
     half = int(round(max(0.05, own / 2 + 0.01) * fs))
     qrs = beat[r - half:r + half + 1]
     t = (np.arange(n) - r) / fs
@@ -184,16 +189,18 @@ def ventricular(beat: np.ndarray, fs: int, width_s: float = 0.16) -> np.ndarray:
 
 
 def _warp(tau: np.ndarray, rr: float, bank_rr: float, with_p: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Template time for each output time ``tau`` (seconds from R) at RR ``rr``, and a mask of
-    where the beat is drawn. After the QRS time runs sqrt(RR) fast (Bazett), limited so that the
+    """Template time for each output time ``tau`` (seconds from R) at RR ``rr``, and the weight
+    the beat is drawn with there (0 outside it; without a P wave, 0 before the QRS). After the QRS time runs sqrt(RR) fast (Bazett), limited so that the
     T wave ends before the next QRS at fast rates; the P wave and PR shorten less."""
     k = min(math.sqrt(rr / bank_rr), max(0.25, (0.85 * rr - QRS_AFTER_S) / (POST_S - QRS_AFTER_S)),
             (REACH_AFTER_S - QRS_AFTER_S) / (POST_S - QRS_AFTER_S))
     kp = max(0.55, min(1.0, math.sqrt(rr / bank_rr)))
     u = np.where(tau > QRS_AFTER_S, QRS_AFTER_S + (tau - QRS_AFTER_S) / k,
                  np.where(tau < -QRS_BEFORE_S, -QRS_BEFORE_S + (tau + QRS_BEFORE_S) / kp, tau))
-    lo = -PRE_S if with_p else -QRS_BEFORE_S
-    return u, (u >= lo) & (u <= POST_S)
+    weight = ((u >= -PRE_S) & (u <= POST_S)).astype(np.float64)
+    if not with_p:  # faded in over the 40 ms before the QRS: a hard cut there made a step
+        weight *= np.clip((u + QRS_BEFORE_S + P_FADE_S) / P_FADE_S, 0.0, 1.0)
+    return u, weight
 
 
 def _stream_rng(seed: int, t: float) -> np.random.Generator:
@@ -253,7 +260,9 @@ class BeatRenderer:
             # the stream's first beat is drawn at the bank's own RR (what follows it may not be
             # known yet: the same sample values however the stream is cut)
             rr = b.time - beats[i - 1].time if i > 0 else self.bank_at(b.time).rr
-            atrial = b.kind in ("N", "S", "Q") and not any(lo <= b.time < hi for lo, hi in no_p)
+            # a ventricular (or paced) template has no P wave and its wide QRS begins early: drawn whole
+            atrial = b.kind in ("N", "S", "Q", "V", "P") and not (
+                b.kind in ("N", "S", "Q") and any(lo <= b.time < hi for lo, hi in no_p))
             self._add_beat(out, t0, b, rr, atrial)
         for e in episodes:
             self._add_episode(out, times, e)
@@ -279,6 +288,11 @@ class BeatRenderer:
         wave = _interpolate(tpl, u * fs + bank.r)
         gain = 1.0 + 0.04 * rng.standard_normal()  # beat-to-beat amplitude (respiration, position)
         out[lo:hi] += (gain * wave * drawn[:, None]).astype(np.float32)
+        if b.kind == "P":  # the stimulus: its sample and the next (the amplifier's recovery)
+            at = int(round((b.time - PACE_LEAD_S) * fs)) - int(round(t0 * fs))
+            for i, h in ((at, 1.0), (at + 1, -0.3)):
+                if 0 <= i < len(out):
+                    out[i] += (PACE_SPIKE * h * bank.scale).astype(np.float32)
 
     def _add_episode(self, out: np.ndarray, times: np.ndarray, e: Episode) -> None:
         end = math.inf if e.end is None else e.end

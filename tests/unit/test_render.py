@@ -40,7 +40,8 @@ def _stream(bank: BeatBank, rhythm: Rhythm, seconds: float, window: float, seed:
 
 @pytest.mark.parametrize("rhythm", [Rhythm("sinus", rate=40), Rhythm("sinus", rate=75), Rhythm("sinus_tachy", rate=150),
                                     Rhythm("svt", rate=220), Rhythm("afib", rate=110),
-                                    Rhythm("pvc", pattern="bigeminy", rate=70), Rhythm("vt", rate=200)])
+                                    Rhythm("pvc", pattern="bigeminy", rate=70), Rhythm("vt", rate=200),
+                                    Rhythm("paced", rate=70)])
 def test_the_schedule_is_detected_back_by_xqrs(bank, rhythm):
     x, beats = _stream(bank, rhythm, 60.0, 2.0)
     ref = np.array([round(b.time * FS) for b in beats])
@@ -51,14 +52,26 @@ def test_the_schedule_is_detected_back_by_xqrs(bank, rhythm):
     assert abs(rate - rhythm.validated().rate) <= 2.0
 
 
-def test_cuts_change_neither_samples_nor_beats(bank):
-    r = Rhythm("pvc", pattern="trigeminy", rate=90)
+@pytest.mark.parametrize("r", [Rhythm("pvc", pattern="trigeminy", rate=90), Rhythm("paced", rate=120)])
+def test_cuts_change_neither_samples_nor_beats(bank, r):
+    # paced beats fall exactly on samples (120 bpm: every 125th): where a hard edge once made seams differ
     one, b1 = _stream(bank, r, 20.0, 20.0)
     for window in (1.0, 0.348):  # seams everywhere, also mid-QRS
         x, b = _stream(bank, r, 20.0, window)
         np.testing.assert_allclose(x, one, atol=1e-5)
         assert [(q.time, q.kind) for q in b] == [(q.time, q.kind) for q in b1]  # none lost, none doubled
     assert len({q.time for q in b1}) == len(b1)
+
+
+def test_paced_beats_are_regular_with_a_pacing_spike_before_each(bank):
+    from models.rhythm.render import PACE_LEAD_S
+
+    x, beats = _stream(bank, Rhythm("paced", rate=75), 20.0, 1.0)
+    assert {b.kind for b in beats} == {"P"} and np.allclose(np.diff([b.time for b in beats]), 0.8)
+    for b in beats[1:-1]:
+        at = int(round((b.time - PACE_LEAD_S) * FS))
+        jump = np.abs(np.diff(x[at - 3:at + 3, 1])).max()
+        assert jump > 2 * np.abs(np.diff(x[at - 12:at - 4, 1])).max()  # a step far steeper than the ECG around it
 
 
 def test_vf_has_no_beats_and_asystole_is_flat(bank):
