@@ -198,8 +198,13 @@ class ArtifactRecord:
     @property
     def aux(self) -> str:
         """The aux note of its noise annotation (``~``) in a WFDB annotation file."""
-        level = "" if self.snr_db is None else f" {self.snr_db:g}dB"
-        return f"{self.artifact}{level} {'all' if self.leads is None else ','.join(self.leads)}"
+        return noise_note(self.artifact, self.snr_db, self.leads)
+
+
+def noise_note(kind: str, snr_db: float | None, leads: tuple[str, ...] | None) -> str:
+    """The aux note of an artifact's noise annotation (``~``): ``ma 6dB II,V1``, ``lead_off all``."""
+    level = "" if snr_db is None else f" {snr_db:g}dB"
+    return f"{kind}{level} {'all' if leads is None else ','.join(leads)}"
 
 
 GroundTruth = Annotation | BeatsRecord | RhythmRecord | ArtifactRecord

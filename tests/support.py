@@ -22,6 +22,19 @@ RECORDS = ["ptbxl-subset/records250/00000/00024_250", "ptbxl-subset/records250/0
            "ptbxl-subset/records250/00000/00055_250"]
 
 
+def mitdb_minute(data_dir, record: str = "100"):
+    """The first minute of a shared MIT-BIH record: (samples (n, 2) in mV, its normal beats'
+    sample indices, fs)."""
+    import numpy as np
+    import wfdb
+
+    path = str(data_dir / "mitdb" / record)
+    rec = wfdb.rdrecord(path, sampto=360 * 60)
+    ann = wfdb.rdann(path, "atr", sampto=360 * 60)
+    beats = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym == "N"])
+    return rec.p_signal, beats, float(rec.fs)
+
+
 def service_settings(broker, prefix: str, **kw):
     """Settings on the test broker; the rhythm layer off unless asked for (the tiny model's
     windows have no beats to draw: its streams would ask for a bank first, then fall back)."""

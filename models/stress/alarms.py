@@ -93,12 +93,17 @@ def conditions(times: Sequence[float], end: float, kinds: Sequence[str] | None =
 
 @dataclass(frozen=True)
 class AlarmScore:
-    """True alarms raised and missed, false alarms, and the delays (s) of those raised."""
+    """True alarms raised and missed, the onsets (s) of false ones, and the delays (s) of those
+    raised."""
 
     raised: int
     missed: int
-    false: int
+    false_at: tuple[float, ...] = ()
     delays: tuple[float, ...] = ()
+
+    @property
+    def false(self) -> int:
+        return len(self.false_at)
 
     def to_dict(self) -> dict:
         return {"raised": self.raised, "missed": self.missed, "false": self.false,
@@ -115,7 +120,7 @@ def score_alarms(truth: Sequence[Interval], found: Sequence[Interval], vf: Seque
         used.update(hits)
         if hits:
             delays.append(min(found[i][0] for i in hits) - a)
-    false = sum(1 for i, (f, _) in enumerate(found) if i not in used and not in_vf(f, vf))
+    false = tuple(f for i, (f, _) in enumerate(found) if i not in used and not in_vf(f, vf))
     return AlarmScore(len(delays), len(truth) - len(delays), false, tuple(round(d, 3) for d in delays))
 
 

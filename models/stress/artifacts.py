@@ -21,14 +21,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import wfdb
-from scipy.signal import firwin, resample_poly
+from scipy.signal import firwin
 
-from models.stress.noise import NOISE_RECORDS, TRIM, NoiseError, noise_power, qrs_power
+from models.stress.noise import (
+    NOISE_RECORDS,
+    TRIM,
+    NoiseError,
+    noise_power,
+    noise_record,
+    qrs_power,
+)
 
 RAIL = 32.767  # the 16-bit stream's largest value (stream.segments.GAIN = 1000 per unit)
 
@@ -59,11 +64,12 @@ class Artifact:
     snr: float | None = None
     params: tuple[tuple[str, object], ...] = ()
 
-    def param(self, name: str) -> object:
-        return dict(self.params).get(name, KINDS[self.kind].defaults.get(name))
+    def named_leads(self, lead_names: tuple[str, ...]) -> tuple[str, ...] | None:
+        """Its leads by name (None: every lead)."""
+        return None if self.leads is None else tuple(lead_names[i] for i in self.leads)
 
     def to_dict(self, lead_names: tuple[str, ...] | None = None) -> dict:
-        leads = None if self.leads is None else [lead_names[i] if lead_names else i for i in self.leads]
+        leads = None if self.leads is None else list(self.named_leads(lead_names) if lead_names else self.leads)
         return {"kind": self.kind, "start": self.start, "end": self.end, "leads": leads, "snr_db": self.snr,
                 **dict(self.params)}
 
@@ -84,15 +90,10 @@ BLOCK = 256  # EMG's white noise comes in blocks of this many samples, each seed
 
 
 def _nstdb_record(nstdb: Path, kind: str, fs: float) -> np.ndarray:
-    """A whole NSTDB noise record at ``fs`` (cached: read once per process)."""
+    """A whole NSTDB noise record at ``fs`` (``noise.noise_record``, cached: read once per process)."""
     key = (str(nstdb), kind, float(fs))
     if key not in _NSTDB_CACHE:
-        r = wfdb.rdrecord(str(Path(nstdb) / NOISE_RECORDS[kind]))
-        x = r.p_signal.astype(np.float64)
-        if abs(r.fs - fs) > 1e-6:
-            ratio = Fraction(float(fs) / r.fs).limit_denominator(1000)
-            x = resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
-        _NSTDB_CACHE[key] = x.astype(np.float32)
+        _NSTDB_CACHE[key] = noise_record(nstdb, kind, fs).astype(np.float32)
     return _NSTDB_CACHE[key]
 
 
@@ -150,18 +151,17 @@ class Drawn:
             self._calibrate(k, float(artifact.snr))
 
     def _calibrate(self, k: int, snr: float) -> None:
-        """Each lead's gain for ``snr``: N over the whole interval, a minute at a time."""
+        """Each lead's gain for ``snr``: N over the whole interval (one-second RMS about each
+        second's own mean, so the interval's mean does not enter it), a minute at a time."""
         step, rms, total = int(60 * self.fs), [], np.zeros(k)
         one = int(self.fs)
         for i0 in range(0, self.n, step):
             w = self.raw(i0, min(step, self.n - i0))
             total += w.sum(axis=0)
-        self.mean = total / max(1, self.n)
-        for i0 in range(0, self.n, step):
-            w = self.raw(i0, min(step, self.n - i0)) - self.mean
             for c in range(0, len(w) - one + 1 if len(w) >= one else 1, one):
                 chunk = w[c:c + one]
                 rms.append(np.sqrt(np.mean((chunk - chunk.mean(axis=0)) ** 2, axis=0)))
+        self.mean = total / max(1, self.n)
         if not rms:
             return
         r = np.sort(np.stack(rms), axis=0)

@@ -16,6 +16,7 @@ streams see minutes of noise, not the record's first five). ``em`` is only 10 s 
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,8 @@ def snr_db(clean: np.ndarray, added: np.ndarray, beats: np.ndarray, fs: float) -
     return 10.0 * np.log10(qrs_power(clean, beats, fs) / noise_power(added, fs))
 
 
-def read_noise(nstdb: Path, kind: str, fs: float, seconds: float, seed: int = 0) -> np.ndarray:
-    """``seconds`` of NSTDB noise of ``kind`` (bw, ma, em), both its leads, at ``fs``; a seeded
-    start within the record, looped past its end.
+def noise_record(nstdb: Path, kind: str, fs: float) -> np.ndarray:
+    """The whole NSTDB noise record of ``kind`` (bw, ma, em) at ``fs``.
 
     Returns:
         (samples, 2) float64 in mV (em: its one lead twice).
@@ -74,10 +74,19 @@ def read_noise(nstdb: Path, kind: str, fs: float, seconds: float, seed: int = 0)
     if x.shape[1] == 1:
         x = np.repeat(x, 2, axis=1)
     if abs(rec.fs - fs) > 1e-6:
-        from fractions import Fraction
-
         ratio = Fraction(float(fs) / rec.fs).limit_denominator(1000)
         x = resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
+    return x
+
+
+def read_noise(nstdb: Path, kind: str, fs: float, seconds: float, seed: int = 0) -> np.ndarray:
+    """``seconds`` of NSTDB noise of ``kind`` (bw, ma, em), both its leads, at ``fs``; a seeded
+    start within the record, looped past its end.
+
+    Returns:
+        (samples, 2) float64 in mV (em: its one lead twice).
+    """
+    x = noise_record(nstdb, kind, fs)
     need = int(round(seconds * fs))
     start = int(np.random.default_rng(seed).integers(0, len(x)))
     idx = (start + np.arange(need)) % len(x)

@@ -33,7 +33,7 @@ class Record:
     name: str
     signal: np.ndarray
     fs: float
-    lead: int
+    lead: str  # the lead's name
     beats: np.ndarray  # true beat times (s)
     kinds: list[str]
     vf: list[tuple[float, float]]
@@ -52,7 +52,7 @@ def read_record(folder: Path, entry: dict, lead: str = "II") -> Record:
     beats, episodes = read_annotations(path)
     end = len(rec.p_signal) / rec.fs
     vf = [(e.start, end if e.end is None else e.end) for e in episodes if e.rhythm == "vf"]
-    return Record(entry["record"], rec.p_signal[:, j].astype(np.float64), float(rec.fs), j,
+    return Record(entry["record"], rec.p_signal[:, j].astype(np.float64), float(rec.fs), lead,
                   np.array([b.time for b in beats]), [b.kind for b in beats], vf, entry)
 
 
@@ -61,16 +61,10 @@ def noise_at(record: Record, t: float, before: float = 0.0) -> str:
     ``kind|snr`` (``kind`` for one without an SNR) of the last artifact begun, or ``clean``."""
     label = "clean"
     for a in record.truth.get("artifacts", []):
-        on_lead = a["leads"] is None or _lead_name(record) in a["leads"]
+        on_lead = a["leads"] is None or record.lead in a["leads"]
         if on_lead and a["start"] <= t and t - before < a["end"]:
             label = a["kind"] if a["snr_db"] is None else f"{a['kind']}|{a['snr_db']:g}"
     return label
-
-
-def _lead_name(record: Record) -> str:
-    from models.data.ptbxl import LEADS
-
-    return LEADS[record.lead]
 
 
 def score_record(record: Record, detect: PythonDetector | CommandDetector, learning_s: float = LEARNING_S) -> dict:
@@ -93,15 +87,16 @@ def score_record(record: Record, detect: PythonDetector | CommandDetector, learn
     keep_ref = (record.beats >= learning_s) & (record.beats < end - 0.3)
     keep_test = (found >= learning_s - w) & (found < end - 0.3 + w)
     ref, test = record.beats[keep_ref], found[keep_test]
-    labels = {t: noise_at(record, t) for t in ref}
+    labels = [noise_at(record, t) for t in ref]
+    test_labels = [noise_at(record, t) for t in test]
     beats: dict[str, BeatScore] = {"all": score_beats(np.round(ref * fs), np.round(test * fs), fs)}
     if kinds is not None:  # a beat classifier: EC57's VEB and SVEB figures as well
         classes = score_classes(np.round(ref * fs), list(np.asarray(record.kinds)[keep_ref]), np.round(test * fs),
                                 list(np.asarray(kinds)[keep_test]), fs)
         beats.update({f"{k}:all": v for k, v in classes.items()})
-    for label in sorted(set(labels.values()) | {noise_at(record, t) for t in test}):
-        r = np.array([t for t in ref if labels[t] == label])
-        d = np.array([t for t in test if noise_at(record, t) == label])
+    for label in sorted(set(labels) | set(test_labels)):
+        r = np.array([t for t, lab in zip(ref, labels, strict=True) if lab == label])
+        d = np.array([t for t, lab in zip(test, test_labels, strict=True) if lab == label])
         beats[label] = score_beats(np.round(r * fs), np.round(d * fs), fs)
     truth_c = al.conditions(record.beats, end, record.kinds, record.vf)
     found_c = al.conditions(found, end)
@@ -113,12 +108,10 @@ def score_record(record: Record, detect: PythonDetector | CommandDetector, learn
             continue
         got = [iv for iv in found_c[name] if iv[0] >= learning_s]
         s = al.score_alarms(true_iv, got, record.vf)
-        false_at = [f for f, _ in got if not any(a - al.GRACE_S <= f <= b + al.GRACE_S for a, b in true_iv)
-                    and not al.in_vf(f, record.vf)]
         alarms[name] = {**s.to_dict(), "delays": list(s.delays),
                         # an alarm is blamed on an artifact that covered the lead over the beats it read
                         "false_at": [{"time": round(f, 2), "noise": noise_at(record, f, al.LOOKBACK_S)}
-                                     for f in false_at]}
+                                     for f in s.false_at]}
         episodes[name] = al.score_episodes(true_iv, got)
     steps = []
     changes = record.truth.get("changes", [])

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import wfdb
 
 from models.data.ptbxl import LEADS
 from models.stress.artifacts import KINDS, RAIL, ArtifactError, Drawn, apply, artifact
 from models.stress.noise import qrs_power, snr_db
 from stream.segments import GAIN, quantize
+from tests.support import mitdb_minute
 
 
 @pytest.fixture(scope="module")
 def clean(data_dir):
     """60 s of MIT-BIH 100's two leads, at 360 Hz, as 12 leads (every lead a copy), with its beats."""
-    path = str(data_dir / "mitdb" / "100")
-    rec = wfdb.rdrecord(path, sampto=360 * 60)
-    ann = wfdb.rdann(path, "atr", sampto=360 * 60)
-    beats = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym == "N"])
-    return np.tile(rec.p_signal, (1, 6)).astype(np.float32), beats, float(rec.fs)
+    x, beats, fs = mitdb_minute(data_dir)
+    return np.tile(x, (1, 6)).astype(np.float32), beats, fs
 
 
 ADDITIVE = sorted(k for k, v in KINDS.items() if v.additive)

@@ -7,20 +7,17 @@ import sys
 
 import numpy as np
 import pytest
-import wfdb
 
 from models.stress.detectors import CommandDetector, DetectorError, PythonDetector, detector
 from models.stress.noise import NoiseError, add_noise, read_noise, snr_db
 from models.stress.scoring import gross, score_beats
+from tests.support import mitdb_minute
 
 
 @pytest.fixture(scope="module")
 def record(data_dir):
-    path = str(data_dir / "mitdb" / "100")
-    rec = wfdb.rdrecord(path, sampto=360 * 60)
-    ann = wfdb.rdann(path, "atr", sampto=360 * 60)
-    beats = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym == "N"])
-    return rec.p_signal[:, 0], beats, float(rec.fs)
+    x, beats, fs = mitdb_minute(data_dir)
+    return x[:, 0], beats, fs
 
 
 @pytest.mark.parametrize("kind", ["bw", "ma", "em"])
@@ -57,13 +54,19 @@ def test_a_plugin_with_known_answers_gets_the_known_scores(record):
     assert score_beats(beats, xqrs, fs).se > 0.99
 
 
+def _xqrs_script(path, symbols: str):
+    """An external detector: XQRS on the record's lead, written with the symbols ``symbols``
+    (a Python expression over the detections ``q``)."""
+    path.write_text("import sys, wfdb\nfrom wfdb import processing\n"
+                    "r = wfdb.rdrecord(sys.argv[1])\n"
+                    "q = processing.xqrs_detect(r.p_signal[:, 0], r.fs, verbose=False)\n"
+                    f"wfdb.wrann(sys.argv[1], 'qrs', q, symbol={symbols}, fs=r.fs)\n")
+    return path
+
+
 def test_an_external_command_detector_reads_and_writes_wfdb(record, tmp_path):
     clean, beats, fs = record
-    script = tmp_path / "det.py"
-    script.write_text("import sys, wfdb\nfrom wfdb import processing\n"
-                      "r = wfdb.rdrecord(sys.argv[1])\n"
-                      "q = processing.xqrs_detect(r.p_signal[:, 0], r.fs, verbose=False)\n"
-                      "wfdb.wrann(sys.argv[1], 'qrs', q, symbol=['N'] * len(q), fs=r.fs)\n")
+    script = _xqrs_script(tmp_path / "det.py", "['N'] * len(q)")
     det = CommandDetector("ext", f"{sys.executable} {script} {{record}}")
     assert score_beats(beats, det(clean, fs), fs).se > 0.99
     assert detector(f"cmd:{sys.executable} {script} {{record}}").name == sys.executable
@@ -72,12 +75,7 @@ def test_an_external_command_detector_reads_and_writes_wfdb(record, tmp_path):
 
 def test_an_external_classifier_gives_each_beat_its_class(record, tmp_path):
     clean, beats, fs = record
-    script = tmp_path / "cls.py"
-    script.write_text("import sys, wfdb\nfrom wfdb import processing\n"
-                      "r = wfdb.rdrecord(sys.argv[1])\n"
-                      "q = processing.xqrs_detect(r.p_signal[:, 0], r.fs, verbose=False)\n"
-                      "wfdb.wrann(sys.argv[1], 'qrs', q, symbol=['V' if i % 3 == 0 else 'A' for i in range(len(q))],"
-                      " fs=r.fs)\n")
+    script = _xqrs_script(tmp_path / "cls.py", "['V' if i % 3 == 0 else 'A' for i in range(len(q))]")
     samples, kinds = detector(f"classify:{sys.executable} {script} {{record}}").classify(clean, fs)
     assert len(samples) == len(kinds) > 50 and kinds[:3] == ["V", "S", "S"]
     with pytest.raises(DetectorError, match="must name the record"):

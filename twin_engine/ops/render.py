@@ -31,7 +31,7 @@ from models.rhythm.track import RhythmTrack
 from models.stress.artifacts import Artifact, apply
 from models.twin import TwinModel
 from stream.events import Event
-from stream.segments import GAIN, quantize
+from stream.segments import GAIN, noise_note, quantize
 from twin_engine.config import Settings
 from twin_engine.ops.scenario import Scenario
 from twin_engine.worker.references import References
@@ -140,9 +140,8 @@ def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: lis
     leads = model.meta.leads
     noise_rows = []
     for a in arts:
-        where = "all" if a.leads is None else ",".join(leads[i] for i in a.leads)
-        level = "" if a.snr is None else f" {a.snr:g}dB"
-        noise_rows += [(int(round(a.start * fs)), "~", f"{a.kind}{level} {where}"),
+        note = noise_note(a.kind, a.snr, a.named_leads(leads))
+        noise_rows += [(int(round(a.start * fs)), "~", note),
                        (min(int(round(a.end * fs)), len(signal) - 1), "~", "clean")]
     write_annotations(name, out, fs, 0.0, beats, episodes, extra=noise_rows)
     truth = {"changes": asked,

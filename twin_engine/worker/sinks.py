@@ -84,20 +84,22 @@ class WfdbSink:
             self._starts.setdefault(ann.patient_id, ann.start_time - at / ann.fs)
             notes["atr"] += [(at + i, sym, "") for i, sym in ann.beats]
         elif isinstance(ann, ArtifactRecord):  # a noise annotation where it begins and where it ends
-            start = self._starts.get(ann.patient_id)
-            fs = r.fs if r is not None else None
-            if start is not None and fs is not None:
-                notes["atr"] += [(max(at, int(round((ann.start_time - start) * fs))), "~", ann.aux),
-                                 (int(round((ann.end_time - start) * fs)), "~", "clean")]
+            begins = self._sample(ann.patient_id, r, ann.start_time)
+            if begins is not None:
+                notes["atr"] += [(max(at, begins), "~", ann.aux),
+                                 (self._sample(ann.patient_id, r, ann.end_time), "~", "clean")]
         elif isinstance(ann, RhythmRecord):
             if ann.end_time is None:  # where it begins, which may be inside the segment to come
-                start = self._starts.get(ann.patient_id)
-                fs = r.fs if r is not None else None
-                offset = at if start is None or fs is None else int(round((ann.start_time - start) * fs))
-                notes["atr"].append((max(at, offset), "+", ann.aux))
+                begins = self._sample(ann.patient_id, r, ann.start_time)
+                notes["atr"].append((at if begins is None else max(at, begins), "+", ann.aux))
         elif ann.end_time is None:
             label = "+".join(sorted(ann.state.get("statements", {}))) or "none"
             notes["state"].append((at, "+", f"({label} HR{ann.state.get('heart_rate', 0):.0f}"))
+
+    def _sample(self, patient_id: str, r: _WfdbRecord | None, t: float) -> int | None:
+        """The sample of the patient's record at stream time ``t`` (None: not known yet)."""
+        start = self._starts.get(patient_id)
+        return None if start is None or r is None else int(round((t - start) * r.fs))
 
     async def removed(self, patient_id: str) -> None:
         """The stream has ended: its record is complete and can be read now."""

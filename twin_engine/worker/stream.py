@@ -168,9 +168,10 @@ class PatientStream:
         self._stale = True
         self._wake.set()
 
-    def _artifacts(self, x: np.ndarray, t0: float) -> tuple[np.ndarray, list[ArtifactRecord]]:
+    async def _artifacts(self, x: np.ndarray, t0: float) -> tuple[np.ndarray, list[ArtifactRecord]]:
         """``x`` (the window from stream time ``t0``) with the patient's artifacts drawn on it, and
-        the records of those that begin in it."""
+        the records of those that begin in it. Each artifact is made in a thread (its whole
+        waveform is measured for the SNR: up to 600 s of it), off the loop every stream shares."""
         end, opened = t0 + len(x) / self.fs, []
         for entry in self.p.artifacts:
             if entry["end"] <= t0 or entry["start"] >= end:
@@ -178,8 +179,8 @@ class PatientStream:
             key = entry["event_id"]
             if key not in self._drawn:
                 try:
-                    self._drawn[key] = Drawn(Artifact.from_dict(entry), self.fs, self.rhythm.qrs_power,
-                                             int(entry["seed"]), self.nstdb)
+                    self._drawn[key] = await asyncio.to_thread(Drawn, Artifact.from_dict(entry), self.fs,
+                                                               self.rhythm.qrs_power, int(entry["seed"]), self.nstdb)
                 except ArtifactError as exc:  # a damaged record, or NSTDB noise without its folder
                     log.error("%s: artifact %s not drawn: %s", self.p.patient_id, key, exc)
                     self._drawn[key] = None
@@ -189,8 +190,8 @@ class PatientStream:
             x = drawn.draw(x, t0).astype(np.float32)
             if t0 <= entry["start"] < end:
                 a = drawn.a
-                opened.append(ArtifactRecord(self.p.patient_id, key, a.kind, a.start, a.end,
-                                             None if a.leads is None else tuple(self.leads[i] for i in a.leads), a.snr))
+                opened.append(ArtifactRecord(self.p.patient_id, key, a.kind, a.start, a.end, a.named_leads(self.leads),
+                                             a.snr))
         live = {e["event_id"] for e in self.p.artifacts}
         self._drawn = {k: v for k, v in self._drawn.items() if k in live}
         return x, opened
@@ -224,7 +225,7 @@ class PatientStream:
                 x, beats, episodes = await self.rhythm.window(self.start_time(seq), self.n, state, event_id,
                                                               self.named_rhythm(event_id),
                                                               self.clock.due(self.start_time(seq)))
-                x, opened = self._artifacts(x, self.start_time(seq))
+                x, opened = await self._artifacts(x, self.start_time(seq))
                 return Pending(seq, x, state, event_id, extend_tail(tail, x, self.context), None,
                                (beats, episodes, opened), self.rhythm.track.copy())
             except BankError as exc:
