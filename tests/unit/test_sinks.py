@@ -100,3 +100,24 @@ def test_wfdb_export_writes_beats_and_rhythm_changes_in_mit_bih_codes(tmp_path):
     assert list(zip(ann.sample, ann.symbol, strict=True)) == [(0, "+"), (100, "N"), (300, "N"), (375, "+"), (450, "V"),
                                                               (580, "V")]
     assert [a for a, sym in zip(ann.aux_note, ann.symbol, strict=True) if sym == "+"] == ["(N", "(VT"]
+
+
+def test_wfdb_export_keeps_an_artifact_that_begins_in_the_first_segment(tmp_path):
+    """Its record does not exist yet when the artifact's annotation comes (before the segment's
+    samples): the first segment's beats say where the record starts."""
+    from stream.segments import ArtifactRecord, BeatsRecord
+
+    sink = WfdbSink(tmp_path)
+
+    async def feed():
+        for i in range(3):
+            await sink.annotation(BeatsRecord("bed 1", i, 1000.0 + i, 250, ((100, "N"),)))
+            if i == 0:
+                await sink.annotation(ArtifactRecord("bed 1", "a-1", "ma", 1000.4, 1002.2, ("II",), 6.0))
+            await sink.segment(_seg(i, np.zeros((250, 12), np.float32), {}))
+
+    asyncio.run(feed())
+    (path,) = sink.close()
+    ann = wfdb.rdann(str(path), "atr")
+    assert [(s, a) for s, sym, a in zip(ann.sample, ann.symbol, ann.aux_note, strict=True) if sym == "~"] == \
+        [(100, "ma 6dB II"), (550, "clean")]

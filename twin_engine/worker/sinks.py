@@ -54,7 +54,9 @@ class WfdbSink:
         self._records: dict[str, _WfdbRecord] = {}
         # per patient, (sample, symbol, aux) rows for each annotation file: "atr" and "state"
         self._notes: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
-        self._starts: dict[str, float] = {}  # stream time of each record's first sample
+        # stream time of each record's first sample, and its rate: known from the first segment's
+        # beats, before its samples (and the record) arrive
+        self._starts: dict[str, tuple[float, int]] = {}
 
     def _wanted(self, patient_id: str) -> bool:
         return self.patients is None or patient_id in self.patients
@@ -81,25 +83,27 @@ class WfdbSink:
         at = r.samples if r is not None else 0  # they come before their segment's samples
         notes = self._notes.setdefault(ann.patient_id, {"atr": [], "state": []})
         if isinstance(ann, BeatsRecord):
-            self._starts.setdefault(ann.patient_id, ann.start_time - at / ann.fs)
+            self._starts.setdefault(ann.patient_id, (ann.start_time - at / ann.fs, ann.fs))
             notes["atr"] += [(at + i, sym, "") for i, sym in ann.beats]
         elif isinstance(ann, ArtifactRecord):  # a noise annotation where it begins and where it ends
-            begins = self._sample(ann.patient_id, r, ann.start_time)
+            begins = self._sample(ann.patient_id, ann.start_time)
             if begins is not None:
                 notes["atr"] += [(max(at, begins), "~", ann.aux),
-                                 (self._sample(ann.patient_id, r, ann.end_time), "~", "clean")]
+                                 (self._sample(ann.patient_id, ann.end_time), "~", "clean")]
         elif isinstance(ann, RhythmRecord):
             if ann.end_time is None:  # where it begins, which may be inside the segment to come
-                begins = self._sample(ann.patient_id, r, ann.start_time)
+                begins = self._sample(ann.patient_id, ann.start_time)
                 notes["atr"].append((at if begins is None else max(at, begins), "+", ann.aux))
         elif ann.end_time is None:
             label = "+".join(sorted(ann.state.get("statements", {}))) or "none"
             notes["state"].append((at, "+", f"({label} HR{ann.state.get('heart_rate', 0):.0f}"))
 
-    def _sample(self, patient_id: str, r: _WfdbRecord | None, t: float) -> int | None:
+    def _sample(self, patient_id: str, t: float) -> int | None:
         """The sample of the patient's record at stream time ``t`` (None: not known yet)."""
-        start = self._starts.get(patient_id)
-        return None if start is None or r is None else int(round((t - start) * r.fs))
+        if patient_id not in self._starts:
+            return None
+        start, fs = self._starts[patient_id]
+        return int(round((t - start) * fs))
 
     async def removed(self, patient_id: str) -> None:
         """The stream has ended: its record is complete and can be read now."""
