@@ -136,15 +136,23 @@ class BeatSchedule:
 
     def forget(self, before: float) -> None:
         """Drop the requests no time from ``before`` on depends on (a long stream's record
-        stays small); the episodes then begin with the one in effect at ``before``."""
+        stays small): the untimed request under ``before`` (what every timed one resumes), the
+        timed ones still holding there, and those after it; the episodes then begin with it."""
         if before <= self.start:
             return
-        _, began = self.rhythm_at(before)
-        keep = [q for q in self._requests if q.at >= began or (q.until is not None and q.until > before)]
-        if keep and keep[0].at < began:  # a timed request still holding from before it: keep what it resumes
-            keep = [q for q in self._requests if q.until is None and q.at <= keep[0].at][-1:] + keep
-        self._requests = keep or self._requests[-1:]
-        self.start = self._requests[0].at
+        base = max((i for i, q in enumerate(self._requests) if q.until is None and q.at <= before), default=None)
+        while base and RHYTHMS[self._requests[base].rhythm.name].one_beat:
+            base -= 1  # a pause not over yet hands back to the rhythm before it
+        if base is None:
+            return
+        later = [q for q in self._requests[base + 1:] if q.until is None or q.until > before]
+        ended = [q.until for q in self._requests[base + 1:] if q.until is not None and q.until <= before]
+        # a timed request over before ``before`` handed back to the base, which holds from its end as
+        # ``rhythm_at`` says (no later than what is kept begins: the episodes start at the first request)
+        q = self._requests[base]
+        at = min([max([q.at, *ended]), *(k.at for k in later)])
+        self._requests = [_Request(at, q.rhythm, None)] + later
+        self.start = at
 
     def to_dict(self) -> dict:
         """The schedule's whole state as JSON values (a stream position carries it)."""

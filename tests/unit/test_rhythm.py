@@ -162,6 +162,42 @@ def test_a_schedule_written_down_and_read_back_goes_on_with_the_same_beats():
         BeatSchedule.from_dict({**s.to_dict(), "requests": [[0.0, {"name": "vt", "rate": 999}, None]]})
 
 
+@pytest.mark.parametrize("requests", [
+    [("vt", 15.0, 6.0)],  # a timed run, then back to sinus for good
+    [("pvc", 10.0, None), ("vt", 30.0, 6.0), ("pause", 90.0, None)],
+    [("afib", 20.0, 50.0), ("vt", 40.0, 5.0), ("asystole", 150.0, 4.0)],  # one timed run inside another
+])
+def test_forgetting_the_past_as_a_stream_does_changes_no_beat_and_no_episode(requests):
+    """The stream drops what lies 60 s behind each window; the beats and the rhythms opened must
+    be those of a schedule that keeps everything (a timed VT once became the rhythm for good
+    60 s after it began)."""
+    made = {"vt": dict(rate=180), "pvc": dict(pattern="bigeminy"), "afib": dict(rate=110),
+            "pause": dict(duration=2.5), "asystole": {}}
+
+    def run(forget: bool) -> tuple[list, list]:
+        s = BeatSchedule(Rhythm("sinus", rate=70), 0.0, 5)
+        beats, opened = [], []
+        for i in range(300):
+            t0 = float(i)
+            for name, at, duration in requests:
+                if at == t0:
+                    kw = dict(made[name])
+                    if duration is not None:
+                        kw["duration"] = duration
+                    s.request(Rhythm(name, **kw), at)
+            beats += s.beats(t0 + 1.0)
+            for e in s.episodes(t0 + 1.0):
+                if (e.end is None or e.end > t0) and (not opened or opened[-1][0] != e.rhythm):
+                    opened.append((e.rhythm, round(e.start, 6)))
+            if forget:
+                s.forget(t0 - 60.0)
+        return beats, opened
+
+    kept, forgot = run(False), run(True)
+    assert forgot[0] == kept[0] and forgot[1] == kept[1], (forgot[1], kept[1])
+    assert kept[1][-1][0] in ("sinus", "bigeminy") and kept[0][-1].time > 295
+
+
 @pytest.mark.parametrize("irregularity", [0.1, 0.2, 0.3])
 def test_af_irregularity_is_the_rr_spread_asked_for(irregularity):
     rr = _rr(_beats(Rhythm("afib", rate=90, irregularity=irregularity), 600.0))
