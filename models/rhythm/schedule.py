@@ -189,6 +189,8 @@ class BeatSchedule:
         for p in [p for p in points if p < until]:
             rhythm, _ = self.rhythm_at(p)
             name = episode_name(rhythm)
+            if RHYTHMS[rhythm.name].one_beat and spans:
+                continue  # asked for but its beat not made yet: the rhythm before it goes on
             if spans and spans[-1].rhythm == name:
                 continue
             if spans:

@@ -196,6 +196,7 @@ def test_forgetting_the_past_as_a_stream_does_changes_no_beat_and_no_episode(req
     kept, forgot = run(False), run(True)
     assert forgot[0] == kept[0] and forgot[1] == kept[1], (forgot[1], kept[1])
     assert kept[1][-1][0] in ("sinus", "bigeminy") and kept[0][-1].time > 295
+    assert "pause" not in [name for name, _ in kept[1]]  # a pause is its beat's long RR, no episode
 
 
 @pytest.mark.parametrize("irregularity", [0.1, 0.2, 0.3])
