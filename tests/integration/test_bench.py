@@ -43,7 +43,11 @@ def test_bench_serve_reports_throughput_latency_and_where_the_cores_go(distilled
     s.model_path, s.cache_dir, s.data_dir, s.segment_seconds = distilled_model_dir, tmp_path, data_dir, 1.0
     [run] = bench_serve(s, [4], duration=3.0, speed=0.0, realtime=0, realtime_duration=0)["runs"]
     assert run["patients"] == 4 and run["segments_per_s_end_to_end"] > 0
-    assert run["events_measured"] == 10 and run["event_to_effect_p50_s"] > 0
+    # every change is accounted for: seen, or overtaken by a later one to the same patient before
+    # its segment (two of the ten land between one patient's segments on a loaded host); each
+    # patient's last change is never overtaken, so at least four are seen
+    assert run["events_measured"] + run["events_superseded"] == 10 and run["events_unseen"] == 0
+    assert run["events_measured"] >= 4 and run["event_to_effect_p50_s"] > 0
     assert all(run[f"{h}_mean_s"] >= 0 for h in ("to_service", "in_service", "to_downstream"))
     # bench serve started its own embedded broker: its CPU, this process's and that of the
     # downstream consumer's process are all read

@@ -110,7 +110,8 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
     down.start()
     if not await asyncio.to_thread(here.poll, 120) or here.recv() != "ready":
         raise RuntimeError("the downstream consumer did not start")
-    sent: dict[str, tuple[float, float]] = {}  # event id -> (loop time, wall time) at send
+    sent: dict[str, tuple[float, float, str]] = {}  # event id -> (loop time, wall time, patient) at send
+    superseded = 0  # changes overtaken by a later one to the same patient before a segment showed them
     effect: list[float] = []
     overhead: list[float] = []  # effect latency beyond the wait for the next segment boundary
     # where the time goes: send -> service has applied it; applied -> segment published (the wait
@@ -135,7 +136,7 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
         if t_first is not None and next_change < len(change_times) and loop.time() - t_first >= change_times[next_change]:
             pid = f"p{next_change * 7 % patients:05d}"
             eid = f"chg-{next_change}"
-            sent[eid] = (loop.time(), time.time())
+            sent[eid] = (loop.time(), time.time(), pid)
             state = CardiacState({"AFIB": 1.0}, 110) if next_change % 2 == 0 else CardiacState({"NORM": 1.0}, 70)
             await svc.send_event(Event(eid, pid, "condition", state))
             next_change += 1
@@ -148,12 +149,21 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
             if t_first is None and seq >= 1:
                 t_first = seen
                 measuring_until = t_first + duration
+                # the wait for the last effects counts from the first segment, not from the start: a
+                # loaded host that is slow to the first segment still sends and measures every change
+                t_end = t_first + duration + 30
                 count = 0
                 mark()
             if t_first is not None and seen <= measuring_until:
                 count += 1
             if event_id in sent:
-                t_loop, t_wall = sent.pop(event_id)
+                t_loop, t_wall, _ = sent.pop(event_id)
+                # a segment shows only the latest change: earlier ones to this patient still waiting
+                # were overtaken (on a slow host two changes can land between its segments)
+                older = [e for e, (t, _, p) in sent.items() if p == patient_id and t < t_loop]
+                for e in older:
+                    del sent[e]
+                superseded += len(older)
                 effect.append(seen - t_loop)
                 stream = svc.streams.get(patient_id)
                 ch = stream.change if stream is not None else None
@@ -180,7 +190,8 @@ async def _serve_once(settings: Settings, model, patients: int, duration: float,
             "segments_per_s_end_to_end": count / span, "segment_seconds": s.segment_seconds,
             "event_to_effect_p50_s": float(np.percentile(effect, 50)) if effect else None,
             "event_to_effect_p99_s": float(np.percentile(effect, 99)) if effect else None,
-            "events_measured": len(effect), "deadline_misses": misses,
+            "events_measured": len(effect), "events_superseded": superseded,
+            "events_unseen": len(sent), "deadline_misses": misses,
             # how many changes were visible downstream within one segment length of being sent
             "effect_within_one_segment_share": float(np.mean(np.array(effect) <= s.segment_seconds / speed))
             if effect and speed else None,
