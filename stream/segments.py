@@ -1,11 +1,13 @@
 """Output records: twin ECG segments and ground-truth annotations (JSON, keyed by patient id).
 
 Segment value:
-    {"schema_version": 1, "patient_id": "bed-7", "seq": 12, "start_time": 1764081024.0,
-     "fs": 250, "leads": ["I", ...], "gain": 1000.0, "units": "zscore",
+    {"schema_version": 2, "patient_id": "bed-7", "seq": 12, "start_time": 1764081024.0,
+     "fs": 250, "leads": ["I", ...], "gain": 1000.0, "units": "mV",
      "samples_b64": "<little-endian int16, samples x leads, row-major>", "n_samples": 500,
      "state": {...}, "event_id": "e-42", "model_version": "default-..."}
-Physical value = int16 / gain. Units are per-lead z-scores (the training data's units).
+Physical value = int16 / gain, in ``units``: millivolts from schema version 2 on (each lead the
+model's z-score times the patient's lead scale, ``models.amplitude``); version 1 carried per-lead
+z-scores (``units`` "zscore"), and ``decode_segment`` reads both and keeps the units it found.
 
 Annotation values, told apart by ``kind`` (a record without one is a state interval):
 - ``state``: one per state interval; re-sent with ``end_time`` when it closes. A heart-rate
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 
 GAIN = 1000.0
+SEGMENT_SCHEMA = 2  # 2: samples in mV; 1: per-lead z-scores
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
@@ -71,6 +74,7 @@ class Segment:
     state: dict[str, Any]
     event_id: str | None
     model_version: str
+    units: str = "mV"
 
     @property
     def duration(self) -> float:
@@ -84,9 +88,9 @@ class Segment:
 
     def to_dict(self) -> dict[str, Any]:
         q = self.quantized
-        return {"schema_version": 1, "patient_id": self.patient_id, "seq": self.seq,
-                "start_time": self.start_time, "fs": self.fs, "leads": list(self.leads),
-                "gain": GAIN, "units": "zscore", "n_samples": int(len(q)),
+        return {"schema_version": SEGMENT_SCHEMA if self.units == "mV" else 1, "patient_id": self.patient_id,
+                "seq": self.seq, "start_time": self.start_time, "fs": self.fs, "leads": list(self.leads),
+                "gain": GAIN, "units": self.units, "n_samples": int(len(q)),
                 "samples_b64": base64.b64encode(q.tobytes()).decode(), "state": self.state,
                 "event_id": self.event_id, "model_version": self.model_version}
 
@@ -96,11 +100,14 @@ class Segment:
 
 
 def decode_segment(raw: bytes | str) -> Segment:
+    """A segment value of either schema version: ``units`` says which (mV, or z-scores from a
+    version-1 producer)."""
     d = json.loads(raw)
     n, leads = d["n_samples"], d["leads"]
     q = np.frombuffer(base64.b64decode(d["samples_b64"]), dtype="<i2").reshape(n, len(leads))
+    units = d.get("units", "zscore" if d.get("schema_version", 1) < 2 else "mV")
     return Segment(d["patient_id"], d["seq"], d["start_time"], d["fs"], tuple(leads),
-                   q.astype(np.float32) / d["gain"], d["state"], d.get("event_id"), d["model_version"])
+                   q.astype(np.float32) / d["gain"], d["state"], d.get("event_id"), d["model_version"], units)
 
 
 @dataclass(frozen=True)

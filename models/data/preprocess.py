@@ -23,10 +23,16 @@ def to_model_input(signal: np.ndarray, fs: float, target_fs: int, leads: int = 1
         x = resample_poly(x, r.numerator, r.denominator, axis=0)
     if x.shape[0] < 2 * target_fs:
         raise ValueError(f"reference too short: {x.shape[0] / target_fs:.1f} s, need at least 2 s")
-    sos = butter(4, [0.5, 40.0], btype="band", fs=target_fs, output="sos")
     with np.errstate(over="ignore", invalid="ignore"):
-        x = sosfiltfilt(sos, x, axis=0)
+        x = band(x, target_fs)
         x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     if not np.isfinite(x).all():  # values near the float limit overflow in the filter
         raise ValueError("reference values out of range: not finite once filtered")
     return x.astype(np.float32)
+
+
+def band(x: np.ndarray, fs: float) -> np.ndarray:
+    """The 0.5-40 Hz band of ``x`` (samples, leads): 4th-order Butterworth, zero phase. Its SD per
+    lead is what ``to_model_input`` divides by, the lead's scale (``models.amplitude``)."""
+    sos = butter(4, [0.5, 40.0], btype="band", fs=fs, output="sos")
+    return sosfiltfilt(sos, x, axis=0)

@@ -1,4 +1,5 @@
-"""ECG on standard paper: 25 mm/s, 10 mm/mV (here 10 mm per z unit), 1 mm / 5 mm grid."""
+"""ECG on standard paper: 25 mm/s, 10 mm/mV (10 mm per unit of whatever units it is given: a
+z-scored record is drawn at 10 mm per z), 1 mm / 5 mm grid."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
-def plot_ecg(signal: np.ndarray, fs: float, path: str | Path, title: str = "", units: str = "z") -> Path:
+def plot_ecg(signal: np.ndarray, fs: float, path: str | Path, title: str = "", units: str = "mV") -> Path:
     """(samples, 12) -> a 3x4 layout PNG on a pink grid, each column a quarter of the record."""
     import matplotlib
 

@@ -385,9 +385,9 @@ def _state_probe(model, db, train_ids, tr_sig, held_ids, he_sig, bases_he, state
 
 
 def _figures(gen, real, nk_sig, curve, fs, out: Path, held_ids) -> dict[str, str]:
-    figs = {"real": plot_ecg(real[0], fs, out / "real_heldout.png", f"real held-out ECG {held_ids[0]}").name,
-            "twin": plot_ecg(gen[0], fs, out / "twin.png", f"twin of {held_ids[0]} in its own state").name,
-            "neurokit2": plot_ecg(nk_sig[0], fs, out / "neurokit2.png", "neurokit2 multileads").name}
+    figs = {"real": plot_ecg(real[0], fs, out / "real_heldout.png", f"real held-out ECG {held_ids[0]}", units="z").name,
+            "twin": plot_ecg(gen[0], fs, out / "twin.png", f"twin of {held_ids[0]} in its own state", units="z").name,
+            "neurokit2": plot_ecg(nk_sig[0], fs, out / "neurokit2.png", "neurokit2 multileads", units="z").name}
     figs["curve"] = curve_figure(curve, out / "fid_vs_steps.png").name
     return figs
 

@@ -107,3 +107,44 @@ state = {{ statements = {{ AFIB = 1 }}, heart_rate = 120 }}
     bad = tmp_path / "bad.toml"
     bad.write_text(scenario.read_text().replace('rate = 190', 'rate = 400'))
     assert main(["--config", str(cfg), "render", str(bad), "--out", str(out)]) == 2
+
+
+def test_render_writes_millivolts_a_references_own_or_the_amplitude_models(data_dir, tmp_path):
+    """A twin of an mV reference (LUDB, CPSC2018) is drawn at that reference's amplitudes, one of
+    the z-scored PTB-XL subset at the amplitude model's; the record says mV and the manifest says
+    which scales and where they came from."""
+    import json
+
+    import numpy as np
+    import wfdb
+
+    from models.amplitude import AmplitudeModel, lead_scales
+    from models.conditions import CardiacState
+
+    scenario = tmp_path / "mv.toml"
+    scenario.write_text('seconds = 20\n' + "".join(f'''
+[[patient]]
+id = "{pid}"
+wfdb = "{ref}"
+state = {{ statements = {{ SR = 1 }}, heart_rate = 70 }}
+''' for pid, ref in (("ludb", "ludb/data/1"), ("cpsc", "cpsc2018/A0002"), ("ptb", RECORDS[0]))))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{data_dir}"\n')
+    assert main(["--config", str(cfg), "render", str(scenario), "--out", str(tmp_path / "db")]) == 0
+    manifest = json.loads((tmp_path / "db" / "manifest.json").read_text())
+    assert manifest["units"] == "mV"
+    for r in manifest["records"]:
+        rec = wfdb.rdrecord(str(tmp_path / "db" / r["record"]))
+        assert rec.units == ["mV"] * 12
+        scale = np.array(list(r["mv_scale"].values()))
+        if r["record"] == "ptb":
+            assert r["mv_source"] == "amplitude model"
+            assert np.allclose(scale, AmplitudeModel.load().predict(CardiacState({"SR": 1.0}, 70)), rtol=1e-3)
+        else:
+            ref = "ludb/data/1" if r["record"] == "ludb" else "cpsc2018/A0002"
+            own = wfdb.rdrecord(str(data_dir / ref))
+            assert r["mv_source"] == "reference"
+            assert np.allclose(scale, lead_scales(own.p_signal, own.fs), rtol=1e-3)
+        # the twin's band SD per lead over its reference's (measured: 0.71-1.15 per lead, median 0.95)
+        ratio = lead_scales(rec.p_signal[250:], rec.fs) / scale
+        assert 0.8 <= np.median(ratio) <= 1.25 and ((ratio > 0.5) & (ratio < 2)).all(), (r["record"], ratio)

@@ -127,14 +127,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
         from stream.segments import decode_segment
 
         seg = decode_segment(src.read_bytes())
-        sig, fs, title = seg.samples, seg.fs, f"{seg.patient_id} seq {seg.seq}"
+        sig, fs, title, units = seg.samples, seg.fs, f"{seg.patient_id} seq {seg.seq}", seg.units
     else:
         import wfdb
 
         from models.data.ptbxl import read_wfdb_signal
 
-        sig, fs, title = read_wfdb_signal(src), wfdb.rdheader(str(src)).fs, src.name
-    print(plot_ecg(sig, fs, args.out, title))
+        header = wfdb.rdheader(str(src))
+        sig, fs, title, units = read_wfdb_signal(src), header.fs, src.name, (header.units or ["mV"])[0]
+    print(plot_ecg(sig, fs, args.out, title, "z" if units == "zscore" else units))
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
+from models.amplitude import to_mv
 from models.conditions import CardiacState
 from models.rhythm.annotations import write_annotations
 from models.rhythm.morphology import bank_for, morphology_state, rhythm_of
@@ -34,7 +35,7 @@ from stream.events import Event
 from stream.segments import GAIN, noise_note, quantize
 from twin_engine.config import Settings
 from twin_engine.ops.scenario import Scenario
-from twin_engine.worker.references import References
+from twin_engine.worker.references import Reference, References
 from twin_engine.worker.sinks import record_name
 
 WINDOW_S = 1.0  # rendered (and ramped) a second at a time; samples do not depend on it
@@ -76,11 +77,11 @@ def render_scenario(settings: Settings, model: TwinModel, scenario: Scenario, ou
     written = []
     for reg in scenario.registrations:
         changes = [c for c in scenario.changes if c.event.patient_id == reg.patient_id]
-        written.append(_render_patient(model, refs.base_vector(reg.reference), reg,
+        written.append(_render_patient(model, refs.read(reg.reference, reg.state or CardiacState()), reg,
                                        [(c.at, c.event) for c in changes], seconds, out,
                                        scenario.artifacts.get(reg.patient_id, []), settings.data_dir / "nstdb"))
     (out / "manifest.json").write_text(json.dumps(
-        {"seconds": seconds, "fs": model.meta.fs, "units": "zscore", "model_version": model.meta.version,
+        {"seconds": seconds, "fs": model.meta.fs, "units": "mV", "model_version": model.meta.version,
          "records": [{"record": r.path.name, "seconds": r.seconds, "beats": r.beats, **r.truth}
                      for r in written]}, indent=1))
     return written
@@ -90,9 +91,9 @@ def _rhythm(ev: Event, state: CardiacState) -> Rhythm:
     return ev.rhythm if ev.rhythm is not None else rhythm_of(state)
 
 
-def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: list[tuple[float, Event]],
+def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[tuple[float, Event]],
                     seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path) -> Rendered:
-    fs, seed = model.meta.fs, bank_seed(reg.patient_id)
+    fs, seed, base = model.meta.fs, bank_seed(reg.patient_id), ref.base
     state = reg.state or CardiacState()
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
@@ -135,6 +136,7 @@ def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: lis
         normal = np.array([int(round(b.time * fs)) for b in beats if b.kind == "N"] or
                           [int(round(b.time * fs)) for b in beats], int)
         signal, measured = apply(signal, fs, normal, arts, seed, nstdb)
+    signal = to_mv(signal, ref.mv_scale)  # drawn in the model's z-scores (SNRs are per lead: kept)
     name = record_name(reg.patient_id)
     _write_record(out, name, signal, fs, model.meta.leads)
     leads = model.meta.leads
@@ -144,7 +146,8 @@ def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: lis
         noise_rows += [(int(round(a.start * fs)), "~", note),
                        (min(int(round(a.end * fs)), len(signal) - 1), "~", "clean")]
     write_annotations(name, out, fs, 0.0, beats, episodes, extra=noise_rows)
-    truth = {"changes": asked,
+    truth = {"mv_scale": dict(zip(leads, (round(float(v), 4) for v in ref.mv_scale), strict=True)),
+             "mv_source": ref.mv_source, "changes": asked,
              "episodes": [{"rhythm": e.rhythm, "aux": e.aux, "start": e.start, "end": e.end} for e in episodes],
              "artifacts": [{**a.to_dict(leads), "end": min(a.end, end),
                             "measured_snr_db": {leads[j]: v for j, v in m.items()}}
@@ -153,7 +156,7 @@ def _render_patient(model: TwinModel, base: np.ndarray, reg: Event, changes: lis
 
 
 def _write_record(out: Path, name: str, signal: np.ndarray, fs: int, leads: tuple[str, ...]) -> None:
-    """16-bit WFDB record at the stream's own gain (as the service's WFDB sink writes)."""
+    """16-bit WFDB record in mV at the stream's own gain (as the service's WFDB sink writes)."""
     n = len(leads)
-    wfdb.wrsamp(name, fs=fs, units=["z"] * n, sig_name=list(leads), d_signal=quantize(signal), fmt=["16"] * n,
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * n, sig_name=list(leads), d_signal=quantize(signal), fmt=["16"] * n,
                 adc_gain=[GAIN] * n, baseline=[0] * n, write_dir=str(out))

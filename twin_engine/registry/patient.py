@@ -116,6 +116,11 @@ class Patient:
     # noise and artifacts on the stream (``models.stress.artifacts.Artifact.to_dict`` in stream
     # time, with the ``event_id`` that asked and the artifact's ``seed``), until they are over
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    # each lead's scale in mV (``models.amplitude``: the twin's z-scores times it are its mV) and
+    # where it came from: "reference" (measured) or "amplitude model" (predicted); None in
+    # records written before segments were in mV, whose stream predicts them when it starts
+    mv_scale: list[float] | None = None
+    mv_source: str | None = None
 
     def add_artifact(self, entry: dict[str, Any], now: float) -> None:
         """Schedule an artifact; those over by stream time ``now`` are forgotten."""
@@ -203,6 +208,7 @@ class Patient:
                 "stream_time": nxt,
                 "scheduled": [h.to_dict() for h in self.history if nxt is not None and h.at is not None and h.at > nxt],
                 "remove_at": self.remove_at, "encoder_id": self.encoder_id or None,
+                "mv_scale": self.mv_scale, "mv_source": self.mv_source,
                 "artifacts": [a for a in self.artifacts if nxt is None or a["end"] > nxt]}
 
     def to_json(self) -> bytes:
@@ -262,6 +268,9 @@ class Patient:
         if not isinstance(p.patient_id, str) or base.ndim != 1 or not np.isfinite(base).all():
             raise ValueError("patient_id must be a string and base_vector finite numbers")
         state_from_dict(p.state)  # EventError is a ValueError
+        if p.mv_scale is not None and not (isinstance(p.mv_scale, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 100 for v in p.mv_scale)):
+            raise ValueError("mv_scale must be a list of positive lead scales in mV")
         p._check_position()
         p._acked = p.position()
         return p

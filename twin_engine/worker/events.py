@@ -241,8 +241,9 @@ class EventHandler:
     async def _register(self, ev: Event, existing: Patient | None) -> None:
         if existing is None:
             self._check_room(ev.patient_id)
-        base = await asyncio.to_thread(self.references.base_vector, ev.reference)
         state = ev.state or (existing.cardiac_state if existing else None) or CardiacState()
+        ref = await asyncio.to_thread(self.references.read, ev.reference, state)
+        base = ref.base
         if existing is not None:  # re-registration: new base vector, stream continues
             await self.streams.stop(ev.patient_id)
             p = existing
@@ -252,6 +253,7 @@ class EventHandler:
         else:
             p = Patient(ev.patient_id, base.tolist(), self.model.meta.version, state_to_dict(state))
         p.encoder_id = self.model.encoder_id
+        p.mv_scale, p.mv_source = [round(float(v), 5) for v in ref.mv_scale], ref.mv_source
         # a re-registered stream goes on: its state holds from the next segment, after what the
         # history already holds there (a new one's holds from its start); in the length its
         # position counts in, which the new stream keeps the next segment's time in

@@ -1,36 +1,58 @@
-"""Base vectors from a registration's reference: stored, inline samples or WFDB records read
-from ``data_dir`` only, each bounded (``max_reference_records``, ``max_reference_seconds``)."""
+"""Base vectors and lead scales from a registration's reference: stored, inline samples or WFDB
+records read from ``data_dir`` only, each bounded (``max_reference_records``,
+``max_reference_seconds``). A reference in mV gives the twin its own amplitudes; one without
+(z-scores, a bare base vector) gets the amplitude model's for the patient's state."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from models.amplitude import AmplitudeError, AmplitudeModel, lead_scales
+from models.conditions import CardiacState
 from models.data.preprocess import to_model_input
 from models.data.ptbxl import DataError, read_wfdb_signal
 from models.twin import TwinModel
 from stream.events import EventError
 from twin_engine.config import Settings
 
+MV_MEASURED = "reference"
+MV_PREDICTED = "amplitude model"
+# what an inline reference's ``units`` may say, and the factor to mV (None: no absolute amplitude)
+SAMPLE_UNITS = {"mV": 1.0, "uV": 1e-3, "zscore": None}
+
+
+class Reference(NamedTuple):
+    base: np.ndarray  # unit-norm base vector
+    mv_scale: np.ndarray  # each lead's scale in mV (models.amplitude)
+    mv_source: str  # MV_MEASURED or MV_PREDICTED
+
 
 class References:
-    """Turns a ``register`` event's ``reference`` into the patient's base vector.
+    """Turns a ``register`` event's ``reference`` into the patient's base vector and lead scales.
 
     Args:
-        settings: ``data_dir`` and the reference limits.
+        settings: ``data_dir``, the reference limits, the model folder (its ``amplitude.json``).
         model: encodes the reference (its encoder decides the base vector).
     """
 
     def __init__(self, settings: Settings, model: TwinModel) -> None:
         self.settings, self.model = settings, model
+        self.amplitude = AmplitudeModel.for_model(settings.model_path)
 
     def base_vector(self, ref: dict[str, Any]) -> np.ndarray:
-        """The unit-norm base vector of ``ref``; EventError saying why it cannot be had.
-        Blocking (reads files, runs the encoder): call it in a thread."""
+        """The unit-norm base vector of ``ref`` (``read``'s)."""
+        return self.read(ref, CardiacState()).base
+
+    def read(self, ref: dict[str, Any], state: CardiacState) -> Reference:
+        """The base vector of ``ref`` and the twin's lead scales: measured where ``ref`` is in mV
+        (or uV), else predicted for ``state``. EventError saying why it cannot be had. Blocking
+        (reads files, runs the encoder): call it in a thread."""
         fs = self.model.meta.fs
+        scales: list[np.ndarray] = []
         leads = len(self.model.meta.leads)
         try:
             if "base_vector" in ref:
@@ -38,7 +60,8 @@ class References:
                 if v.shape != (self.model.ibe.cfg.base_dim,) or not np.isfinite(v).all():
                     raise EventError(f"base_vector must be {self.model.ibe.cfg.base_dim} finite numbers")
                 v = v / max(1e-300, float(np.abs(v).max()))  # scaled first: the norm of 1e308s is inf
-                return (v / max(1e-8, float(np.linalg.norm(v)))).astype(np.float32)
+                return Reference((v / max(1e-8, float(np.linalg.norm(v)))).astype(np.float32),
+                                 self.amplitude.predict(state), MV_PREDICTED)
             if "wfdb" in ref:
                 paths = ref["wfdb"] if isinstance(ref["wfdb"], list) else [ref["wfdb"]]
                 if not paths:
@@ -57,21 +80,35 @@ class References:
                     except Exception:
                         raise EventError(f"cannot read WFDB header {path!r} (no such record under data_dir, "
                                          "or not WFDB)") from None
-                    headers.append((p, header.fs))
+                    headers.append((p, header.fs, _to_mv(header.units)))
                     seconds += (header.sig_len or 0) / max(1e-9, float(header.fs or 0))
                 self._check_reference_seconds(seconds)
-                refs = [to_model_input(read_wfdb_signal(p), rec_fs, fs, leads) for p, rec_fs in headers]
+                refs = []
+                for p, rec_fs, k in headers:
+                    x = read_wfdb_signal(p)
+                    refs.append(to_model_input(x, rec_fs, fs, leads))
+                    if k is not None:
+                        scales.append(lead_scales(x * k, rec_fs))
             else:
                 x = np.asarray(ref["samples"], np.float64)  # as given: float32 would overflow to inf
                 ref_fs = ref.get("fs", fs)
                 if isinstance(ref_fs, bool) or not isinstance(ref_fs, (int, float)) or not 50 <= ref_fs <= 10_000:
                     raise EventError(f"reference fs must be 50-10000 Hz, got {ref_fs!r}")
                 self._check_reference_seconds(len(x) / float(ref_fs))
+                units = ref.get("units", "mV")
+                if units not in SAMPLE_UNITS:
+                    raise EventError(f"reference units must be one of {', '.join(SAMPLE_UNITS)}, got {units!r}")
                 refs = [to_model_input(x, float(ref_fs), fs, leads)]
+                if SAMPLE_UNITS[units] is not None:
+                    scales.append(lead_scales(x * SAMPLE_UNITS[units], float(ref_fs)))
             base = self.model.encode(refs)
             if not np.isfinite(base).all():  # a twin without a finite base vector streams NaN
                 raise EventError("the reference gives no finite base vector")
-            return base
+            if scales:
+                return Reference(base, np.median(np.stack(scales), 0).astype(np.float32), MV_MEASURED)
+            return Reference(base, self.amplitude.predict(state), MV_PREDICTED)
+        except AmplitudeError as exc:
+            raise EventError(f"bad reference: {exc}") from None
         except (DataError, ValueError, TypeError) as exc:
             if isinstance(exc, EventError):
                 raise
@@ -96,3 +133,12 @@ class References:
             raise EventError(f"wfdb path {path!r} lies outside the data directory (data_dir {root}); "
                              "reference records are read only from there")
         return Path(p)
+
+
+def _to_mv(units: list[str] | None) -> float | None:
+    """The factor from a WFDB header's signal units to mV (None: not a voltage, e.g. the
+    z-scored PTB-XL subset's ``zscore``)."""
+    found = {(u or "").strip() for u in units or []}
+    if len(found) == 1:
+        return {"mV": 1.0, "uV": 1e-3, "V": 1e3}.get(found.pop())
+    return None

@@ -35,6 +35,7 @@ class _WfdbRecord:
     init_value: list[int]  # per lead, the first sample
     checksum: np.ndarray  # per lead, the sum of samples (WFDB's, mod 2**16)
     samples: int = 0
+    units: str = "mV"
 
 
 class WfdbSink:
@@ -68,7 +69,7 @@ class WfdbSink:
         r = self._records.get(seg.patient_id)
         if r is None:
             r = self._records[seg.patient_id] = _WfdbRecord(record_name(seg.patient_id), seg.fs, seg.leads, [int(v) for v in q[0]],
-                                                            np.zeros(len(seg.leads), np.int64))
+                                                            np.zeros(len(seg.leads), np.int64), units=seg.units)
             self.folder.mkdir(parents=True, exist_ok=True)
             self._dat(r).write_bytes(b"")  # a record of this name from an earlier run is replaced
         with self._dat(r).open("ab") as f:  # format 16: little-endian int16, leads interleaved
@@ -124,7 +125,7 @@ class WfdbSink:
 
         n = len(r.leads)
         wfdb.Record(record_name=r.name, n_sig=n, fs=r.fs, sig_len=r.samples, file_name=[f"{r.name}.dat"] * n,
-                    fmt=["16"] * n, adc_gain=[GAIN] * n, baseline=[0] * n, units=["z"] * n, sig_name=list(r.leads),
+                    fmt=["16"] * n, adc_gain=[GAIN] * n, baseline=[0] * n, units=[r.units] * n, sig_name=list(r.leads),
                     checksum=[int(c) for c in r.checksum], init_value=r.init_value, adc_res=[16] * n,
                     adc_zero=[0] * n, block_size=[0] * n).wrheader(write_dir=str(self.folder))
         for extension, rows in notes.items():

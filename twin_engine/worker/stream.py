@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.amplitude import to_mv
 from models.conditions import CardiacState
 from models.rhythm import Beat, Episode, Rhythm
 from models.rhythm.render import BankError
@@ -92,6 +93,9 @@ class PatientStream:
         # which state each segment is in (its start time: this stream's, whose origin may move)
         self.timeline = Timeline((patient.cardiac_state, patient.state_event_id), self.start_time, self.seconds)
         self.base = patient.base()  # fixed for the stream's life: re-registration starts a new one
+        # the model works in z-scores (and keeps its tail in them); segments go out in mV
+        self.mv_scale = np.asarray(patient.mv_scale if patient.mv_scale is not None else [1.0] * len(leads),
+                                   np.float32)
         self.nstdb = nstdb
         self._drawn: dict[str, Drawn | None] = {}  # each artifact made once (None: it could not be)
         # the stream task's one alarm: a state change, a moved end or stop; ``_stale`` says the
@@ -322,7 +326,8 @@ class PatientStream:
         if self.clock.speed:
             self.metrics.lag.set(max(0.0, lateness))
         seg = Segment(self.p.patient_id, item.seq, self.start_time(item.seq), self.fs, self.leads,
-                      item.samples, state_to_dict(item.state), item.event_id, self.model_version)
+                      to_mv(item.samples, self.mv_scale), state_to_dict(item.state), item.event_id,
+                      self.model_version)
         change = next((c for c in self.changes if c.event_id == item.event_id), None)
         if change is not None and change.first_seq is None:
             change.first_seq, change.published = item.seq, time.monotonic()

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from models.amplitude import AmplitudeModel
 from models.twin import TwinModel
 from twin_engine.config import Settings
 from twin_engine.metrics import Metrics
@@ -43,6 +44,7 @@ class Streams(Mapping[str, PatientStream]):
         # restored patients whose base vector does not fit this model, and why: kept in the
         # registry unstreamed until registered again (or removed)
         self.held: dict[str, str] = {}
+        self.amplitude = AmplitudeModel.for_model(settings.model_path)
 
     def __getitem__(self, pid: str) -> PatientStream:
         return self.live[pid]
@@ -56,6 +58,10 @@ class Streams(Mapping[str, PatientStream]):
     def start(self, p: Patient) -> None:
         """Stream ``p`` (from its position); it is no longer held."""
         s, meta = self.settings, self.model.meta
+        if p.mv_scale is None or len(p.mv_scale) != len(meta.leads):
+            # a record from before segments were in mV: its amplitudes predicted, and said so
+            p.mv_scale = [round(float(v), 5) for v in self.amplitude.predict(p.cardiac_state)]
+            p.mv_source = "amplitude model"
         stream = PatientStream(
             p, clock=self.clock, batcher=self.batcher, fs=meta.fs, segment_samples=self.segment_samples,
             context_samples=self.context_samples, lookahead=s.lookahead_segments, leads=meta.leads,
