@@ -110,9 +110,9 @@ state = {{ statements = {{ AFIB = 1 }}, heart_rate = 120 }}
 
 
 def test_render_writes_millivolts_a_references_own_or_the_amplitude_models(data_dir, tmp_path):
-    """A twin of an mV reference (LUDB, CPSC2018) is drawn at that reference's amplitudes, one of
-    the z-scored PTB-XL subset at the amplitude model's; the record says mV and the manifest says
-    which scales and where they came from."""
+    """A twin of an mV reference (LUDB, CPSC2018) is drawn with that reference's QRS height in
+    every lead, one of the z-scored PTB-XL subset at the amplitude model's scales; the record says
+    mV and the manifest says which scales and where they came from."""
     import json
 
     import numpy as np
@@ -120,14 +120,20 @@ def test_render_writes_millivolts_a_references_own_or_the_amplitude_models(data_
 
     from models.amplitude import AmplitudeModel, lead_scales
     from models.conditions import CardiacState
+    from models.data.preprocess import to_model_input
+    from models.rhythm.render import BeatBank
 
+    def qrs_heights(x: np.ndarray, fs: float) -> np.ndarray:  # the median beat's, as the rhythm bank measures
+        return BeatBank.from_windows([to_model_input(x, fs, 250) * lead_scales(x, fs)], 250).scale
+
+    refs = {"ludb": "ludb/data/1", "cpsc": "cpsc2018/A0002", "ptb": RECORDS[0]}
     scenario = tmp_path / "mv.toml"
     scenario.write_text('seconds = 20\n' + "".join(f'''
 [[patient]]
 id = "{pid}"
 wfdb = "{ref}"
 state = {{ statements = {{ SR = 1 }}, heart_rate = 70 }}
-''' for pid, ref in (("ludb", "ludb/data/1"), ("cpsc", "cpsc2018/A0002"), ("ptb", RECORDS[0]))))
+''' for pid, ref in refs.items()))
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'data_dir = "{data_dir}"\n')
     assert main(["--config", str(cfg), "render", str(scenario), "--out", str(tmp_path / "db")]) == 0
@@ -140,11 +146,10 @@ state = {{ statements = {{ SR = 1 }}, heart_rate = 70 }}
         if r["record"] == "ptb":
             assert r["mv_source"] == "amplitude model"
             assert np.allclose(scale, AmplitudeModel.load().predict(CardiacState({"SR": 1.0}, 70)), rtol=1e-3)
-        else:
-            ref = "ludb/data/1" if r["record"] == "ludb" else "cpsc2018/A0002"
-            own = wfdb.rdrecord(str(data_dir / ref))
-            assert r["mv_source"] == "reference"
-            assert np.allclose(scale, lead_scales(own.p_signal, own.fs), rtol=1e-3)
-        # the twin's band SD per lead over its reference's (measured: 0.71-1.15 per lead, median 0.95)
-        ratio = lead_scales(rec.p_signal[250:], rec.fs) / scale
-        assert 0.8 <= np.median(ratio) <= 1.25 and ((ratio > 0.5) & (ratio < 2)).all(), (r["record"], ratio)
+            continue
+        own = wfdb.rdrecord(str(data_dir / refs[r["record"]]))
+        assert r["mv_source"] == "reference QRS"
+        # the twin's QRS height over its reference's, per lead (measured 0.89-1.04); in the
+        # model's z-scores (no scale) a QRS is several units high, not about one mV
+        ratio = qrs_heights(rec.p_signal, rec.fs) / qrs_heights(own.p_signal, own.fs)
+        assert 0.9 <= np.median(ratio) <= 1.1 and ((ratio > 0.8) & (ratio < 1.25)).all(), (r["record"], ratio)
