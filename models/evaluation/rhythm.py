@@ -163,8 +163,8 @@ def _render(track, seconds: float, fs: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def held_out_banks(model, data: Path, patients: int = 10):
-    """(ecg id, beat bank) of the first ``patients`` held-out PTB-XL patients (folds 9-10), each
-    in its own morphology (its statements, at the bank's rate); the i-th bank from seed 1000 + i."""
+    """(ecg id, beat bank, state) of the first ``patients`` held-out PTB-XL patients (folds 9-10),
+    each in its own morphology (its statements, at the bank's rate); the i-th bank from seed 1000 + i."""
     from models.data.ptbxl import PTBXL
     from models.rhythm.morphology import bank_for
 
@@ -172,7 +172,7 @@ def held_out_banks(model, data: Path, patients: int = 10):
     for i, rid in enumerate(db.split()[1][:patients]):
         rec = db.record(rid)
         state = CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab)
-        yield rid, bank_for(model, model.encode([rec.signal]), state, seed=1000 + i)
+        yield rid, bank_for(model, model.encode([rec.signal]), state, seed=1000 + i), state
 
 
 def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0) -> dict:
@@ -194,7 +194,7 @@ def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0) ->
     dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
     scores: dict[str, dict[str, list]] = {}
     windows: dict[int, dict[str, list[bool]]] = {r: {d: [] for d in dets} for r in RATES}
-    banks = [bank for _, bank in held_out_banks(model, data, patients)]
+    banks = [bank for _, bank, _ in held_out_banks(model, data, patients)]
     for i, bank in enumerate(banks):
         for rhythm in BEAT_RHYTHMS:
             x, truth = _render(RhythmTrack(BeatSchedule(rhythm, 0.0, i), BeatRenderer(bank, i)), seconds, fs)

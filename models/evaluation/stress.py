@@ -42,20 +42,22 @@ def mitdb_sources(data: Path, records=RECORDS, seconds: float = 300.0):
 
 
 def twin_sources(model, data: Path, patients: int = 10, seconds: float = 300.0):
-    """The same for twins of held-out PTB-XL patients drawn on a schedule (lead II): sinus at 75
-    bpm with isolated PVCs (one beat in 20), each in its own morphology, their beats the truth."""
+    """The same for twins of held-out PTB-XL patients drawn on a schedule (lead II, in mV at the
+    amplitude model's scale, as the service draws a PTB-XL twin): sinus at 75 bpm with isolated
+    PVCs (one beat in 20), each in its own morphology, their beats the truth."""
+    from models.amplitude import AmplitudeModel
     from models.evaluation.rhythm import held_out_banks
     from models.rhythm import BeatSchedule, Rhythm
     from models.rhythm.render import BeatRenderer
     from models.rhythm.track import RhythmTrack
 
-    fs = model.meta.fs
-    for i, (rid, bank) in enumerate(held_out_banks(model, data, patients)):
+    fs, amplitude = model.meta.fs, AmplitudeModel.load()
+    for i, (rid, bank, state) in enumerate(held_out_banks(model, data, patients)):
         track = RhythmTrack(BeatSchedule(Rhythm("pvc", rate=75.0, probability=0.05), 0.0, i), BeatRenderer(bank, i))
         x, beats, _ = track.window(0.0, int(seconds * fs))
         ref = np.array([int(round(b.time * fs)) for b in beats])
         normal = np.array([int(round(b.time * fs)) for b in beats if b.kind == "N"])
-        yield f"ptbxl-{rid}", x[:, 1].astype(np.float64), float(fs), ref, normal
+        yield f"ptbxl-{rid}", x[:, 1].astype(np.float64) * float(amplitude.predict(state)[1]), float(fs), ref, normal
 
 
 def noise_stress(data: Path, records=RECORDS, snrs=SNRS, kinds=KINDS, detectors=("xqrs", "neurokit2", "pantompkins"),
