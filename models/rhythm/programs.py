@@ -38,6 +38,11 @@ class Rhythm:
         ratio: atrial flutter's conduction (2, 3 or 4 flutter waves per beat; 0 varies).
         irregularity: AF's RR spread, the coefficient of variation the program aims at
             (MIT-BIH's AF: median 0.18 over 1 min; CPSC 2021's: 0.24; docs/RHYTHM.md).
+        pulse_mv, pulse_ms: ``paced``: the pacing pulse's amplitude and width, over IEC
+            60601-2-27's test ranges (2-700 mV, 0.1-2 ms); drawn where the output rate can carry
+            it (``twin-engine render --fs``), at 250 Hz as its band-limited footprint.
+            ``asystole`` with a ``rate``: a pacemaker firing at that rate without capture (pulses,
+            no QRS: the pacer-rejection test), drawn at such an output rate only.
     """
 
     name: str = "sinus"
@@ -48,6 +53,8 @@ class Rhythm:
     coupling: float | None = None
     ratio: int | None = None
     irregularity: float | None = None
+    pulse_mv: float | None = None
+    pulse_ms: float | None = None
 
     @staticmethod
     def from_dict(d: dict) -> Rhythm:
@@ -69,7 +76,8 @@ class Rhythm:
         if spec is None:
             raise RhythmError(f"unknown rhythm {self.name!r}; known: {', '.join(rhythm_names())}")
         r = replace(self, **{k: v for k, v in spec.defaults.items() if getattr(self, k) is None})
-        for k in ("rate", "duration", "pattern", "probability", "coupling", "ratio", "irregularity"):
+        for k in ("rate", "duration", "pattern", "probability", "coupling", "ratio", "irregularity", "pulse_mv",
+                  "pulse_ms"):
             v = getattr(r, k)
             if v is None:
                 continue
@@ -226,11 +234,13 @@ RHYTHMS: dict[str, Spec] = {
     "pvc": Spec(pvc, {"rate": 75.0, "pattern": "isolated", "probability": 0.1, "coupling": 0.7},
                 {**_ECTOPY, "pattern": ("isolated", "couplet", "bigeminy", "trigeminy")}),
     "pac": Spec(pac, {"rate": 75.0, "probability": 0.1, "coupling": 0.7}, _ECTOPY),
-    "paced": Spec(paced, {"rate": 70.0}, {"rate": (30.0, 180.0), "duration": (1.0, 86400.0)}),
+    "paced": Spec(paced, {"rate": 70.0, "pulse_mv": 5.0, "pulse_ms": 0.5},
+                  {"rate": (30.0, 180.0), "duration": (1.0, 86400.0), "pulse_mv": (2.0, 700.0), "pulse_ms": (0.1, 2.0)}),
     "svt": Spec(svt, {"rate": 200.0}, {"rate": (150.0, 250.0), "duration": (1.0, 86400.0)}),
     "vt": Spec(vt, {"rate": 180.0}, {"rate": (100.0, 250.0), "duration": (1.0, 86400.0)}),
     "pause": Spec(pause, {"duration": 3.0}, {"duration": (1.5, 12.0)}, one_beat=True),
-    "asystole": Spec(no_beats, {}, {"duration": (1.0, 3600.0)}),
+    "asystole": Spec(no_beats, {}, {"duration": (1.0, 3600.0), "rate": (30.0, 180.0), "pulse_mv": (2.0, 700.0),
+                                    "pulse_ms": (0.1, 2.0)}),
     "vf": Spec(no_beats, {}, {"duration": (1.0, 3600.0)}),
 }
 

@@ -213,10 +213,13 @@ class BeatRenderer:
     Args:
         bank: the patient's beats.
         seed: the stream's seed (which bank beat each beat shows, the f-wave phases).
+        pace_footprint: draw each pacing stimulus as its band-limited footprint (a stream at the
+            model's rate); False where the pulse itself is drawn at a higher output rate
+            (``models.rhythm.pacing``).
     """
 
-    def __init__(self, bank: BeatBank, seed: int) -> None:
-        self.fs, self.seed = bank.fs, seed & 0x7FFFFFFF
+    def __init__(self, bank: BeatBank, seed: int, pace_footprint: bool = True) -> None:
+        self.fs, self.seed, self.pace_footprint = bank.fs, seed & 0x7FFFFFFF, pace_footprint
         self._banks: list[tuple[float, BeatBank]] = [(-math.inf, bank)]
         self.leads = bank.normal.shape[2]
         phase = np.random.default_rng(self.seed)
@@ -288,7 +291,7 @@ class BeatRenderer:
         wave = _interpolate(tpl, u * fs + bank.r)
         gain = 1.0 + 0.04 * rng.standard_normal()  # beat-to-beat amplitude (respiration, position)
         out[lo:hi] += (gain * wave * drawn[:, None]).astype(np.float32)
-        if b.kind == "P":  # the stimulus: its sample and the next (the amplifier's recovery)
+        if b.kind == "P" and self.pace_footprint:  # the stimulus: its sample and the next (the amplifier's recovery)
             at = int(round((b.time - PACE_LEAD_S) * fs)) - int(round(t0 * fs))
             for i, h in ((at, 1.0), (at + 1, -0.3)):
                 if 0 <= i < len(out):

@@ -133,10 +133,21 @@ class CommandDetector:
             return checked_labelled(([r[0] for r in rows], [r[1] for r in rows]), len(x), self.name)
 
 
+XQRS_MAX_FS = 500  # XQRS found every beat of a twin at 250 and 500 Hz and none at 1-10 kHz
+
+
 def _xqrs(x: np.ndarray, fs: float) -> np.ndarray:
+    """XQRS at the record's rate, or at ``XQRS_MAX_FS`` (band-limited, as a monitor's ECG channel
+    is) for records above it (pacer-pulse tests), its beats mapped back to the record's samples."""
     from wfdb import processing
 
-    return processing.xqrs_detect(x, fs, verbose=False)
+    if fs <= XQRS_MAX_FS or fs != int(fs):
+        return processing.xqrs_detect(x, fs, verbose=False)
+    from models.rhythm.pacing import resample
+
+    y = resample(np.asarray(x, np.float32)[:, None], int(fs), XQRS_MAX_FS)[:, 0].astype(np.float64)
+    found = processing.xqrs_detect(y, XQRS_MAX_FS, verbose=False)
+    return np.unique(np.minimum(len(x) - 1, np.round(np.asarray(found) * fs / XQRS_MAX_FS).astype(np.int64)))
 
 
 def _neurokit(method: str) -> Callable[[np.ndarray, float], np.ndarray]:

@@ -56,6 +56,8 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
                    ("POST", "/patients/bed-9/state", {"json": {}}),
                    ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "vt", "rate": 400}}}),
                    ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "vt", "rate": 180}}}),
+                   # pulses without capture: a stream at 250 Hz cannot carry them (render --fs can)
+                   ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "asystole", "rate": 60}}}),
                    ("POST", "/patients/bed-9/state", {"data": b"[]", "headers": {"Content-Type": "application/json"}}),
                    # artifacts: a bad one, and any while this deployment's rhythm layer is off
                    ("POST", "/patients/bed-9/artifacts", {"json": {"artifact": {"kind": "smoke", "duration": 3}}}),

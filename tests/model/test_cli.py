@@ -153,3 +153,45 @@ state = {{ statements = {{ SR = 1 }}, heart_rate = 70 }}
         # model's z-scores (no scale) a QRS is several units high, not about one mV
         ratio = qrs_heights(rec.p_signal, rec.fs) / qrs_heights(own.p_signal, own.fs)
         assert 0.9 <= np.median(ratio) <= 1.1 and ((ratio > 0.8) & (ratio < 1.25)).all(), (r["record"], ratio)
+
+
+def test_render_at_a_pacer_test_rate_draws_each_pulse_where_the_pace_file_says(data_dir, tmp_path):
+    """At ``fs`` above the model's rate a paced rhythm's stimuli are drawn as IEC pulses (here 700
+    mV for 2 ms at 2 kHz: four samples) on every lead, 90 ms before each paced beat, listed in
+    the .pace file; the beats file is at the same rate, and a rate out of range is refused."""
+    import numpy as np
+    import wfdb
+
+    scenario = tmp_path / "pace.toml"
+    scenario.write_text(f'''
+seconds = 12
+fs = 2000
+
+[[patient]]
+id = "pm"
+wfdb = "{RECORDS[0]}"
+state = {{ statements = {{ SR = 1 }}, heart_rate = 70 }}
+
+[[change]]
+at = 4
+patient = "pm"
+rhythm = {{ name = "paced", rate = 80, pulse_mv = 700, pulse_ms = 2 }}
+''')
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{data_dir}"\n')
+    out = tmp_path / "db"
+    assert main(["--config", str(cfg), "render", str(scenario), "--out", str(out)]) == 0
+    rec = wfdb.rdrecord(str(out / "pm"))
+    pace = wfdb.rdann(str(out / "pm"), "pace")
+    atr = wfdb.rdann(str(out / "pm"), "atr")
+    assert rec.fs == 2000 and rec.p_signal.shape == (24000, 12) and set(rec.fmt) == {"24"}
+    paced = np.array([s for s, sym in zip(atr.sample, atr.symbol, strict=True) if sym == "/"])
+    assert len(paced) >= 9 and np.array_equal(pace.sample, paced - 180)  # 90 ms before R at 2 kHz
+    assert set(pace.aux_note) == {"700mV 2ms"} and set(pace.symbol) == {"^"}
+    for s in pace.sample:
+        assert (rec.p_signal[s:s + 4] > 690).all() and (rec.p_signal[s + 4] < 10).all()
+    assert (rec.p_signal[:4 * 2000] < 100).all()  # sinus before the change: no pulses
+
+    assert main(["--config", str(cfg), "render", str(scenario), "--out", str(out), "--fs", "100"]) == 2
+    scenario.write_text(scenario.read_text().replace("fs = 2000", "fs = 99999"))
+    assert main(["--config", str(cfg), "render", str(scenario), "--out", str(out)]) == 2

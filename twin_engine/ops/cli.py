@@ -222,7 +222,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     model = TwinModel.load(Path(settings.model_path))
     scenario = load_scenario(args.scenario, model.meta.vocab)
     try:
-        written = render_scenario(settings, model, scenario, Path(args.out), args.seconds)
+        written = render_scenario(settings, model, scenario, Path(args.out), args.seconds, args.fs)
     except (EventError, BankError) as exc:
         raise ScenarioError(str(exc)) from None
     for r in written:
@@ -390,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("scenario", help="scenario TOML (see twin_engine/ops/scenarios/)")
     rn.add_argument("--out", required=True, help="folder for the records, annotations and manifest.json")
     rn.add_argument("--seconds", type=float, help="record length (default: 30 s past the last change)")
+    rn.add_argument("--fs", type=int, help="output rate in Hz (default: the scenario's fs, else the model's 250); "
+                                           "above 250 each pacing stimulus is drawn as its pulse (pulse_mv, pulse_ms "
+                                           "of the paced rhythm) and listed in a .pace annotation file")
     rn.set_defaults(func=cmd_render)
     st = sub.add_parser("stress", help="run a stress suite of scenarios (offline), score detectors against the "
                                        "ground truth, write a report")

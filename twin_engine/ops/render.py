@@ -23,8 +23,9 @@ import wfdb
 
 from models.amplitude import to_mv
 from models.conditions import CardiacState
-from models.rhythm.annotations import write_annotations
+from models.rhythm.annotations import write_annotations, write_rows
 from models.rhythm.morphology import bank_for, morphology_state, rhythm_of
+from models.rhythm.pacing import MAX_FS, PACE_SYMBOL, add_pulses, resample, stimuli
 from models.rhythm.programs import RHYTHMS, Rhythm
 from models.rhythm.render import BeatRenderer, bank_seed
 from models.rhythm.schedule import BeatSchedule
@@ -34,7 +35,7 @@ from models.twin import TwinModel
 from stream.events import Event
 from stream.segments import GAIN, noise_note, quantize
 from twin_engine.config import Settings
-from twin_engine.ops.scenario import Scenario
+from twin_engine.ops.scenario import Scenario, ScenarioError
 from twin_engine.worker.references import Reference, References
 from twin_engine.worker.sinks import record_name
 
@@ -63,25 +64,35 @@ def scenario_seconds(scenario: Scenario) -> float:
 
 
 def render_scenario(settings: Settings, model: TwinModel, scenario: Scenario, out: Path,
-                    seconds: float | None = None) -> list[Rendered]:
+                    seconds: float | None = None, fs: int | None = None) -> list[Rendered]:
     """Write every patient of ``scenario`` to ``out``; returns what was written.
+
+    Args:
+        seconds: each record's length (default: ``scenario_seconds``).
+        fs: the records' rate (default: the scenario's ``fs``, else the model's); above the
+            model's, each pacing stimulus is drawn as its pulse (``models.rhythm.pacing``).
 
     Raises:
         EventError: a reference the service would refuse (the message says why).
         BankError: the twin gave too few clean beats for a patient's morphology.
+        ScenarioError: an output rate out of range.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     seconds = scenario_seconds(scenario) if seconds is None else float(seconds)
+    fs_out = int(fs or scenario.fs or model.meta.fs)
+    if not model.meta.fs <= fs_out <= MAX_FS:
+        raise ScenarioError(f"the output rate must be {model.meta.fs}..{MAX_FS} Hz, got {fs_out}")
+    out.mkdir(parents=True, exist_ok=True)
     refs = References(settings, model)
     written = []
     for reg in scenario.registrations:
         changes = [c for c in scenario.changes if c.event.patient_id == reg.patient_id]
         written.append(_render_patient(model, refs.read(reg.reference, reg.state or CardiacState()), reg,
                                        [(c.at, c.event) for c in changes], seconds, out,
-                                       scenario.artifacts.get(reg.patient_id, []), settings.data_dir / "nstdb"))
+                                       scenario.artifacts.get(reg.patient_id, []), settings.data_dir / "nstdb",
+                                       fs_out))
     (out / "manifest.json").write_text(json.dumps(
-        {"seconds": seconds, "fs": model.meta.fs, "units": "mV", "model_version": model.meta.version,
+        {"seconds": seconds, "fs": fs_out, "units": "mV", "model_version": model.meta.version,
          "records": [{"record": r.path.name, "seconds": r.seconds, "beats": r.beats, **r.truth}
                      for r in written]}, indent=1))
     return written
@@ -92,14 +103,14 @@ def _rhythm(ev: Event, state: CardiacState) -> Rhythm:
 
 
 def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[tuple[float, Event]],
-                    seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path) -> Rendered:
+                    seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path, fs_out: int) -> Rendered:
     fs, seed, base = model.meta.fs, bank_seed(reg.patient_id), ref.base
     state = reg.state or CardiacState()
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
     asked = [{"at": 0.0, **_rhythm(reg, state).to_dict()}]
     schedule = BeatSchedule(_rhythm(reg, state), 0.0, seed)
-    renderer = BeatRenderer(bank_for(model, base, state, seed), seed)
+    renderer = BeatRenderer(bank_for(model, base, state, seed), seed, pace_footprint=fs_out == fs)
     morph = morphology_state(state)
     # every request is known up front: each holds from its own time exactly
     for at, ev in changes:
@@ -137,17 +148,25 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
                           [int(round(b.time * fs)) for b in beats], int)
         signal, measured = apply(signal, fs, normal, arts, seed, nstdb)
     signal = to_mv(signal, ref.mv_scale)  # drawn in the model's z-scores (SNRs are per lead: kept)
+    pulses = []
+    if fs_out != fs:
+        signal = resample(signal, fs, fs_out)
+        pulses = stimuli(beats, asked, episodes, end)
+        signal = add_pulses(signal, fs_out, pulses)
     name = record_name(reg.patient_id)
-    _write_record(out, name, signal, fs, model.meta.leads)
+    _write_record(out, name, signal, fs_out, model.meta.leads, wide=fs_out != fs)
     leads = model.meta.leads
     noise_rows = []
     for a in arts:
         note = noise_note(a.kind, a.snr, a.named_leads(leads))
-        noise_rows += [(int(round(a.start * fs)), "~", note),
-                       (min(int(round(a.end * fs)), len(signal) - 1), "~", "clean")]
-    write_annotations(name, out, fs, 0.0, beats, episodes, extra=noise_rows)
+        noise_rows += [(int(round(a.start * fs_out)), "~", note),
+                       (min(int(round(a.end * fs_out)), len(signal) - 1), "~", "clean")]
+    write_annotations(name, out, fs_out, 0.0, beats, episodes, extra=noise_rows)
+    if pulses:
+        write_rows(name, out, [(int(round(t * fs_out)), PACE_SYMBOL, f"{mv:g}mV {ms:g}ms") for t, mv, ms in pulses
+                               if t >= 0], "pace", fs_out)
     truth = {"mv_scale": dict(zip(leads, (round(float(v), 4) for v in ref.mv_scale), strict=True)),
-             "mv_source": ref.mv_source, "changes": asked,
+             "mv_source": ref.mv_source, "pacing_pulses": len(pulses), "changes": asked,
              "episodes": [{"rhythm": e.rhythm, "aux": e.aux, "start": e.start, "end": e.end} for e in episodes],
              "artifacts": [{**a.to_dict(leads), "end": min(a.end, end),
                             "measured_snr_db": {leads[j]: v for j, v in m.items()}}
@@ -155,8 +174,13 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
     return Rendered(out / name, end, len(beats), [f"{e.rhythm}@{e.start:g}" for e in episodes], truth)
 
 
-def _write_record(out: Path, name: str, signal: np.ndarray, fs: int, leads: tuple[str, ...]) -> None:
-    """16-bit WFDB record in mV at the stream's own gain (as the service's WFDB sink writes)."""
+def _write_record(out: Path, name: str, signal: np.ndarray, fs: int, leads: tuple[str, ...], wide: bool = False) -> None:
+    """WFDB record in mV at the stream's own gain: 16-bit as the service's WFDB sink writes, or
+    (``wide``) 24-bit, whose +-8,388 mV carry IEC's largest pacing pulse (700 mV)."""
     n = len(leads)
-    wfdb.wrsamp(name, fs=fs, units=["mV"] * n, sig_name=list(leads), d_signal=quantize(signal), fmt=["16"] * n,
+    if wide:
+        d, fmt = np.clip(np.round(signal * GAIN), -(2 ** 23 - 1), 2 ** 23 - 1).astype(np.int32), "24"
+    else:
+        d, fmt = quantize(signal), "16"
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * n, sig_name=list(leads), d_signal=d, fmt=[fmt] * n,
                 adc_gain=[GAIN] * n, baseline=[0] * n, write_dir=str(out))

@@ -7,7 +7,8 @@ removals (``[[remove]]``: the patient's stream ends before the first segment
 at or after its time). See ``twin_engine/ops/scenarios/ward.toml``. ``[[artifact]]`` entries
 (noise and artifacts over an interval, ``models.stress.artifacts``) are drawn by ``twin-engine
 render`` and ``twin-engine stress``, and ``play`` sends them as artifact events. A top-level
-``seconds`` sets how long ``render`` draws each record.
+``seconds`` sets how long ``render`` draws each record, and ``fs`` the rate it writes them at (the
+model's by default; higher for pacing pulses, ``models.rhythm.pacing``).
 
 The player registers the patients, waits for each one's first segment to learn where its stream
 starts, then sends every change at once with its ``effective_time``: the service makes each at
@@ -31,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.conditions import VOCAB
 from models.data.ptbxl import LEADS
+from models.rhythm.pacing import MAX_FS
 from models.stress.artifacts import Artifact, ArtifactError, artifact
 from stream.events import Event, EventError, json_value, new_event_id, parse_event
 from stream.kafka.producer import send_events
@@ -53,6 +55,7 @@ class Scenario:
     changes: list[Change]  # the timeline: state changes and removals, in time order
     artifacts: dict[str, list[Artifact]] = field(default_factory=dict)  # per patient, in file order
     seconds: float | None = None  # how long render draws each record
+    fs: int | None = None  # the rate render writes them at (None: the model's)
 
 
 def _event(d: dict[str, Any], vocab: tuple[str, ...], where: str) -> Event:
@@ -68,10 +71,13 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
         doc = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
-    unknown = set(doc) - {"patient", "change", "remove", "artifact", "seconds", "title"}
+    unknown = set(doc) - {"patient", "change", "remove", "artifact", "seconds", "fs", "title"}
     if unknown:
         raise ScenarioError(f"{path}: unknown sections {sorted(unknown)} "
-                            "(known: patient, change, remove, artifact, seconds, title)")
+                            "(known: patient, change, remove, artifact, seconds, fs, title)")
+    fs = doc.get("fs")
+    if fs is not None and (isinstance(fs, bool) or not isinstance(fs, int) or not 250 <= fs <= MAX_FS):
+        raise ScenarioError(f"{path}: fs must be a whole number of Hz, 250..{MAX_FS}")
     seconds = doc.get("seconds")
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                 or not 1 <= seconds <= 86400):
@@ -119,7 +125,7 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
         changes.append(Change(float(a["at"]), _event({"patient_id": a["patient"], "type": "artifact",
                                                       "artifact": asked}, vocab, where)))
     return Scenario(regs, sorted(changes, key=lambda c: c.at), artifacts,
-                    None if seconds is None else float(seconds))
+                    None if seconds is None else float(seconds), fs)
 
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
+from models.rhythm.pacing import stream_problem
 from stream.events import (
     Event,
     EventError,
@@ -67,6 +68,8 @@ def _event_from_body(body: dict, patient_id: str, typ: str, service: Frontend) -
             "patient_id": patient_id, "type": typ, **{k: v for k, v in body.items() if k != "patient_id"}}
     body["type"] = typ
     ev = parse_event(json.dumps(body), service.vocab)
+    if stream_problem(ev.rhythm):
+        raise EventError(stream_problem(ev.rhythm))
     if ev.rhythm is not None and not service.settings.rhythm_layer:
         raise EventError("this deployment's rhythm layer is off (rhythm_layer): it draws no named rhythms")
     if ev.artifact is not None and not service.settings.rhythm_layer:

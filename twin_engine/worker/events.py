@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from models.conditions import CardiacState
+from models.rhythm.pacing import stream_problem
 from models.rhythm.render import bank_seed
 from models.stress.artifacts import artifact
 from models.twin import TwinModel
@@ -176,6 +177,8 @@ class EventHandler:
         # the event, so the one write's latency is kept off the event-to-effect path
         if ev.rhythm is not None and not stream.draws_rhythms:
             raise EventError(RHYTHM_NOT_DRAWN.format(reason=stream.rhythm_problem or "the rhythm layer is off"))
+        if stream_problem(ev.rhythm):
+            raise EventError(stream_problem(ev.rhythm))
         state = ev.state or p.cardiac_state  # a rhythm alone keeps the state
         at = stream.change_state(StateChange(state, ev.event_id, ev.effective_time, ev.transition_seconds,
                                              time.monotonic(), rhythm=ev.rhythm))
@@ -239,6 +242,8 @@ class EventHandler:
             await asyncio.sleep(RETRY_S)  # with the lock free: events and handovers go on
 
     async def _register(self, ev: Event, existing: Patient | None) -> None:
+        if stream_problem(ev.rhythm):
+            raise EventError(stream_problem(ev.rhythm))
         if existing is None:
             self._check_room(ev.patient_id)
         state = ev.state or (existing.cardiac_state if existing else None) or CardiacState()
