@@ -214,6 +214,12 @@ def noise_note(kind: str, snr_db: float | None, leads: tuple[str, ...] | None) -
     return f"{kind}{level} {'all' if leads is None else ','.join(leads)}"
 
 
+def state_note(state: dict) -> str:
+    """The aux note of a state change in a WFDB ``.state`` file: ``(AFIB+PVC HR110``."""
+    label = "+".join(sorted(state.get("statements", {}))) or "none"
+    return f"({label} HR{state.get('heart_rate', 0):.0f}"
+
+
 GroundTruth = Annotation | BeatsRecord | RhythmRecord | ArtifactRecord
 
 

@@ -21,9 +21,10 @@ def _pct(x: float | None) -> str:
 
 def markdown(report: dict) -> str:
     """The report's tables."""
+    source = (f"Model {report['model_version']}; suite: {', '.join(Path(s).name for s in report['suite'])}"
+              if "suite" in report else f"A recorded run: {report['recorded']}")
     lines = [f"# Stress report: {report['cases']} cases, lead {report['lead']}",
-             "", f"Model {report['model_version']}; suite: {', '.join(Path(s).name for s in report['suite'])}; "
-             f"the first {report['learning_s']:g} s of each record are the detector's learning period.", "",
+             "", f"{source}; the first {report['learning_s']:g} s of each record are the detector's learning period.", "",
              "## Beats (EC57 matching within 150 ms), gross Se / +P %", "",
              "| beats under | " + " | ".join(report["detectors"]) + " |", "|---|" + "---|" * len(report["detectors"])]
     for key in ["all", *_labels(report)]:

@@ -193,3 +193,48 @@ def test_the_command_and_its_refusals(suite, data_dir, tmp_path, capsys):
 def test_the_shipped_suite_has_thirty_cases_or_more():
     cases = sum(len(load_scenario(f).registrations) for f in suite_files([SHIPPED]))
     assert cases >= 30
+
+
+def test_a_recorded_run_scores_as_the_suite_did(ran, tmp_path, capsys, data_dir):
+    """``stress --recorded``: the suite's own records read back from their annotation files alone
+    (a service's WFDB export writes the same files) give the suite's beat, alarm and meter figures
+    and its artifacts; a ``.state`` file's rate step is scored; a folder without records is a
+    clear refusal."""
+    import shutil
+
+    from models.rhythm.annotations import write_rows
+    from models.stress.recorded import entries
+    from stream.segments import state_note
+    from twin_engine.ops.stress import run_recorded
+
+    out, report = ran
+    folder = tmp_path / "export"
+    shutil.copytree(out / "records" / "case", folder)
+    (folder / "manifest.json").unlink()  # what a service's export has: records and annotation files
+    manifest = json.loads((out / "records" / "case" / "manifest.json").read_text())
+    got = {e["record"]: e for e in entries(folder)}
+    for r in manifest["records"]:
+        assert [(a["kind"], a["start"], a["end"], a["leads"], a["snr_db"]) for a in got[r["record"]]["artifacts"]] == \
+            [(a["kind"], a["start"], a["end"], a["leads"], a["snr_db"]) for a in r["artifacts"]]
+    recorded = run_recorded(folder, [detector("xqrs")], tmp_path / "report")
+    by_case = {c["case"].split("/")[-1]: c["scores"]["xqrs"] for c in recorded["per_case"]}
+    for c in report["per_case"]:
+        mine, theirs = by_case[c["case"].split("/")[-1]], c["scores"]["xqrs"]
+        for part in ("beats", "alarms", "hr"):  # as JSON: an undefined +P (NaN) is equal to itself there
+            assert json.dumps(mine[part], sort_keys=True) == json.dumps(theirs[part], sort_keys=True), part
+    assert "A recorded run" in (tmp_path / "report" / "report.md").read_text()
+
+    # the export's .state file: 80 then 120 bpm at 20 s (the 'noisy' case's step)
+    write_rows("noisy", folder, [(0, "+", state_note({"statements": {"SR": 1}, "heart_rate": 80})),
+                                 (20 * 250, "+", state_note({"statements": {"SR": 1}, "heart_rate": 120}))], "state", 250)
+    [step] = [c for c in run_recorded(folder, [detector("xqrs")], tmp_path / "r2")["per_case"]
+              if c["case"].endswith("noisy")][0]["scores"]["xqrs"]["steps"]
+    [suite_step] = next(c for c in report["per_case"] if c["case"].endswith("noisy"))["scores"]["xqrs"]["steps"]
+    assert (step["from"], step["to"], step["at"]) == (80, 120, 20) and step["response_s"] == suite_step["response_s"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{data_dir}"\n')
+    assert main(["--config", str(cfg), "stress", "--recorded", str(empty), "--out", str(tmp_path / "r3")]) == 2
+    assert "no WFDB record" in capsys.readouterr().err

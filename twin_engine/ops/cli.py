@@ -243,9 +243,22 @@ def cmd_stress(args: argparse.Namespace) -> int:
     except DetectorError as exc:
         print(f"detector error: {exc}", file=sys.stderr)
         return 2
-    model = TwinModel.load(Path(settings.model_path))
-    report = run_suite(settings, model, [Path(p) for p in (args.suite or [SHIPPED])], dets, Path(args.out),
-                       args.lead, args.learning)
+    if args.recorded:
+        from models.stress.recorded import RecordedError
+        from twin_engine.ops.stress import run_recorded
+
+        if args.suite:
+            print("give a suite or --recorded, not both", file=sys.stderr)
+            return 2
+        try:
+            report = run_recorded(Path(args.recorded), dets, Path(args.out), args.lead, args.learning)
+        except (RecordedError, ValueError) as exc:  # a lead the records lack: wfdb's ValueError
+            print(f"recorded run: {exc}", file=sys.stderr)
+            return 2
+    else:
+        model = TwinModel.load(Path(settings.model_path))
+        report = run_suite(settings, model, [Path(p) for p in (args.suite or [SHIPPED])], dets, Path(args.out),
+                           args.lead, args.learning)
     for name, s in report["detectors"].items():
         b = s["beats"]["all"]
         print(f"{name}: QRS Se {100 * b['se']:.2f}% +P {100 * b['ppv']:.2f}% over {s['records']} cases"
@@ -405,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default="stress-report", help="folder for the records and the report")
     st.add_argument("--lead", default="II", help="the lead the detectors read")
     st.add_argument("--learning", type=float, default=5.0, help="seconds of each record left unscored (learning)")
+    st.add_argument("--recorded", metavar="DIR", help="score the WFDB records a run wrote (a service's WFDB export) "
+                                                      "against their own annotation files, instead of a suite")
     st.set_defaults(func=cmd_stress)
     se = sub.add_parser("send", help="send a condition event")
     se.add_argument("patient")

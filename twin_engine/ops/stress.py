@@ -15,6 +15,7 @@ from pathlib import Path
 
 from models.stress import alarms as al
 from models.stress.detectors import CommandDetector, PythonDetector
+from models.stress.recorded import entries
 from models.stress.report import write_report
 from models.stress.scoring import BeatScore, gross
 from models.stress.suite import LEARNING_S, read_record, score_record
@@ -57,17 +58,41 @@ def run_suite(settings: Settings, model: TwinModel, paths: list[Path], detectors
     t0 = time.perf_counter()
     files = suite_files(paths)
     scenarios = [(f, load_scenario(f, model.meta.vocab)) for f in files]  # every file checked first
-    cases, per_det = [], {d.name: [] for d in detectors}
+    folders = []
     for f, scenario in scenarios:
         folder = out / "records" / f.stem
         try:
             render_scenario(settings, model, scenario, folder)
         except Exception as exc:  # noqa: BLE001 - EventError, BankError: the scenario is at fault
             raise ScenarioError(f"{f}: {exc}") from None
-        manifest = json.loads((folder / "manifest.json").read_text())
-        for entry in manifest["records"]:
+        folders.append((f.stem, folder, json.loads((folder / "manifest.json").read_text())["records"]))
+    return _score(folders, detectors, out, lead, learning_s, t0,
+                  {"suite": [str(f) for f in files], "fs": model.meta.fs, "model_version": model.meta.version})
+
+
+def run_recorded(folder: Path, detectors: list[PythonDetector | CommandDetector], out: Path, lead: str = "II",
+                 learning_s: float = LEARNING_S) -> dict:
+    """Score the records a run wrote (a service's WFDB export, or ``render``'s), their truth read
+    from their own annotation files (``models.stress.recorded``); the report as ``run_suite``'s.
+
+    Raises:
+        RecordedError: no record to score, or a damaged annotation file.
+    """
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    return _score([(folder.name, folder, entries(folder))], detectors, Path(out), lead, learning_s, t0,
+                  {"recorded": str(folder)})
+
+
+def _score(folders: list[tuple[str, Path, list[dict]]], detectors: list[PythonDetector | CommandDetector],
+           out: Path, lead: str, learning_s: float, t0: float, about: dict) -> dict:
+    """Score every record of ``folders`` ((name, folder, manifest entries)) per detector, write the
+    report to ``out``; returns the report's contents."""
+    cases, per_det = [], {d.name: [] for d in detectors}
+    for stem, folder, records in folders:
+        for entry in records:
             rec = read_record(folder, entry, lead)
-            case = {"case": f"{f.stem}/{rec.name}", "seconds": rec.seconds, "beats": len(rec.beats),
+            case = {"case": f"{stem}/{rec.name}", "seconds": rec.seconds, "beats": len(rec.beats),
                     "artifacts": entry["artifacts"], "changes": entry["changes"], "episodes": entry["episodes"],
                     "scores": {}}
             for d in detectors:
@@ -76,8 +101,9 @@ def run_suite(settings: Settings, model: TwinModel, paths: list[Path], detectors
                 case["scores"][d.name] = _jsonable(s)
             cases.append(case)
     summary = {name: _summary(rows) for name, rows in per_det.items()}
-    report = {"suite": [str(f) for f in files], "lead": lead, "learning_s": learning_s, "fs": model.meta.fs,
-              "model_version": model.meta.version, "cases": len(cases), "detectors": summary, "per_case": cases}
+    first = {k: v for k, v in about.items() if k in ("suite", "recorded")}
+    report = {**first, "lead": lead, "learning_s": learning_s, **{k: v for k, v in about.items() if k not in first},
+              "cases": len(cases), "detectors": summary, "per_case": cases}
     write_report(out, report, per_det)
     report["seconds_taken"] = round(time.perf_counter() - t0, 1)  # in what is returned, not in the report files
     return report

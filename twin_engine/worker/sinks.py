@@ -9,7 +9,15 @@ from typing import Protocol
 import numpy as np
 
 from models.rhythm.annotations import write_rows
-from stream.segments import GAIN, ArtifactRecord, BeatsRecord, GroundTruth, RhythmRecord, Segment
+from stream.segments import (
+    GAIN,
+    ArtifactRecord,
+    BeatsRecord,
+    GroundTruth,
+    RhythmRecord,
+    Segment,
+    state_note,
+)
 
 
 def record_name(patient_id: str) -> str:
@@ -96,8 +104,7 @@ class WfdbSink:
                 begins = self._sample(ann.patient_id, ann.start_time)
                 notes["atr"].append((at if begins is None else max(at, begins), "+", ann.aux))
         elif ann.end_time is None:
-            label = "+".join(sorted(ann.state.get("statements", {}))) or "none"
-            notes["state"].append((at, "+", f"({label} HR{ann.state.get('heart_rate', 0):.0f}"))
+            notes["state"].append((at, "+", state_note(ann.state)))
 
     def _sample(self, patient_id: str, t: float) -> int | None:
         """The sample of the patient's record at stream time ``t`` (None: not known yet)."""
