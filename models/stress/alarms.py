@@ -5,8 +5,10 @@ truth's, or a QRS detector's): asystole (no QRS for 4 s), extreme bradycardia (h
 40 bpm for 5 consecutive beats), extreme tachycardia (over 140 bpm for 17 consecutive beats),
 ventricular tachycardia (5 or more ventricular beats at over 100 bpm: needs beat classes) and
 ventricular flutter/fibrillation (4 s of it: needs a rhythm, so only the truth and a plug-in
-that reports episodes have it). Each condition is a list of (onset, end) intervals; an alarm
-is raised at an onset.
+that reports episodes have it). And atrial fibrillation, a monitor's non-lethal alarm: the true
+AF episodes, and those the reference AF detector (``models.stress.af``) finds among a
+detector's beats. Each condition is a list of (onset, end) intervals; an alarm is raised at an
+onset.
 
 Episodes are scored as PhysioNet's ``epicmp`` does: episode sensitivity (share of true
 episodes overlapped by a detected one), episode positive predictivity (share of detected ones
@@ -21,12 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.stress.af import af_episodes
+
 ASYSTOLE_S = 4.0
 BRADY_BPM, BRADY_BEATS = 40.0, 5
 TACHY_BPM, TACHY_BEATS = 140.0, 17
 VT_BPM, VT_BEATS = 100.0, 5
 VF_S = 4.0
-ALARMS = ("asystole", "brady", "tachy", "vt", "vf")
+ALARMS = ("asystole", "brady", "tachy", "vt", "vf", "afib")
 # an alarm counts for a true condition from this long before its onset until this long after its
 # end (monitors may confirm late, or read a missed beat as the pause's start); outside, it is false
 GRACE_S = 10.0
@@ -53,13 +57,16 @@ def _rate_runs(times: np.ndarray, beats: int, test) -> list[Interval]:
 
 
 def conditions(times: Sequence[float], end: float, kinds: Sequence[str] | None = None,
-               vf: Sequence[Interval] | None = None, start: float = 0.0) -> dict[str, list[Interval]]:
+               vf: Sequence[Interval] | None = None, start: float = 0.0,
+               af: Sequence[Interval] | None = None) -> dict[str, list[Interval]]:
     """Each alarm's intervals in a record from ``start`` to ``end`` (seconds).
 
     Args:
         times: beat times (seconds), sorted.
         kinds: each beat's class (``N``, ``V``, ...), where known: VT needs them.
         vf: ventricular flutter/fibrillation episodes, where known.
+        af: the true AF episodes (the truth's); None: found among ``times`` by the reference
+            AF detector (a detector's).
 
     Returns:
         alarm name -> (onset, end) intervals; VT absent without ``kinds``, VF without ``vf``
@@ -84,6 +91,7 @@ def conditions(times: Sequence[float], end: float, kinds: Sequence[str] | None =
                 run = t[a:b + 1]
                 vt += _rate_runs(run, VT_BEATS, lambda hr: hr > VT_BPM)
         out["vt"] = vt
+    out["afib"] = list(af) if af is not None else af_episodes(t)
     if vf is not None:
         out["vf"] = [(float(a + VF_S), float(b)) for a, b in vf if b - a >= VF_S]
         # nor is it asystole

@@ -38,6 +38,7 @@ class Record:
     kinds: list[str]
     vf: list[tuple[float, float]]
     truth: dict  # the manifest's entry: changes, episodes, artifacts
+    af: tuple[tuple[float, float], ...] = ()  # the true AF episodes
 
     @property
     def seconds(self) -> float:
@@ -52,8 +53,9 @@ def read_record(folder: Path, entry: dict, lead: str = "II") -> Record:
     beats, episodes = read_annotations(path)
     end = len(rec.p_signal) / rec.fs
     vf = [(e.start, end if e.end is None else e.end) for e in episodes if e.rhythm == "vf"]
+    af = tuple((e.start, end if e.end is None else e.end) for e in episodes if e.rhythm == "afib")
     return Record(entry["record"], rec.p_signal[:, j].astype(np.float64), float(rec.fs), lead,
-                  np.array([b.time for b in beats]), [b.kind for b in beats], vf, entry)
+                  np.array([b.time for b in beats]), [b.kind for b in beats], vf, entry, af)
 
 
 def noise_at(record: Record, t: float, before: float = 0.0) -> str:
@@ -98,8 +100,8 @@ def score_record(record: Record, detect: PythonDetector | CommandDetector, learn
         r = np.array([t for t, lab in zip(ref, labels, strict=True) if lab == label])
         d = np.array([t for t, lab in zip(test, test_labels, strict=True) if lab == label])
         beats[label] = score_beats(np.round(r * fs), np.round(d * fs), fs)
-    truth_c = al.conditions(record.beats, end, record.kinds, record.vf)
-    found_c = al.conditions(found, end)
+    truth_c = al.conditions(record.beats, end, record.kinds, record.vf, af=record.af)
+    found_c = al.conditions(found, end, kinds)  # a beat classifier's V beats make VT alarms
     alarms, episodes = {}, {}
     for name, true_iv in truth_c.items():
         true_iv = [iv for iv in true_iv if iv[0] >= learning_s]

@@ -152,7 +152,11 @@ def test_known_answers_give_known_scores(ran):
     assert (b.fn, b.fp, b.timing_ms) == (0, 0, 0.0)
     assert perfect["alarms"]["asystole"]["raised"] == 1 and perfect["alarms"]["asystole"]["false"] == 0
     symbols = ["V" if k == "V" else "N" for k in rec.kinds]
-    classifier = score_record(rec, PythonDetector("labels", lambda x, fs: (truth, symbols)))["beats"]
+    labelled = score_record(rec, PythonDetector("labels", lambda x, fs: (truth, symbols)))
+    classifier = labelled["beats"]
+    # a classifier's V beats raise the VT alarm (CinC 2015: 5 V beats over 100 bpm): the 3 s run at 170
+    assert (labelled["alarms"]["vt"]["raised"], labelled["alarms"]["vt"]["false"]) == (1, 0)
+    assert perfect["alarms"]["vt"]["not_raised_by_detector"]  # beats alone have no classes
     assert classifier["veb:all"].tp == sum(k == "V" for k, t in zip(rec.kinds, rec.beats, strict=True) if t >= 5)
     assert (classifier["veb:all"].fn, classifier["veb:all"].fp) == (0, 0)
     wrong = score_record(rec, PythonDetector("all-v", lambda x, fs: (truth, ["V"] * len(truth))))["beats"]["veb:all"]

@@ -69,3 +69,24 @@ def test_the_meter_reads_the_truth_and_settles_after_a_step():
     # four RRs at 120 bpm replace the 80s: within 10% after about 1.5 s
     assert 1.0 <= hr_meter.step_response(beats, 30.0, 120.0, 60.0) <= 2.1
     assert hr_meter.step_response(beats, 30.0, 60.0, 60.0) is None  # never reads 60
+
+
+def test_the_reference_af_detector_finds_irregular_rr_and_not_regular_or_bigeminal():
+    from models.stress.af import af_episodes
+
+    rng = np.random.default_rng(3)
+    sinus = np.cumsum(0.8 + 0.02 * rng.standard_normal(100))  # 80 s at 75 bpm with a little HRV
+    af = sinus[-1] + np.cumsum(rng.uniform(0.35, 0.95, 200))  # 130 s of AF
+    after = af[-1] + np.cumsum(0.8 + 0.02 * rng.standard_normal(100))
+    [(a, b)] = af_episodes(np.concatenate([sinus, af, after]))
+    assert abs(a - sinus[-1]) < 15 and abs(b - af[-1]) < 15  # within half a window of its edges
+    assert af_episodes(sinus) == [] and af_episodes(np.cumsum(np.tile([0.5, 1.0], 100))) == []  # bigeminy
+    assert af_episodes(af[:30]) == []  # under 30 s: not an episode
+
+
+def test_af_alarms_come_from_the_truth_or_the_detector():
+    rng = np.random.default_rng(4)
+    t = np.cumsum(rng.uniform(0.35, 0.95, 200))
+    assert al.conditions(t, t[-1], af=[(10.0, 70.0)])["afib"] == [(10.0, 70.0)]
+    found = al.conditions(t, t[-1])["afib"]
+    assert len(found) == 1 and found[0][1] - found[0][0] > 0.8 * t[-1]
