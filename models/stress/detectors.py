@@ -1,8 +1,13 @@
-"""QRS detectors and beat classifiers as plug-ins: a Python callable, or an external command that
-reads a WFDB record and writes an annotation file. A callable returns sample indices, or, to
-classify, ``(samples, symbols)`` (MIT-BIH beat symbols); a command's annotation file carries
-its symbols. Whatever a detector returns is checked before it is scored: a malformed answer is
-a ``DetectorError`` with the reason, never a crash of the run.
+"""QRS detectors, beat classifiers and alarm (arrhythmia) algorithms as plug-ins: a Python
+callable, or an external command that reads a WFDB record and writes an annotation file. A
+callable returns sample indices, or, to classify, ``(samples, symbols)`` (MIT-BIH beat symbols),
+or, to report rhythms too, ``{"beats": samples, "symbols": [...], "rhythms": [(name, start_s,
+end_s), ...]}`` with names of ``RHYTHM_ALARMS``; a command's annotation file carries its symbols,
+and its rhythm changes (``+`` with MIT-BIH's aux notes: ``(AFIB``, ``(VT``, ``(VFL``, ``(ASYS``,
+``(N`` ...) as an arrhythmia analyser writes them for ``epicmp``. A plug-in that reports rhythms
+raises those alarms itself; for the others the suite derives them from its beats. Whatever a
+detector returns is checked before it is scored: a malformed answer is a ``DetectorError`` with
+the reason, never a crash of the run.
 
 Built in as references: ``xqrs`` (``wfdb.processing.xqrs_detect``), ``neurokit2`` and
 ``pantompkins`` (``neurokit2.ecg_peaks`` with its default and Pan-Tompkins methods).
@@ -25,6 +30,55 @@ from models.rhythm.beats import BEAT_SYMBOLS, MIT_KIND
 
 class DetectorError(RuntimeError):
     """A detector failed or answered something that is not a list of beat positions."""
+
+
+# the alarms a plug-in may report as rhythms, and the aux notes that name them in a WFDB file
+RHYTHM_ALARMS = {"asystole": ("(ASYS",), "vt": ("(VT",), "vf": ("(VFL", "(VF"), "afib": ("(AFIB",)}
+_AUX_ALARM = {aux: name for name, auxes in RHYTHM_ALARMS.items() for aux in auxes}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What a plug-in found in one record: beats (sample indices), their classes (a classifier),
+    and the rhythm alarms' intervals in seconds (a plug-in that reports rhythms; None: it does not)."""
+
+    samples: np.ndarray
+    kinds: list[str] | None = None
+    rhythms: dict[str, list[tuple[float, float]]] | None = None
+
+
+def checked_rhythms(rhythms: object, seconds: float, name: str) -> dict[str, list[tuple[float, float]]]:
+    """``[(alarm, start_s, end_s), ...]`` as intervals per alarm of ``RHYTHM_ALARMS``, or
+    DetectorError saying why not."""
+    if not isinstance(rhythms, (list, tuple)):
+        raise DetectorError(f"{name}: rhythms must be a list of (name, start_s, end_s)")
+    out: dict[str, list[tuple[float, float]]] = {k: [] for k in RHYTHM_ALARMS}
+    for r in rhythms:
+        if not (isinstance(r, (list, tuple)) and len(r) == 3):
+            raise DetectorError(f"{name}: each rhythm is (name, start_s, end_s), got {r!r}"[:200])
+        kind, a, b = r
+        if kind not in RHYTHM_ALARMS:
+            raise DetectorError(f"{name}: rhythm {kind!r} is not one of {', '.join(RHYTHM_ALARMS)}"[:200])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (a, b)) \
+                or not 0 <= a < b <= seconds + 1e-6:
+            raise DetectorError(f"{name}: a rhythm's start and end must lie in 0..{seconds:g} s, start before end")
+        out[kind].append((float(a), float(b)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def rhythms_of_annotations(samples: np.ndarray, symbols: list[str], aux: list[str], fs: float,
+                           seconds: float) -> list[tuple[str, float, float]] | None:
+    """The rhythm alarms of an annotation file's rhythm changes (each lasting to the next
+    change, the last to the record's end); None where it has none."""
+    changes = [(s / fs, (a or "").strip("\x00")) for s, sym, a in zip(samples, symbols, aux, strict=True) if sym == "+"]
+    if not changes:
+        return None
+    out = []
+    for i, (t, note) in enumerate(changes):
+        end = changes[i + 1][0] if i + 1 < len(changes) else seconds
+        if note in _AUX_ALARM and end > t:
+            out.append((_AUX_ALARM[note], t, end))
+    return out
 
 
 def checked(found: object, n_samples: int, name: str) -> np.ndarray:
@@ -78,11 +132,26 @@ class PythonDetector:
 
     def classify(self, signal: np.ndarray, fs: float) -> tuple[np.ndarray, list[str] | None]:
         """Sample indices and, where the plug-in classifies, each beat's class."""
+        a = self.analyse(signal, fs)
+        return a.samples, a.kinds
+
+    def analyse(self, signal: np.ndarray, fs: float) -> Analysis:
+        """Beats, their classes where it classifies, and rhythms where it reports them."""
         try:
             found = self.fn(np.asarray(signal, np.float64), fs)
         except Exception as exc:  # noqa: BLE001 - a plug-in's failure is reported, the run goes on
             raise DetectorError(f"{self.name} failed: {exc.__class__.__name__}: {exc}") from exc
-        return checked_labelled(found, len(signal), self.name)
+        if not isinstance(found, dict):
+            return Analysis(*checked_labelled(found, len(signal), self.name))
+        unknown = sorted(set(found) - {"beats", "symbols", "rhythms"})
+        if unknown or "beats" not in found:
+            raise DetectorError(f"{self.name}: an answer as a dict has beats, and may have symbols and rhythms"
+                                f"{'; not ' + ', '.join(map(str, unknown)) if unknown else ''}"[:200])
+        beats = found["beats"] if found.get("symbols") is None else (found["beats"], found["symbols"])
+        samples, kinds = checked_labelled(beats, len(signal), self.name)
+        rhythms = None if found.get("rhythms") is None else \
+            checked_rhythms(found["rhythms"], len(signal) / fs, self.name)
+        return Analysis(samples, kinds, rhythms)
 
 
 @dataclass(frozen=True)
@@ -107,6 +176,11 @@ class CommandDetector:
 
     def classify(self, signal: np.ndarray, fs: float) -> tuple[np.ndarray, list[str] | None]:
         """Sample indices and, for a classifier, each beat's class (from the symbols it wrote)."""
+        a = self.analyse(signal, fs)
+        return a.samples, a.kinds
+
+    def analyse(self, signal: np.ndarray, fs: float) -> Analysis:
+        """Beats, classes for a classifier, and rhythms where its file has rhythm changes."""
         with tempfile.TemporaryDirectory(prefix="twin-detector-") as tmp:
             x = np.asarray(signal, np.float64).reshape(-1, 1)
             wfdb.wrsamp("rec", fs=fs, units=["mV"], sig_name=["ECG"], p_signal=x, fmt=["16"],
@@ -128,9 +202,12 @@ class CommandDetector:
                 raise DetectorError(f"{self.name}: its annotation file is unreadable ({exc.__class__.__name__})") \
                     from exc
             rows = [(int(s), sym) for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS]
+            found = rhythms_of_annotations(ann.sample, ann.symbol, ann.aux_note, fs, len(x) / fs)
+            rhythms = None if found is None else checked_rhythms(found, len(x) / fs, self.name)
             if not self.classifies:
-                return checked([r[0] for r in rows], len(x), self.name), None
-            return checked_labelled(([r[0] for r in rows], [r[1] for r in rows]), len(x), self.name)
+                return Analysis(checked([r[0] for r in rows], len(x), self.name), None, rhythms)
+            return Analysis(*checked_labelled(([r[0] for r in rows], [r[1] for r in rows]), len(x), self.name),
+                            rhythms)
 
 
 XQRS_MAX_FS = 500  # XQRS found every beat of a twin at 250 and 500 Hz and none at 1-10 kHz

@@ -81,9 +81,10 @@ def score_record(record: Record, detect: PythonDetector | CommandDetector, learn
     """
     fs, end = record.fs, record.seconds
     try:
-        samples, kinds = detect.classify(record.signal, fs)
+        analysis = detect.analyse(record.signal, fs)
     except DetectorError as exc:
         return {"error": str(exc)}
+    samples, kinds = analysis.samples, analysis.kinds
     found = np.asarray(samples, int) / fs
     w = 0.15
     keep_ref = (record.beats >= learning_s) & (record.beats < end - 0.3)
@@ -102,6 +103,8 @@ def score_record(record: Record, detect: PythonDetector | CommandDetector, learn
         beats[label] = score_beats(np.round(r * fs), np.round(d * fs), fs)
     truth_c = al.conditions(record.beats, end, record.kinds, record.vf, af=record.af)
     found_c = al.conditions(found, end, kinds)  # a beat classifier's V beats make VT alarms
+    if analysis.rhythms is not None:  # an alarm algorithm: the rhythm alarms are its own calls
+        found_c.update(analysis.rhythms)
     alarms, episodes = {}, {}
     for name, true_iv in truth_c.items():
         true_iv = [iv for iv in true_iv if iv[0] >= learning_s]

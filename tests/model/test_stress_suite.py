@@ -70,7 +70,7 @@ duration = 6
 leads = ["II"]
 '''
 DETECT = '''
-import sys, wfdb
+import sys, numpy as np, wfdb
 from wfdb import processing
 rec = wfdb.rdrecord(sys.argv[1])
 found = processing.xqrs_detect(rec.p_signal[:, 0], rec.fs, verbose=False)
@@ -242,3 +242,42 @@ def test_a_recorded_run_scores_as_the_suite_did(ran, tmp_path, capsys, data_dir)
     cfg.write_text(f'data_dir = "{data_dir}"\n')
     assert main(["--config", str(cfg), "stress", "--recorded", str(empty), "--out", str(tmp_path / "r3")]) == 2
     assert "no WFDB record" in capsys.readouterr().err
+
+
+ALARM_SCRIPT = '''
+import sys, numpy as np, wfdb
+from wfdb import processing
+rec = wfdb.rdrecord(sys.argv[1])
+found = list(processing.xqrs_detect(rec.p_signal[:, 0], rec.fs, verbose=False))
+# an arrhythmia analyser's calls: VT from 21 to 24 s, as epicmp reads them ('+' rhythm changes)
+rows = sorted([(int(s), "N", "") for s in found] + [(0, "+", "(N"), (int(21 * rec.fs), "+", "(VT"),
+                                                    (int(24 * rec.fs), "+", "(N")])
+wfdb.wrann(sys.argv[1], "qrs", np.array([r[0] for r in rows]), symbol=[r[1] for r in rows], aux_note=[r[2] for r in rows],
+           fs=rec.fs)
+'''
+
+
+def test_an_alarm_algorithm_raises_its_own_rhythm_alarms(ran, tmp_path):
+    """A plug-in that reports rhythms (a dict from a callable, '+' rhythm changes from a command)
+    raises VT, VF, AF and asystole itself, scored against the truth; a malformed report is an error."""
+    out, _ = ran
+    manifest = json.loads((out / "records" / "case" / "manifest.json").read_text())
+    rec = read_record(out / "records" / "case", next(r for r in manifest["records"] if r["record"] == "pause"))
+    truth = np.round(rec.beats * rec.fs).astype(int)
+    calls = [("asystole", 12.0, 18.0), ("vt", 21.0, 24.0)]
+    s = score_record(rec, PythonDetector("alarms", lambda x, fs: {"beats": truth, "rhythms": calls}))
+    assert (s["alarms"]["vt"]["raised"], s["alarms"]["vt"]["false"]) == (1, 0)
+    assert (s["alarms"]["asystole"]["raised"], s["alarms"]["asystole"]["false"]) == (1, 0)
+    assert s["alarms"]["vf"]["false"] == 0 and s["episodes"]["vt"].to_dict()["se"] == 1.0
+    late = score_record(rec, PythonDetector("late", lambda x, fs: {"beats": truth, "rhythms": [("vt", 35.0, 38.0)]}))
+    assert (late["alarms"]["vt"]["missed"], late["alarms"]["vt"]["false"]) == (1, 1)
+    assert late["alarms"]["asystole"]["missed"] == 1  # it reports rhythms: asystole is its call too
+    script = tmp_path / "alarms.py"
+    script.write_text(ALARM_SCRIPT)
+    cmd = score_record(rec, detector(f"cmd:{sys.executable} {script} {{record}}"))
+    assert (cmd["alarms"]["vt"]["raised"], cmd["alarms"]["vt"]["false"]) == (1, 0)
+    for bad, why in (([("torsades", 1.0, 2.0)], "not one of"), ([("vt", 5.0, 1.0)], "start before end"),
+                     ("vt", "a list")):
+        err = score_record(rec, PythonDetector("bad", lambda x, fs, b=bad: {"beats": truth, "rhythms": b}))
+        assert why in err["error"], err
+    assert "may have symbols and rhythms" in score_record(rec, PythonDetector("odd", lambda x, fs: {"peaks": truth}))["error"]
