@@ -21,7 +21,7 @@ import copy
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import wfdb.processing as wp
@@ -70,6 +70,30 @@ class BeatBank:
     @property
     def r(self) -> int:
         return int(round(PRE_S * self.fs))
+
+    def t_wave_height(self, lead: int = LEAD_II) -> float:
+        """The median normal beat's T wave in ``lead``: its largest deflection from the end of
+        the QRS (R + ``QRS_AFTER_S`` + 40 ms) on, signed."""
+        med = np.median(self.normal, axis=0)[:, lead]
+        t = med[self.r + int(round((QRS_AFTER_S + 0.04) * self.fs)):]
+        return float(t[int(np.argmax(np.abs(t)))]) if len(t) else 0.0
+
+    def with_t_wave(self, height: float, lead: int = LEAD_II) -> BeatBank:
+        """The bank with every normal beat's T wave (all leads alike) scaled so that the median's
+        in ``lead`` is ``height`` (in the bank's units; its sign kept), faded in over the 40 ms
+        after the QRS so the ST segment joins without a step. Ventricular beats keep theirs.
+
+        Raises:
+            BankError: a beat without a T wave to scale (flat in ``lead``).
+        """
+        now = self.t_wave_height(lead)
+        if abs(now) < 1e-3 * max(1e-9, float(self.scale[lead])):
+            raise BankError("the twin's T wave is flat in that lead: there is nothing to make taller")
+        k = abs(height) / abs(now)
+        n = self.normal.shape[1]
+        u = (np.arange(n) - self.r) / self.fs
+        w = np.clip((u - QRS_AFTER_S) / 0.04, 0.0, 1.0)[None, :, None]
+        return replace(self, normal=(self.normal * (1.0 + (k - 1.0) * w)).astype(np.float32))
 
     @classmethod
     def from_windows(cls, windows: Sequence[np.ndarray], fs: int, max_beats: int = 12) -> BeatBank:

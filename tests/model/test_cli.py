@@ -4,6 +4,7 @@ from a record or from a published segment."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from models.conditions import CardiacState
 from models.twin import TwinModel
@@ -195,3 +196,43 @@ rhythm = {{ name = "paced", rate = 80, pulse_mv = 700, pulse_ms = 2 }}
     assert main(["--config", str(cfg), "render", str(scenario), "--out", str(out), "--fs", "100"]) == 2
     scenario.write_text(scenario.read_text().replace("fs = 2000", "fs = 99999"))
     assert main(["--config", str(cfg), "render", str(scenario), "--out", str(out)]) == 2
+
+
+def test_render_draws_a_tall_t_wave_asked_in_millivolts_and_leaves_the_qrs(data_dir, tmp_path):
+    """``t_wave = 1.2`` (IEC 60601-2-27's tall T-wave test): lead II's median T wave is 1.2 mV,
+    the P wave and QRS are the same samples as without it; play refuses it (render only)."""
+    import asyncio
+
+    import numpy as np
+    import wfdb
+
+    from twin_engine.config import Settings
+    from twin_engine.ops.scenario import ScenarioError, load_scenario, play
+
+    base = f'''
+seconds = 20
+
+[[patient]]
+id = "bed-t"
+wfdb = "{RECORDS[0]}"
+state = {{ statements = {{ SR = 1 }}, heart_rate = 80 }}
+'''
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'data_dir = "{data_dir}"\n')
+    records = {}
+    for name, extra in (("plain", ""), ("tall", "t_wave = 1.2\n")):
+        sc = tmp_path / f"{name}.toml"
+        sc.write_text(base + extra)
+        assert main(["--config", str(cfg), "render", str(sc), "--out", str(tmp_path / name)]) == 0
+        rec = wfdb.rdrecord(str(tmp_path / name / "bed_t"))
+        ann = wfdb.rdann(str(tmp_path / name / "bed_t"), "atr")
+        beats = [s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym == "N" and 75 < s < len(rec.p_signal) - 125]
+        records[name] = rec.p_signal, np.median(np.stack([rec.p_signal[s - 75:s + 125, 1] for s in beats]), 0)
+    (_, plain_med), (_, tall_med) = records["plain"], records["tall"]
+    t = tall_med[75 + 30:]  # from 120 ms after R
+    assert abs(t[np.argmax(np.abs(t))] - 1.2) <= 0.1 and np.abs(plain_med[75 + 30:]).max() < 0.6
+    assert np.allclose(tall_med[:75 + 20], plain_med[:75 + 20], atol=1e-3)  # P and QRS to R + 80 ms
+    with pytest.raises(ScenarioError, match="render and stress only"):
+        asyncio.run(play(Settings(data_dir=data_dir), load_scenario(tmp_path / "tall.toml")))
+    (tmp_path / "bad.toml").write_text(base + "t_wave = 9\n")
+    assert main(["--config", str(cfg), "render", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "b")]) == 2

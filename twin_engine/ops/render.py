@@ -27,7 +27,7 @@ from models.rhythm.annotations import write_annotations, write_rows
 from models.rhythm.morphology import bank_for, morphology_state, rhythm_of
 from models.rhythm.pacing import MAX_FS, PACE_SYMBOL, add_pulses, resample, stimuli
 from models.rhythm.programs import RHYTHMS, Rhythm
-from models.rhythm.render import BeatRenderer, bank_seed
+from models.rhythm.render import LEAD_II, BeatBank, BeatRenderer, bank_seed
 from models.rhythm.schedule import BeatSchedule
 from models.rhythm.track import RhythmTrack
 from models.stress.artifacts import Artifact, apply
@@ -90,7 +90,7 @@ def render_scenario(settings: Settings, model: TwinModel, scenario: Scenario, ou
         written.append(_render_patient(model, refs.read(reg.reference, reg.state or CardiacState()), reg,
                                        [(c.at, c.event) for c in changes], seconds, out,
                                        scenario.artifacts.get(reg.patient_id, []), settings.data_dir / "nstdb",
-                                       fs_out))
+                                       fs_out, scenario.t_waves.get(reg.patient_id)))
     (out / "manifest.json").write_text(json.dumps(
         {"seconds": seconds, "fs": fs_out, "units": "mV", "model_version": model.meta.version,
          "records": [{"record": r.path.name, "seconds": r.seconds, "beats": r.beats, **r.truth}
@@ -103,14 +103,21 @@ def _rhythm(ev: Event, state: CardiacState) -> Rhythm:
 
 
 def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[tuple[float, Event]],
-                    seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path, fs_out: int) -> Rendered:
+                    seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path, fs_out: int,
+                    t_wave: float | None = None) -> Rendered:
     fs, seed, base = model.meta.fs, bank_seed(reg.patient_id), ref.base
+
+    def bank(s: CardiacState, bank_seed_: int) -> BeatBank:
+        b = bank_for(model, base, s, bank_seed_)
+        # a tall T wave asked in mV: in the bank's z-scores, lead II's scale divides it
+        return b if t_wave is None else b.with_t_wave(t_wave / float(ref.mv_scale[LEAD_II]))
+
     state = reg.state or CardiacState()
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
     asked = [{"at": 0.0, **_rhythm(reg, state).to_dict()}]
     schedule = BeatSchedule(_rhythm(reg, state), 0.0, seed)
-    renderer = BeatRenderer(bank_for(model, base, state, seed), seed, pace_footprint=fs_out == fs)
+    renderer = BeatRenderer(bank(state, seed), seed, pace_footprint=fs_out == fs)
     morph = morphology_state(state)
     # every request is known up front: each holds from its own time exactly
     for at, ev in changes:
@@ -118,7 +125,7 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
             continue
         if ev.state is not None and morphology_state(ev.state) != morph:
             morph = morphology_state(ev.state)
-            renderer.morph(at, bank_for(model, base, ev.state, seed + int(at * 1000)))
+            renderer.morph(at, bank(ev.state, seed + int(at * 1000)))
         new = ev.state or state
         target = _rhythm(ev, new)
         ramp = ev.transition_seconds if ev.rhythm is None and RHYTHMS[target.name].program is \
@@ -166,7 +173,7 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
         write_rows(name, out, [(int(round(t * fs_out)), PACE_SYMBOL, f"{mv:g}mV {ms:g}ms") for t, mv, ms in pulses
                                if t >= 0], "pace", fs_out)
     truth = {"mv_scale": dict(zip(leads, (round(float(v), 4) for v in ref.mv_scale), strict=True)),
-             "mv_source": ref.mv_source, "pacing_pulses": len(pulses), "changes": asked,
+             "mv_source": ref.mv_source, "pacing_pulses": len(pulses), "t_wave_mv": t_wave, "changes": asked,
              "episodes": [{"rhythm": e.rhythm, "aux": e.aux, "start": e.start, "end": e.end} for e in episodes],
              "artifacts": [{**a.to_dict(leads), "end": min(a.end, end),
                             "measured_snr_db": {leads[j]: v for j, v in m.items()}}

@@ -8,7 +8,9 @@ at or after its time). See ``twin_engine/ops/scenarios/ward.toml``. ``[[artifact
 (noise and artifacts over an interval, ``models.stress.artifacts``) are drawn by ``twin-engine
 render`` and ``twin-engine stress``, and ``play`` sends them as artifact events. A top-level
 ``seconds`` sets how long ``render`` draws each record, and ``fs`` the rate it writes them at (the
-model's by default; higher for pacing pulses, ``models.rhythm.pacing``).
+model's by default; higher for pacing pulses, ``models.rhythm.pacing``). A patient's ``t_wave``
+(mV, 0.1-3) draws its normal beats with a T wave that tall in lead II (IEC 60601-2-27's tall
+T-wave rejection test), in ``render`` and ``stress`` only.
 
 The player registers the patients, waits for each one's first segment to learn where its stream
 starts, then sends every change at once with its ``effective_time``: the service makes each at
@@ -56,6 +58,7 @@ class Scenario:
     artifacts: dict[str, list[Artifact]] = field(default_factory=dict)  # per patient, in file order
     seconds: float | None = None  # how long render draws each record
     fs: int | None = None  # the rate render writes them at (None: the model's)
+    t_waves: dict[str, float] = field(default_factory=dict)  # per patient, its lead-II T wave in mV
 
 
 def _event(d: dict[str, Any], vocab: tuple[str, ...], where: str) -> Event:
@@ -82,12 +85,17 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
     if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                                 or not 1 <= seconds <= 86400):
         raise ScenarioError(f"{path}: seconds must be 1..86400")
-    regs = []
+    regs, t_waves = [], {}
     for i, p in enumerate(doc.get("patient", [])):
         where = f"patient {i + 1} ({p.get('id', '?')})"
         ref = {k: p[k] for k in ("wfdb", "base_vector") if k in p}
         if len(ref) != 1:
             raise ScenarioError(f"{where}: give one reference, wfdb or base_vector")
+        if "t_wave" in p:
+            tw = p["t_wave"]
+            if isinstance(tw, bool) or not isinstance(tw, (int, float)) or not 0.1 <= tw <= 3.0:
+                raise ScenarioError(f"{where}: t_wave must be a lead-II T-wave height of 0.1-3 mV")
+            t_waves[p.get("id")] = float(tw)
         regs.append(_event({"patient_id": p.get("id"), "type": "register", "reference": ref,
                             **{k: p[k] for k in ("state", "rhythm") if k in p}}, vocab, where))
     ids = [e.patient_id for e in regs]
@@ -125,7 +133,7 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
         changes.append(Change(float(a["at"]), _event({"patient_id": a["patient"], "type": "artifact",
                                                       "artifact": asked}, vocab, where)))
     return Scenario(regs, sorted(changes, key=lambda c: c.at), artifacts,
-                    None if seconds is None else float(seconds), fs)
+                    None if seconds is None else float(seconds), fs, t_waves)
 
 
 
@@ -134,8 +142,12 @@ async def play(settings: Settings, scenario: Scenario, timeout: float = 120.0) -
     start (the start time of its first segment in the scenario's state).
 
     Raises:
-        ScenarioError: the service is not there, or refused a registration.
+        ScenarioError: the service is not there, or refused a registration, or the scenario asks
+            for what only ``render`` draws (a tall T wave).
     """
+    if scenario.t_waves:
+        raise ScenarioError(f"t_wave ({', '.join(scenario.t_waves)}) is drawn by render and stress only, "
+                            "not by a running service")
     kw = settings.kafka.client_kwargs()
     k = settings.kafka
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **k.consumer_kwargs())
