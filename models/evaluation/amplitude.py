@@ -85,6 +85,7 @@ def evaluate(model, data: Path, records: int = 30) -> dict:
         except BankError:  # the service falls back to the model's own windows for such a twin
             no_bank.append(hea.stem)
             continue
+        ref = ref.calibrated(bank)  # as render and the service do
         track = RhythmTrack(BeatSchedule(rhythm_of(state), 0.0, seed), BeatRenderer(bank, seed))
         twin = to_mv(np.concatenate([track.window(float(k), fs)[0] for k in range(int(SECONDS))]), ref.mv_scale)
         real, gen = beat_figures(x, fs), beat_figures(twin, fs)

@@ -119,3 +119,43 @@ async def test_a_stream_that_cannot_draw_rhythms_refuses_them_with_the_reason(br
         assert any("cannot draw named rhythms" in d["reason"] and problem in d["reason"] for d in dead), dead
     finally:
         await svc.stop()
+
+
+async def test_a_twin_of_a_millivolt_reference_streams_at_its_qrs_height(broker, prefix, data_dir):
+    """Registered from an LUDB record (mV), the twin's bank is matched to the record's QRS height
+    in every lead through the batcher, the registry says so, and the published mV samples carry
+    it; a reference in uV called mV is dead-lettered with the reason."""
+    import wfdb
+
+    from models.amplitude import lead_scales
+    from models.data.preprocess import to_model_input
+    from models.rhythm.render import BeatBank
+
+    model = TwinModel.load(REPO_ROOT / "models" / "default")
+    settings = service_settings(broker, prefix, data_dir=data_dir, rhythm_layer=True, speed=0.0)
+    svc = TwinService(settings, model)
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    try:
+        await svc.send_event(Event("reg", "bed-mv", "register", CardiacState({"SR": 1.0}, 70),
+                                   reference={"wfdb": "ludb/data/1"}))
+        await wait_for(lambda: "bed-mv" in svc.streams and svc.streams["bed-mv"].p.next_seq >= 10)
+        p = svc.streams["bed-mv"].p
+        assert p.mv_source == "reference QRS" and svc.registry.get("bed-mv").view(None)["mv_source"] == "reference QRS"
+        own = wfdb.rdrecord(str(data_dir / "ludb" / "data" / "1"))
+        samples = (own.p_signal[:2500] * 1000).tolist()  # uV, sent as mV
+        await svc.send_event(Event("uv", "bed-uv", "register", CardiacState(), reference={"samples": samples, "fs": 500}))
+        for _ in range(60):
+            dead = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_dead_letter)]
+            if dead:
+                break
+        assert any("mV" in d["reason"] and "band SD" in d["reason"] for d in dead), dead
+    finally:
+        await svc.stop()
+    x, fs, *_ = await _stream(broker, settings, "bed-mv")  # the stream ended: its topic read to the end
+
+    def heights(sig, rate):
+        return BeatBank.from_windows([to_model_input(sig, rate, 250) * lead_scales(sig, rate)], 250).scale
+
+    ratio = heights(x, fs) / heights(own.p_signal, own.fs)
+    assert 0.9 <= np.median(ratio) <= 1.1 and ((ratio > 0.75) & (ratio < 1.33)).all(), ratio

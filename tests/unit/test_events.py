@@ -99,7 +99,7 @@ def test_rhythms_ride_on_events_and_impossible_ones_are_refused_with_the_reason(
     assert parse_event(ev.to_json()) == ev
     for rhythm, reason in [({"name": "vt", "rate": 400}, "100-250"), ({"name": "torsade"}, "unknown rhythm"),
                            ({"name": "pvc", "pattern": "quadrigeminy"}, "pattern must be one of"),
-                           ({"name": "asystole", "rate": 60}, "takes no rate"), ("vt", "an object"),
+                           ({"name": "vf", "rate": 60}, "takes no rate"), ("vt", "an object"),
                            ({"name": "aflutter", "rate": 150, "ratio": 4}, "flutter runs at 240-350")]:
         with pytest.raises(EventError, match=reason):
             parse_event(_ev(rhythm=rhythm))

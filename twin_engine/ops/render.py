@@ -106,18 +106,22 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
                     seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path, fs_out: int,
                     t_wave: float | None = None) -> Rendered:
     fs, seed, base = model.meta.fs, bank_seed(reg.patient_id), ref.base
+    state = reg.state or CardiacState()
+    first = bank_for(model, base, state, seed)
+    ref = ref.calibrated(first)  # a reference in mV: the twin's QRS at its height, from its own beats
 
-    def bank(s: CardiacState, bank_seed_: int) -> BeatBank:
-        b = bank_for(model, base, s, bank_seed_)
+    def tall(b: BeatBank) -> BeatBank:
         # a tall T wave asked in mV: in the bank's z-scores, lead II's scale divides it
         return b if t_wave is None else b.with_t_wave(t_wave / float(ref.mv_scale[LEAD_II]))
 
-    state = reg.state or CardiacState()
+    def bank(s: CardiacState, bank_seed_: int) -> BeatBank:
+        return tall(bank_for(model, base, s, bank_seed_))
+
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
     asked = [{"at": 0.0, **_rhythm(reg, state).to_dict()}]
     schedule = BeatSchedule(_rhythm(reg, state), 0.0, seed)
-    renderer = BeatRenderer(bank(state, seed), seed, pace_footprint=fs_out == fs)
+    renderer = BeatRenderer(tall(first), seed, pace_footprint=fs_out == fs)
     morph = morphology_state(state)
     # every request is known up front: each holds from its own time exactly
     for at, ev in changes:

@@ -15,8 +15,9 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from models.conditions import CardiacState
+from models.rhythm.morphology import morphology_state
 from models.rhythm.pacing import stream_problem
-from models.rhythm.render import bank_seed
+from models.rhythm.render import BankError, BeatBank, bank_seed
 from models.stress.artifacts import artifact
 from models.twin import TwinModel
 from stream.dead_letters import dead_letter_record
@@ -27,8 +28,10 @@ from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient, Registry, partition_of
 from twin_engine.registry.patient import ARTIFACTS_LIMIT
 from twin_engine.worker.clock import StreamClock
+from twin_engine.worker.generator import GenRequest
 from twin_engine.worker.publisher import Publisher
-from twin_engine.worker.references import References
+from twin_engine.worker.references import Reference, References
+from twin_engine.worker.rhythm import BANK_SAMPLES
 from twin_engine.worker.streams import Streams
 from twin_engine.worker.timeline import StateChange
 
@@ -247,7 +250,8 @@ class EventHandler:
         if existing is None:
             self._check_room(ev.patient_id)
         state = ev.state or (existing.cardiac_state if existing else None) or CardiacState()
-        ref = await asyncio.to_thread(self.references.read, ev.reference, state)
+        ref = await self._calibrated(ev.patient_id, await asyncio.to_thread(self.references.read, ev.reference, state),
+                                     state)
         base = ref.base
         if existing is not None:  # re-registration: new base vector, stream continues
             await self.streams.stop(ev.patient_id)
@@ -268,6 +272,20 @@ class EventHandler:
         p.remember(ev.event_id)
         await self._write(p)
         self.streams.start(p)
+
+    async def _calibrated(self, pid: str, ref: Reference, state: CardiacState) -> Reference:
+        """``ref`` with the twin's QRS matched to the reference's height (a reference in mV): the
+        patient's own bank in ``state``'s morphology, made as its stream makes it (through the
+        batcher, whose model no other thread may call: a GPU backend's graphs are not re-entrant)."""
+        if ref.qrs_mv is None or not self.settings.rhythm_layer:
+            return ref
+        req = GenRequest(ref.base, morphology_state(state), None, BANK_SAMPLES, bank_seed(pid))
+        x = await self.streams.batcher.submit(req, time.monotonic())
+        try:
+            bank = await asyncio.to_thread(BeatBank.from_windows, [x], self.model.meta.fs)
+        except BankError:  # no beats to measure (the tests' tiny model): the band SD's scales
+            return ref
+        return ref.calibrated(bank)
 
     def _check_room(self, pid: str) -> None:
         """EventError when a new patient would pass the worker's or its partition's share of the

@@ -11,11 +11,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from models.amplitude import AmplitudeError, AmplitudeModel, lead_scales
+from models.amplitude import AmplitudeError, AmplitudeModel, lead_scales, qrs_scale
 from models.conditions import CardiacState
 from models.data.preprocess import to_model_input
 from models.data.ptbxl import DataError, read_wfdb_signal
-from models.rhythm.morphology import bank_for
 from models.rhythm.render import BankError, BeatBank
 from models.twin import TwinModel
 from stream.events import EventError
@@ -24,10 +23,6 @@ from twin_engine.config import Settings
 MV_MEASURED = "reference"  # the reference's band SD per lead
 MV_MEASURED_QRS = "reference QRS"  # the reference's QRS height per lead, on the twin's own QRS
 MV_PREDICTED = "amplitude model"
-CALIBRATION_SEED = 0  # the twin's beats the reference's QRS is matched to (a stream's own are alike)
-# a QRS calibration this far from the band SD's scale is not trusted (a lead the twin draws
-# nearly flat, a reference beat the detector cut wrong): the band SD's is used instead
-QRS_TRUST = (0.5, 2.0)
 # what an inline reference's ``units`` may say, and the factor to mV (None: no absolute amplitude)
 SAMPLE_UNITS = {"mV": 1.0, "uV": 1e-3, "zscore": None}
 
@@ -36,6 +31,18 @@ class Reference(NamedTuple):
     base: np.ndarray  # unit-norm base vector
     mv_scale: np.ndarray  # each lead's scale in mV (models.amplitude)
     mv_source: str  # MV_MEASURED or MV_PREDICTED
+    # the reference's median-beat QRS height per lead in mV, as a beat bank measures it (None:
+    # not in mV, or too few beats): ``calibrated`` matches the twin's bank to it
+    qrs_mv: np.ndarray | None = None
+
+    def calibrated(self, bank: BeatBank) -> Reference:
+        """With the scales that give ``bank``'s QRS (the twin's, z-scores) the reference's height
+        in every lead (``models.amplitude.qrs_scale``), where the reference has one and the two
+        agree; else as it is."""
+        if self.qrs_mv is None:
+            return self
+        scale = qrs_scale(self.qrs_mv, bank.scale, self.mv_scale)
+        return self if scale is None else self._replace(mv_scale=scale, mv_source=MV_MEASURED_QRS)
 
 
 class References:
@@ -115,10 +122,8 @@ class References:
             if not np.isfinite(base).all():  # a twin without a finite base vector streams NaN
                 raise EventError("the reference gives no finite base vector")
             if scales:
-                band_scale = np.median(np.stack(scales), 0).astype(np.float32)
-                qrs = self._qrs_scale(mv, base, state, band_scale)
-                return Reference(base, band_scale, MV_MEASURED) if qrs is None else \
-                    Reference(base, qrs, MV_MEASURED_QRS)
+                return Reference(base, np.median(np.stack(scales), 0).astype(np.float32), MV_MEASURED,
+                                 self._qrs_heights(mv))
             return Reference(base, self.amplitude.predict(state), MV_PREDICTED)
         except AmplitudeError as exc:
             raise EventError(f"bad reference: {exc}") from None
@@ -127,32 +132,16 @@ class References:
                 raise
             raise EventError(f"bad reference: {exc}") from exc
 
-    def _qrs_scale(self, mv: list[np.ndarray], base: np.ndarray, state: CardiacState,
-                   band_scale: np.ndarray) -> np.ndarray | None:
-        """Scales that give the twin's QRS the reference's height in every lead: the reference's
-        beats and the twin's, each cut and measured as the rhythm layer's bank does (median
-        beat's QRS peak-to-peak). None where either has too few beats to measure, or the result
-        strays from the band SD's scales by more than ``QRS_TRUST``. The band SD alone left the
-        twins' QRS 0.88-1.00 of their references' (median per lead; 13% median error per lead
-        over 30 CPSC2018 records: the references' SD holds noise the twins lack)."""
-        fs = self.model.meta.fs
+    def _qrs_heights(self, mv: list[np.ndarray]) -> np.ndarray | None:
+        """The references' median-beat QRS height per lead (mV), cut and measured as the rhythm
+        bank cuts the twin's beats; None where none has beats enough."""
         heights = []
         for x in mv:
             try:
-                heights.append(BeatBank.from_windows([x], fs).scale)
+                heights.append(BeatBank.from_windows([x], self.model.meta.fs).scale)
             except BankError:
                 continue
-        if not heights:
-            return None
-        try:
-            twin = bank_for(self.model, base, state, CALIBRATION_SEED).scale
-        except BankError:  # a model whose windows hold no beats (the tests' tiny one)
-            return None
-        scale = np.median(np.stack(heights), 0) / twin
-        ratio = scale / band_scale
-        if not ((ratio >= QRS_TRUST[0]) & (ratio <= QRS_TRUST[1])).all():
-            return None
-        return scale.astype(np.float32)
+        return np.median(np.stack(heights), 0).astype(np.float32) if heights else None
 
     def _check_reference_seconds(self, seconds: float) -> None:
         limit = self.settings.max_reference_seconds
