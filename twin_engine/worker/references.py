@@ -30,7 +30,7 @@ SAMPLE_UNITS = {"mV": 1.0, "uV": 1e-3, "zscore": None}
 class Reference(NamedTuple):
     base: np.ndarray  # unit-norm base vector
     mv_scale: np.ndarray  # each lead's scale in mV (models.amplitude)
-    mv_source: str  # MV_MEASURED or MV_PREDICTED
+    mv_source: str  # MV_MEASURED, MV_MEASURED_QRS (once ``calibrated``) or MV_PREDICTED
     # the reference's median-beat QRS height per lead in mV, as a beat bank measures it (None:
     # not in mV, or too few beats): ``calibrated`` matches the twin's bank to it
     qrs_mv: np.ndarray | None = None
@@ -56,10 +56,6 @@ class References:
     def __init__(self, settings: Settings, model: TwinModel) -> None:
         self.settings, self.model = settings, model
         self.amplitude = AmplitudeModel.for_model(settings.model_path)
-
-    def base_vector(self, ref: dict[str, Any]) -> np.ndarray:
-        """The unit-norm base vector of ``ref`` (``read``'s)."""
-        return self.read(ref, CardiacState()).base
 
     def read(self, ref: dict[str, Any], state: CardiacState) -> Reference:
         """The base vector of ``ref`` and the twin's lead scales: measured where ``ref`` is in mV
