@@ -82,9 +82,14 @@ async def test_beats_where_the_annotations_say_a_named_rhythm_and_a_restart(brok
     x, fs, beats, symbols, t, rhythms = await _stream(broker, settings, "bed-1")
     assert len(np.unique(beats)) == len(beats) and (np.diff(beats) >= 0.24 * fs).all(), "a beat doubled"
     found = wp.xqrs_detect(x[:, 1].astype(np.float64), fs=fs, verbose=False)
-    inside = beats[(beats > 2 * fs) & (beats < len(x) - 0.3 * fs)]
-    found = found[(found > 2 * fs - 37) & (found < len(x) - 0.15 * fs)]
-    c = wp.compare_annotations(inside, found, int(0.15 * fs))
+    # scored from 2 s (XQRS learning) to 0.3 s before the end (the last beat may be cut); a
+    # detection of a beat left out of that range is neither a true nor a false one (counted
+    # false, a beat 1.89 s in or 23.73 s into a 24 s stream failed +P now and then)
+    lo, hi, w = 2 * fs, len(x) - 0.3 * fs, int(0.15 * fs)
+    inside, outside = beats[(beats > lo) & (beats < hi)], beats[(beats <= lo) | (beats >= hi)]
+    found = np.array([f for f in found if lo - w < f < hi + w
+                      and ((np.abs(inside - f) <= w).any() or not (np.abs(outside - f) <= w).any())], int)
+    c = wp.compare_annotations(inside, found, w)
     assert c.sensitivity >= 0.97 and c.positive_predictivity >= 0.97, (
         c.sensitivity, c.positive_predictivity, "detections without a beat (s):", found[c.unmatched_test_inds] / fs,
         "beats not found (s):", inside[c.unmatched_ref_inds] / fs, "segments:", len(x) / fs)
