@@ -28,6 +28,8 @@ def prefix() -> str:
 
 
 MA_S = 90.0  # longer than the stream runs on while the first service stops (as fast as it goes)
+# the long artifact is mains (stationary): NSTDB's muscle noise is quiet in places (5% of its 3 s
+# windows under 14% of its RMS), and a window at the restart that fell in one failed the test
 
 
 def _artifact(eid: str, at: float, **artifact) -> Event:
@@ -47,7 +49,7 @@ async def test_artifacts_drawn_at_their_time_on_their_leads_across_a_restart(bro
     stream = svc.streams["bed-1"]
     t0 = stream.start_time(stream.p.next_seq) + 4.0  # ahead of what is out
     await svc.send_event(_artifact("off", t0 + 0.3, kind="lead_off", duration=3, leads=["II"]))
-    await svc.send_event(_artifact("ma", t0 + 4.1, kind="ma", snr=-6, duration=MA_S, leads=["V1"]))
+    await svc.send_event(_artifact("ma", t0 + 4.1, kind="powerline", snr=-12, duration=MA_S, leads=["V1"]))
     await wait_for(lambda: stream.start_time(stream.p.next_seq) > t0 + 8)
     await svc.stop()  # inside the ma: the restored stream draws the rest of it
     restart = stream.start_time(stream.p.next_seq)
@@ -81,10 +83,11 @@ async def test_artifacts_drawn_at_their_time_on_their_leads_across_a_restart(bro
     arts = {a["event_id"]: a for a in anns if a.get("kind") == "artifact"}
     assert set(arts) == {"off", "ma"}
     assert arts["off"]["start_time"] == pytest.approx(t0 + 0.3) and arts["off"]["end_time"] == pytest.approx(t0 + 3.3)
-    assert arts["ma"]["leads"] == ["V1"] and arts["ma"]["snr_db"] == -6
+    assert arts["ma"]["leads"] == ["V1"] and arts["ma"]["snr_db"] == -12
     lo, hi = int(round((t0 + 0.3 - start) * fs)), int(round((t0 + 3.3 - start) * fs))
-    assert (x[lo:hi, 1] == 0).all() and np.abs(x[hi:hi + fs, 1]).max() > 0.3 and np.abs(x[lo - fs:lo, 1]).max() > 0.3
-    assert np.abs(x[lo:hi, 0]).max() > 0.3  # lead I still on
+    # in mV: a lead off is exactly 0, a lead on has QRS complexes of tenths of a mV or more
+    assert (x[lo:hi, 1] == 0).all() and np.abs(x[hi:hi + fs, 1]).max() > 0.1 and np.abs(x[lo - fs:lo, 1]).max() > 0.1
+    assert np.abs(x[lo:hi, 0]).max() > 0.1  # lead I still on
     v1 = x[:, 6]
     a, b = int(round((t0 + 4.1 - start) * fs)), int(round((t0 + 4.1 + MA_S - start) * fs))
     r = int(round((restart - start) * fs))
@@ -97,4 +100,4 @@ async def test_artifacts_drawn_at_their_time_on_their_leads_across_a_restart(bro
     assert "takes no 'colour'" in reasons and "unknown patient 'bed-9'" in reasons, reasons
     ann = wfdb.rdann(str(tmp_path / "wfdb" / "bed_1"), "atr")
     marks = [(s, aux) for s, sym, aux in zip(ann.sample, ann.symbol, ann.aux_note, strict=True) if sym == "~"]
-    assert (lo, "lead_off II") in marks and (hi, "clean") in marks and (a, "ma -6dB V1") in marks, marks
+    assert (lo, "lead_off II") in marks and (hi, "clean") in marks and (a, "powerline -12dB V1") in marks, marks
