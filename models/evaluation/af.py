@@ -15,29 +15,25 @@ import numpy as np
 import wfdb
 import wfdb.processing as wp
 
-from models.rhythm.beats import BEAT_SYMBOLS
+from models.rhythm.annotations import read_annotations
 from models.stress.af import af_episodes
 from models.stress.alarms import pooled, score_episodes
 
 
 def reference(path: Path) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Reference beat times and AF episodes ((AFIB to the next rhythm change) of a record."""
-    ann = wfdb.rdann(str(path), "atr")
-    fs = float(ann.fs)
     header = wfdb.rdheader(str(path))
-    end = header.sig_len / header.fs
-    beats = np.array([s / fs for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS])
-    changes = [(s / fs, (a or "").strip("\x00")) for s, sym, a in zip(ann.sample, ann.symbol, ann.aux_note,
-                                                                          strict=True) if sym == "+"]
+    beats, episodes = read_annotations(path)
     af: list[tuple[float, float]] = []
-    for i, (t, aux) in enumerate(changes):
-        if aux.startswith("(AFIB"):
-            stop = changes[i + 1][0] if i + 1 < len(changes) else end
-            if af and t <= af[-1][1]:
-                af[-1] = (af[-1][0], stop)
-            else:
-                af.append((t, stop))
-    return beats, af
+    for e in episodes:
+        if e.rhythm != "afib":
+            continue
+        stop = header.sig_len / header.fs if e.end is None else e.end
+        if af and e.start <= af[-1][1]:  # one (AFIB after another: one episode
+            af[-1] = (af[-1][0], stop)
+        else:
+            af.append((e.start, stop))
+    return np.array([b.time for b in beats]), af
 
 
 def evaluate(data: Path) -> dict:

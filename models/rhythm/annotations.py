@@ -58,10 +58,13 @@ def read_annotations(record_path: str | Path, extension: str = "atr") -> tuple[l
     fs = float(ann.fs)
     rows = list(zip(ann.sample, ann.symbol, ann.aux_note, strict=True))
     beats = [Beat(s / fs, MIT_KIND.get(sym, "Q")) for s, sym, _ in rows if sym in BEAT_SYMBOLS]
-    changes = [(s / fs, (aux or "").strip("\x00")) for s, sym, aux in rows if sym == "+"]
-    episodes = []
-    for i, (t, aux) in enumerate(changes):
-        end = changes[i + 1][0] if i + 1 < len(changes) else None
-        if aux in AUX_RHYTHM:
-            episodes.append(Episode(AUX_RHYTHM[aux], t, end))
+    episodes = [Episode(AUX_RHYTHM[aux], t, end) for aux, t, end in rhythm_spans(rows, fs) if aux in AUX_RHYTHM]
     return beats, episodes
+
+
+def rhythm_spans(rows: Sequence[tuple[int, str, str]], fs: float,
+                 end: float | None = None) -> list[tuple[str, float, float | None]]:
+    """(aux note, start, end) in seconds of each rhythm change ('+') among (sample, symbol, aux)
+    rows in sample order: each lasts to the next change, the last to ``end``."""
+    changes = [(s / fs, (aux or "").strip("\x00")) for s, sym, aux in rows if sym == "+"]
+    return [(aux, t, changes[i + 1][0] if i + 1 < len(changes) else end) for i, (t, aux) in enumerate(changes)]

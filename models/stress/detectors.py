@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import wfdb
 
+from models.rhythm.annotations import rhythm_spans
 from models.rhythm.beats import BEAT_SYMBOLS, MIT_KIND
 
 
@@ -70,15 +71,10 @@ def rhythms_of_annotations(samples: np.ndarray, symbols: list[str], aux: list[st
                            seconds: float) -> list[tuple[str, float, float]] | None:
     """The rhythm alarms of an annotation file's rhythm changes (each lasting to the next
     change, the last to the record's end); None where it has none."""
-    changes = [(s / fs, (a or "").strip("\x00")) for s, sym, a in zip(samples, symbols, aux, strict=True) if sym == "+"]
-    if not changes:
+    spans = rhythm_spans(list(zip(samples, symbols, aux, strict=True)), fs, seconds)
+    if not spans:
         return None
-    out = []
-    for i, (t, note) in enumerate(changes):
-        end = changes[i + 1][0] if i + 1 < len(changes) else seconds
-        if note in _AUX_ALARM and end > t:
-            out.append((_AUX_ALARM[note], t, end))
-    return out
+    return [(_AUX_ALARM[note], t, end) for note, t, end in spans if note in _AUX_ALARM and end > t]
 
 
 def checked(found: object, n_samples: int, name: str) -> np.ndarray:
