@@ -15,9 +15,8 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 from models.conditions import CardiacState
-from models.rhythm.morphology import morphology_state
 from models.rhythm.pacing import stream_problem
-from models.rhythm.render import BankError, BeatBank, bank_seed
+from models.rhythm.render import BankError, bank_seed
 from models.stress.artifacts import artifact
 from models.twin import TwinModel
 from stream.dead_letters import dead_letter_record
@@ -28,10 +27,9 @@ from twin_engine.metrics import Metrics
 from twin_engine.registry import Patient, Registry, partition_of
 from twin_engine.registry.patient import ARTIFACTS_LIMIT
 from twin_engine.worker.clock import StreamClock
-from twin_engine.worker.generator import GenRequest
 from twin_engine.worker.publisher import Publisher
 from twin_engine.worker.references import Reference, References
-from twin_engine.worker.rhythm import BANK_SAMPLES
+from twin_engine.worker.rhythm import make_bank
 from twin_engine.worker.streams import Streams
 from twin_engine.worker.timeline import StateChange
 
@@ -279,10 +277,9 @@ class EventHandler:
         batcher, whose model no other thread may call: a GPU backend's graphs are not re-entrant)."""
         if ref.qrs_mv is None or not self.settings.rhythm_layer:
             return ref
-        req = GenRequest(ref.base, morphology_state(state), None, BANK_SAMPLES, bank_seed(pid))
-        x = await self.streams.batcher.submit(req, time.monotonic())
         try:
-            bank = await asyncio.to_thread(BeatBank.from_windows, [x], self.model.meta.fs)
+            bank = await make_bank(self.streams.batcher.submit, ref.base, state, bank_seed(pid), self.model.meta.fs,
+                                   time.monotonic())
         except BankError:  # no beats to measure (the tests' tiny model): the band SD's scales
             return ref
         return ref.calibrated(bank)

@@ -32,6 +32,18 @@ GAP_S = 10.0
 Submit = Callable[[GenRequest, float], Awaitable[np.ndarray]]
 
 
+async def make_bank(submit: Submit, base: np.ndarray, state: CardiacState, seed: int, fs: int,
+                    due: float) -> BeatBank:
+    """The patient's beats in ``state``'s morphology, from ``BANK_SAMPLES`` of the twin made
+    through the batcher (``submit``, by ``due``).
+
+    Raises:
+        BankError: the twin's window gave too few clean beats.
+    """
+    x = await submit(GenRequest(base, morphology_state(state), None, BANK_SAMPLES, seed), due)
+    return await asyncio.to_thread(BeatBank.from_windows, [x], fs)  # XQRS: ~20 ms
+
+
 def look_key(state: CardiacState) -> str:
     """Which bank a state is drawn from: its morphology statements and demographics."""
     m = morphology_state(state)
@@ -58,9 +70,7 @@ class StreamRhythm:
     async def _bank(self, state: CardiacState, due: float) -> BeatBank:
         key = look_key(state)
         if key not in self._banks:
-            req = GenRequest(self.base, morphology_state(state), None, BANK_SAMPLES, self.seed)
-            x = await self.submit(req, due)
-            self._banks[key] = await asyncio.to_thread(BeatBank.from_windows, [x], self.fs)  # XQRS: ~20 ms
+            self._banks[key] = await make_bank(self.submit, self.base, state, self.seed, self.fs, due)
             while len(self._banks) > BANKS_KEPT:
                 self._banks.popitem(last=False)
         self._banks.move_to_end(key)
