@@ -244,7 +244,6 @@ def cmd_stress(args: argparse.Namespace) -> int:
         print(f"detector error: {exc}", file=sys.stderr)
         return 2
     if args.recorded:
-        from models.stress.recorded import RecordedError
         from twin_engine.ops.stress import run_recorded
 
         if args.suite:
@@ -252,7 +251,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
             return 2
         try:
             report = run_recorded(Path(args.recorded), dets, Path(args.out), args.lead, args.learning)
-        except (RecordedError, ValueError) as exc:  # a lead the records lack: wfdb's ValueError
+        except ValueError as exc:  # a RecordedError, or a lead the records lack (wfdb's ValueError)
             print(f"recorded run: {exc}", file=sys.stderr)
             return 2
     else:

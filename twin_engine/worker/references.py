@@ -23,8 +23,9 @@ from twin_engine.config import Settings
 MV_MEASURED = "reference"  # the reference's band SD per lead
 MV_MEASURED_QRS = "reference QRS"  # the reference's QRS height per lead, on the twin's own QRS
 MV_PREDICTED = "amplitude model"
+MV_PER_UNIT = {"mV": 1.0, "uV": 1e-3, "V": 1e3}  # a WFDB header's voltage units
 # what an inline reference's ``units`` may say, and the factor to mV (None: no absolute amplitude)
-SAMPLE_UNITS = {"mV": 1.0, "uV": 1e-3, "zscore": None}
+SAMPLE_UNITS = {"mV": MV_PER_UNIT["mV"], "uV": MV_PER_UNIT["uV"], "zscore": None}
 
 
 class Reference(NamedTuple):
@@ -165,5 +166,5 @@ def _to_mv(units: list[str] | None) -> float | None:
     z-scored PTB-XL subset's ``zscore``)."""
     found = {(u or "").strip() for u in units or []}
     if len(found) == 1:
-        return {"mV": 1.0, "uV": 1e-3, "V": 1e3}.get(found.pop())
+        return MV_PER_UNIT.get(found.pop())
     return None
