@@ -7,7 +7,7 @@ config, so a model trained with a longer list still loads and an unknown code is
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +52,12 @@ class CardiacState:
         """From PTB-XL's ``scp_codes`` (likelihood 0-100; 0 on rhythm codes means 'stated')."""
         st = {c: (v / 100.0 if v > 0 else 1.0) for c, v in scp_codes.items() if c in vocab}
         return CardiacState(st, float(heart_rate), float(age), int(sex))
+
+
+def normal_counterpart(state: CardiacState) -> CardiacState:
+    """``state`` with its statements replaced by a normal ECG in sinus rhythm (rate and
+    demographics kept): what contrastive guidance steers away from."""
+    return replace(state, statements={"NORM": 1.0, "SR": 1.0})
 
 
 def encode_states(states: list[CardiacState], vocab: tuple[str, ...] = VOCAB) -> tuple[np.ndarray, np.ndarray]:

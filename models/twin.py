@@ -9,14 +9,14 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models import checkpoint
-from models.conditions import VOCAB, CardiacState, encode_states
+from models.conditions import VOCAB, CardiacState, encode_states, normal_counterpart
 from models.nets.autoencoder import AEConfig, ECGAutoencoder
 from models.nets.base_extractor import BaseExtractor, IBEConfig, combine
 from models.nets.dit import AdaXDiT, DiTConfig
@@ -86,6 +86,18 @@ class ModelMeta:
     # count it was trained for and the guidance scale folded into it
     student_steps: int = 0
     student_guidance: float = 1.0
+    # contrastive guidance per morphology statement (``contrast_for``), chosen for these weights by
+    # ``python -m models.evaluation.conditioning --realism``; none: the plain conditional model
+    contrast: dict = field(default_factory=dict)
+
+    def contrast_for(self, state: CardiacState) -> float:
+        """The contrastive guidance weight for ``state``: the least of its statements' weights,
+        shared among them (divided by their summed intensity, at least 1), 0 where it states
+        none with a weight (a normal ECG, a rhythm). The push from normal adds up over the
+        statements: ASMI + IMI 0.5 + 1AVB at 1AVB's own 2 drew P waves as tall as the QRS, and
+        XQRS counted them."""
+        w = {c: v for c, v in state.statements.items() if v > 0 and c in self.contrast}
+        return float(min(self.contrast[c] for c in w) / max(1.0, sum(w.values()))) if w else 0.0
 
 
 class AttentionRecorder:
@@ -269,35 +281,40 @@ class TwinModel(torch.nn.Module):
         return combine(torch.cat(bases)).cpu().numpy()
 
     # ---- generation -------------------------------------------------------------------
-    def x0_predictor(self, base, inten, cont, guidance, context, controller=None, net=None):
+    def x0_predictor(self, base, inten, cont, guidance, context, controller=None, net=None,
+                     contrast: tuple[torch.Tensor, torch.Tensor, float] | None = None):
         """The denoiser as a clean-sample prediction ``x0(x, t)`` (classifier-free guided when
         ``guidance`` != 1, the ``context`` latents held fixed), the form every sampler in
         ``models.sampling.samplers`` takes, as k-diffusion wraps its models.
 
         Args:
             net: the network (default: the denoiser, or the DiT when ``controller`` edits attention).
+            contrast: (intensities, continuous, weights (B, 1, 1)) of reference states: guidance
+                away from them as well, ``v + weight * (v_c - v_ref)``.
         """
         if net is None:
             net = self.denoiser if controller is None else self.dit  # editing needs attention maps
-        cond = self.dit.condition_tokens(inten, cont)
+        parts = [self.dit.condition_tokens(inten, cont)]
         if guidance != 1.0:
-            null = self.dit.condition_tokens(inten, cont, torch.ones(len(inten), dtype=torch.bool,
-                                                                      device=inten.device))
-            cond, base2 = torch.cat([cond, null]), torch.cat([base, base])
-        else:
-            base2 = base
+            parts.append(self.dit.condition_tokens(inten, cont, torch.ones(len(inten), dtype=torch.bool,
+                                                                            device=inten.device)))
+        if contrast is not None:
+            parts.append(self.dit.condition_tokens(contrast[0], contrast[1]))
+        n = len(parts)
+        cond, base2 = torch.cat(parts), torch.cat([base] * n)
 
         def x0_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if controller is not None:
                 controller.begin_step(x0_fn.step)
                 x0_fn.step += 1
+            xs, ts = (x, t) if n == 1 else (torch.cat([x] * n), torch.cat([t] * n))
+            v = net(xs, ts, base2, cond) if controller is None else net(xs, ts, base2, cond, controller)
+            vs = v.chunk(n)
+            v = vs[0]
             if guidance != 1.0:
-                v = net(torch.cat([x, x]), torch.cat([t, t]), base2, cond) if controller is None else \
-                    net(torch.cat([x, x]), torch.cat([t, t]), base2, cond, controller)
-                v_c, v_u = v.chunk(2)
-                v = v_u + guidance * (v_c - v_u)
-            else:
-                v = net(x, t, base2, cond) if controller is None else net(x, t, base2, cond, controller)
+                v = vs[1] + guidance * (vs[0] - vs[1])
+            if contrast is not None:
+                v = v + contrast[2] * (vs[0] - vs[-1])
             x0 = self.schedule.x0_from_v(x, v, t)
             if context is not None:  # in-painting: the known start of the window is the context
                 x0 = torch.cat([context, x0[..., context.shape[-1]:]], dim=-1)
@@ -310,13 +327,23 @@ class TwinModel(torch.nn.Module):
     def generate_latent(self, base_vectors: np.ndarray | torch.Tensor, states: Sequence[CardiacState],
                         steps: int = 4, seed: int | Sequence[int] = 0, sampler: str = "dpmpp2m",
                         guidance: float = 1.5, context: torch.Tensor | None = None,
-                        controller: AttentionRecorder | None = None, denoiser: str = "auto") -> torch.Tensor:
+                        controller: AttentionRecorder | None = None, denoiser: str = "auto",
+                        contrast: float | None = 0.0) -> torch.Tensor:
         """(B, C, tokens) latents; ``context`` (B, C, k) fixes the first k tokens (continuation).
 
         ``sampler`` and ``denoiser`` make the plan (``plan``): the distilled student runs one
-        forward pass per step with guidance folded in (``guidance`` is ignored for it)."""
+        forward pass per step with guidance folded in (``guidance`` is ignored for it).
+        ``contrast`` also guides each row away from its state's normal counterpart
+        (``normal_counterpart``), for the student too, at one more forward pass per step where
+        any row has a weight: a weight for all rows (0: off, the default), or None for each
+        state's own (``meta.contrast_for``)."""
         base = to_device(np.asarray(base_vectors, np.float32), self.device)
         inten, cont = self.condition_tensors(states)
+        weights = [self.meta.contrast_for(s) if contrast is None else float(contrast) for s in states]
+        ref = None
+        if any(weights):
+            w = torch.tensor(weights, dtype=torch.float32, device=inten.device)[:, None, None]
+            ref = (*self.condition_tensors([normal_counterpart(s) for s in states]), w)
         b = len(states)
         seeds = [seed + i for i in range(b)] if isinstance(seed, int) else list(seed)
         g = torch.Generator()  # one generator re-seeded per row: the same noise, less per-row cost
@@ -325,9 +352,9 @@ class TwinModel(torch.nn.Module):
         gen = torch.Generator().manual_seed(int(seeds[0]))
         plan = self.plan(sampler, steps, denoiser)
         if plan.denoiser == "student":
-            fn = self.x0_predictor(base, inten, cont, 1.0, context, net=self.student_denoiser)
+            fn = self.x0_predictor(base, inten, cont, 1.0, context, net=self.student_denoiser, contrast=ref)
         else:
-            fn = self.x0_predictor(base, inten, cont, guidance, context, controller)
+            fn = self.x0_predictor(base, inten, cont, guidance, context, controller, contrast=ref)
         return get_sampler(plan.sampler, self.schedule).sample(fn, noise, steps, gen)
 
     @torch.no_grad()
@@ -336,9 +363,11 @@ class TwinModel(torch.nn.Module):
         return self.decoder(z).transpose(1, 2).float().cpu().numpy()
 
     def generate(self, base_vectors, states, steps: int = 4, seed=0, sampler: str = "dpmpp2m",
-                 guidance: float = 1.5) -> np.ndarray:
-        """(B, window, leads) ECG for each base vector under each state."""
-        return self.decode(self.generate_latent(base_vectors, states, steps, seed, sampler, guidance))
+                 guidance: float = 1.5, contrast: float | None = 0.0) -> np.ndarray:
+        """(B, window, leads) ECG for each base vector under each state (``contrast``: see
+        ``generate_latent``)."""
+        return self.decode(self.generate_latent(base_vectors, states, steps, seed, sampler, guidance,
+                                                contrast=contrast))
 
     @torch.no_grad()
     def edit(self, base_vector: np.ndarray, source: CardiacState, target: CardiacState,

@@ -26,6 +26,7 @@ from models.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
+from models.evaluation.conditioning import NORMAL, PROBE_CONDITIONS, Sampling, conditioning
 from models.evaluation.metrics import auroc, bootstrap, fid, prdc, retrieval
 from models.evaluation.physiology import KEYS as INTERVALS
 from models.evaluation.physiology import compare_intervals, ludb_validation
@@ -34,17 +35,6 @@ from models.evaluation.utility import UtilityConfig, utility_experiment
 from models.rpeaks import heart_rate, label_heart_rate
 from models.twin import TwinModel
 
-PROBE_CONDITIONS = {  # condition -> (statements, typical heart rate)
-    "AFIB": ({"AFIB": 1.0}, 110.0),
-    "STACH": ({"SR": 1.0, "STACH": 1.0}, 120.0),
-    "SBRAD": ({"SR": 1.0, "SBRAD": 1.0}, 48.0),
-    "PVC": ({"SR": 1.0, "PVC": 1.0}, 75.0),
-    "CLBBB": ({"SR": 1.0, "CLBBB": 1.0}, 75.0),
-    "CRBBB": ({"SR": 1.0, "CRBBB": 1.0}, 75.0),
-    "LVH": ({"SR": 1.0, "LVH": 1.0}, 72.0),
-    "IMI": ({"SR": 1.0, "IMI": 1.0}, 72.0),
-}
-NORMAL = CardiacState({"NORM": 1.0, "SR": 1.0}, 70.0)
 TEACHER_SAMPLER = "dpmpp2m"
 
 
@@ -267,22 +257,13 @@ def evaluate(model: TwinModel, data: Path, out: Path, cfg: EvalConfig, model_dir
 
     # --- conditioning ----------------------------------------------------------------------------
     n_c = min(len(bases_a), 24 if cfg.reduced else 64)
-    normal = _generate(model, bases_a[:n_c], [NORMAL] * n_c, cfg.steps, cfg, cfg.seed + 2)
-    p_norm, _ = clf.predict(normal)
-    cond = {}
-    for name, (st, hr) in PROBE_CONDITIONS.items():
-        j = LABELS.index(name)
-        target = CardiacState(st, hr)
-        req = [target] * n_c
-        if cfg.shuffle_conditions:  # the wrong model answers another patient's request
-            req = [NORMAL] * n_c
-        g = _generate(model, bases_a[:n_c], req, cfg.steps, cfg, cfg.seed + 3)
-        p_g, _ = clf.predict(g)
-        y = np.r_[np.ones(n_c), np.zeros(n_c)]
-        cond[name] = {"generated_auroc": auroc(y, np.r_[p_g[:, j], p_norm[:, j]]),
-                      "real_heldout_auroc": per_label.get(name, float("nan")),
-                      "real_heldout_positives": int(y_he[:, j].sum())}
-    res["conditioning"] = cond
+    how = Sampling(cfg.sampler, cfg.steps, cfg.guidance, 0.0, cfg.seed)  # as the service samples by default
+    cond = conditioning(model, clf, bases_a[:n_c], how, PROBE_CONDITIONS, bases_b[:n_c], cfg.shuffle_conditions)
+    res["conditioning"] = {name: {"generated_auroc": d["auroc"], "generated_interval": d["interval"],
+                                  "generated_identity_top1": d["identity_top1"],
+                                  "real_heldout_auroc": per_label.get(name, float("nan")),
+                                  "real_heldout_positives": int(y_he[:, LABELS.index(name)].sum())}
+                           for name, d in cond.items()}
 
     # --- identity ---------------------------------------------------------------------------------
     ident = {"references_half_vs_half": retrieval(bases_a, bases_b)}
@@ -461,9 +442,14 @@ def markdown(res: dict, figs: dict[str, str]) -> str:
     for name, d in res["heart_rate"].items():
         lines.append(f"| {name} | {_f(d['median_abs_error_bpm'], 1)} | {_f(d['within_10bpm'], 2)} |")
     lines += ["", "## Conditioning (classifier AUROC: generated in state vs generated normal, same patients)", "",
-              "| condition | generated AUROC | real held-out AUROC (positives) | neurokit2 |", "|---|---|---|---|"]
+              "Identity: the twin in the condition retrieved among the patients' references (top-1). With the "
+              "model's contrastive guidance: `python -m models.evaluation.conditioning` (docs/conditioning.json).", "",
+              "| condition | generated AUROC [95%] | identity | real held-out AUROC (positives) | neurokit2 |",
+              "|---|---|---|---|---|"]
     for name, d in res["conditioning"].items():
-        lines.append(f"| {name} | {_f(d['generated_auroc'])} | {_f(d['real_heldout_auroc'])} ({d['real_heldout_positives']}) | cannot express |")
+        lo, hi = d["generated_interval"]
+        lines.append(f"| {name} | {_f(d['generated_auroc'])} [{_f(lo, 2)}, {_f(hi, 2)}] | {_f(d['generated_identity_top1'], 2)} | "
+                     f"{_f(d['real_heldout_auroc'])} ({d['real_heldout_positives']}) | cannot express |")
     lines += ["", "## Identity (base-vector retrieval among held-out patients)", "", "| query vs references | top-1 | mean rank | n |", "|---|---|---|---|"]
     for name, d in res["identity"].items():
         lines.append(f"| {name} | {_f(d['top1'])} | {_f(d['mean_rank'], 1)} | {d['n']} |")

@@ -58,8 +58,9 @@ def patient_seed(patient_id: str, seq: int, window: int = 0) -> int:
 class ContinuousGenerator:
     def __init__(self, model: TwinModel, steps: int = 4, sampler: str = "dpmpp2m",
                  guidance: float = 1.5, context_fraction: float = 0.25, splice_samples: int = 12,
-                 denoiser: str = "auto") -> None:
+                 denoiser: str = "auto", contrast: bool = False) -> None:
         self.model, self.steps, self.guidance = model, steps, guidance
+        self.contrast = contrast  # each state's contrastive guidance (ModelMeta.contrast), or none
         self.plan = model.plan(sampler, steps, denoiser)
         self.sampler = self.plan.name  # what reports and benchmarks call it
         log.info("denoiser: %s, sampler: %s, %d steps%s", self.plan.denoiser, self.plan.sampler, steps,
@@ -85,9 +86,11 @@ class ContinuousGenerator:
             todo = [i for i, r in enumerate(requests) if produced[i] < r.n_samples]
             if not todo:
                 break
-            with_ctx = [i for i in todo if tails[i] is not None]
-            fresh = [i for i in todo if tails[i] is None]
-            for group, has_ctx in ((with_ctx, True), (fresh, False)):
+            # a state with contrastive guidance costs a second forward pass per step: its rows go
+            # apart, so the batch of every other stream keeps one
+            contrast = [self.contrast and self.model.meta.contrast_for(r.state) > 0 for r in requests]
+            for has_ctx, guided in ((True, False), (False, False), (True, True), (False, True)):
+                group = [i for i in todo if (tails[i] is not None) == has_ctx and contrast[i] == guided]
                 if not group:
                     continue
                 new = self._windows([requests[i] for i in group], [tails[i] for i in group] if has_ctx else None, rnd)
@@ -107,7 +110,8 @@ class ContinuousGenerator:
             t = to_device(tails, m.device)  # (B, C, leads)
             ctx = m.ae.encode(t.transpose(1, 2).contiguous())
         z = m.generate_latent(base, [r.state for r in reqs], self.steps, seeds, self.plan.sampler,
-                              self.guidance, context=ctx, denoiser=self.plan.denoiser)
+                              self.guidance, context=ctx, denoiser=self.plan.denoiser,
+                              contrast=None if self.contrast else 0.0)
         y = m.decoder(z).float()  # (B, leads, window), where the model runs
         if t is not None:  # the splice runs there too, and only the new part leaves the device
             y = y[..., self.context:]

@@ -67,7 +67,7 @@ class TwinService:
         self.health = Health(self.metrics)
         self.lock = asyncio.Lock()  # events, handovers and scheduled removals, one at a time
         self.generator = ContinuousGenerator(model, settings.steps, settings.sampler, settings.guidance_scale,
-                                             denoiser=settings.denoiser)
+                                             denoiser=settings.denoiser, contrast=settings.contrast_guidance)
         self.batcher = MicroBatcher(generate or self.generator.generate, batch_limit(settings, model.device.type),
                                     settings.max_wait_ms / 1000, self.metrics)
         self.clock = StreamClock(settings.speed)

@@ -1,0 +1,66 @@
+"""Contrastive guidance: a state is drawn away from its normal counterpart by the weight the model
+stores per statement, for the teacher and the generator's batches alike."""
+import numpy as np
+import pytest
+
+from models.conditions import CardiacState, normal_counterpart
+from models.twin import TwinModel
+from twin_engine.worker.generator import ContinuousGenerator, GenRequest
+
+NORMAL = CardiacState({"NORM": 1.0, "SR": 1.0}, 70)
+CLBBB = CardiacState({"SR": 1.0, "CLBBB": 1.0}, 70)
+
+
+@pytest.fixture()
+def model(tiny_model_dir):
+    m = TwinModel.load(tiny_model_dir)  # a copy of its own: the test sets the weights
+    m.meta.contrast = {"CLBBB": 3.0, "LVH": 5.0}
+    return m
+
+
+@pytest.fixture(scope="module")
+def bases(tiny_model):
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((2, tiny_model.ibe.cfg.base_dim)).astype(np.float32)
+    return b / np.linalg.norm(b, axis=1, keepdims=True)
+
+
+def test_weight_per_state_is_the_least_of_its_statements(model):
+    assert model.meta.contrast_for(NORMAL) == 0.0
+    assert model.meta.contrast_for(CLBBB) == 3.0
+    assert model.meta.contrast_for(CardiacState({"SR": 1.0, "CLBBB": 0.5}, 70)) == 3.0
+    # shared: the least weight over the summed intensity
+    assert model.meta.contrast_for(CardiacState({"SR": 1.0, "CLBBB": 1.0, "LVH": 1.0}, 70)) == 1.5
+    assert model.meta.contrast_for(CardiacState({"SR": 1.0, "LVH": 1.0, "CLBBB": 0.0}, 70)) == 5.0
+    assert normal_counterpart(CardiacState({"AFIB": 1.0, "LVH": 1.0}, 110, 60.0, 1)) == \
+        CardiacState({"NORM": 1.0, "SR": 1.0}, 110, 60.0, 1)
+
+
+def test_contrast_moves_only_states_that_differ_from_normal(model, bases):
+    states = [NORMAL, CLBBB]
+    plain = model.generate(bases, states, steps=4, seed=[5, 5], contrast=0.0)
+    own = model.generate(bases, states, steps=4, seed=[5, 5], contrast=None)  # the model's weights: 0 and 3
+    np.testing.assert_array_equal(model.generate(bases, states, steps=4, seed=[5, 5]), plain)  # off by default
+    strong = model.generate(bases, states, steps=4, seed=[5, 5], contrast=6.0)
+    np.testing.assert_allclose(own[0], plain[0], atol=2e-5)  # normal: its counterpart is itself
+    np.testing.assert_allclose(strong[0], plain[0], atol=2e-5)
+    d_own, d_strong = (np.abs(x[1] - plain[1]).mean() for x in (own, strong))
+    assert d_own > 5e-5 and d_strong > 1.5 * d_own  # further with a larger weight (a tiny model barely listens)
+
+
+def test_stored_weights_round_trip(model, tmp_path):
+    model.save(tmp_path)
+    assert TwinModel.load(tmp_path).meta.contrast == {"CLBBB": 3.0, "LVH": 5.0}
+
+
+def test_generator_batches_guided_rows_apart_with_the_same_result(model, bases):
+    gen = ContinuousGenerator(model, steps=2, sampler="ddim", contrast=True)
+    n = gen.new_per_window
+    reqs = [GenRequest(bases[0], NORMAL, None, n, 11), GenRequest(bases[1], CLBBB, None, n, 12)]
+    both = gen.generate(reqs)
+    alone = [gen.generate([r])[0] for r in reqs]
+    for a, b in zip(both, alone, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    unguided = ContinuousGenerator(model, steps=2, sampler="ddim").generate(reqs)  # the default: off
+    np.testing.assert_allclose(unguided[0], both[0], atol=2e-5)
+    assert np.abs(unguided[1] - both[1]).mean() > 5e-5
