@@ -150,8 +150,8 @@ class Settings:
     steps: int = 4  # the distilled student's count: better than the teacher at 8 (docs/EVALUATION.md)
     guidance_scale: float = 1.5
     # contrastive guidance (the model's weight per morphology statement, away from a normal ECG):
-    # the judge tells CLBBB twins from normal at 0.91 instead of 0.66, but one CLBBB bank drew
-    # a PR-segment depression neurokit2 misreads (docs/EVALUATION.md): off until banks are checked
+    # the judge tells CLBBB twins from normal at 0.91 instead of 0.66, but one twin's guided bank
+    # (P waves twice as tall) reads badly to neurokit2 (docs/EVALUATION.md): off until checked
     contrast_guidance: bool = False
     segment_seconds: float = 2.0
     # streams drawn by the rhythm layer (beats where a schedule says, with their ground truth);

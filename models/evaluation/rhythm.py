@@ -162,9 +162,10 @@ def _render(track, seconds: float, fs: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.array([b.time for b in beats])
 
 
-def held_out_banks(model, data: Path, patients: int = 10):
+def held_out_banks(model, data: Path, patients: int = 10, contrast: bool = False):
     """(ecg id, beat bank, state) of the first ``patients`` held-out PTB-XL patients (folds 9-10),
-    each in its own morphology (its statements, at the bank's rate); the i-th bank from seed 1000 + i."""
+    each in its own morphology (its statements, at the bank's rate; ``contrast``: with the model's
+    contrastive guidance); the i-th bank from seed 1000 + i."""
     from models.data.ptbxl import PTBXL
     from models.rhythm.morphology import bank_for
 
@@ -172,10 +173,10 @@ def held_out_banks(model, data: Path, patients: int = 10):
     for i, rid in enumerate(db.split()[1][:patients]):
         rec = db.record(rid)
         state = CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab)
-        yield rid, bank_for(model, model.encode([rec.signal]), state, seed=1000 + i), state
+        yield rid, bank_for(model, model.encode([rec.signal]), state, seed=1000 + i, contrast=contrast), state
 
 
-def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0) -> dict:
+def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0, contrast: bool = False) -> dict:
     """Twins of held-out PTB-XL patients drawn on schedules, read back by detectors we did not write.
 
     Returns:
@@ -194,7 +195,7 @@ def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0) ->
     dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
     scores: dict[str, dict[str, list]] = {}
     windows: dict[int, dict[str, list[bool]]] = {r: {d: [] for d in dets} for r in RATES}
-    banks = [bank for _, bank, _ in held_out_banks(model, data, patients)]
+    banks = [bank for _, bank, _ in held_out_banks(model, data, patients, contrast)]
     for i, bank in enumerate(banks):
         for rhythm in BEAT_RHYTHMS:
             x, truth = _render(RhythmTrack(BeatSchedule(rhythm, 0.0, i), BeatRenderer(bank, i)), seconds, fs)
@@ -242,11 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--twins", action="store_true", help="twins drawn on schedules, read back by the detectors "
                                                          "(with the shipped model), beside mitdb")
     ap.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "default")
+    ap.add_argument("--contrast", action="store_true", help="twins with the model's contrastive guidance")
     args = ap.parse_args(argv)
     if args.twins:
         from models.twin import TwinModel
 
-        result = {"twins": twin_scores(TwinModel.load(args.model), args.data),
+        result = {"twins": twin_scores(TwinModel.load(args.model), args.data, contrast=args.contrast),
                   "mitdb": mitdb_timing(args.data / "mitdb", args.seconds)}
     else:
         result = {"rr_statistics": rr_statistics(args.data / "mitdb"),

@@ -51,14 +51,17 @@ def rhythm_of(state: CardiacState) -> Rhythm:
     return Rhythm(name, rate=clamp(lo, hi)).validated()
 
 
-def bank_for(model, base: np.ndarray, state: CardiacState, seed: int, steps: int = 8) -> BeatBank:
+def bank_for(model, base: np.ndarray, state: CardiacState, seed: int, steps: int = 8,
+             contrast: bool = False) -> BeatBank:
     """The patient's beats in ``state``'s morphology, cut from ``BANK_WINDOWS`` of the twin.
 
     Args:
         model: a ``TwinModel``.
         base: the patient's base vector.
         seed: the first window's noise seed.
+        contrast: with the model's contrastive guidance (``ModelMeta.contrast``).
     """
     x = model.generate(np.stack([base] * BANK_WINDOWS), [morphology_state(state)] * BANK_WINDOWS,
-                       steps=steps, seed=[seed + i for i in range(BANK_WINDOWS)])
+                       steps=steps, seed=[seed + i for i in range(BANK_WINDOWS)],
+                       contrast=None if contrast else 0.0)
     return BeatBank.from_windows(list(x), model.meta.fs)

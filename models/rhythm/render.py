@@ -36,6 +36,7 @@ BANK_RATE = 75.0  # the model's rate error is smallest at 60-80 bpm (docs/EVALUA
 # the longest a placed beat reaches about its R (at the slowest rates the warp stretches the T)
 REACH_BEFORE_S, REACH_AFTER_S = 0.32, 0.70
 LEAD_II = 1
+MIN_ALIKE = 6  # of a bank's ~12 beats; the shipped suite's sinus twins keep 9-12
 # rhythms whose conducted beats show no P wave of their own (f or flutter waves instead, or
 # none to see: in a regular tachycardia above 180 it is buried in the T wave)
 NO_P_WAVES = frozenset({"afib", "aflutter", "svt", "vt", "paced"})
@@ -99,7 +100,8 @@ class BeatBank:
     def from_windows(cls, windows: Sequence[np.ndarray], fs: int, max_beats: int = 12) -> BeatBank:
         """Cut the beats of ``windows`` ((samples, leads) each, one patient in one state).
 
-        QRS complexes by XQRS on lead II; each beat then shifted onto the median beat (the
+        QRS complexes by XQRS on lead II (on the lead whose beats agree best where fewer than
+        ``MIN_ALIKE`` of lead II's do); each beat then shifted onto the median beat (the
         best cross-correlation of all leads' QRS within 40 ms), and the R peak set on the
         median's largest lead-II deflection: every beat has its R at the same sample. Beats
         unlike the median (a misplaced detection, a merged pair) are dropped.
@@ -107,12 +109,35 @@ class BeatBank:
         Raises:
             BankError: fewer than two clean beats.
         """
+        windows = [np.asarray(w, np.float32) for w in windows]
+        # few beats alike: XQRS misread lead II (a bundle-branch block's wide QS made it mark P
+        # and T waves, one CLBBB twin's RRs 330-950 ms at 75 bpm), so the median it aligned to
+        # was no beat; then the lead whose beats agree best gives the bank
+        best: tuple[BeatBank, int] | None = None
+        first_error: BankError | None = None
+        for lead in [LEAD_II] + [k for k in range(windows[0].shape[1]) if k != LEAD_II]:
+            try:
+                bank, alike = cls._cut(windows, fs, max_beats, lead)
+            except BankError as exc:
+                first_error = first_error or exc
+                continue
+            if best is None or alike > best[1]:
+                best = bank, alike
+            if best[1] >= MIN_ALIKE:
+                break
+        if best is None:
+            raise first_error
+        return best[0]
+
+    @classmethod
+    def _cut(cls, windows: Sequence[np.ndarray], fs: int, max_beats: int, lead: int) -> tuple[BeatBank, int]:
+        """The bank from XQRS's beats on ``lead`` (R peaks still set on lead II), and how many
+        beats were alike."""
         pre, post = int(round(PRE_S * fs)), int(round(POST_S * fs))
         slack = int(0.08 * fs)  # room to shift each beat by before it is cut to its extent
         spans, rrs = [], []
         for w in windows:
-            w = np.asarray(w, np.float32)
-            peaks = np.asarray(wp.xqrs_detect(w[:, LEAD_II].astype(np.float64), fs=fs, verbose=False), int)
+            peaks = np.asarray(wp.xqrs_detect(w[:, lead].astype(np.float64), fs=fs, verbose=False), int)
             rrs += list(np.diff(peaks) / fs)
             spans += [w[p - pre - slack:p + post + slack] for p in peaks
                       if p - pre - slack >= 0 and p + post + slack <= len(w)]
@@ -148,7 +173,7 @@ class BeatBank:
         rr = float(np.median(rrs)) if rrs else 60.0 / BANK_RATE
         scale = np.ptp(np.median(keep, axis=0)[cut_qrs], axis=0)
         return cls(keep.astype(np.float32), np.stack([ventricular(b, fs) for b in keep]), fs, rr,
-                   np.maximum(scale, 1e-3).astype(np.float32))
+                   np.maximum(scale, 1e-3).astype(np.float32)), int(alike.sum())
 
 
 def _best_shift(beat: np.ndarray, template: np.ndarray, qrs: slice, radius: int) -> int:

@@ -108,3 +108,32 @@ def test_a_new_morphology_leaves_the_beats_before_it(bank):
 def test_windows_without_beats_are_refused(bank):
     with pytest.raises(BankError, match="whole beats"):
         BeatBank.from_windows([np.zeros((1024, 12), np.float32)], FS)
+
+
+
+def test_a_bank_is_cut_on_another_lead_where_lead_ii_misreads(data_dir):
+    """The shipped model's CLBBB twin of held-out ecg 946: XQRS on its lead II (a wide QS) marks
+    P and T waves, so lead II's beats disagree; the bank comes from a lead that reads them, and
+    its beats are detected back where the schedule put them."""
+    from models.conditions import CardiacState
+    from models.rhythm.morphology import BANK_WINDOWS, morphology_state
+    from models.twin import TwinModel
+    from twin_engine.config import REPO_ROOT
+
+    model = TwinModel.load(REPO_ROOT / "models" / "default")
+    rec = PTBXL(data_dir / "ptbxl-subset").record(946)
+    state = morphology_state(CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab))
+    windows = list(model.generate(np.stack([model.encode([rec.signal])] * BANK_WINDOWS), [state] * BANK_WINDOWS,
+                                  steps=8, seed=[1008 + i for i in range(BANK_WINDOWS)]))
+    try:
+        alike = BeatBank._cut(windows, FS, 12, 1)[1]
+    except BankError:
+        alike = 0
+    assert alike < 6
+    bank = BeatBank.from_windows(windows, FS)
+    assert len(bank.normal) >= 6
+    x, beats = _stream(bank, Rhythm("sinus", rate=75), 30.0, 2.0)
+    ref = np.array([round(b.time * FS) for b in beats])
+    found = wp.xqrs_detect(x[:, 1].astype(np.float64), fs=FS, verbose=False)
+    c = wp.compare_annotations(ref, found, int(0.15 * FS))
+    assert c.sensitivity >= 0.98 and c.positive_predictivity >= 0.98, (c.sensitivity, c.positive_predictivity)
