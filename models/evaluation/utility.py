@@ -38,9 +38,11 @@ def macro_auroc(y: np.ndarray, p: np.ndarray) -> float:
 
 def utility_experiment(model: TwinModel, db: PTBXL, train_ids: list[int], train_sig: np.ndarray,
                        train_states: list[CardiacState], test_windows: np.ndarray, test_labels: np.ndarray,
-                       cfg: UtilityConfig, steps: int, sampler: str, guidance: float, seed: int = 0) -> dict:
+                       cfg: UtilityConfig, steps: int, sampler: str, guidance: float, seed: int = 0,
+                       contrast: float | None = 0.0) -> dict:
     """``train_*``: the training split's records (the small set is drawn from them, the twins'
-    states from all of them); ``test_*``: held-out windows and their labels."""
+    states from all of them); ``test_*``: held-out windows and their labels; ``contrast``: the
+    twins' contrastive guidance (``TwinModel.generate_latent``)."""
     rng = np.random.default_rng(seed)
     w = model.meta.window
     pick = rng.choice(len(train_ids), min(cfg.patients, len(train_ids)), replace=False)
@@ -52,7 +54,8 @@ def utility_experiment(model: TwinModel, db: PTBXL, train_ids: list[int], train_
     reps = np.repeat(np.arange(len(pick)), cfg.twins_per_patient)
     others = rng.integers(0, len(train_states), len(reps))
     states = [train_states[j] for j in others]
-    twins = np.concatenate([model.generate(bases[reps[i:i + 64]], states[i:i + 64], steps, seed + i, sampler, guidance)
+    twins = np.concatenate([model.generate(bases[reps[i:i + 64]], states[i:i + 64], steps, seed + i, sampler, guidance,
+                                           contrast)
                             for i in range(0, len(reps), 64)])
     y_twins = np.stack([code_labels(db, {c: 100.0 for c in s.statements}) for s in states])
     arms = {"real_only": (real, y_real),
@@ -79,3 +82,44 @@ def utility_experiment(model: TwinModel, db: PTBXL, train_ids: list[int], train_
             "difference_95ci": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
             "relative_difference": (aug - base) / base,
             "per_seed_real_only": per_seed["real_only"], "per_seed_real_plus_twins": per_seed["real_plus_twins"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The experiment on its own, as the full evaluation runs it (the serving sampler), with the
+    twins' contrastive guidance off or the model's own."""
+    import argparse
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from models.evaluation.classifier import label_matrix
+    from models.evaluation.report import EvalConfig, _centre, _split_records, _states
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2].parent / "shared" / "data"
+                    / "ptbxl-subset")
+    ap.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "default")
+    ap.add_argument("--contrast", default="0", help="'model': the model's weights per statement; or a weight")
+    ap.add_argument("--seeds", type=int, default=UtilityConfig.seeds)
+    ap.add_argument("--twins-per-patient", type=int, default=UtilityConfig.twins_per_patient)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args(argv)
+    model = TwinModel.load(a.model, "cpu")
+    cfg = EvalConfig()
+    cfg = replace(cfg, sampler=model.resolve_sampler(cfg.sampler, cfg.steps),
+                  utility=replace(cfg.utility, seeds=a.seeds, twins_per_patient=a.twins_per_patient))
+    db = PTBXL(a.data, model.meta.fs)
+    train_ids, held_ids, tr_sig, he_sig = _split_records(db, cfg, np.random.default_rng(cfg.seed))
+    res = utility_experiment(model, db, train_ids, tr_sig, _states(db, train_ids, tr_sig),
+                             _centre(he_sig, model.meta.window), label_matrix(db, held_ids), cfg.utility, cfg.steps,
+                             cfg.sampler, cfg.guidance, cfg.seed, None if a.contrast == "model" else float(a.contrast))
+    res["contrast"] = a.contrast
+    text = json.dumps(res, indent=1)
+    if a.out:
+        a.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

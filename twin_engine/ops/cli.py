@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distill: fit the student's own steps run with this classifier-free guidance on top, "
                         "folding it in (a further round)")
     t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the stage's)")
+    t.add_argument("--balance", type=float, default=0.0,
+                   help="diffusion: draw records by their rarest statement's count to the power -BALANCE (0: uniform)")
     t.set_defaults(func=cmd_train)
 
     pk = sub.add_parser("package", help="turn a training run into a shippable model folder (fp16)")
