@@ -235,6 +235,48 @@ def mitdb_timing(mitdb: Path, seconds: float = 300.0) -> dict:
     return {d: gross(v).to_dict() for d, v in per.items()}
 
 
+def mitdb_by_rhythm(mitdb: Path, rhythms: tuple[str, ...] = ("(N", "(AFIB", "(B", "(VT")) -> dict:
+    """The same detectors on MIT-BIH's whole records (lead MLII), scored only on the reference
+    beats inside each rhythm's episodes (and the detections there): what a detector does on real
+    AF, bigeminy and VT, to set beside the twins in those rhythms.
+
+    Returns:
+        rhythm -> detector -> gross Se, +P, timing, and the records and seconds it covers.
+    """
+    from models.rhythm.annotations import rhythm_spans
+    from models.stress.detectors import detector
+    from models.stress.scoring import gross, score_beats
+
+    dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
+    per: dict[str, dict[str, list]] = {r: {d: [] for d in dets} for r in rhythms}
+    cover: dict[str, list] = {r: [0, 0.0] for r in rhythms}
+    for hea in sorted(Path(mitdb).glob("*.hea")):
+        path = str(hea.with_suffix(""))
+        ann = wfdb.rdann(path, "atr")
+        fs = float(ann.fs)
+        n = wfdb.rdheader(path).sig_len
+        rows = list(zip(ann.sample, ann.symbol, ann.aux_note, strict=True))
+        spans = [(aux, a, b) for aux, a, b in rhythm_spans(rows, fs, n / fs) if aux in rhythms]
+        if not spans:
+            continue
+        rec = wfdb.rdrecord(path)
+        x = rec.p_signal[:, rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0]
+        ref = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS])
+        found = {name: np.asarray(det(x, fs), int) for name, det in dets.items()}
+        for aux in {a for a, _, _ in spans}:
+            inside = np.zeros(n, bool)
+            for a, t0, t1 in spans:
+                if a == aux:
+                    inside[int(t0 * fs):int(t1 * fs)] = True
+            cover[aux][0] += 1
+            cover[aux][1] += float(inside.sum() / fs)
+            for name in dets:
+                f = found[name]
+                per[aux][name].append(score_beats(ref[inside[ref]], f[inside[np.clip(f, 0, n - 1)]], fs))
+    return {r: {"records": cover[r][0], "seconds": round(cover[r][1], 1),
+                **{d: gross(v).to_dict() for d, v in per[r].items() if v}} for r in rhythms}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2].parent / "shared" / "data")
@@ -249,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         from models.twin import TwinModel
 
         result = {"twins": twin_scores(TwinModel.load(args.model), args.data, contrast=args.contrast),
-                  "mitdb": mitdb_timing(args.data / "mitdb", args.seconds)}
+                  "mitdb": mitdb_timing(args.data / "mitdb", args.seconds),
+                  "mitdb_by_rhythm": mitdb_by_rhythm(args.data / "mitdb")}
     else:
         result = {"rr_statistics": rr_statistics(args.data / "mitdb"),
                   "rr_statistics_cpsc2021": rr_statistics(args.data / "cpsc2021", label="cpsc2021"),

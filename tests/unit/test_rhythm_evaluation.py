@@ -31,3 +31,24 @@ def test_detectors_scored_against_the_reference_beats(two_records):
     for s in scores.values():
         assert s["reference_beats"] > 100 and 0.0 <= s["se"] <= 1.0 and 0.0 <= s["ppv"] <= 1.0
     assert scores["xqrs (wfdb)"]["se"] > 0.9
+
+
+def test_mitdb_detectors_are_scored_inside_each_rhythms_episodes(data_dir, tmp_path):
+    """Record 106's one VT episode: the beats scored are the cardiologists' beats inside it."""
+    import wfdb
+
+    from models.evaluation.rhythm import mitdb_by_rhythm
+    from models.rhythm import BEAT_SYMBOLS
+
+    for ext in ("hea", "dat", "atr"):
+        (tmp_path / f"106.{ext}").symlink_to(data_dir / "mitdb" / f"106.{ext}")
+    out = mitdb_by_rhythm(tmp_path, ("(VT",))["(VT"]
+    ann = wfdb.rdann(str(tmp_path / "106"), "atr")
+    marks = [(s, a.strip("\x00")) for s, sym, a in zip(ann.sample, ann.symbol, ann.aux_note, strict=True) if sym == "+"]
+    i = next(k for k, (_, a) in enumerate(marks) if a == "(VT")
+    start, end = marks[i][0], marks[i + 1][0]
+    beats = sum(1 for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS and start <= s < end)
+    assert out["records"] == 1 and abs(out["seconds"] - (end - start) / ann.fs) < 0.1
+    for det in ("xqrs", "neurokit2", "pantompkins"):
+        assert out[det]["tp"] + out[det]["fn"] == beats > 0
+        assert 0.0 <= out[det]["se"] <= 1.0
