@@ -64,3 +64,37 @@ def test_generator_batches_guided_rows_apart_with_the_same_result(model, bases):
     unguided = ContinuousGenerator(model, steps=2, sampler="ddim").generate(reqs)  # the default: off
     np.testing.assert_allclose(unguided[0], both[0], atol=2e-5)
     assert np.abs(unguided[1] - both[1]).mean() > 5e-5
+
+
+def test_render_draws_with_contrast_only_when_the_setting_asks(tmp_path, data_dir):
+    """``contrast_guidance`` reaches offline records as it reaches the service: a CLBBB patient's
+    record changes, a normal patient's does not."""
+    import wfdb
+
+    from tests.support import RECORDS
+    from twin_engine.config import REPO_ROOT, Settings
+    from twin_engine.ops.render import render_scenario
+    from twin_engine.ops.scenario import load_scenario
+
+    shipped = TwinModel.load(REPO_ROOT / "models" / "default")
+    assert shipped.meta.contrast.get("CLBBB", 0) > 0
+    p = tmp_path / "s.toml"
+    p.write_text(f'''
+seconds = 10
+
+[[patient]]
+id = "normal"
+wfdb = "{RECORDS[0]}"
+state = {{ statements = {{ NORM = 1, SR = 1 }}, heart_rate = 70 }}
+
+[[patient]]
+id = "lbbb"
+wfdb = "{RECORDS[0]}"
+state = {{ statements = {{ CLBBB = 1, SR = 1 }}, heart_rate = 70 }}
+''')
+    out = {}
+    for on in (False, True):
+        render_scenario(Settings(data_dir=data_dir, contrast_guidance=on), shipped, load_scenario(p), tmp_path / str(on))
+        out[on] = {pid: wfdb.rdrecord(str(tmp_path / str(on) / pid)).p_signal for pid in ("normal", "lbbb")}
+    np.testing.assert_array_equal(out[False]["normal"], out[True]["normal"])
+    assert np.abs(out[False]["lbbb"] - out[True]["lbbb"]).mean() > 0.01  # mV

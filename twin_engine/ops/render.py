@@ -90,7 +90,7 @@ def render_scenario(settings: Settings, model: TwinModel, scenario: Scenario, ou
         written.append(_render_patient(model, refs.read(reg.reference, reg.state or CardiacState()), reg,
                                        [(c.at, c.event) for c in changes], seconds, out,
                                        scenario.artifacts.get(reg.patient_id, []), settings.data_dir / "nstdb",
-                                       fs_out, scenario.t_waves.get(reg.patient_id)))
+                                       fs_out, scenario.t_waves.get(reg.patient_id), settings.contrast_guidance))
     (out / "manifest.json").write_text(json.dumps(
         {"seconds": seconds, "fs": fs_out, "units": "mV", "model_version": model.meta.version,
          "records": [{"record": r.path.name, "seconds": r.seconds, "beats": r.beats, **r.truth}
@@ -104,10 +104,10 @@ def _rhythm(ev: Event, state: CardiacState) -> Rhythm:
 
 def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[tuple[float, Event]],
                     seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path, fs_out: int,
-                    t_wave: float | None = None) -> Rendered:
+                    t_wave: float | None = None, contrast: bool = False) -> Rendered:
     fs, seed, base = model.meta.fs, bank_seed(reg.patient_id), ref.base
     state = reg.state or CardiacState()
-    first = bank_for(model, base, state, seed)
+    first = bank_for(model, base, state, seed, contrast=contrast)
     ref = ref.calibrated(first)  # a reference in mV: the twin's QRS at its height, from its own beats
 
     def tall(b: BeatBank) -> BeatBank:
@@ -115,7 +115,7 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
         return b if t_wave is None else b.with_t_wave(t_wave / float(ref.mv_scale[LEAD_II]))
 
     def bank(s: CardiacState, bank_seed_: int) -> BeatBank:
-        return tall(bank_for(model, base, s, bank_seed_))
+        return tall(bank_for(model, base, s, bank_seed_, contrast=contrast))
 
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
