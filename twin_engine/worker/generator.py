@@ -81,16 +81,17 @@ class ContinuousGenerator:
         tails = [r.tail[-self.context:] if r.tail is not None and len(r.tail) >= self.context else None
                  for r in requests]
         produced = [0] * len(requests)
+        # a state with contrastive guidance costs a second forward pass per step: its rows go
+        # apart, so the batch of every other stream keeps one
+        guided = [self.contrast and self.model.meta.contrast_for(r.state) > 0 for r in requests]
         rnd = 0
         while True:
             todo = [i for i, r in enumerate(requests) if produced[i] < r.n_samples]
             if not todo:
                 break
-            # a state with contrastive guidance costs a second forward pass per step: its rows go
-            # apart, so the batch of every other stream keeps one
-            contrast = [self.contrast and self.model.meta.contrast_for(r.state) > 0 for r in requests]
-            for has_ctx, guided in ((True, False), (False, False), (True, True), (False, True)):
-                group = [i for i in todo if (tails[i] is not None) == has_ctx and contrast[i] == guided]
+            groups = {(has_ctx, g): [i for i in todo if (tails[i] is not None) == has_ctx and guided[i] == g]
+                      for has_ctx, g in ((True, False), (False, False), (True, True), (False, True))}
+            for (has_ctx, _), group in groups.items():
                 if not group:
                     continue
                 new = self._windows([requests[i] for i in group], [tails[i] for i in group] if has_ctx else None, rnd)
