@@ -87,7 +87,7 @@ class ModelMeta:
     student_steps: int = 0
     student_guidance: float = 1.0
     # contrastive guidance per morphology statement (``contrast_for``), chosen for these weights by
-    # ``python -m models.evaluation.conditioning --realism``; none: the plain conditional model
+    # ``python -m models.evaluation.conditioning --choose-contrast``; none: the plain conditional model
     contrast: dict = field(default_factory=dict)
 
     def contrast_for(self, state: CardiacState) -> float:
@@ -282,7 +282,7 @@ class TwinModel(torch.nn.Module):
 
     # ---- generation -------------------------------------------------------------------
     def x0_predictor(self, base, inten, cont, guidance, context, controller=None, net=None,
-                     contrast: tuple[torch.Tensor, torch.Tensor, float] | None = None):
+                     contrast: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
         """The denoiser as a clean-sample prediction ``x0(x, t)`` (classifier-free guided when
         ``guidance`` != 1, the ``context`` latents held fixed), the form every sampler in
         ``models.sampling.samplers`` takes, as k-diffusion wraps its models.
