@@ -165,15 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     db = PTBXL(a.data, model.meta.fs)
     if a.choose_contrast:
         return _choose(model, judge, db, a)
+    from models.evaluation.report import _centre  # report imports this module
+
     _, held = db.split()
-    held = held[: a.patients]
-    sig = [db.record(i).signal[:2496] for i in held]
-    bases = np.stack([model.encode([s[: len(s) // 2]]) for s in sig])  # the report's first halves
-    refs = np.stack([model.encode([s[len(s) // 2:]]) for s in sig])
+    sig = np.stack([db.record(i).signal[:2496] for i in held])
+    half = sig.shape[1] // 2
+    bases = np.stack([model.encode([s[:half]]) for s in sig[: a.patients]])  # the report's first halves
+    refs = np.stack([model.encode([s[half:]]) for s in sig[: a.patients]])
     conds = {**PROBE_CONDITIONS, **MORE_CONDITIONS}
-    p_real, _ = judge.predict(np.stack([s[(len(s) - model.meta.window) // 2:][: model.meta.window]
-                                        for s in (db.record(i).signal[:2496] for i in db.split()[1])]))
-    y_real = label_matrix(db, db.split()[1])
+    p_real, _ = judge.predict(_centre(sig, model.meta.window))
+    y_real = label_matrix(db, held)
     real = {c: auroc(y_real[:, LABELS.index(c)], p_real[:, LABELS.index(c)]) for c in conds}
     table = {"model": model.meta.version, "patients": len(bases), "real_heldout": real, "runs": []}
     grid = [(g, None if c == "model" else float(c)) for g in a.guidance for c in a.contrast]
@@ -194,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _choose(model: TwinModel, judge, db, a: argparse.Namespace) -> int:
+    from models.evaluation.report import _centre  # report imports this module
+
     train, _ = db.split()
-    w = model.meta.window
-    sig = [db.record(i).signal[:2496] for i in train]
-    real = np.stack([s[(len(s) - w) // 2:][:w] for s in sig])
+    sig = np.stack([db.record(i).signal[:2496] for i in train])
+    real = _centre(sig, model.meta.window)
     picked = np.random.default_rng(a.seed).permutation(len(train))[: a.patients]
-    bases = np.stack([model.encode([sig[i][: len(sig[i]) // 2]]) for i in picked])
+    bases = np.stack([model.encode([sig[i][: sig.shape[1] // 2]]) for i in picked])
     how = Sampling(a.sampler, a.steps, a.guidance[0], None, a.seed)
     chosen = choose_contrast(model, judge, bases, real, label_matrix(db, train), how)
     print(f"{'statement':>10} {'pos':>4} " + " ".join(f"w={x:<5g}" for x in WEIGHTS) + "  chosen")

@@ -25,7 +25,7 @@ from models.data.ptbxl import PTBXL
 from models.evaluation.classifier import LABELS, label_matrix, load_classifier
 from models.evaluation.conditioning import PROBE_CONDITIONS, Sampling, conditioning, generate
 from models.evaluation.metrics import auroc, bootstrap, fid, prdc, retrieval
-from models.evaluation.report import _centre, _hr_errors, _pca
+from models.evaluation.report import _centre, _hr_errors, _pca, _states
 from models.rpeaks import label_heart_rate
 from models.twin import TwinModel
 
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(names)  # both sites at this many patients: FID depends on the sample size
     held = list(np.random.default_rng(a.seed).permutation(held_ids)[:n])
     p_sig = np.stack([db.record(i).signal[:SAMPLES] for i in held])
-    p_states = [CardiacState.from_scp(db.df.loc[i].scp_codes, label_heart_rate(s, fs), float(db.df.loc[i].age),
-                                      int(db.df.loc[i].sex)) for i, s in zip(held, p_sig, strict=True)]
+    p_states = _states(db, held, p_sig)
 
     y_c = np.array([[float(s.statements.get(c, 0.0) >= 0.5) for c in CPSC_LABELS] for s in c_states])
     y_p = label_matrix(db, held)[:, [LABELS.index(c) for c in CPSC_LABELS]]

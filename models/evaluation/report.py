@@ -26,7 +26,13 @@ from models.evaluation.classifier import (
     save_classifier,
     train_classifier,
 )
-from models.evaluation.conditioning import NORMAL, PROBE_CONDITIONS, Sampling, conditioning
+from models.evaluation.conditioning import (
+    NORMAL,
+    PROBE_CONDITIONS,
+    Sampling,
+    conditioning,
+    generate,
+)
 from models.evaluation.metrics import auroc, bootstrap, fid, prdc, retrieval
 from models.evaluation.physiology import KEYS as INTERVALS
 from models.evaluation.physiology import compare_intervals, ludb_validation
@@ -80,11 +86,7 @@ def _states(db: PTBXL, ids: list[int], sigs: np.ndarray) -> list[CardiacState]:
 
 def _generate(model: TwinModel, bases: np.ndarray, states: list[CardiacState], steps: int, cfg: EvalConfig,
               seed: int, sampler: str | None = None) -> np.ndarray:
-    out = []
-    for i in range(0, len(bases), 64):
-        out.append(model.generate(bases[i:i + 64], states[i:i + 64], steps, seed + i, sampler or cfg.sampler,
-                                  cfg.guidance))
-    return np.concatenate(out)
+    return generate(model, bases, states, Sampling(sampler or cfg.sampler, steps, cfg.guidance, 0.0), seed)
 
 
 def _neurokit(hrs: list[float], window: int, fs: int, seed: int) -> tuple[np.ndarray, float]:
