@@ -162,14 +162,14 @@ def _ludb_rows(root: Path) -> list[tuple[np.ndarray, CardiacState, str]]:
 def _cpsc_rows(root: Path) -> list[tuple[np.ndarray, CardiacState, str]]:
     import wfdb
 
+    from models.data.cpsc2018 import read_header
+
     rows = []
     for hea in sorted(root.glob("*.hea")):
         rec = wfdb.rdrecord(str(hea.with_suffix("")))
-        c = {k.strip(): v.strip() for k, v in (x.split(":", 1) for x in rec.comments if ":" in x)}
-        dx = [d.strip() for d in c.get("Dx", "").split(",")]
-        st = {_CPSC_DX[d]: 1.0 for d in dx if d in _CPSC_DX}
-        age = float(c["Age"]) if c.get("Age", "").replace(".", "").isdigit() else float("nan")
-        state = CardiacState(st or {"NORM": 1.0}, 70.0, age, {"Male": 0, "Female": 1}.get(c.get("Sex", ""), -1))
+        h = read_header(rec.comments)
+        st = {_CPSC_DX[d]: 1.0 for d in h.dx if d in _CPSC_DX}
+        state = CardiacState(st or {"NORM": 1.0}, 70.0, h.age, h.sex)
         try:
             rows.append((lead_scales(rec.p_signal, rec.fs), state, "cpsc2018"))
         except AmplitudeError:  # a lead off for the whole record: not an amplitude to learn

@@ -25,6 +25,7 @@ from scipy.signal import resample_poly
 
 from models.amplitude import lead_scales, to_mv
 from models.conditions import CardiacState
+from models.data.cpsc2018 import read_header
 from models.data.preprocess import band
 from models.rhythm import BeatSchedule
 from models.rhythm.morphology import bank_for, rhythm_of
@@ -69,9 +70,10 @@ def evaluate(model, data: Path, records: int = 30) -> dict:
         if len(rows) >= records:
             break
         rec = wfdb.rdrecord(str(hea.with_suffix("")))
-        dx = next((c.split(":", 1)[1].strip() for c in rec.comments if c.startswith("Dx")), "")
-        if dx not in REGULAR:
+        h = read_header(rec.comments)
+        if len(h.dx) != 1 or h.dx[0] not in REGULAR:
             continue
+        dx = h.dx[0]
         x = resample_poly(rec.p_signal[: int(SECONDS * rec.fs)], fs, int(rec.fs), axis=0)
         r = wp.xqrs_detect(band(x, fs)[:, 1], fs=fs, verbose=False)
         if len(r) < 5:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from models.conditions import CardiacState
+from models.data.cpsc2018 import read_header
 from models.data.preprocess import to_model_input
 from models.data.ptbxl import PTBXL
 from models.evaluation.classifier import LABELS, label_matrix, load_classifier
@@ -49,16 +49,13 @@ def cpsc_records(root: Path, fs: int) -> tuple[list[str], np.ndarray, list[Cardi
         x = to_model_input(rec.p_signal, rec.fs, fs)
         if len(x) < SAMPLES:
             continue
-        c = {k.strip(): v.strip() for k, v in (s.split(":", 1) for s in rec.comments if ":" in s)}
+        h = read_header(rec.comments)
         st: dict[str, float] = {}
-        for d in (d.strip() for d in c.get("Dx", "").split(",")):
+        for d in h.dx:
             st.update(CPSC_STATEMENTS.get(d, {}))
         if "AFIB" in st:
             st.pop("SR", None)
-        age = re.findall(r"\d+", c.get("Age", ""))
-        states.append(CardiacState(st or {"SR": 1.0}, label_heart_rate(x[:SAMPLES], fs),
-                                   float(age[0]) if age else float("nan"),
-                                   {"Male": 0, "Female": 1}.get(c.get("Sex", ""), -1)))
+        states.append(CardiacState(st or {"SR": 1.0}, label_heart_rate(x[:SAMPLES], fs), h.age, h.sex))
         names.append(hea.stem)
         sigs.append(x[:SAMPLES].astype(np.float32))
     return names, np.stack(sigs), states

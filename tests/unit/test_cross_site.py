@@ -15,3 +15,12 @@ def test_cpsc2018_records_are_read_whole_with_their_diagnoses(data_dir):
     af = [s for s in states if "AFIB" in s.statements]
     assert af and all("SR" not in s.statements for s in af)  # AF is not sinus rhythm
     assert all(30 <= s.heart_rate <= 220 for s in states)
+
+
+def test_a_cpsc2018_header_gives_its_diagnoses_age_and_sex():
+    from models.data.cpsc2018 import read_header
+
+    h = read_header(["Age: 74", "Sex: Female", "Dx: AF, PVC", "Rx: Unknown"])
+    assert h.dx == ("AF", "PVC") and h.age == 74.0 and h.sex == 1
+    h = read_header(["Age: NaN", "Sex: Unknown", "Dx: "])
+    assert h.dx == () and np.isnan(h.age) and h.sex == -1
