@@ -12,7 +12,6 @@ for that site's patients; without and with the model's contrastive guidance)::
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from models.evaluation.classifier import LABELS, label_matrix, load_classifier
 from models.evaluation.conditioning import PROBE_CONDITIONS, Sampling, conditioning, generate
 from models.evaluation.metrics import auroc, bootstrap, fid, prdc, retrieval
 from models.evaluation.report import _centre, _hr_errors, _pca, _states
+from models.evaluation.results import emit
 from models.rpeaks import label_heart_rate
 from models.twin import TwinModel
 
@@ -124,10 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     f_p, f_c = out["ptbxl_heldout"].pop("_features"), out["cpsc2018"].pop("_features")
     out["site_gap"] = {"fid": bootstrap(fid, f_p, f_c, a.reps, a.seed)["value"], **bootstrap(prdc, f_p, f_c, a.reps, a.seed)}
     out["cpsc2018"]["records"] = names
-    text = json.dumps(out, indent=1, default=float)
-    if a.out:
-        a.out.write_text(text + "\n")
-    print(text)
+    emit(out, a.out)
     return 0
 
 

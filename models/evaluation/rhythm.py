@@ -13,13 +13,13 @@ predictivity of detectors against MIT-BIH's reference beats, matched with
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import wfdb
 
 from models.conditions import CardiacState
+from models.evaluation.results import emit
 from models.rhythm import BEAT_SYMBOLS, MIT_KIND, BeatSchedule, Rhythm
 
 
@@ -297,10 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"rr_statistics": rr_statistics(args.data / "mitdb"),
                   "rr_statistics_cpsc2021": rr_statistics(args.data / "cpsc2021", label="cpsc2021"),
                   "detectors": detector_scores(args.data / "mitdb", args.seconds)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out, indent=2)
     return 0
 
 

@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     """The experiment on its own, as the full evaluation runs it (the serving sampler), with the
     twins' contrastive guidance off or the model's own."""
     import argparse
-    import json
     from dataclasses import replace
     from pathlib import Path
 
     from models.evaluation.classifier import label_matrix
     from models.evaluation.report import EvalConfig, _centre, _split_records, _states
+    from models.evaluation.results import emit
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -114,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                              _centre(he_sig, model.meta.window), label_matrix(db, held_ids), cfg.utility, cfg.steps,
                              cfg.sampler, cfg.guidance, cfg.seed, None if a.contrast == "model" else float(a.contrast))
     res["contrast"] = a.contrast
-    text = json.dumps(res, indent=1)
-    if a.out:
-        a.out.write_text(text + "\n")
-    print(text)
+    emit(res, a.out)
     return 0
 
 
