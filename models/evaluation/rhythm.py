@@ -117,15 +117,22 @@ def _detectors() -> dict:
             "models.rpeaks (ours)": PythonDetector("models.rpeaks", detect_r_peaks)}
 
 
+def _mlii(rec) -> np.ndarray:
+    """A MIT-BIH record's lead MLII in mV (its first lead where it has none)."""
+    return rec.p_signal[:, rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0]
+
+
+def _beat_samples(ann) -> np.ndarray:
+    """The cardiologists' beats of an annotation (samples), rhythm changes and notes left out."""
+    return np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS])
+
+
 def _mitdb_mlii(mitdb: Path, seconds: float):
     """(lead MLII in mV, fs, reference beat samples) of each MIT-BIH record's first ``seconds``."""
     for hea in sorted(Path(mitdb).glob("*.hea")):
         rec = wfdb.rdrecord(str(hea.with_suffix("")), sampto=int(360 * seconds))
-        lead = rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0
         fs = float(rec.fs)
-        ann = wfdb.rdann(str(hea.with_suffix("")), "atr", sampto=int(fs * seconds))
-        yield rec.p_signal[:, lead], fs, np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True)
-                                                    if sym in BEAT_SYMBOLS])
+        yield _mlii(rec), fs, _beat_samples(wfdb.rdann(str(hea.with_suffix("")), "atr", sampto=int(fs * seconds)))
 
 
 def detector_scores(mitdb: Path, seconds: float = 300.0) -> dict:
@@ -259,9 +266,7 @@ def mitdb_by_rhythm(mitdb: Path, rhythms: tuple[str, ...] = ("(N", "(AFIB", "(B"
         spans = [(aux, a, b) for aux, a, b in rhythm_spans(rows, fs, n / fs) if aux in rhythms]
         if not spans:
             continue
-        rec = wfdb.rdrecord(path)
-        x = rec.p_signal[:, rec.sig_name.index("MLII") if "MLII" in rec.sig_name else 0]
-        ref = np.array([s for s, sym in zip(ann.sample, ann.symbol, strict=True) if sym in BEAT_SYMBOLS])
+        x, ref = _mlii(wfdb.rdrecord(path)), _beat_samples(ann)
         found = {name: np.asarray(det(x, fs), int) for name, det in dets.items()}
         for aux in {a for a, _, _ in spans}:
             inside = np.zeros(n, bool)
