@@ -9,6 +9,7 @@ mixed precision (bf16 autocast) on GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -118,10 +119,11 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
     tok = model.tokens
     sched = model.schedule
     model.dit.train()
-    p = record_weights(ts.states, balance)
+    p = record_weights(ts.states, balance) if balance > 0 else None
 
     def loss_fn(rng):
-        idx = rng.choice(len(z_all), batch, p=p) if balance > 0 else rng.integers(0, len(z_all), batch)
+        # uniform draws as before (rng.integers): a run without balance repeats earlier runs
+        idx = rng.choice(len(z_all), batch, p=p) if p is not None else rng.integers(0, len(z_all), batch)
         starts = rng.integers(0, z_all.shape[-1] - tok + 1, batch)
         z0 = torch.stack([z_all[i, :, s:s + tok] for i, s in zip(idx, starts, strict=True)])
         t = torch.from_numpy(rng.integers(0, sched.steps, batch)).to(tr.device)
@@ -132,7 +134,7 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
         return F.mse_loss(v, sched.v_target(z0, noise, t))
 
     losses = tr.run(loss_fn)
-    return {"final_loss": float(np.mean(losses[-100:])) if losses else None}
+    return {"final_loss": float(np.mean(losses[-100:])) if losses else None, **({"balance": balance} if balance > 0 else {})}
 
 
 def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int | None = None,
@@ -172,10 +174,9 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
     for m in (model.ae, model.ibe, model.dit):
         m.requires_grad_(m is module)
     tr = Trainer(model, out, stage, steps, lr, [p for p in module.parameters()], dev, seed)
-    fn = {"autoencoder": train_autoencoder, "encoder": train_encoder, "diffusion": train_diffusion}[stage]
-    report = fn(model, ts, tr, batch, balance=balance) if stage == "diffusion" else fn(model, ts, tr, batch)
-    if stage == "diffusion" and balance > 0:
-        report["balance"] = balance
+    fn = {"autoencoder": train_autoencoder, "encoder": train_encoder,
+          "diffusion": functools.partial(train_diffusion, balance=balance)}[stage]
+    report = fn(model, ts, tr, batch)
     model.requires_grad_(False).eval()
     return _finish(model, out, data, stage, report, steps, batch, lr, seed, ts, dev, t0)
 
