@@ -25,6 +25,7 @@ import numpy as np
 from models.conditions import VOCAB, CardiacState
 from models.evaluation.classifier import LABELS, label_matrix, load_classifier
 from models.evaluation.metrics import auroc, fid, retrieval
+from models.rhythm.morphology import RHYTHM_STATEMENTS
 from models.twin import TwinModel
 
 PROBE_CONDITIONS = {  # condition -> (statements, typical heart rate)
@@ -108,7 +109,7 @@ def conditioning(model: TwinModel, judge, bases: np.ndarray, how: Sampling,
 
 # statements the model draws (the rhythm layer draws rates, AF, flutter and ectopic timing); PVC is
 # here too because the model's own windows draw its beats where no rhythm layer runs
-MORPHOLOGY = tuple(c for c in VOCAB if c not in {"NORM", "SR", "AFIB", "AFLT", "STACH", "SBRAD", "SARRH", "PAC"})
+MORPHOLOGY = tuple(c for c in VOCAB if c != "NORM" and (c == "PVC" or c not in RHYTHM_STATEMENTS))
 WEIGHTS = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)  # above 5 twins caricature: per-lead SD 1.3-1.9x, identity 0.2-0.8
 
 
