@@ -34,13 +34,16 @@ def file_sha256(path: Path) -> str:
 def save(folder: str | Path, modules: dict[str, nn.Module], config: dict, half: bool = False) -> Path:
     """Write the named modules' state dicts and the config (with the weights' hash).
 
-    ``half`` stores floating-point tensors as fp16 (half the file; loading upcasts)."""
+    ``half`` stores floating-point parameters as fp16 (half the file; loading upcasts); buffers
+    (fitted statistics: the latent scale, the base-vector erasure, whose whitening entries reach
+    16) stay as they are."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, m in modules.items()
                for k, v in m.state_dict().items()}
     if half:
-        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        buffers = {f"{name}.{k}" for name, m in modules.items() for k, _ in m.named_buffers()}
+        tensors = {k: v.half() if v.is_floating_point() and k not in buffers else v for k, v in tensors.items()}
     save_file(tensors, str(folder / WEIGHTS))
     config = {**config, "sha256": file_sha256(folder / WEIGHTS), "stages": sorted(modules),
               "weights_dtype": "float16" if half else "float32"}

@@ -18,7 +18,7 @@ import torch
 from models import checkpoint
 from models.conditions import VOCAB, CardiacState, encode_states, normal_counterpart
 from models.nets.autoencoder import AEConfig, ECGAutoencoder
-from models.nets.base_extractor import BaseExtractor, IBEConfig, combine
+from models.nets.base_extractor import BaseExtractor, IBEConfig
 from models.nets.dit import AdaXDiT, DiTConfig
 from models.rpeaks import label_heart_rate
 from models.sampling.samplers import NoiseSchedule, get_sampler
@@ -278,7 +278,7 @@ class TwinModel(torch.nn.Module):
             windows = torch.cat([z[..., s:s + self.tokens] for s in starts])
             inten, cont = self.condition_tensors([state] * len(windows))
             bases.append(self.ibe(windows, inten, cont))
-        return combine(torch.cat(bases)).cpu().numpy()
+        return self.ibe.pool(torch.cat(bases)).cpu().numpy()
 
     # ---- generation -------------------------------------------------------------------
     def x0_predictor(self, base, inten, cont, guidance, context, controller=None, net=None,

@@ -1,4 +1,4 @@
-"""``twin-engine train autoencoder|encoder|diffusion``: the three stages of the twin model.
+"""``twin-engine train autoencoder|encoder|erase|diffusion``: the stages of the twin model.
 
 Each stage trains on the patient-wise training split of a PTB-XL-layout folder, writes
 resumable state every ``save_every`` steps to the run folder, and its final weights into the
@@ -39,6 +39,7 @@ DEFAULTS = {  # steps, batch size, learning rate
     "encoder": (1500, 64, 1e-3),
     "diffusion": (6000, 64, 1e-3),
     "distill": (3000, 64, 2e-4),  # models/training/distill.py
+    "erase": (0, 0, 0.0),  # a closed-form fit, models/training/erasure.py
 }
 
 
@@ -162,6 +163,11 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
     steps, batch, lr = steps or d_steps, batch or d_batch, lr or d_lr
     t0 = time.time()
     ts = load_training_set(data, fs=model.meta.fs, limit=limit)
+    if stage == "erase":
+        from models.training.erasure import fit_erasure
+
+        model.requires_grad_(False).eval()
+        return _finish(model, out, data, stage, fit_erasure(model, ts, dev), 0, 0, 0.0, seed, ts, dev, t0)
     if stage == "distill":
         from models.training.distill import distill
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.checkpoint import load_training_state, save_training_state
 from models.conditions import CardiacState, encode_states
@@ -131,19 +130,21 @@ def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
 @torch.no_grad()
 def record_latents_and_bases(model: TwinModel, ts: TrainingSet, device: torch.device
                              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents of whole records and one base vector per record (all its windows combined)."""
+    """Latents of whole records and one base vector per record, made as ``TwinModel.encode``
+    makes a reference's: all its windows, no statement stated, its own heart rate, pooled (and
+    erased) by the extractor, so the denoiser learns from the vectors the service hands it."""
     model.eval()
     zs, bases = [], []
     for i in range(0, len(ts.signals), 64):
         z = model.ae.encode(tensor(ts.signals[i:i + 64].transpose(0, 2, 1), device))
         zs.append(z)
     z = torch.cat(zs)
-    inten, cont = encode_states(ts.states)
+    inten, cont = encode_states([CardiacState({}, s.heart_rate) for s in ts.states])
     n, tok = z.shape[-1], model.tokens
     starts = list(range(0, n - tok + 1, max(1, tok // 2)))
     for i in range(0, len(z), 64):
         zb = z[i:i + 64]
         per = torch.stack([model.ibe(zb[..., s:s + tok], tensor(inten[i:i + 64], device),
                                      tensor(cont[i:i + 64], device)) for s in starts])
-        bases.append(F.normalize(per.mean(0), dim=-1))
+        bases.append(model.ibe.pool(per))
     return z, torch.cat(bases)

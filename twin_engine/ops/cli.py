@@ -308,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=9092)
     b.set_defaults(func=cmd_broker)
 
-    t = sub.add_parser("train", help="train autoencoder | encoder | diffusion | distill")
-    t.add_argument("stage", choices=["autoencoder", "encoder", "diffusion", "distill"])
+    t = sub.add_parser("train", help="train autoencoder | encoder | erase | diffusion | distill")
+    t.add_argument("stage", choices=["autoencoder", "encoder", "erase", "diffusion", "distill"])
     t.add_argument("--out", default=None, help="run folder (checkpoints; resumes if present)")
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)
