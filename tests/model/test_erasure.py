@@ -89,3 +89,23 @@ def test_packaged_model_keeps_the_erasure_in_full_precision(erased_dir, tmp_path
     torch.testing.assert_close(again.ibe.erase_a, model.ibe.erase_a, rtol=0, atol=0)
     x = np.random.default_rng(1).standard_normal((model.meta.window * 2, 12)).astype(np.float32)
     np.testing.assert_allclose(again.encode([x]), model.encode([x]), atol=5e-3)
+
+
+def test_a_bare_base_vector_is_erased_like_the_extractors_own(erased_dir, data_dir):
+    """A registration's bare vector goes onto the sphere and through the same erasure, so the
+    denoiser only ever sees vectors of the space it was trained in; the concepts' directions
+    in it (a rhythm statement's) are gone."""
+    from models.conditions import CardiacState
+    from twin_engine.config import Settings
+    from twin_engine.worker.references import References
+
+    model = TwinModel.load(erased_dir)
+    refs = References(Settings(data_dir=data_dir), model)
+    v = np.random.default_rng(2).standard_normal(model.ibe.cfg.base_dim) * 7.0
+    got = refs.read({"base_vector": v.tolist()}, CardiacState()).base
+    want = model.ibe.erase(torch.from_numpy((v / np.linalg.norm(v)).astype(np.float32))).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, v / np.linalg.norm(v), atol=1e-3)
+    # erasing twice changes nothing the concepts read: the removed component is already zero
+    b = model.ibe.erase_b.numpy()
+    np.testing.assert_allclose((got - model.ibe.erase_mean.numpy()) @ b, 0, atol=1e-4)

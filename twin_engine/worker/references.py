@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 from models.amplitude import AmplitudeError, AmplitudeModel, lead_scales, qrs_scale
 from models.conditions import CardiacState
@@ -29,7 +30,7 @@ SAMPLE_UNITS = {"mV": MV_PER_UNIT["mV"], "uV": MV_PER_UNIT["uV"], "zscore": None
 
 
 class Reference(NamedTuple):
-    base: np.ndarray  # unit-norm base vector
+    base: np.ndarray  # base vector (unit norm, or about it where the extractor erases states)
     mv_scale: np.ndarray  # each lead's scale in mV (models.amplitude)
     mv_source: str  # MV_MEASURED, MV_MEASURED_QRS (once ``calibrated``) or MV_PREDICTED
     # the reference's median-beat QRS height per lead in mV, as a beat bank measures it (None:
@@ -72,8 +73,9 @@ class References:
                 if v.shape != (self.model.ibe.cfg.base_dim,) or not np.isfinite(v).all():
                     raise EventError(f"base_vector must be {self.model.ibe.cfg.base_dim} finite numbers")
                 v = v / max(1e-300, float(np.abs(v).max()))  # scaled first: the norm of 1e308s is inf
-                return Reference((v / max(1e-8, float(np.linalg.norm(v)))).astype(np.float32),
-                                 self.amplitude.predict(state), MV_PREDICTED)
+                # onto the sphere, then erased as the extractor erases its own vectors
+                v = torch.from_numpy((v / max(1e-8, float(np.linalg.norm(v)))).astype(np.float32))
+                return Reference(self.model.ibe.erase(v).numpy(), self.amplitude.predict(state), MV_PREDICTED)
             if "wfdb" in ref:
                 paths = ref["wfdb"] if isinstance(ref["wfdb"], list) else [ref["wfdb"]]
                 if not paths:
