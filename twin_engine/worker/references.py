@@ -75,7 +75,8 @@ class References:
                 v = v / max(1e-300, float(np.abs(v).max()))  # scaled first: the norm of 1e308s is inf
                 # onto the sphere, then erased as the extractor erases its own vectors
                 v = torch.from_numpy((v / max(1e-8, float(np.linalg.norm(v)))).astype(np.float32))
-                return Reference(self.model.ibe.erase(v).numpy(), self.amplitude.predict(state), MV_PREDICTED)
+                base = self.model.ibe.erase(v.to(self.model.device)).cpu().numpy()  # the erasure's buffers sit with the model
+                return Reference(base, self.amplitude.predict(state), MV_PREDICTED)
             if "wfdb" in ref:
                 paths = ref["wfdb"] if isinstance(ref["wfdb"], list) else [ref["wfdb"]]
                 if not paths:
