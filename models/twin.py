@@ -262,7 +262,8 @@ class TwinModel(torch.nn.Module):
         """One base vector from one or more (samples, leads) reference ECGs at ``meta.fs``.
 
         Each reference is encoded whole and read in overlapping windows; all windows of all
-        references are averaged on the sphere. Without stated conditions the reference's own
+        references are averaged on the sphere (and erased of rhythm and rate where the extractor
+        has an erasure: ``BaseExtractor.pool``). Without stated conditions the reference's own
         heart rate is measured and no statement is assumed."""
         bases = []
         for i, ecg in enumerate(reference_ecgs):

@@ -81,7 +81,7 @@ class BaseExtractor(nn.Module):
 
     def erase(self, v: torch.Tensor) -> torch.Tensor:
         """(..., base_dim) unit vectors -> the same with the fitted states erased. Not
-        renormalised (norms stay within about 0.9-1.05): the norm varies with the concepts, and
+        renormalised (norms of held-out vectors 0.7-1.1): the norm varies with the concepts, and
         dividing by it put them back (training records' linear fit to them: r 0.91 renormalised,
         1e-8 not)."""
         if not self.cfg.erase_rank:

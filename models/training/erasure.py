@@ -59,16 +59,19 @@ def fit_erasure(model: TwinModel, ts: TrainingSet, device: torch.device) -> dict
     if model.ibe.cfg.erase_rank:
         raise ValueError("the base extractor already has an erasure; erase from the unerased run")
     _, bases = record_latents_and_bases(model, ts, device)
-    z = concepts(ts.states)
-    mean, a, b = leace(bases.cpu().numpy(), z)
+    x, z = bases.cpu().numpy(), concepts(ts.states)
+    mean, a, b = leace(x, z)
     ibe = BaseExtractor(replace(model.ibe.cfg, erase_rank=a.shape[1])).to(device)
-    ibe.load_state_dict(model.ibe.state_dict(), strict=False)
-    for name, t in (("erase_mean", mean), ("erase_a", a), ("erase_b", b)):
+    erase = {"erase_mean": mean, "erase_a": a, "erase_b": b}
+    missing, unexpected = ibe.load_state_dict(model.ibe.state_dict(), strict=False)
+    if set(missing) != set(erase) or unexpected:  # only the erasure is new; anything else is a bug
+        raise RuntimeError(f"extractor weights do not carry over: missing {missing}, unexpected {unexpected}")
+    for name, t in erase.items():
         getattr(ibe, name).copy_(torch.from_numpy(t.astype(np.float32)))
     model.ibe = ibe
     after = ibe.erase(bases).cpu().numpy()
     return {"concepts": [*CONCEPTS, "heart_rate"], "rank": int(a.shape[1]),
-            "cross_covariance_before": round(_cross_cov(bases.cpu().numpy(), z), 6),
+            "cross_covariance_before": round(_cross_cov(x, z), 6),
             "cross_covariance_after": round(_cross_cov(after, z), 6)}
 
 
