@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.conditions import encode_states
+from models.conditions import CardiacState, encode_states
 from models.nets.base_extractor import info_nce
 from models.training.trainer import (  # noqa: F401 (the stages' shared pieces, importable from here as before)
     Trainer,
@@ -114,9 +114,16 @@ def record_weights(states, balance: float) -> np.ndarray:
 
 
 def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, p_drop: float = 0.1,
-                    balance: float = 0.0) -> dict:
+                    balance: float = 0.0, identity: float = 0.0) -> dict:
+    """The denoiser's v-prediction loss; ``identity`` > 0 adds that weight times the cosine
+    distance between the record's base vector and the frozen extractor's reading of the
+    predicted clean latent, weighted by alpha-bar (the noisier the step, the less it counts)."""
     z_all, base_all = record_latents_and_bases(model, ts, tr.device)
     inten_all, cont_all = encode_states(ts.states)
+    # the extractor reads a twin as encode() reads a reference: no statement, its own rate
+    read_inten, read_cont = (tensor(a, tr.device) for a in
+                             encode_states([CardiacState({}, s.heart_rate) for s in ts.states]))
+    id_terms: list[float] = []
     tok = model.tokens
     sched = model.schedule
     model.dit.train()
@@ -131,17 +138,27 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
         noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(tr.device)
         drop = torch.from_numpy(rng.random(batch) < p_drop).to(tr.device)
         cond = model.dit.condition_tokens(tensor(inten_all[idx], tr.device), tensor(cont_all[idx], tr.device), drop)
-        v = model.dit(sched.add_noise(z0, noise, t), t, base_all[idx], cond)
-        return F.mse_loss(v, sched.v_target(z0, noise, t))
+        z_t = sched.add_noise(z0, noise, t)
+        v = model.dit(z_t, t, base_all[idx], cond)
+        loss = F.mse_loss(v, sched.v_target(z0, noise, t))
+        if identity > 0:
+            read = model.ibe.pool(model.ibe(sched.x0_from_v(z_t, v, t), read_inten[idx], read_cont[idx])[None])
+            dist = 1 - F.cosine_similarity(read.float(), base_all[idx], dim=-1)
+            id_terms.append(float(dist.detach().mean()))
+            loss = loss + identity * (sched.ab(t).to(dist.device) * dist).mean()
+        return loss
 
     losses = tr.run(loss_fn)
-    return {"final_loss": float(np.mean(losses[-100:])) if losses else None, **({"balance": balance} if balance > 0 else {})}
+    return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
+            **({"balance": balance} if balance > 0 else {}),
+            **({"identity": identity, "final_identity_distance": float(np.mean(id_terms[-100:]))} if identity > 0 else {})}
 
 
 def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int | None = None,
               batch: int | None = None, seed: int = 0, device: str = "auto",
               limit: int | None = None, dit_overrides: dict | None = None,
-              distill_options: dict | None = None, lr: float | None = None, balance: float = 0.0) -> TwinModel:
+              distill_options: dict | None = None, lr: float | None = None, balance: float = 0.0,
+              identity: float = 0.0) -> TwinModel:
     """Train one stage in ``out`` (continuing the earlier stages' weights found there)."""
     dev = torch_device(device)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +198,7 @@ def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int
         m.requires_grad_(m is module)
     tr = Trainer(model, out, stage, steps, lr, [p for p in module.parameters()], dev, seed)
     fn = {"autoencoder": train_autoencoder, "encoder": train_encoder,
-          "diffusion": functools.partial(train_diffusion, balance=balance)}[stage]
+          "diffusion": functools.partial(train_diffusion, balance=balance, identity=identity)}[stage]
     report = fn(model, ts, tr, batch)
     model.requires_grad_(False).eval()
     return _finish(model, out, data, stage, report, steps, batch, lr, seed, ts, dev, t0)
@@ -215,6 +232,6 @@ def main(args: argparse.Namespace, settings) -> int:
         if args.stage == "distill" else None
     run_stage(args.stage, out, data, size=args.size, steps=args.steps, batch=args.batch_size,
               seed=args.seed, device=settings.device, dit_overrides=overrides, distill_options=distill_options,
-              lr=args.lr, balance=args.balance)
+              lr=args.lr, balance=args.balance, identity=args.identity_weight)
     print(f"wrote {out}/model.safetensors")
     return 0
