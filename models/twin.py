@@ -243,6 +243,11 @@ class TwinModel(torch.nn.Module):
     def tokens(self) -> int:
         return self.meta.window // ECGAutoencoder.compression
 
+    def reading_starts(self, n: int) -> range:
+        """Where the extractor reads a latent of ``n`` tokens: windows of ``tokens``, half
+        overlapping (references at serving and records in training are read alike)."""
+        return range(0, n - self.tokens + 1, max(1, self.tokens // 2))
+
     # ---- conditions -------------------------------------------------------------------
     def condition_tensors(self, states: Sequence[CardiacState]) -> tuple[torch.Tensor, torch.Tensor]:
         """The AdaX injector's inputs for ``states`` (validated against the vocabulary).
@@ -275,8 +280,7 @@ class TwinModel(torch.nn.Module):
                 raise ValueError(f"reference {i}: {ecg.shape[0]} samples, need >= {self.meta.window}")
             state = states[i] if states else CardiacState({}, label_heart_rate(ecg, self.meta.fs))
             z = self.ae.encode(torch.from_numpy(ecg[:n].T.copy())[None].to(self.device))
-            starts = range(0, z.shape[-1] - self.tokens + 1, max(1, self.tokens // 2))
-            windows = torch.cat([z[..., s:s + self.tokens] for s in starts])
+            windows = torch.cat([z[..., s:s + self.tokens] for s in self.reading_starts(z.shape[-1])])
             inten, cont = self.condition_tensors([state] * len(windows))
             bases.append(self.ibe(windows, inten, cont))
         return self.ibe.pool(torch.cat(bases)).cpu().numpy()

@@ -140,8 +140,7 @@ def record_latents_and_bases(model: TwinModel, ts: TrainingSet, device: torch.de
         zs.append(z)
     z = torch.cat(zs)
     inten, cont = encode_states([CardiacState({}, s.heart_rate) for s in ts.states])
-    n, tok = z.shape[-1], model.tokens
-    starts = list(range(0, n - tok + 1, max(1, tok // 2)))
+    tok, starts = model.tokens, model.reading_starts(z.shape[-1])
     for i in range(0, len(z), 64):
         zb = z[i:i + 64]
         per = torch.stack([model.ibe(zb[..., s:s + tok], tensor(inten[i:i + 64], device),
