@@ -124,6 +124,7 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
     read_inten, read_cont = (tensor(a, tr.device) for a in
                              encode_states([CardiacState({}, s.heart_rate) for s in ts.states]))
     id_terms: list[float] = []
+    v_terms: list[float] = []
     tok = model.tokens
     sched = model.schedule
     model.dit.train()
@@ -145,13 +146,15 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
             read = model.ibe.pool(model.ibe(sched.x0_from_v(z_t, v, t), read_inten[idx], read_cont[idx])[None])
             dist = 1 - F.cosine_similarity(read.float(), base_all[idx], dim=-1)
             id_terms.append(float(dist.detach().mean()))
+            v_terms.append(float(loss.detach()))
             loss = loss + identity * (sched.ab(t).to(dist.device) * dist).mean()
         return loss
 
     losses = tr.run(loss_fn)
     return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
             **({"balance": balance} if balance > 0 else {}),
-            **({"identity": identity, "final_identity_distance": float(np.mean(id_terms[-100:]))} if identity > 0 else {})}
+            **({"identity": identity, "final_identity_distance": float(np.mean(id_terms[-100:])),
+               "final_v_loss": float(np.mean(v_terms[-100:]))} if identity > 0 else {})}
 
 
 def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int | None = None,

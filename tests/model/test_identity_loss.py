@@ -46,7 +46,7 @@ def test_identity_term_brings_the_prediction_closer_to_the_person(tmp_path, tiny
     with_id = _fine_tuned(tiny_model_dir, tmp_path / "identity", data_dir, 20.0)
     assert plain.encoder_id == with_id.encoder_id == tiny_model.encoder_id
     info = json.loads((tmp_path / "identity" / "training.json").read_text())["diffusion"]
-    assert info["identity"] == 20.0 and 0.0 <= info["final_identity_distance"] <= 2.0
+    assert info["identity"] == 20.0 and 0.0 <= info["final_identity_distance"] <= 2.0 and info["final_v_loss"] > 0
     assert "identity" not in json.loads((tmp_path / "plain" / "training.json").read_text())["diffusion"]
     ts = load_training_set(data_dir / "ptbxl-subset", limit=48)
     d_plain, d_id = _reading_distance(plain, ts), _reading_distance(with_id, ts)
