@@ -9,6 +9,7 @@ mixed precision (bf16 autocast) on GPU.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import logging
@@ -19,13 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.conditions import CardiacState, encode_states
+from models.conditions import encode_states
 from models.nets.base_extractor import info_nce
 from models.training.trainer import (  # noqa: F401 (the stages' shared pieces, importable from here as before)
     Trainer,
     TrainingSet,
     crops,
     load_training_set,
+    reading_conditions,
     record_latents_and_bases,
     tensor,
     torch_device,
@@ -120,11 +122,10 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
     predicted clean latent, weighted by alpha-bar (the noisier the step, the less it counts)."""
     z_all, base_all = record_latents_and_bases(model, ts, tr.device)
     inten_all, cont_all = encode_states(ts.states)
-    # the extractor reads a twin as encode() reads a reference: no statement, its own rate
-    read_inten, read_cont = (tensor(a, tr.device) for a in
-                             encode_states([CardiacState({}, s.heart_rate) for s in ts.states]))
-    id_terms: list[float] = []
-    v_terms: list[float] = []
+    read_inten, read_cont = reading_conditions(ts, tr.device)
+    # the last 100 steps' terms, kept as tensors: float() each step would wait for a GPU
+    id_terms: collections.deque = collections.deque(maxlen=100)
+    v_terms: collections.deque = collections.deque(maxlen=100)
     tok = model.tokens
     sched = model.schedule
     model.dit.train()
@@ -145,16 +146,20 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
         if identity > 0:
             read = model.ibe.pool(model.ibe(sched.x0_from_v(z_t, v, t), read_inten[idx], read_cont[idx])[None])
             dist = 1 - F.cosine_similarity(read.float(), base_all[idx], dim=-1)
-            id_terms.append(float(dist.detach().mean()))
-            v_terms.append(float(loss.detach()))
-            loss = loss + identity * (sched.ab(t).to(dist.device) * dist).mean()
+            id_terms.append(dist.detach().mean())
+            v_terms.append(loss.detach())
+            loss = loss + identity * (sched.ab(t) * dist).mean()
         return loss
 
     losses = tr.run(loss_fn)
     return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
             **({"balance": balance} if balance > 0 else {}),
-            **({"identity": identity, "final_identity_distance": float(np.mean(id_terms[-100:])),
-               "final_v_loss": float(np.mean(v_terms[-100:]))} if identity > 0 else {})}
+            **({"identity": identity, "final_identity_distance": _mean(id_terms),
+               "final_v_loss": _mean(v_terms)} if identity > 0 else {})}
+
+
+def _mean(terms) -> float:
+    return float(torch.stack(list(terms)).mean()) if terms else float("nan")  # nan: a resumed run had no step left
 
 
 def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int | None = None,

@@ -127,6 +127,13 @@ def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
+def reading_conditions(ts: TrainingSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the extractor reads each record with, as ``TwinModel.encode`` reads a reference: no
+    statement stated, the record's own heart rate (intensities, continuous), on ``device``."""
+    inten, cont = encode_states([CardiacState({}, s.heart_rate) for s in ts.states])
+    return tensor(inten, device), tensor(cont, device)
+
+
 @torch.no_grad()
 def record_latents_and_bases(model: TwinModel, ts: TrainingSet, device: torch.device
                              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,11 +146,10 @@ def record_latents_and_bases(model: TwinModel, ts: TrainingSet, device: torch.de
         z = model.ae.encode(tensor(ts.signals[i:i + 64].transpose(0, 2, 1), device))
         zs.append(z)
     z = torch.cat(zs)
-    inten, cont = encode_states([CardiacState({}, s.heart_rate) for s in ts.states])
+    inten, cont = reading_conditions(ts, device)
     tok, starts = model.tokens, model.reading_starts(z.shape[-1])
     for i in range(0, len(z), 64):
         zb = z[i:i + 64]
-        per = torch.stack([model.ibe(zb[..., s:s + tok], tensor(inten[i:i + 64], device),
-                                     tensor(cont[i:i + 64], device)) for s in starts])
+        per = torch.stack([model.ibe(zb[..., s:s + tok], inten[i:i + 64], cont[i:i + 64]) for s in starts])
         bases.append(model.ibe.pool(per))
     return z, torch.cat(bases)

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.conditions import CardiacState, encode_states
-from models.training.trainer import load_training_set, record_latents_and_bases
+from models.conditions import encode_states
+from models.training.trainer import load_training_set, reading_conditions, record_latents_and_bases
 from models.twin import TwinModel
 
 
@@ -30,7 +30,7 @@ def _reading_distance(model: TwinModel, ts) -> float:
     noise = torch.randn(z0.shape, generator=g)
     t = torch.full((len(z0),), 300)
     inten, cont = (torch.from_numpy(a) for a in encode_states(list(ts.states)))
-    read_i, read_c = (torch.from_numpy(a) for a in encode_states([CardiacState({}, s.heart_rate) for s in ts.states]))
+    read_i, read_c = reading_conditions(ts, torch.device("cpu"))
     with torch.no_grad():
         z_t = model.schedule.add_noise(z0, noise, t)
         v = model.dit(z_t, t, bases, model.dit.condition_tokens(inten, cont))
