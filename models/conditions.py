@@ -31,6 +31,9 @@ class CardiacState:
     heart_rate: float = 70.0
     age: float = float("nan")
     sex: int = -1  # PTB-XL coding: 0 male, 1 female; -1 unknown
+    # rendered with the model's contrastive guidance (``ModelMeta.contrast_for``) or not; None: as
+    # the service is set (``contrast_guidance``). Not a model input: how strongly to draw the state
+    contrast: bool | None = None
 
     def validate(self, vocab: tuple[str, ...] = VOCAB) -> CardiacState:
         for code, v in self.statements.items():
@@ -42,6 +45,8 @@ class CardiacState:
             raise ConditionError(f"heart_rate must be 20-250 bpm, got {self.heart_rate}")
         if self.sex not in (-1, 0, 1):
             raise ConditionError(f"sex must be 0, 1 or -1, got {self.sex}")
+        if self.contrast is not None and not isinstance(self.contrast, bool):
+            raise ConditionError(f"contrast must be true, false or absent, got {self.contrast!r}")
         if not math.isnan(self.age) and not 0.0 <= self.age <= 300.0:  # PTB-XL writes 300 for over 89
             raise ConditionError(f"age must be 0-300 years or absent, got {self.age}")
         return self

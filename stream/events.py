@@ -8,6 +8,9 @@
                                                 # at or after it, so changes scheduled ahead all
                                                 # happen, in the order of their times
      "state": {"statements": {"AFIB": 1.0}, "heart_rate": 118, "age": 67, "sex": 1},
+                                                # "contrast": true|false (optional) draws this
+                                                # state with or without the model's contrastive
+                                                # guidance (default: the service's setting)
      "transition_seconds": 0,                   # heart rate ramps linearly over this time
      "rhythm": {"name": "vt", "rate": 180, "duration": 8}}  # optional: beat timing and type
                                                 # (models.rhythm.RHYTHMS); a condition event
@@ -83,13 +86,15 @@ def state_to_dict(s: CardiacState) -> dict[str, Any]:
     out: dict[str, Any] = {"statements": dict(s.statements), "heart_rate": s.heart_rate, "sex": s.sex}
     if not math.isnan(s.age):
         out["age"] = s.age
+    if s.contrast is not None:
+        out["contrast"] = s.contrast
     return out
 
 
 def state_from_dict(d: Any, vocab: tuple[str, ...] = VOCAB) -> CardiacState:
     if not isinstance(d, dict):
         raise EventError("state must be an object")
-    unknown = set(d) - {"statements", "heart_rate", "age", "sex"}
+    unknown = set(d) - {"statements", "heart_rate", "age", "sex", "contrast"}
     if unknown:
         raise EventError(f"unknown state fields: {sorted(unknown)}")
     st = d.get("statements", {})
@@ -102,7 +107,10 @@ def state_from_dict(d: Any, vocab: tuple[str, ...] = VOCAB) -> CardiacState:
         sex = d.get("sex", -1)
         if isinstance(sex, bool) or not isinstance(sex, int):
             raise TypeError(f"sex must be 0, 1 or -1, got {sex!r}")
-        return CardiacState({str(k): float(v) for k, v in st.items()}, hr, age, sex).validate(vocab)
+        contrast = d.get("contrast")
+        if contrast is not None and not isinstance(contrast, bool):
+            raise TypeError(f"contrast must be true, false or absent, got {contrast!r}")
+        return CardiacState({str(k): float(v) for k, v in st.items()}, hr, age, sex, contrast).validate(vocab)
     except (TypeError, ValueError, OverflowError) as exc:  # "sex": Infinity is valid JSON to Python
         raise EventError(f"invalid state: {exc}") from exc
 

@@ -149,9 +149,10 @@ class Settings:
     denoiser: str = "auto"  # auto, teacher (the DiT, guided), student (distilled: DDIM at its steps)
     steps: int = 4  # the distilled student's count: better than the teacher at 8 (docs/EVALUATION.md)
     guidance_scale: float = 1.5
-    # contrastive guidance (the model's weight per morphology statement, away from a normal ECG):
-    # the judge tells CLBBB twins from normal at 0.91 instead of 0.66, but one twin's guided bank
-    # (P waves twice as tall) reads badly to neurokit2 (docs/EVALUATION.md): off until checked
+    # contrastive guidance (the model's weight per morphology statement, away from a normal ECG)
+    # for states that do not say (``"contrast"`` in an event's state): the judge tells CLBBB twins
+    # from normal at 0.99 instead of 0.75, but a guided twin is less its patient (CLBBB identity
+    # 0.84 -> 0.31) and detectors read some guided banks worse (docs/EVALUATION.md)
     contrast_guidance: bool = False
     segment_seconds: float = 2.0
     # streams drawn by the rhythm layer (beats where a schedule says, with their ground truth);

@@ -59,8 +59,11 @@ def bank_for(model, base: np.ndarray, state: CardiacState, seed: int, steps: int
         model: a ``TwinModel``.
         base: the patient's base vector.
         seed: the first window's noise seed.
-        contrast: with the model's contrastive guidance (``ModelMeta.contrast``).
+        contrast: with the model's contrastive guidance (``ModelMeta.contrast``), where ``state``
+            does not say (``CardiacState.contrast``).
     """
+    if state.contrast is not None:
+        contrast = state.contrast
     x = model.generate(np.stack([base] * BANK_WINDOWS), [morphology_state(state)] * BANK_WINDOWS,
                        steps=steps, seed=[seed + i for i in range(BANK_WINDOWS)],
                        contrast=None if contrast else 0.0)

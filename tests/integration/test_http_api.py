@@ -37,9 +37,10 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
 
             # change its state; the current state follows
             status, body = await call("POST", "/patients/bed-9/state",
-                                      json={"state": {"statements": {"AFIB": 1}, "heart_rate": 118}})
-            assert status == 202 and body["state"]["statements"] == {"AFIB": 1.0}
+                                      json={"state": {"statements": {"AFIB": 1}, "heart_rate": 118, "contrast": True}})
+            assert status == 202 and body["state"]["statements"] == {"AFIB": 1.0} and body["state"]["contrast"] is True
             await wait_for(lambda: svc.registry.get("bed-9").state["statements"] == {"AFIB": 1.0})
+            assert svc.registry.get("bed-9").state["contrast"] is True  # kept with the state
             assert (await call("GET", "/patients/bed-9"))[1]["state"]["heart_rate"] == 118
 
             # bad requests: 400 with a reason, and nothing sent
@@ -53,6 +54,7 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
                    ("POST", "/patients/bed-9/state", {"json": {"state": {"statements": {"NOPE": 1}}}}),
                    ("POST", "/patients/bed-9/state", {"json": {"state": {"heart_rate": 1e999}}}),
                    ("POST", "/patients/bed-9/state", {"json": {"state": {"age": -3}}}),
+                   ("POST", "/patients/bed-9/state", {"json": {"state": {"contrast": "strong"}}}),
                    ("POST", "/patients/bed-9/state", {"json": {}}),
                    ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "vt", "rate": 400}}}),
                    ("POST", "/patients/bed-9/state", {"json": {"rhythm": {"name": "vt", "rate": 180}}}),

@@ -66,6 +66,23 @@ def test_generator_batches_guided_rows_apart_with_the_same_result(model, bases):
     assert np.abs(unguided[1] - both[1]).mean() > 5e-5
 
 
+def test_a_state_that_says_overrides_the_generator_setting(model, bases):
+    """``CardiacState.contrast`` decides for its own rows: one patient asked for pronounced CLBBB
+    among others drawn as the service is set, and the other way round."""
+    from dataclasses import replace
+
+    n = ContinuousGenerator(model, steps=2, sampler="ddim").new_per_window
+    on, off = (ContinuousGenerator(model, steps=2, sampler="ddim", contrast=c) for c in (True, False))
+    guided, plain = (g.generate([GenRequest(bases[1], CLBBB, None, n, 12)])[0] for g in (on, off))
+    assert np.abs(guided - plain).mean() > 5e-5
+    asks, declines = replace(CLBBB, contrast=True), replace(CLBBB, contrast=False)
+    both = off.generate([GenRequest(bases[0], CLBBB, None, n, 11), GenRequest(bases[1], asks, None, n, 12)])
+    np.testing.assert_allclose(both[1], guided, atol=2e-5)
+    np.testing.assert_allclose(both[0], off.generate([GenRequest(bases[0], CLBBB, None, n, 11)])[0], atol=2e-5)
+    np.testing.assert_allclose(on.generate([GenRequest(bases[1], declines, None, n, 12)])[0], plain, atol=2e-5)
+    assert not on.guided(replace(NORMAL, contrast=True))  # nothing to push a normal ECG away from
+
+
 def test_render_draws_with_contrast_only_when_the_setting_asks(tmp_path, data_dir):
     """``contrast_guidance`` reaches offline records as it reaches the service: a CLBBB patient's
     record changes, a normal patient's does not."""

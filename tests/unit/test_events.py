@@ -33,6 +33,8 @@ def test_round_trip():
     (_ev(state={"statements": {"XYZ": 1}}), "unknown statement"),
     (_ev(state={"heart_rate": 900}), "heart_rate"),
     (_ev(state={"mood": "sad"}), "unknown state fields"),
+    (_ev(state={"statements": {"CLBBB": 1}, "contrast": 1}), "contrast must be true, false or absent"),
+    (_ev(state={"statements": {"CLBBB": 1}, "contrast": "yes"}), "contrast must be true, false or absent"),
     (_ev(effective_time="soon"), "effective_time"),
     (_ev(transition_seconds=-1), "transition_seconds"),
     (_ev(type="register"), "reference"),
@@ -40,6 +42,17 @@ def test_round_trip():
 def test_invalid_events_say_why(raw, reason):
     with pytest.raises(EventError, match=reason):
         parse_event(raw)
+
+
+def test_a_state_may_say_whether_it_is_drawn_with_contrastive_guidance():
+    for contrast in (True, False):
+        ev = Event("e9", "bed-2", "condition", CardiacState({"CLBBB": 1.0, "SR": 1.0}, 70, 60.0, contrast=contrast))
+        back = parse_event(ev.to_json())
+        assert back == ev and back.state.contrast is contrast
+    plain = parse_event(_ev())
+    assert plain.state.contrast is None and "contrast" not in json.loads(plain.to_json())["state"]
+    with pytest.raises(ValueError, match="contrast"):
+        CardiacState(contrast=1).validate()
 
 
 def test_register_reference_kinds():
@@ -74,7 +87,7 @@ def test_any_mutation_parses_or_says_why():
             if rng.random() < 0.2:
                 body.pop(f, None)
             elif f == "state" and isinstance(body.get("state"), dict) and rng.random() < 0.5:
-                body["state"][rng.choice(["statements", "heart_rate", "age", "sex"])] = copy.deepcopy(rng.choice(junk))
+                body["state"][rng.choice(["statements", "heart_rate", "age", "sex", "contrast"])] = copy.deepcopy(rng.choice(junk))
             else:
                 body[f] = copy.deepcopy(rng.choice(junk))
         raw = json.dumps(body).encode()  # NaN and Infinity as Python writes them

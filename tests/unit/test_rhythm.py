@@ -3,9 +3,12 @@ life, the same beats however a stream is cut into windows, and refusals with a r
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from models.conditions import CardiacState
 from models.rhythm import BeatSchedule, Rhythm, RhythmError, rhythm_names
 
 
@@ -208,3 +211,17 @@ def test_af_irregularity_is_the_rr_spread_asked_for(irregularity):
         Rhythm("afib", irregularity=0.9).validated()
     with pytest.raises(RhythmError, match="takes no irregularity"):
         Rhythm("vt", irregularity=0.2).validated()
+
+
+def test_a_bank_asked_with_or_without_contrast_is_another_bank():
+    """The stream keeps banks by ``look_key``: a state that says how it is drawn gets its own,
+    and a state that does not keeps the key its saved tracks were written with."""
+    from dataclasses import replace
+
+    from twin_engine.worker.rhythm import look_key
+
+    s = CardiacState({"CLBBB": 1.0, "SR": 1.0}, 80, 60.0, 1)
+    assert look_key(s) == json.dumps([[["CLBBB", 1.0], ["SR", 1.0]], 60.0, 1])
+    keys = {look_key(replace(s, contrast=c)) for c in (None, True, False)}
+    assert len(keys) == 3
+    assert look_key(replace(s, heart_rate=120)) == look_key(s)  # the rate is the schedule's, not the bank's

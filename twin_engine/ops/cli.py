@@ -269,7 +269,8 @@ def cmd_stress(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     from twin_engine.ops.clients import send
 
-    ev = send(_settings(args), args.patient, args.statement, args.hr, args.effective_time, args.transition)
+    ev = send(_settings(args), args.patient, args.statement, args.hr, args.effective_time, args.transition,
+              args.contrast)
     print(f"sent {ev.event_id} to {args.patient}")
     return 0
 
@@ -431,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--hr", type=float, default=70.0, help="target heart rate, bpm")
     se.add_argument("--effective-time", type=float, default=None, help="stream time (epoch s)")
     se.add_argument("--transition", type=float, default=0.0, help="seconds to ramp the heart rate")
+    se.add_argument("--contrast", action=argparse.BooleanOptionalAction, default=None,
+                    help="draw the state with (or without) the model's contrastive guidance, whatever the "
+                         "service's contrast_guidance (docs/EVALUATION.md: stronger morphology, less identity)")
     se.set_defaults(func=cmd_send)
 
     rg = sub.add_parser("register", help="onboard a patient from WFDB reference records")

@@ -53,8 +53,8 @@ async def send_event(settings: Settings, event: Event) -> None:
 
 
 def send(settings: Settings, patient_id: str, statements: list[str], hr: float,
-         effective_time: float | None = None, transition: float = 0.0) -> Event:
-    state = CardiacState(parse_statements(statements), hr).validate()
+         effective_time: float | None = None, transition: float = 0.0, contrast: bool | None = None) -> Event:
+    state = CardiacState(parse_statements(statements), hr, contrast=contrast).validate()
     ev = Event(new_event_id(), patient_id, "condition", state, effective_time, transition)
     asyncio.run(send_event(settings, ev))
     return ev

@@ -60,7 +60,7 @@ class ContinuousGenerator:
                  guidance: float = 1.5, context_fraction: float = 0.25, splice_samples: int = 12,
                  denoiser: str = "auto", contrast: bool = False) -> None:
         self.model, self.steps, self.guidance = model, steps, guidance
-        self.contrast = contrast  # each state's contrastive guidance (ModelMeta.contrast), or none
+        self.contrast = contrast  # for states that do not say (CardiacState.contrast)
         self.plan = model.plan(sampler, steps, denoiser)
         self.sampler = self.plan.name  # what reports and benchmarks call it
         log.info("denoiser: %s, sampler: %s, %d steps%s", self.plan.denoiser, self.plan.sampler, steps,
@@ -83,7 +83,7 @@ class ContinuousGenerator:
         produced = [0] * len(requests)
         # a state with contrastive guidance costs a second forward pass per step: its rows go
         # apart, so the batch of every other stream keeps one
-        guided = [self.contrast and self.model.meta.contrast_for(r.state) > 0 for r in requests]
+        guided = [self.guided(r.state) for r in requests]
         rnd = 0
         while True:
             todo = [i for i, r in enumerate(requests) if produced[i] < r.n_samples]
@@ -91,10 +91,11 @@ class ContinuousGenerator:
                 break
             groups = {(has_ctx, g): [i for i in todo if (tails[i] is not None) == has_ctx and guided[i] == g]
                       for has_ctx, g in ((True, False), (False, False), (True, True), (False, True))}
-            for (has_ctx, _), group in groups.items():
+            for (has_ctx, g), group in groups.items():
                 if not group:
                     continue
-                new = self._windows([requests[i] for i in group], [tails[i] for i in group] if has_ctx else None, rnd)
+                new = self._windows([requests[i] for i in group], [tails[i] for i in group] if has_ctx else None, rnd,
+                                    g)
                 for i, x in zip(group, new, strict=True):
                     outs[i].append(x)
                     produced[i] += len(x)
@@ -102,7 +103,14 @@ class ContinuousGenerator:
             rnd += 1
         return [o[0] if len(o) == 1 else np.concatenate(o) for o in outs]
 
-    def _windows(self, reqs: list[GenRequest], tails: list[np.ndarray] | None, rnd: int) -> list[np.ndarray]:
+    def guided(self, state: CardiacState) -> bool:
+        """Whether ``state`` is drawn with contrastive guidance: as it says, else as the
+        generator is set; never where the model has no weight for its statements."""
+        wanted = self.contrast if state.contrast is None else state.contrast
+        return bool(wanted) and self.model.meta.contrast_for(state) > 0
+
+    def _windows(self, reqs: list[GenRequest], tails: list[np.ndarray] | None, rnd: int,
+                 guided: bool) -> list[np.ndarray]:
         m = self.model
         base = np.stack([r.base for r in reqs])
         seeds = [r.seed + rnd for r in reqs]
@@ -112,7 +120,7 @@ class ContinuousGenerator:
             ctx = m.ae.encode(t.transpose(1, 2).contiguous())
         z = m.generate_latent(base, [r.state for r in reqs], self.steps, seeds, self.plan.sampler,
                               self.guidance, context=ctx, denoiser=self.plan.denoiser,
-                              contrast=None if self.contrast else 0.0)
+                              contrast=None if guided else 0.0)
         y = m.decoder(z).float()  # (B, leads, window), where the model runs
         if t is not None:  # the splice runs there too, and only the new part leaves the device
             y = y[..., self.context:]

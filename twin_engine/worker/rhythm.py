@@ -45,9 +45,11 @@ async def make_bank(submit: Submit, base: np.ndarray, state: CardiacState, seed:
 
 
 def look_key(state: CardiacState) -> str:
-    """Which bank a state is drawn from: its morphology statements and demographics."""
+    """Which bank a state is drawn from: its morphology statements, demographics and, where it
+    says, its contrastive guidance (left out otherwise, so that saved tracks keep their key)."""
     m = morphology_state(state)
-    return json.dumps([sorted(m.statements.items()), None if m.age != m.age else m.age, m.sex])
+    key = [sorted(m.statements.items()), None if m.age != m.age else m.age, m.sex]
+    return json.dumps(key if m.contrast is None else [*key, m.contrast])
 
 
 class StreamRhythm:
