@@ -107,10 +107,8 @@ def state_from_dict(d: Any, vocab: tuple[str, ...] = VOCAB) -> CardiacState:
         sex = d.get("sex", -1)
         if isinstance(sex, bool) or not isinstance(sex, int):
             raise TypeError(f"sex must be 0, 1 or -1, got {sex!r}")
-        contrast = d.get("contrast")
-        if contrast is not None and not isinstance(contrast, bool):
-            raise TypeError(f"contrast must be true, false or absent, got {contrast!r}")
-        return CardiacState({str(k): float(v) for k, v in st.items()}, hr, age, sex, contrast).validate(vocab)
+        return CardiacState({str(k): float(v) for k, v in st.items()}, hr, age, sex,
+                            d.get("contrast")).validate(vocab)
     except (TypeError, ValueError, OverflowError) as exc:  # "sex": Infinity is valid JSON to Python
         raise EventError(f"invalid state: {exc}") from exc
 
