@@ -16,6 +16,7 @@ the fixed tokens.
 
 from __future__ import annotations
 
+import collections
 import copy
 import time
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.conditions import encode_states
-from models.training.trainer import Trainer, TrainingSet, record_latents_and_bases, tensor
+from models.training.trainer import Trainer, TrainingSet, mean_of, record_latents_and_bases, tensor
 from models.twin import TwinModel
 
 
@@ -228,9 +230,13 @@ def ddim_x0_target(sched, x_a: torch.Tensor, x_b: torch.Tensor, t_a: torch.Tenso
 
 
 def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: torch.nn.Module,
-                  batch: int) -> dict:
-    """Fit ``student`` so that its DDIM steps follow the teacher's trajectories."""
+                  batch: int, identity: float = 0.0) -> dict:
+    """Fit ``student`` so that its DDIM steps follow the teacher's trajectories. ``identity`` > 0
+    adds the diffusion stage's identity term (``train_diffusion``) on the student's clean
+    prediction: that weight times the frozen extractor's cosine distance to the row's base
+    vector, weighted by alpha-bar."""
     sched, dev = model.schedule, tr.device
+    id_terms: collections.deque = collections.deque(maxlen=100)  # tensors: float() would wait for a GPU
     k = traj.xs.shape[1] - 1
     k_ctx = traj.context.shape[-1]
     grid = torch.tensor(traj.grid)
@@ -249,16 +255,27 @@ def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: to
         weight = torch.ones_like(x0)
         has = traj.has_context[idx].to(dev)
         weight[has, :, :k_ctx] = 0.0  # fixed by in-painting at sampling time
-        return (weight * (x0 - target) ** 2).sum() / weight.sum()
+        loss = (weight * (x0 - target) ** 2).sum() / weight.sum()
+        if identity > 0:
+            # read as encode() reads a reference: no statement, the row's own heart rate
+            inten, cont = torch.zeros_like(traj.inten[idx]), torch.zeros_like(traj.cont[idx])
+            cont[:, 0] = traj.cont[idx, 0]
+            read = model.ibe.pool(model.ibe(x0, inten.to(dev), cont.to(dev))[None])
+            dist = 1 - F.cosine_similarity(read.float(), traj.base[idx].to(dev), dim=-1)
+            id_terms.append(dist.detach().mean())
+            loss = loss + identity * (sched.ab(t_a) * dist).mean()
+        return loss
 
     losses = tr.run(loss_fn)
-    return {"final_loss": float(np.mean(losses[-100:])) if losses else None}
+    return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
+            **({"identity": identity, "final_identity_distance": mean_of(id_terms)} if identity > 0 else {})}
 
 
 def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teacher_steps: int = 48,
             guidance: float = 1.5, trajectories: int = 6144, train_steps: int = 3000, batch: int = 64,
             lr: float = 2e-4, seed: int = 0, device: torch.device | None = None, chunk: int = 6144,
-            ema: float = 0.999, on_policy: bool = False, student_guidance: float | None = None) -> dict:
+            ema: float = 0.999, on_policy: bool = False, student_guidance: float | None = None,
+            identity: float = 0.0) -> dict:
     """Teacher trajectories (cached in ``out`` in chunks of ``chunk``, so a larger run reuses a
     smaller one's and a coarser student a finer one's), then the student; attaches it to
     ``model``. A student already in the model is trained on (a first round's student, or one
@@ -266,7 +283,7 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
     ``on_policy``: ``trajectories`` pairs on the current student's own path instead
     (``onpolicy_pairs``; needs a first round's student). ``student_guidance``: the targets are
     the current student's own steps with that much classifier-free guidance on top
-    (``teacher_trajectories``)."""
+    (``teacher_trajectories``). ``identity``: the identity term's weight (``train_student``)."""
     from models.export import model_hash
 
     if on_policy and student_guidance is not None:
@@ -297,10 +314,10 @@ def distill(model: TwinModel, ts: TrainingSet, out: Path, steps: int = 4, teache
     student = model.student if model.student is not None else copy.deepcopy(model.dit)
     model.add_student(student, steps, guidance)  # a submodule now: resumable with the model state
     student.train().requires_grad_(True)
-    stage = f"distill-{steps}steps-{kind + '-' if kind else ''}n{trajectories}"
+    stage = f"distill-{steps}steps-{kind + '-' if kind else ''}n{trajectories}{f'-id{identity:g}' if identity > 0 else ''}"
     tr = Trainer(model, out, stage, train_steps, lr, list(student.parameters()),
                  dev, seed, ema=ema)
-    report = train_student(model, traj, tr, student, batch)
+    report = train_student(model, traj, tr, student, batch, identity)
     student.eval().requires_grad_(False)
     targets = "on-policy pairs (the student's own states)" if on_policy else "teacher trajectories"
     teacher = f"dpmpp2m {teacher_steps} steps, guidance {guidance}"

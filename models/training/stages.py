@@ -27,6 +27,7 @@ from models.training.trainer import (  # noqa: F401 (the stages' shared pieces, 
     TrainingSet,
     crops,
     load_training_set,
+    mean_of,
     reading_conditions,
     record_latents_and_bases,
     tensor,
@@ -154,12 +155,8 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
     losses = tr.run(loss_fn)
     return {"final_loss": float(np.mean(losses[-100:])) if losses else None,
             **({"balance": balance} if balance > 0 else {}),
-            **({"identity": identity, "final_identity_distance": _mean(id_terms),
-               "final_v_loss": _mean(v_terms)} if identity > 0 else {})}
-
-
-def _mean(terms) -> float:
-    return float(torch.stack(list(terms)).mean()) if terms else float("nan")  # nan: a resumed run had no step left
+            **({"identity": identity, "final_identity_distance": mean_of(id_terms),
+               "final_v_loss": mean_of(v_terms)} if identity > 0 else {})}
 
 
 def run_stage(stage: str, out: Path, data: Path, size: str = "small", steps: int | None = None,
@@ -236,7 +233,8 @@ def main(args: argparse.Namespace, settings) -> int:
                  "both": {"use_adaln": True, "use_cross": True}}.get(args.ablation)
     distill_options = {"steps": args.student_steps, "teacher_steps": args.teacher_steps,
                        "trajectories": args.trajectories, "guidance": args.guidance, "ema": args.ema,
-                       "on_policy": args.on_policy, "student_guidance": args.student_guidance} \
+                       "on_policy": args.on_policy, "student_guidance": args.student_guidance,
+                       "identity": args.identity_weight} \
         if args.stage == "distill" else None
     run_stage(args.stage, out, data, size=args.size, steps=args.steps, batch=args.batch_size,
               seed=args.seed, device=settings.device, dit_overrides=overrides, distill_options=distill_options,

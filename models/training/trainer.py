@@ -123,6 +123,11 @@ class Trainer:
         return losses
 
 
+def mean_of(terms) -> float:
+    """The mean of a run's last loss terms, kept as tensors; nan where a resumed run had no step left."""
+    return float(torch.stack(list(terms)).mean()) if terms else float("nan")
+
+
 def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 

@@ -51,3 +51,40 @@ def test_identity_term_brings_the_prediction_closer_to_the_person(tmp_path, tiny
     ts = load_training_set(data_dir / "ptbxl-subset", limit=48)
     d_plain, d_id = _reading_distance(plain, ts), _reading_distance(with_id, ts)
     assert np.isfinite(d_plain) and d_id < 0.9 * d_plain  # measured 0.156 against 0.215
+
+
+def _student_round(src, dst, data_dir, identity: float):
+    from models.training.stages import run_stage
+
+    shutil.copytree(src, dst)  # with the teacher's trajectories: the same targets for both
+    return run_stage("distill", dst, data_dir / "ptbxl-subset", size="tiny", steps=60, batch=16, limit=48,
+                     lr=1e-3, distill_options={"trajectories": 64, "teacher_steps": 16, "identity": identity})
+
+
+def test_a_distillation_round_with_the_identity_term_keeps_the_student_nearer_the_person(
+        tmp_path, distilled_model_dir, data_dir):
+    """``train distill --identity-weight``: the same round on the same trajectories with and
+    without the term; with it, the student's clean predictions along the teacher's paths read
+    nearer each row's base vector, and the term is recorded."""
+    from models.training.distill import Trajectories
+
+    plain = _student_round(distilled_model_dir, tmp_path / "plain", data_dir, 0.0)
+    with_id = _student_round(distilled_model_dir, tmp_path / "identity", data_dir, 5.0)
+    info = json.loads((tmp_path / "identity" / "training.json").read_text())["distill"]
+    assert info["identity"] == 5.0 and 0.0 <= info["final_identity_distance"] <= 2.0
+    assert "identity" not in json.loads((tmp_path / "plain" / "training.json").read_text())["distill"]
+    [cache] = (tmp_path / "plain").glob("distill-trajectories-*.pt")
+    traj = Trajectories(**torch.load(cache, weights_only=False))
+    x, t = traj.xs[:, 1], torch.full((len(traj.xs),), traj.grid[1])
+    inten, cont = torch.zeros_like(traj.inten), torch.zeros_like(traj.cont)
+    cont[:, 0] = traj.cont[:, 0]
+
+    def distance(m: TwinModel) -> float:
+        with torch.no_grad():
+            cond = m.dit.condition_tokens(traj.inten, traj.cont)
+            x0 = m.schedule.x0_from_v(x, m.student(x, t, traj.base, cond), t)
+            read = m.ibe.pool(m.ibe(x0, inten, cont)[None])
+        return float((1 - F.cosine_similarity(read, traj.base, dim=-1)).mean())
+
+    d_plain, d_id = distance(plain), distance(with_id)
+    assert np.isfinite(d_plain) and d_id < 0.9 * d_plain, (d_id, d_plain)  # printed on failure

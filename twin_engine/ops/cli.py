@@ -333,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--balance", type=float, default=0.0,
                    help="diffusion: draw records by their rarest statement's count to the power -BALANCE (0: uniform)")
     t.add_argument("--identity-weight", type=float, default=0.0,
-                   help="diffusion: add this weight times the extractor's cosine distance between the predicted "
-                        "clean latent and the record's base vector (0: off)")
+                   help="diffusion and distill: add this weight times the extractor's cosine distance between "
+                        "the predicted clean latent and the record's base vector (0: off)")
     t.set_defaults(func=cmd_train)
 
     pk = sub.add_parser("package", help="turn a training run into a shippable model folder (fp16)")
