@@ -51,6 +51,11 @@ class CardiacState:
             raise ConditionError(f"age must be 0-300 years or absent, got {self.age}")
         return self
 
+    def with_contrast(self, default: bool) -> bool:
+        """Whether to draw this state with contrastive guidance: as it says, else ``default``
+        (the service's ``contrast_guidance``, a caller's choice)."""
+        return default if self.contrast is None else self.contrast
+
     @staticmethod
     def from_scp(scp_codes: dict[str, float], heart_rate: float, age: float, sex: int,
                  vocab: tuple[str, ...] = VOCAB) -> CardiacState:

@@ -62,9 +62,7 @@ def bank_for(model, base: np.ndarray, state: CardiacState, seed: int, steps: int
         contrast: with the model's contrastive guidance (``ModelMeta.contrast``), where ``state``
             does not say (``CardiacState.contrast``).
     """
-    if state.contrast is not None:
-        contrast = state.contrast
     x = model.generate(np.stack([base] * BANK_WINDOWS), [morphology_state(state)] * BANK_WINDOWS,
                        steps=steps, seed=[seed + i for i in range(BANK_WINDOWS)],
-                       contrast=None if contrast else 0.0)
+                       contrast=None if state.with_contrast(contrast) else 0.0)
     return BeatBank.from_windows(list(x), model.meta.fs)

@@ -24,10 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.conditions import encode_states
-from models.training.trainer import Trainer, TrainingSet, mean_of, record_latents_and_bases, tensor
+from models.training.trainer import (
+    Trainer,
+    TrainingSet,
+    identity_distance,
+    mean_of,
+    record_latents_and_bases,
+    tensor,
+)
 from models.twin import TwinModel
 
 
@@ -237,6 +243,9 @@ def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: to
     vector, weighted by alpha-bar."""
     sched, dev = model.schedule, tr.device
     id_terms: collections.deque = collections.deque(maxlen=100)  # tensors: float() would wait for a GPU
+    # read as encode() reads a reference (``reading_conditions``): no statement, the row's own rate
+    read_inten, read_cont = torch.zeros_like(traj.inten), torch.zeros_like(traj.cont)
+    read_cont[:, 0] = traj.cont[:, 0]
     k = traj.xs.shape[1] - 1
     k_ctx = traj.context.shape[-1]
     grid = torch.tensor(traj.grid)
@@ -257,11 +266,7 @@ def train_student(model: TwinModel, traj: Trajectories, tr: Trainer, student: to
         weight[has, :, :k_ctx] = 0.0  # fixed by in-painting at sampling time
         loss = (weight * (x0 - target) ** 2).sum() / weight.sum()
         if identity > 0:
-            # read as encode() reads a reference: no statement, the row's own heart rate
-            inten, cont = torch.zeros_like(traj.inten[idx]), torch.zeros_like(traj.cont[idx])
-            cont[:, 0] = traj.cont[idx, 0]
-            read = model.ibe.pool(model.ibe(x0, inten.to(dev), cont.to(dev))[None])
-            dist = 1 - F.cosine_similarity(read.float(), traj.base[idx].to(dev), dim=-1)
+            dist = identity_distance(model, x0, read_inten[idx].to(dev), read_cont[idx].to(dev), traj.base[idx].to(dev))
             id_terms.append(dist.detach().mean())
             loss = loss + identity * (sched.ab(t_a) * dist).mean()
         return loss

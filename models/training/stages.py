@@ -26,6 +26,7 @@ from models.training.trainer import (  # noqa: F401 (the stages' shared pieces, 
     Trainer,
     TrainingSet,
     crops,
+    identity_distance,
     load_training_set,
     mean_of,
     reading_conditions,
@@ -145,8 +146,7 @@ def train_diffusion(model: TwinModel, ts: TrainingSet, tr: Trainer, batch: int, 
         v = model.dit(z_t, t, base_all[idx], cond)
         loss = F.mse_loss(v, sched.v_target(z0, noise, t))
         if identity > 0:
-            read = model.ibe.pool(model.ibe(sched.x0_from_v(z_t, v, t), read_inten[idx], read_cont[idx])[None])
-            dist = 1 - F.cosine_similarity(read.float(), base_all[idx], dim=-1)
+            dist = identity_distance(model, sched.x0_from_v(z_t, v, t), read_inten[idx], read_cont[idx], base_all[idx])
             id_terms.append(dist.detach().mean())
             v_terms.append(loss.detach())
             loss = loss + identity * (sched.ab(t) * dist).mean()

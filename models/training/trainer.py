@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models.checkpoint import load_training_state, save_training_state
 from models.conditions import CardiacState, encode_states
@@ -130,6 +131,15 @@ def mean_of(terms) -> float:
 
 def tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+
+
+def identity_distance(model: TwinModel, x0: torch.Tensor, inten: torch.Tensor, cont: torch.Tensor,
+                      base: torch.Tensor) -> torch.Tensor:
+    """Per row, the cosine distance between ``base`` and what the extractor reads from the clean
+    latent window ``x0`` with reading conditions ``inten``, ``cont`` (``reading_conditions``):
+    the identity term of the diffusion and distillation stages."""
+    read = model.ibe.pool(model.ibe(x0, inten, cont)[None])
+    return 1 - F.cosine_similarity(read.float(), base, dim=-1)
 
 
 def reading_conditions(ts: TrainingSet, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,10 +5,14 @@ import shutil
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.conditions import encode_states
-from models.training.trainer import load_training_set, reading_conditions, record_latents_and_bases
+from models.training.trainer import (
+    identity_distance,
+    load_training_set,
+    reading_conditions,
+    record_latents_and_bases,
+)
 from models.twin import TwinModel
 
 
@@ -34,8 +38,7 @@ def _reading_distance(model: TwinModel, ts) -> float:
     with torch.no_grad():
         z_t = model.schedule.add_noise(z0, noise, t)
         v = model.dit(z_t, t, bases, model.dit.condition_tokens(inten, cont))
-        read = model.ibe.pool(model.ibe(model.schedule.x0_from_v(z_t, v, t), read_i, read_c)[None])
-    return float((1 - F.cosine_similarity(read, bases, dim=-1)).mean())
+        return float(identity_distance(model, model.schedule.x0_from_v(z_t, v, t), read_i, read_c, bases).mean())
 
 
 def test_identity_term_brings_the_prediction_closer_to_the_person(tmp_path, tiny_model_dir, tiny_model, data_dir):
@@ -83,8 +86,7 @@ def test_a_distillation_round_with_the_identity_term_keeps_the_student_nearer_th
         with torch.no_grad():
             cond = m.dit.condition_tokens(traj.inten, traj.cont)
             x0 = m.schedule.x0_from_v(x, m.student(x, t, traj.base, cond), t)
-            read = m.ibe.pool(m.ibe(x0, inten, cont)[None])
-        return float((1 - F.cosine_similarity(read, traj.base, dim=-1)).mean())
+            return float(identity_distance(m, x0, inten, cont, traj.base).mean())
 
     d_plain, d_id = distance(plain), distance(with_id)
     assert np.isfinite(d_plain) and d_id < 0.9 * d_plain, (d_id, d_plain)  # printed on failure
