@@ -61,8 +61,12 @@ def qrs_scale(reference_qrs_mv: np.ndarray, twin_qrs: np.ndarray, band_scale: np
     median-beat QRS peak-to-peak (mV) over the twin's (its beat bank's, z-scores). None where
     they stray from the band SD's scales by more than ``QRS_TRUST`` in any lead. The band SD
     alone left twins' QRS 0.88-1.00 of their references' (median per lead; 13% median error
-    per lead over 30 CPSC2018 records: the references' SD holds noise the twins lack)."""
-    scale = np.asarray(reference_qrs_mv, np.float64) / np.maximum(np.asarray(twin_qrs, np.float64), 1e-6)
+    per lead over 30 CPSC2018 records: the references' SD holds noise the twins lack). A lead
+    whose reference height is NaN (estimated from other leads, ``models.leads``) keeps its band
+    SD's scale."""
+    ref = np.asarray(reference_qrs_mv, np.float64)
+    scale = np.where(np.isfinite(ref), ref / np.maximum(np.asarray(twin_qrs, np.float64), 1e-6),
+                     np.asarray(band_scale, np.float64))
     ratio = scale / np.asarray(band_scale, np.float64)
     if not ((ratio >= QRS_TRUST[0]) & (ratio <= QRS_TRUST[1])).all():
         return None

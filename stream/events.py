@@ -25,9 +25,12 @@ limits; at most ``ARTIFACT_MAX_S`` seconds each).
 ``effective_time`` ahead, before the first segment starting at or after it (kept in the registry
 until then). ``register`` adds ``reference``: {"wfdb": "path/to/record"} (or a list of them; read by the
 service from its ``data_dir``, relative paths starting there, paths leading out of it refused) or
-{"samples": [[...12 leads...], ...], "fs": 250, "units": "mV"} (units mV, the default, uV or zscore)
-or {"base_vector": [...]}. A reference in mV (a WFDB record whose header says so, or samples in
-mV or uV) gives the twin its own amplitudes; the others get the amplitude model's. Parsing either returns an Event or raises EventError whose
+{"samples": [[...12 leads...], ...], "fs": 250, "units": "mV"} (units mV, the default, uV or zscore;
+``"leads": ["II", "V1"]`` names the columns, else they are the model's 12 in order) or
+{"base_vector": [...]}. A WFDB record's leads are found by its signal names (MIT-BIH's MLII is II).
+A reference in mV (a WFDB record whose header says so, or samples in mV or uV) gives the twin its
+own amplitudes, and may have only some of the 12 leads (the others estimated from them,
+``models.leads``); the others get the amplitude model's. Parsing either returns an Event or raises EventError whose
 message is the reason written to the dead-letter record.
 """
 

@@ -129,7 +129,8 @@ async def test_a_stream_that_cannot_draw_rhythms_refuses_them_with_the_reason(br
 async def test_a_twin_of_a_millivolt_reference_streams_at_its_qrs_height(broker, prefix, data_dir):
     """Registered from an LUDB record (mV), the twin's bank is matched to the record's QRS height
     in every lead through the batcher, the registry says so, and the published mV samples carry
-    it; a reference in uV called mV is dead-lettered with the reason."""
+    it; a two-lead record (CPSC2021's I and II) streams too, its other leads estimated and said
+    so; a reference in uV called mV is dead-lettered with the reason."""
     import wfdb
 
     from models.amplitude import lead_scales
@@ -147,6 +148,13 @@ async def test_a_twin_of_a_millivolt_reference_streams_at_its_qrs_height(broker,
         await wait_for(lambda: "bed-mv" in svc.streams and svc.streams["bed-mv"].p.next_seq >= 10)
         p = svc.streams["bed-mv"].p
         assert p.mv_source == "reference QRS" and svc.registry.get("bed-mv").view(None)["mv_source"] == "reference QRS"
+        assert p.estimated_leads == []
+        await svc.send_event(Event("two", "bed-2", "register", CardiacState({"SR": 1.0}, 70),
+                                   reference={"wfdb": "cpsc2021/data_8_4"}))
+        await wait_for(lambda: "bed-2" in svc.streams and svc.streams["bed-2"].p.next_seq >= 3)
+        view = svc.registry.get("bed-2").view(None)
+        assert view["estimated_leads"] == ["III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+        assert view["mv_source"].startswith("reference")
         own = wfdb.rdrecord(str(data_dir / "ludb" / "data" / "1"))
         samples = (own.p_signal[:2500] * 1000).tolist()  # uV, sent as mV
         await svc.send_event(Event("uv", "bed-uv", "register", CardiacState(), reference={"samples": samples, "fs": 500}))

@@ -121,6 +121,9 @@ class Patient:
     # records written before segments were in mV, whose stream predicts them when it starts
     mv_scale: list[float] | None = None
     mv_source: str | None = None
+    # the leads its reference lacked, estimated from the others (``models.leads``): the twin's
+    # base vector and those leads' scales rest on the estimate
+    estimated_leads: list[str] = field(default_factory=list)
 
     def add_artifact(self, entry: dict[str, Any], now: float) -> None:
         """Schedule an artifact; those over by stream time ``now`` are forgotten."""
@@ -208,7 +211,7 @@ class Patient:
                 "stream_time": nxt,
                 "scheduled": [h.to_dict() for h in self.history if nxt is not None and h.at is not None and h.at > nxt],
                 "remove_at": self.remove_at, "encoder_id": self.encoder_id or None,
-                "mv_scale": self.mv_scale, "mv_source": self.mv_source,
+                "mv_scale": self.mv_scale, "mv_source": self.mv_source, "estimated_leads": self.estimated_leads,
                 "artifacts": [a for a in self.artifacts if nxt is None or a["end"] > nxt]}
 
     def to_json(self) -> bytes:
@@ -271,6 +274,8 @@ class Patient:
         if p.mv_scale is not None and not (isinstance(p.mv_scale, list) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 100 for v in p.mv_scale)):
             raise ValueError("mv_scale must be a list of positive lead scales in mV")
+        if not isinstance(p.estimated_leads, list) or not all(isinstance(v, str) for v in p.estimated_leads):
+            raise ValueError("estimated_leads must be a list of lead names")
         p._check_position()
         p._acked = p.position()
         return p

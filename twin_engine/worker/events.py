@@ -261,6 +261,7 @@ class EventHandler:
             p = Patient(ev.patient_id, base.tolist(), self.model.meta.version, state_to_dict(state))
         p.encoder_id = self.model.encoder_id
         p.mv_scale, p.mv_source = [round(float(v), 5) for v in ref.mv_scale], ref.mv_source
+        p.estimated_leads = list(ref.estimated)
         # a re-registered stream goes on: its state holds from the next segment, after what the
         # history already holds there (a new one's holds from its start); in the length its
         # position counts in, which the new stream keeps the next segment's time in

@@ -1,7 +1,9 @@
 """Base vectors and lead scales from a registration's reference: stored, inline samples or WFDB
 records read from ``data_dir`` only, each bounded (``max_reference_records``,
 ``max_reference_seconds``). A reference in mV gives the twin its own amplitudes; one without
-(z-scores, a bare base vector) gets the amplitude model's for the patient's state."""
+(z-scores, a bare base vector) gets the amplitude model's for the patient's state. Leads are
+found by name (a WFDB record's signal names, inline samples' ``leads``); a reference in mV with
+only some of the 12 has the others estimated from them (``models.leads``)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from models.amplitude import AmplitudeError, AmplitudeModel, lead_scales, qrs_scale
+from models.amplitude import SCALE_RANGE_MV, AmplitudeError, AmplitudeModel, lead_scales, qrs_scale
 from models.conditions import CardiacState
 from models.data.preprocess import to_model_input
 from models.data.ptbxl import DataError, read_wfdb_signal
+from models.leads import LeadCompletion, LeadError, lead_columns
 from models.rhythm.render import BankError, BeatBank
 from models.twin import TwinModel
 from stream.events import EventError
@@ -36,6 +39,7 @@ class Reference(NamedTuple):
     # the reference's median-beat QRS height per lead in mV, as a beat bank measures it (None:
     # not in mV, or too few beats): ``calibrated`` matches the twin's bank to it
     qrs_mv: np.ndarray | None = None
+    estimated: tuple[str, ...] = ()  # leads a reference (one of its records) lacked, estimated from the others
 
     def calibrated(self, bank: BeatBank) -> Reference:
         """With the scales that give ``bank``'s QRS (the twin's, z-scores) the reference's height
@@ -51,13 +55,14 @@ class References:
     """Turns a ``register`` event's ``reference`` into the patient's base vector and lead scales.
 
     Args:
-        settings: ``data_dir``, the reference limits, the model folder (its ``amplitude.json``).
+        settings: ``data_dir``, the reference limits, the model folder (its ``amplitude.json``, ``leads.json``).
         model: encodes the reference (its encoder decides the base vector).
     """
 
     def __init__(self, settings: Settings, model: TwinModel) -> None:
         self.settings, self.model = settings, model
         self.amplitude = AmplitudeModel.for_model(settings.model_path)
+        self.completion = LeadCompletion.for_model(settings.model_path)
 
     def read(self, ref: dict[str, Any], state: CardiacState) -> Reference:
         """The base vector of ``ref`` and the twin's lead scales: measured where ``ref`` is in mV
@@ -95,16 +100,13 @@ class References:
                     except Exception:
                         raise EventError(f"cannot read WFDB header {path!r} (no such record under data_dir, "
                                          "or not WFDB)") from None
-                    headers.append((p, header.fs, _to_mv(header.units)))
+                    headers.append((p, header.fs, _to_mv(header.units), self._columns(header.sig_name or [], path)))
                     seconds += (header.sig_len or 0) / max(1e-9, float(header.fs or 0))
                 self._check_reference_seconds(seconds)
-                refs = []
-                for p, rec_fs, k in headers:
+                refs, estimated = [], set()
+                for p, rec_fs, k, cols in headers:
                     x = read_wfdb_signal(p)
-                    refs.append(to_model_input(x, rec_fs, fs, leads))
-                    if k is not None:
-                        scales.append(lead_scales(x * k, rec_fs))
-                        mv.append(refs[-1] * scales[-1])
+                    estimated |= self._read_one(x, float(rec_fs), cols, k, refs, scales, mv)
             else:
                 x = np.asarray(ref["samples"], np.float64)  # as given: float32 would overflow to inf
                 ref_fs = ref.get("fs", fs)
@@ -114,23 +116,82 @@ class References:
                 units = ref.get("units", "mV")
                 if units not in SAMPLE_UNITS:
                     raise EventError(f"reference units must be one of {', '.join(SAMPLE_UNITS)}, got {units!r}")
-                refs = [to_model_input(x, float(ref_fs), fs, leads)]
-                if SAMPLE_UNITS[units] is not None:
-                    scales.append(lead_scales(x * SAMPLE_UNITS[units], float(ref_fs)))
-                    mv.append(refs[-1] * scales[-1])
+                names = ref.get("leads")
+                if names is None:
+                    cols = None
+                    if x.ndim != 2 or x.shape[1] != leads:
+                        raise EventError(f"reference samples must be (samples, {leads}) in the model's lead order "
+                                         f"({', '.join(self.model.meta.leads)}), or name their columns in leads "
+                                         f"(e.g. [\"II\", \"V1\"]); got shape {x.shape}")
+                else:
+                    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                        raise EventError("reference leads must be a list of lead names")
+                    if x.ndim != 2 or x.shape[1] != len(names):
+                        raise EventError(f"reference samples have {x.shape[1] if x.ndim == 2 else 0} columns, "
+                                         f"leads names {len(names)}")
+                    cols = self._columns(names, "samples")
+                refs, estimated = [], set()
+                estimated |= self._read_one(x, float(ref_fs), cols, SAMPLE_UNITS[units], refs, scales, mv)
             base = self.model.encode(refs)
             if not np.isfinite(base).all():  # a twin without a finite base vector streams NaN
                 raise EventError("the reference gives no finite base vector")
+            names = self.model.meta.leads
+            est = tuple(names[j] for j in sorted(estimated))
             if scales:
-                return Reference(base, np.median(np.stack(scales), 0).astype(np.float32), MV_MEASURED,
-                                 self._qrs_heights(mv))
-            return Reference(base, self.amplitude.predict(state), MV_PREDICTED)
-        except AmplitudeError as exc:
+                qrs = self._qrs_heights(mv)
+                if qrs is not None and estimated:  # an estimate's QRS is no height to match
+                    qrs[sorted(estimated)] = np.nan
+                return Reference(base, np.median(np.stack(scales), 0).astype(np.float32), MV_MEASURED, qrs, est)
+            return Reference(base, self.amplitude.predict(state), MV_PREDICTED, None, est)
+        except (AmplitudeError, LeadError) as exc:
             raise EventError(f"bad reference: {exc}") from None
         except (DataError, ValueError, TypeError) as exc:
             if isinstance(exc, EventError):
                 raise
             raise EventError(f"bad reference: {exc}") from exc
+
+    def _columns(self, names: list[str], where: str) -> list[int | None] | None:
+        """The column of each of the model's leads among a reference's ``names`` (None: a lead it
+        lacks); None for a record of exactly the model's number of signals naming none of them
+        (read in the model's order, as before leads were read by name)."""
+        found = lead_columns(names, self.model.meta.leads)
+        n = len(self.model.meta.leads)
+        if not found:
+            if len(names) == n:
+                return None
+            raise EventError(f"reference {where!r} names none of the model's leads ({', '.join(self.model.meta.leads)}; "
+                             f"MIT-BIH's MLII is II): its signals are {', '.join(map(str, names[:16]))}")
+        return [found.get(i) for i in range(n)]
+
+    def _read_one(self, x: np.ndarray, rec_fs: float, cols: list[int | None] | None, to_mv: float | None,
+                  refs: list, scales: list, mv: list) -> set[int]:
+        """Appends one reference's model input (and, in mV, its lead scales and mV signal) to
+        ``refs``, ``scales`` and ``mv``. Returns the model leads it lacked, estimated from the
+        others (a reference in mV only: the estimate is made from amplitudes)."""
+        leads = len(self.model.meta.leads)
+        if cols is not None and None not in cols:
+            x, cols = x[:, cols], None
+        if cols is None:
+            refs.append(to_model_input(x, rec_fs, self.model.meta.fs, leads))
+            if to_mv is not None:
+                scales.append(lead_scales(x * to_mv, rec_fs))
+                mv.append(refs[-1] * scales[-1])
+            return set()
+        present = [i for i, c in enumerate(cols) if c is not None]
+        if to_mv is None:
+            names = self.model.meta.leads
+            raise EventError(f"a reference with {len(present)} of the {leads} leads ({', '.join(names[i] for i in present)}) "
+                             "must be in mV or uV: the others are estimated from its amplitudes")
+        got = x[:, [cols[i] for i in present]] * to_mv
+        measured = lead_scales(got, rec_fs)  # the present leads' units checked, as a whole reference's
+        full = self.completion.complete(got, rec_fs, present)
+        lo, hi = SCALE_RANGE_MV
+        s = np.clip(full.std(0), lo, hi).astype(np.float32)  # an estimate may be nearly flat (aVL from II)
+        s[present] = measured
+        refs.append(to_model_input(full, self.completion.fs, self.model.meta.fs, leads))
+        scales.append(s)
+        mv.append(refs[-1] * s)
+        return set(range(leads)) - set(present)
 
     def _qrs_heights(self, mv: list[np.ndarray]) -> np.ndarray | None:
         """The references' median-beat QRS height per lead (mV), cut and measured as the rhythm
