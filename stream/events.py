@@ -24,7 +24,8 @@ limits; at most ``ARTIFACT_MAX_S`` seconds each).
 ``remove`` ends the patient's stream and deletes it from the registry: at once, or with an
 ``effective_time`` ahead, before the first segment starting at or after it (kept in the registry
 until then). ``register`` adds ``reference``: {"wfdb": "path/to/record"} (or a list of them; read by the
-service from its ``data_dir``, relative paths starting there, paths leading out of it refused) or
+service from its ``data_dir``, relative paths starting there, paths leading out of it refused;
+``"start"`` and ``"seconds"`` pick a stretch of each, e.g. a minute of a half-hour record) or
 {"samples": [[...12 leads...], ...], "fs": 250, "units": "mV"} (units mV, the default, uV or zscore;
 ``"leads": ["II", "V1"]`` names the columns, else they are the model's 12 in order) or
 {"base_vector": [...]}. A WFDB record's leads are found by its signal names (MIT-BIH's MLII is II).

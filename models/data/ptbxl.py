@@ -134,13 +134,15 @@ class PTBXL:
         return [int(i) for i in self.df.index[~held]], [int(i) for i in self.df.index[held]]
 
 
-def read_wfdb_signal(path: str | Path, expect_fs: int | None = None) -> np.ndarray:
-    """(samples, leads) float32 from a WFDB record path (without extension)."""
+def read_wfdb_signal(path: str | Path, expect_fs: int | None = None, sampfrom: int = 0,
+                     sampto: int | None = None) -> np.ndarray:
+    """(samples, leads) float32 from a WFDB record path (without extension), samples
+    ``sampfrom`` to ``sampto`` (its end where None)."""
     import wfdb
 
     path = Path(path)
     try:
-        sig, fields = wfdb.rdsamp(str(path))
+        sig, fields = wfdb.rdsamp(str(path), sampfrom=sampfrom, sampto=sampto)
     except FileNotFoundError as exc:
         raise DataError(f"missing WFDB record: {path} ({exc.filename or path})") from exc
     except Exception as exc:

@@ -84,18 +84,22 @@ def refs(tiny_model, data_dir):
     return References(Settings(data_dir=data_dir), tiny_model)
 
 
-def test_a_two_lead_record_in_mv_is_a_reference(tiny_model, data_dir, tmp_path):
-    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 60)  # its first minute: MLII + V5
-    (tmp_path / "mitdb").mkdir()
-    wfdb.wrsamp("100", fs=rec.fs, units=rec.units, sig_name=rec.sig_name, p_signal=rec.p_signal, fmt=["16"] * 2,
-                write_dir=str(tmp_path / "mitdb"))
-    r = References(Settings(data_dir=tmp_path), tiny_model).read({"wfdb": "mitdb/100"}, CardiacState())
+def test_a_two_lead_record_in_mv_is_a_reference(refs, data_dir):
+    """A minute of MIT-BIH 100 (MLII + V5; the whole record is past max_reference_seconds)."""
+    r = refs.read({"wfdb": "mitdb/100", "start": 60, "seconds": 60}, CardiacState())
     assert np.isfinite(r.base).all() and r.mv_source == MV_MEASURED
     assert r.estimated == tuple(n for n in LEADS if n not in ("II", "V5"))
-    own = band(rec.p_signal, rec.fs).std(0)
-    assert np.allclose(r.mv_scale[[1, 10]], own, rtol=0.02)  # II and V5 measured
+    sig, f = wfdb.rdsamp(str(data_dir / "mitdb" / "100"), sampfrom=360 * 60, sampto=360 * 120)
+    assert np.allclose(r.mv_scale[[1, 10]], band(sig, f["fs"]).std(0), rtol=0.02)  # II and V5 measured
     assert ((r.mv_scale > 0.005) & (r.mv_scale < 5)).all()
     assert r.qrs_mv is None or np.isnan(r.qrs_mv[[0, 2, 6]]).all()  # an estimate's QRS is not matched
+    with pytest.raises(EventError, match="at most 600 s .* start, seconds"):
+        refs.read({"wfdb": "mitdb/100"}, CardiacState())
+    with pytest.raises(EventError, match="past its end"):
+        refs.read({"wfdb": "mitdb/100", "start": 4000}, CardiacState())
+    for bad in ({"seconds": -1}, {"start": "x"}, {"seconds": 1}, {"start": float("nan")}, {"seconds": True}):
+        with pytest.raises(EventError, match="reference (start|seconds)"):
+            refs.read({"wfdb": "mitdb/100", **bad}, CardiacState())
 
 
 def test_inline_samples_name_their_leads(refs, data_dir):

@@ -278,7 +278,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     from twin_engine.ops.clients import register
 
-    ev = register(_settings(args), args.patient, args.wfdb, args.statement, args.hr)
+    ev = register(_settings(args), args.patient, args.wfdb, args.statement, args.hr, args.start, args.seconds)
     print(f"sent {ev.event_id}: register {args.patient}")
     return 0
 
@@ -444,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "local path that lies in it (repeatable)")
     rg.add_argument("statement", nargs="*")
     rg.add_argument("--hr", type=float, default=70.0)
+    rg.add_argument("--start", type=float, default=None, help="read each record from this second")
+    rg.add_argument("--seconds", type=float, default=None,
+                    help="read this many seconds of each record (a stretch of a long one)")
     rg.set_defaults(func=cmd_register)
 
     tl = sub.add_parser("tail", help="follow segments (or dead-lettered events) on the console")

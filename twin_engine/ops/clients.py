@@ -60,10 +60,13 @@ def send(settings: Settings, patient_id: str, statements: list[str], hr: float,
     return ev
 
 
-def register(settings: Settings, patient_id: str, wfdb: list[str], statements: list[str], hr: float) -> Event:
+def register(settings: Settings, patient_id: str, wfdb: list[str], statements: list[str], hr: float,
+             start: float | None = None, seconds: float | None = None) -> Event:
     state = CardiacState(parse_statements(statements) or {"NORM": 1.0, "SR": 1.0}, hr).validate()
     wfdb = [_record_path(settings, w) for w in wfdb]
-    ev = Event(new_event_id(), patient_id, "register", state, reference={"wfdb": wfdb if len(wfdb) > 1 else wfdb[0]})
+    stretch = {k: v for k, v in (("start", start), ("seconds", seconds)) if v is not None}
+    ev = Event(new_event_id(), patient_id, "register", state,
+               reference={"wfdb": wfdb if len(wfdb) > 1 else wfdb[0], **stretch})
     asyncio.run(send_event(settings, ev))
     return ev
 

@@ -92,6 +92,7 @@ class References:
                                      f"this one {len(paths)}")
                 import wfdb
 
+                start, length = _stretch(ref)
                 headers, seconds = [], 0.0
                 for path in paths:  # every header first: the whole reference's length, before any signal
                     p = self._reference_path(path)
@@ -100,13 +101,19 @@ class References:
                     except Exception:
                         raise EventError(f"cannot read WFDB header {path!r} (no such record under data_dir, "
                                          "or not WFDB)") from None
-                    headers.append((p, header.fs, _to_mv(header.units), self._columns(header.sig_name or [], path)))
-                    seconds += (header.sig_len or 0) / max(1e-9, float(header.fs or 0))
+                    rec_fs, n = float(header.fs or 0), int(header.sig_len or 0)
+                    a = int(round(start * rec_fs))
+                    if a >= n:
+                        raise EventError(f"WFDB record {path!r} holds {n / max(1e-9, rec_fs):.0f} s: start {start:g} s "
+                                         "lies past its end")
+                    b = n if length is None else min(n, a + int(round(length * rec_fs)))
+                    headers.append((p, rec_fs, _to_mv(header.units), self._columns(header.sig_name or [], path), a, b))
+                    seconds += (b - a) / max(1e-9, rec_fs)
                 self._check_reference_seconds(seconds)
                 refs, estimated = [], set()
-                for p, rec_fs, k, cols in headers:
-                    x = read_wfdb_signal(p)
-                    estimated |= self._read_one(x, float(rec_fs), cols, k, refs, scales, mv)
+                for p, rec_fs, k, cols, a, b in headers:
+                    x = read_wfdb_signal(p, sampfrom=a, sampto=b)
+                    estimated |= self._read_one(x, rec_fs, cols, k, refs, scales, mv)
             else:
                 x = np.asarray(ref["samples"], np.float64)  # as given: float32 would overflow to inf
                 ref_fs = ref.get("fs", fs)
@@ -208,7 +215,7 @@ class References:
         limit = self.settings.max_reference_seconds
         if seconds > limit:
             raise EventError(f"a reference holds at most {limit:g} s of ECG (max_reference_seconds), "
-                             f"this one {seconds:.0f} s")
+                             f"this one {seconds:.0f} s (a WFDB reference may name a stretch: start, seconds)")
 
     def _reference_path(self, path: Any) -> Path:
         """Where a ``wfdb`` reference lies: under ``data_dir`` (a relative path starts there).
@@ -223,6 +230,18 @@ class References:
             raise EventError(f"wfdb path {path!r} lies outside the data directory (data_dir {root}); "
                              "reference records are read only from there")
         return Path(p)
+
+
+def _stretch(ref: dict[str, Any]) -> tuple[float, float | None]:
+    """A WFDB reference's ``start`` and ``seconds`` (each record read from ``start`` for
+    ``seconds``, or to its end): EventError for anything but non-negative finite numbers."""
+    start, length = ref.get("start", 0.0), ref.get("seconds")
+    for name, v in (("start", start), ("seconds", length)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0):
+            raise EventError(f"reference {name} must be a number of seconds >= 0, got {v!r}")
+    if length is not None and length < 2:
+        raise EventError(f"reference seconds must be at least 2, got {length!r}")
+    return float(start), None if length is None else float(length)
 
 
 def _to_mv(units: list[str] | None) -> float | None:
