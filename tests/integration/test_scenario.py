@@ -26,6 +26,7 @@ def test_the_example_loads_and_bad_files_say_which_entry(tmp_path):
         head + '[[change]]\nat = 5\npatient = "b9"\nstate = { heart_rate = 90 }\n': "one of the scenario's",
         head + '[[change]]\nat = -1\npatient = "b1"\nstate = { heart_rate = 90 }\n': "at must be seconds",
         '[[patient]]\nid = "b1"\n': "patient 1 (b1): give one reference",
+        '[[patient]]\nid = "b1"\nbase_vector = [1.0]\nwfdb_seconds = 60\n': "pick a stretch of a wfdb reference",
         '[[patient]]\nid = "bad id!"\nwfdb = "x"\n': "patient 1 (bad id!)",
         head + head: "each id once",
         head + '[[event]]\nat = 1\n': "unknown sections",

@@ -134,7 +134,14 @@ def test_render_writes_millivolts_a_references_own_or_the_amplitude_models(data_
 id = "{pid}"
 wfdb = "{ref}"
 state = {{ statements = {{ SR = 1 }}, heart_rate = 70 }}
-''' for pid, ref in refs.items()))
+''' for pid, ref in refs.items()) + '''
+[[patient]]
+id = "mit"
+wfdb = "mitdb/100"
+wfdb_start = 60
+wfdb_seconds = 60
+state = { statements = { SR = 1 }, heart_rate = 75 }
+''')
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'data_dir = "{data_dir}"\n')
     assert main(["--config", str(cfg), "render", str(scenario), "--out", str(tmp_path / "db")]) == 0
@@ -148,6 +155,15 @@ state = {{ statements = {{ SR = 1 }}, heart_rate = 70 }}
             assert r["mv_source"] == "amplitude model"
             assert np.allclose(scale, AmplitudeModel.load().predict(CardiacState({"SR": 1.0}, 70)), rtol=1e-3)
             continue
+        if r["record"] == "mit":  # MLII + V5: the two leads it has at its heights, ten estimated
+            assert r["estimated_leads"] == [n for n in rec.sig_name if n not in ("II", "V5")]
+            own = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampfrom=360 * 60, sampto=360 * 120)
+            as12 = np.repeat(own.p_signal[:, :1], 12, axis=1)  # MLII in every lead, V5 in V5's
+            as12[:, 10] = own.p_signal[:, 1]
+            ratio = qrs_heights(rec.p_signal, rec.fs)[[1, 10]] / qrs_heights(as12, own.fs)[[1, 10]]
+            assert ((ratio > 0.8) & (ratio < 1.25)).all(), ratio
+            continue
+        assert r["estimated_leads"] == []
         own = wfdb.rdrecord(str(data_dir / refs[r["record"]]))
         assert r["mv_source"] == "reference QRS"
         # the twin's QRS height over its reference's, per lead (measured 0.89-1.04); in the

@@ -10,7 +10,9 @@ render`` and ``twin-engine stress``, and ``play`` sends them as artifact events.
 ``seconds`` sets how long ``render`` draws each record, and ``fs`` the rate it writes them at (the
 model's by default; higher for pacing pulses, ``models.rhythm.pacing``). A patient's ``t_wave``
 (mV, 0.1-3) draws its normal beats with a T wave that tall in lead II (IEC 60601-2-27's tall
-T-wave rejection test), in ``render`` and ``stress`` only.
+T-wave rejection test), in ``render`` and ``stress`` only. A patient's reference is a ``wfdb``
+record (``wfdb_start`` and ``wfdb_seconds`` pick a stretch of a long one: a minute of a MIT-BIH
+record, whose two leads give the other ten estimated, ``models.leads``) or a ``base_vector``.
 
 The player registers the patients, waits for each one's first segment to learn where its stream
 starts, then sends every change at once with its ``effective_time``: the service makes each at
@@ -91,6 +93,10 @@ def load_scenario(path: str | Path, vocab: tuple[str, ...] = VOCAB) -> Scenario:
         ref = {k: p[k] for k in ("wfdb", "base_vector") if k in p}
         if len(ref) != 1:
             raise ScenarioError(f"{where}: give one reference, wfdb or base_vector")
+        stretch = {k: p[f"wfdb_{k}"] for k in ("start", "seconds") if f"wfdb_{k}" in p}
+        if stretch and "wfdb" not in ref:
+            raise ScenarioError(f"{where}: wfdb_start and wfdb_seconds pick a stretch of a wfdb reference")
+        ref.update(stretch)  # the service checks them with the record in hand
         if "t_wave" in p:
             tw = p["t_wave"]
             if isinstance(tw, bool) or not isinstance(tw, (int, float)) or not 0.1 <= tw <= 3.0:
