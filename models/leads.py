@@ -65,8 +65,8 @@ class LeadCompletion:
     """Estimates a record's missing leads from its present ones.
 
     Args:
-        cov: (len(lags) * 2 - 1, leads, leads) cross-covariance in mV^2: ``cov[d][a, b]`` is the
-            mean of x_a(t) x_b(t + d - (len(lags) - 1)) * step) over the band-passed records.
+        cov: (2K + 1, leads, leads) cross-covariance in mV^2, K = len(lags) - 1: ``cov[k][a, b]``
+            is the mean of x_a(t) x_b(t + (k - K) * step) over the band-passed records.
         lags: the sample offsets an estimate reads, at ``fs``.
         fs: the rate ``lags`` count at.
         report: how good the estimates were when fitted (cross-validated).

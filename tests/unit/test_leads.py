@@ -65,8 +65,7 @@ def test_the_chest_leads_are_estimated_from_ii_and_v1(completion, cpsc):
     r = [np.corrcoef(got[:, j], real[:, j])[0, 1] for j in range(12)]
     # cross-validated medians over 270 records: V2 0.82, V6 0.91 (models/default/leads.json)
     assert r[7] > 0.6 and r[11] > 0.6, np.round(r, 2)
-    # no better than chance without the estimate: a zero lead correlates with nothing
-    assert np.std(got[:, 9]) > 0.2 * np.std(real[:, 9])
+    assert np.std(got[:, 9]) > 0.2 * np.std(real[:, 9])  # V4 estimated, not left flat
 
 
 def test_the_shipped_completion_is_what_its_command_makes(data_dir):
