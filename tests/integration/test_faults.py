@@ -143,7 +143,8 @@ def _mutations(rng: random.Random, base: dict) -> list:
             path = rng.choice([["patient_id"], ["event_id"], ["effective_time"], ["transition_seconds"],
                                ["state"], ["state", "heart_rate"], ["state", "statements"], ["state", "age"],
                                ["state", "sex"], ["reference"], ["reference", "wfdb"], ["reference", "fs"],
-                               ["reference", "samples"], ["reference", "base_vector"], ["schema_version"], ["type"]])
+                               ["reference", "samples"], ["reference", "base_vector"], ["reference", "leads"],
+                               ["reference", "start"], ["reference", "seconds"], ["schema_version"], ["type"]])
             for k in path[:-1]:
                 if not isinstance(target.get(k), dict):
                     target[k] = {}

@@ -111,6 +111,10 @@ def test_inline_samples_name_their_leads(refs, data_dir):
         refs.read({"samples": sig.tolist(), "fs": f["fs"], "leads": ["x", "y"]}, CardiacState())
     with pytest.raises(EventError, match="2 columns, leads names 3"):
         refs.read({"samples": sig.tolist(), "fs": f["fs"], "leads": ["I", "II", "V1"]}, CardiacState())
+    with pytest.raises(EventError, match="too short"):
+        refs.read({"samples": sig[:100].tolist(), "fs": f["fs"], "leads": ["I", "II"]}, CardiacState())
+    with pytest.raises(EventError, match="too short"):
+        refs.read({"samples": [[0.1, 0.2]], "fs": f["fs"], "leads": ["I", "II"]}, CardiacState())
     with pytest.raises(EventError, match=r"name their columns in leads"):
         refs.read({"samples": sig.tolist(), "fs": f["fs"]}, CardiacState())
 

@@ -189,6 +189,8 @@ class References:
             names = self.model.meta.leads
             raise EventError(f"a reference with {len(present)} of the {leads} leads ({', '.join(names[i] for i in present)}) "
                              "must be in mV or uV: the others are estimated from its amplitudes")
+        if len(x) < 2 * rec_fs:  # as to_model_input says of a whole reference, before any filter sees it
+            raise EventError(f"reference too short: {len(x) / rec_fs:.1f} s, need at least 2 s")
         got = x[:, [cols[i] for i in present]] * to_mv
         measured = lead_scales(got, rec_fs)  # the present leads' units checked, as a whole reference's
         full = self.completion.complete(got, rec_fs, present)
