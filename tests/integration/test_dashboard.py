@@ -48,14 +48,17 @@ async def test_monitor_page_in_chromium(broker, tiny_model_dir, data_dir):
             await page.eval("""(() => { const s = document.querySelector('.card[data-pid="bed-0"] .set');
                                s.value = 'lead II off 5 s'; s.dispatchEvent(new Event('change')); return true; })()""")
             await page.wait_for("document.getElementById('notice').textContent.includes('draws no artifacts')", 10)
-            # onboard a patient from the page's record list, as a user would
-            await page.wait_for("document.getElementById('record').options.length > 0", 30)
-            await page.eval("""(() => { document.getElementById('newpid').value = 'bed-new';
+            # onboard a patient from the page's record list, as a user would: a minute of a
+            # two-lead MIT-BIH record, its other leads estimated
+            await page.wait_for("[...document.getElementById('record').options].some(o => o.text.startsWith('MIT-BIH'))", 30)
+            await page.eval("""(() => { const sel = document.getElementById('record');
+                               sel.value = [...sel.options].find(o => o.text.startsWith('MIT-BIH')).value;
+                               document.getElementById('newpid').value = 'bed-new';
                                document.getElementById('onboard').click(); return true; })()""")
             await page.wait_for("document.getElementById('notice').textContent.includes('bed-new')", 10)
             assert "onboarding" in await page.eval("document.getElementById('notice').textContent")
             await page.wait_for("document.querySelectorAll('.card').length === 3 && patients.get('bed-new').last", 60)
-            assert "bed-new" in svc.streams
+            assert "bed-new" in svc.streams and len(svc.registry.get("bed-new").estimated_leads) == 10
             # discharged: its card goes
             await svc.send_event(Event("rm-new", "bed-new", "remove"))
             await page.wait_for("document.querySelectorAll('.card').length === 2 && !patients.has('bed-new')", 30)

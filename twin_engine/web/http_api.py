@@ -163,8 +163,13 @@ async def delete_patient(request: web.Request) -> web.Response:
     return await _send(request, request.match_info["pid"], "remove")
 
 
+MITDB_LISTED = 8  # MIT-BIH records a page offers, a minute of each (the whole is past max_reference_seconds)
+
+
 async def list_records(request: web.Request) -> web.Response:
-    """Shared reference records a page can onboard a patient from (held-out PTB-XL patients)."""
+    """Shared reference records a page can onboard a patient from: held-out PTB-XL patients
+    (12 leads) and a minute of some MIT-BIH records (2 leads, the others estimated), each with
+    the ``reference`` to register it with."""
     from models.data.ptbxl import PTBXL
 
     svc = request.app[SERVICE]
@@ -174,9 +179,27 @@ async def list_records(request: web.Request) -> web.Response:
     except Exception as exc:
         return _json({"records": [], "error": str(exc)})
     _, held = db.split()
-    rows = [{"path": f"ptbxl-subset/{db.df.at[i, db.filename_column]}", "ecg_id": i,
-             "codes": sorted(db.df.at[i, "scp_codes"])} for i in held[:40]]
+    rows = []
+    for i in held[:40]:
+        path, codes = f"ptbxl-subset/{db.df.at[i, db.filename_column]}", sorted(db.df.at[i, "scp_codes"])
+        rows.append({"path": path, "ecg_id": i, "codes": codes, "label": f"{i} {','.join(codes)}",
+                     "reference": {"wfdb": path}})
+    rows += await asyncio.to_thread(_mitdb_rows, svc.settings.data_dir / "mitdb")
     return _json({"records": rows})
+
+
+def _mitdb_rows(root) -> list[dict]:
+    import wfdb
+
+    rows = []
+    for hea in sorted(root.glob("*.hea"))[:MITDB_LISTED]:
+        try:
+            leads = wfdb.rdheader(str(hea.with_suffix(""))).sig_name
+        except Exception:  # a damaged header is not offered
+            continue
+        rows.append({"path": f"mitdb/{hea.stem}", "label": f"MIT-BIH {hea.stem} ({', '.join(leads)}), minute 2",
+                     "reference": {"wfdb": f"mitdb/{hea.stem}", "start": 60, "seconds": 60}})
+    return rows
 
 
 def build_app(service: Frontend, hub: SubscriberHub | None = None) -> web.Application:
