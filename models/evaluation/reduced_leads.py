@@ -38,8 +38,9 @@ from models.rhythm.render import BankError, BeatBank
 from models.twin import TwinModel
 
 
-def cpsc_mv(root: Path, names: list[str], fs: int) -> list[np.ndarray]:
-    """Each named record's 12 leads in mV at ``fs``, the model's order, the first ``SAMPLES``."""
+def cpsc_mv(root: Path, names: list[str], fs: int) -> list[tuple[np.ndarray, float]]:
+    """Each named record's 12 leads in mV in the model's order, as long as ``SAMPLES`` at
+    ``fs``, with the record's own rate."""
     import wfdb
 
     out = []
@@ -47,8 +48,7 @@ def cpsc_mv(root: Path, names: list[str], fs: int) -> list[np.ndarray]:
         sig, f = wfdb.rdsamp(str(root / name))
         cols = lead_columns(f["sig_name"])
         x = np.nan_to_num(sig[:, [cols[i] for i in range(len(LEADS))]])
-        n = int(round(SAMPLES * f["fs"] / fs))
-        out.append(x[:n])
+        out.append((x[: int(round(SAMPLES * f["fs"] / fs))], float(f["fs"])))
     return out
 
 
@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
 
     names, sig, states = cpsc_records(a.data / "cpsc2018", fs)
     raw = cpsc_mv(a.data / "cpsc2018", names, fs)
-    raw_fs = 500
     half = sig.shape[1] // 2
     bases_b = np.stack([model.encode([s[half:]]) for s in sig])  # the gallery: second halves, 12 leads
     out: dict = {"model": model.meta.version, "patients": len(names), "completion_fitted_on": "LUDB (150 records)",
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (tuple(LEADS), *SUBSETS):
         idx = [LEADS.index(s) for s in sub]
         bases_a = []
-        for x in raw:
+        for x, raw_fs in raw:
             first = x[: len(x) // 2]
             if len(idx) == len(LEADS):
                 ref = to_model_input(first, raw_fs, fs)
