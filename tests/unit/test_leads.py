@@ -145,3 +145,20 @@ def test_the_patient_record_keeps_its_estimated_leads():
     bad["estimated_leads"] = "I"
     with pytest.raises(ValueError, match="estimated_leads"):
         Patient.from_json(json.dumps(bad).encode())
+
+
+def test_beat_retrieval_finds_a_patients_own_beat_in_the_given_leads(data_dir):
+    """The reduced-lead evaluation's beat measure: real median beats retrieve themselves, in any
+    lead set; beats of other patients, shuffled, do not; a patient without beats is left out."""
+    from models.data.ptbxl import PTBXL
+    from models.evaluation.reduced_leads import beat_retrieval, median_beats
+
+    db = PTBXL(data_dir / "ptbxl-subset")
+    sig = np.stack([db.record(i).signal[:2496] for i in db.ecg_ids[:12]])
+    sig[3] = 0.0  # a flat record: no beats
+    beats = median_beats(sig, FS)
+    assert np.isnan(beats[3]).all() and not np.isnan(beats[0]).any()
+    own = beat_retrieval(beats, beats, [1, 6])
+    assert own["top1"] == 1.0 and own["beat_correlation_median"] > 0.99 and own["patients_without_beats"] == 1
+    other = beat_retrieval(np.roll(beats, 1, axis=0), beats, [1, 6])
+    assert other["top1"] < 0.5 and other["beat_correlation_median"] < own["beat_correlation_median"]
