@@ -7,6 +7,7 @@ config, so a model trained with a longer list still loads and an unknown code is
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -62,6 +63,26 @@ class CardiacState:
         """From PTB-XL's ``scp_codes`` (likelihood 0-100; 0 on rhythm codes means 'stated')."""
         st = {c: (v / 100.0 if v > 0 else 1.0) for c, v in scp_codes.items() if c in vocab}
         return CardiacState(st, float(heart_rate), float(age), int(sex))
+
+
+def guided_if_new(state: CardiacState, registered: dict[str, float] | None, weighted: Iterable[str]) -> CardiacState:
+    """``state`` asking for contrastive guidance where it adds a weighted morphology statement
+    that the patient's registration state lacked, and says nothing itself; else as it is.
+
+    A twin in the state its reference shows is drawn realistically without guidance, and
+    overdrawn with it (FID to real 3.4 -> 9.4 over 183 held-out twins); a state the reference
+    does not show is where the model draws too little (CLBBB judge AUROC 0.75, real 1.00).
+
+    Args:
+        registered: the statements the patient was registered with (None: not known).
+        weighted: the statements the model has a contrast weight for (``ModelMeta.contrast``).
+    """
+    if state.contrast is not None or registered is None:
+        return state
+    weighted = set(weighted)
+    if any(v > 0 and c in weighted and registered.get(c, 0.0) <= 0 for c, v in state.statements.items()):
+        return replace(state, contrast=True)
+    return state
 
 
 def normal_counterpart(state: CardiacState) -> CardiacState:

@@ -90,6 +90,11 @@ class ModelMeta:
     # ``python -m models.evaluation.conditioning --choose-contrast``; none: the plain conditional model
     contrast: dict = field(default_factory=dict)
 
+    def guides(self, state: CardiacState, default: bool) -> bool:
+        """Whether ``state`` is drawn with contrastive guidance: as it says, else ``default``;
+        never where no statement of it has a weight."""
+        return state.with_contrast(default) and self.contrast_for(state) > 0
+
     def contrast_for(self, state: CardiacState) -> float:
         """The contrastive guidance weight for ``state``: the least of its statements' weights,
         shared among them (divided by their summed intensity, at least 1), 0 where it states

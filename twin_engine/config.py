@@ -154,6 +154,11 @@ class Settings:
     # from normal at 0.99 instead of 0.75, but a guided twin is less its patient (CLBBB identity
     # 0.84 -> 0.31) and detectors read some guided banks worse (docs/EVALUATION.md)
     contrast_guidance: bool = False
+    # ... but a state that adds a morphology statement the patient was not registered with (a
+    # normal patient asked for LBBB) is drawn with it unless it says: what its reference does not
+    # show, the model draws too weakly alone, and a twin in its reference's own state needs none
+    # (docs/EVALUATION.md, contrastive guidance)
+    contrast_new_morphology: bool = True
     segment_seconds: float = 2.0
     # streams drawn by the rhythm layer (beats where a schedule says, with their ground truth);
     # off, or where the model's windows give no beats to draw: the model's own windows

@@ -155,6 +155,14 @@ async def test_a_twin_of_a_millivolt_reference_streams_at_its_qrs_height(broker,
         view = svc.registry.get("bed-2").view(None)
         assert view["estimated_leads"] == ["III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
         assert view["mv_source"].startswith("reference")
+        # registered in sinus rhythm, then asked for LBBB: drawn with contrastive guidance (a
+        # morphology its reference does not show), and the registry says so; a rate alone is not
+        await svc.send_event(Event("lb", "bed-2", "condition", CardiacState({"SR": 1.0, "CLBBB": 1.0}, 70)))
+        await wait_for(lambda: svc.registry.get("bed-2").state_event_id == "lb")
+        assert svc.registry.get("bed-2").state.get("contrast") is True
+        await svc.send_event(Event("hr", "bed-2", "condition", CardiacState({"SR": 1.0}, 90)))
+        await wait_for(lambda: svc.registry.get("bed-2").state_event_id == "hr")
+        assert "contrast" not in svc.registry.get("bed-2").state
         own = wfdb.rdrecord(str(data_dir / "ludb" / "data" / "1"))
         samples = (own.p_signal[:2500] * 1000).tolist()  # uV, sent as mV
         await svc.send_event(Event("uv", "bed-uv", "register", CardiacState(), reference={"samples": samples, "fs": 500}))

@@ -1,9 +1,11 @@
 """Contrastive guidance: a state is drawn away from its normal counterpart by the weight the model
 stores per statement, for the teacher and the generator's batches alike."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from models.conditions import CardiacState, normal_counterpart
+from models.conditions import CardiacState, guided_if_new, normal_counterpart
 from models.twin import TwinModel
 from twin_engine.worker.generator import ContinuousGenerator, GenRequest
 
@@ -83,9 +85,24 @@ def test_a_state_that_says_overrides_the_generator_setting(model, bases):
     assert not on.guided(replace(NORMAL, contrast=True))  # nothing to push a normal ECG away from
 
 
+def test_a_state_adding_morphology_the_patient_was_not_registered_with_asks_for_contrast():
+    weighted = {"CLBBB": 2.0, "LVH": 2.0}
+    normal = {"NORM": 1.0, "SR": 1.0}
+    assert guided_if_new(CLBBB, normal, weighted).contrast is True
+    assert guided_if_new(replace(CLBBB, heart_rate=90), CLBBB.statements, weighted).contrast is None  # its own
+    assert guided_if_new(replace(CLBBB, contrast=False), normal, weighted).contrast is False  # it says
+    assert guided_if_new(CardiacState({"AFIB": 1.0}, 110), normal, weighted).contrast is None  # no weight
+    assert guided_if_new(CLBBB, None, weighted).contrast is None  # a record from before: not known
+    both = CardiacState({"SR": 1.0, "LVH": 1.0, "CLBBB": 1.0}, 70)
+    assert guided_if_new(both, {"SR": 1.0, "LVH": 1.0}, weighted).contrast is True
+
+
 def test_render_draws_with_contrast_only_when_the_setting_asks(tmp_path, data_dir):
     """``contrast_guidance`` reaches offline records as it reaches the service: a CLBBB patient's
-    record changes, a normal patient's does not."""
+    record changes, a normal patient's does not; a normal patient changed to CLBBB is guided from
+    then on (``contrast_new_morphology``), and the manifest says so."""
+    import json
+
     import wfdb
 
     from tests.support import RECORDS
@@ -108,10 +125,29 @@ state = {{ statements = {{ NORM = 1, SR = 1 }}, heart_rate = 70 }}
 id = "lbbb"
 wfdb = "{RECORDS[0]}"
 state = {{ statements = {{ CLBBB = 1, SR = 1 }}, heart_rate = 70 }}
+
+[[patient]]
+id = "becomes"
+wfdb = "{RECORDS[0]}"
+state = {{ statements = {{ NORM = 1, SR = 1 }}, heart_rate = 70 }}
+
+[[change]]
+at = 4
+patient = "becomes"
+state = {{ statements = {{ CLBBB = 1, SR = 1 }}, heart_rate = 70 }}
 ''')
-    out = {}
-    for on in (False, True):
-        render_scenario(Settings(data_dir=data_dir, contrast_guidance=on), shipped, load_scenario(p), tmp_path / str(on))
-        out[on] = {pid: wfdb.rdrecord(str(tmp_path / str(on) / pid)).p_signal for pid in ("normal", "lbbb")}
-    np.testing.assert_array_equal(out[False]["normal"], out[True]["normal"])
-    assert np.abs(out[False]["lbbb"] - out[True]["lbbb"]).mean() > 0.01  # mV
+    out, changes = {}, {}
+    for name, settings in (("off", {"contrast_guidance": False}), ("on", {"contrast_guidance": True}),
+                           ("never", {"contrast_new_morphology": False})):
+        render_scenario(Settings(data_dir=data_dir, **settings), shipped, load_scenario(p), tmp_path / name)
+        out[name] = {pid: wfdb.rdrecord(str(tmp_path / name / pid)).p_signal for pid in ("normal", "lbbb", "becomes")}
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        changes[name] = {r["record"]: r["changes"] for r in manifest["records"]}
+    np.testing.assert_array_equal(out["off"]["normal"], out["on"]["normal"])
+    assert np.abs(out["off"]["lbbb"] - out["on"]["lbbb"]).mean() > 0.01  # mV
+    assert "contrast" not in changes["off"]["lbbb"][0] and changes["on"]["lbbb"][0]["contrast"] is True
+    # registered normal, then CLBBB: guided from 4 s unless the setting is off; the same before
+    assert changes["off"]["becomes"][1]["contrast"] is True and "contrast" not in changes["never"]["becomes"][1]
+    fs = 250
+    np.testing.assert_array_equal(out["off"]["becomes"][:3 * fs], out["never"]["becomes"][:3 * fs])
+    assert np.abs(out["off"]["becomes"][5 * fs:] - out["never"]["becomes"][5 * fs:]).mean() > 0.01

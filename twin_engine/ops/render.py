@@ -22,7 +22,7 @@ import numpy as np
 import wfdb
 
 from models.amplitude import to_mv
-from models.conditions import CardiacState
+from models.conditions import CardiacState, guided_if_new
 from models.rhythm.annotations import write_annotations, write_rows
 from models.rhythm.morphology import bank_for, morphology_state, rhythm_of
 from models.rhythm.pacing import MAX_FS, PACE_SYMBOL, add_pulses, resample, stimuli
@@ -90,7 +90,8 @@ def render_scenario(settings: Settings, model: TwinModel, scenario: Scenario, ou
         written.append(_render_patient(model, refs.read(reg.reference, reg.state or CardiacState()), reg,
                                        [(c.at, c.event) for c in changes], seconds, out,
                                        scenario.artifacts.get(reg.patient_id, []), settings.data_dir / "nstdb",
-                                       fs_out, scenario.t_waves.get(reg.patient_id), settings.contrast_guidance))
+                                       fs_out, scenario.t_waves.get(reg.patient_id), settings.contrast_guidance,
+                                       settings.contrast_new_morphology))
     (out / "manifest.json").write_text(json.dumps(
         {"seconds": seconds, "fs": fs_out, "units": "mV", "model_version": model.meta.version,
          "records": [{"record": r.path.name, "seconds": r.seconds, "beats": r.beats, **r.truth}
@@ -104,9 +105,10 @@ def _rhythm(ev: Event, state: CardiacState) -> Rhythm:
 
 def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[tuple[float, Event]],
                     seconds: float, out: Path, artifacts: list[Artifact], nstdb: Path, fs_out: int,
-                    t_wave: float | None = None, contrast: bool = False) -> Rendered:
+                    t_wave: float | None = None, contrast: bool = False, new_morphology: bool = True) -> Rendered:
     fs, seed, base = model.meta.fs, bank_seed(reg.patient_id), ref.base
     state = reg.state or CardiacState()
+    registered = dict(state.statements) if new_morphology else None  # as the service keeps them
     first = bank_for(model, base, state, seed, contrast=contrast)
     ref = ref.calibrated(first)  # a reference in mV: the twin's QRS at its height, from its own beats
 
@@ -119,7 +121,7 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
 
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
-    asked = [{"at": 0.0, **_rhythm(reg, state).to_dict()}]
+    asked = [{"at": 0.0, **_rhythm(reg, state).to_dict(), **({"contrast": True} if model.meta.guides(state, contrast) else {})}]
     schedule = BeatSchedule(_rhythm(reg, state), 0.0, seed)
     renderer = BeatRenderer(tall(first), seed, pace_footprint=fs_out == fs)
     morph = morphology_state(state)
@@ -127,10 +129,11 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
     for at, ev in changes:
         if ev.type != "condition" or at >= end:
             continue
-        if ev.state is not None and morphology_state(ev.state) != morph:
-            morph = morphology_state(ev.state)
-            renderer.morph(at, bank(ev.state, seed + int(at * 1000)))
-        new = ev.state or state
+        asked_state = None if ev.state is None else guided_if_new(ev.state, registered, model.meta.contrast)
+        if asked_state is not None and morphology_state(asked_state) != morph:
+            morph = morphology_state(asked_state)
+            renderer.morph(at, bank(asked_state, seed + int(at * 1000)))
+        new = asked_state or state
         target = _rhythm(ev, new)
         ramp = ev.transition_seconds if ev.rhythm is None and RHYTHMS[target.name].program is \
             RHYTHMS["sinus"].program else 0.0
@@ -140,7 +143,8 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
             schedule.request(rhythm_of(CardiacState(new.statements, hr)), at + (k - 1) * WINDOW_S)
         if not ramp:
             schedule.request(target, at)
-        asked.append({"at": at, **target.to_dict(), **({"transition": ramp} if ramp else {})})
+        asked.append({"at": at, **target.to_dict(), **({"transition": ramp} if ramp else {}),
+                      **({"contrast": True} if model.meta.guides(new, contrast) else {})})
         state = new
     track = RhythmTrack(schedule, renderer)
     n_total = int(round(end * fs))

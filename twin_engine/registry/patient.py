@@ -124,6 +124,9 @@ class Patient:
     # the leads its reference lacked, estimated from the others (``models.leads``): the twin's
     # base vector and those leads' scales rest on the estimate
     estimated_leads: list[str] = field(default_factory=list)
+    # the statements it was registered with (its reference's state; None in records from before
+    # they were kept): a later state adding others is drawn with contrastive guidance
+    registered_statements: dict[str, float] | None = None
 
     def add_artifact(self, entry: dict[str, Any], now: float) -> None:
         """Schedule an artifact; those over by stream time ``now`` are forgotten."""
@@ -276,6 +279,10 @@ class Patient:
             raise ValueError("mv_scale must be a list of positive lead scales in mV")
         if not isinstance(p.estimated_leads, list) or not all(isinstance(v, str) for v in p.estimated_leads):
             raise ValueError("estimated_leads must be a list of lead names")
+        if p.registered_statements is not None and not (isinstance(p.registered_statements, dict) and all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in p.registered_statements.items())):
+            raise ValueError("registered_statements must map statements to intensities")
         p._check_position()
         p._acked = p.position()
         return p

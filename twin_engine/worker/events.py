@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from models.conditions import CardiacState
+from models.conditions import CardiacState, guided_if_new
 from models.rhythm.pacing import stream_problem
 from models.rhythm.render import BankError, bank_seed
 from models.stress.artifacts import artifact
@@ -180,7 +180,7 @@ class EventHandler:
             raise EventError(RHYTHM_NOT_DRAWN.format(reason=stream.rhythm_problem or "the rhythm layer is off"))
         if stream_problem(ev.rhythm):
             raise EventError(stream_problem(ev.rhythm))
-        state = ev.state or p.cardiac_state  # a rhythm alone keeps the state
+        state = self._guided(p, ev.state) if ev.state is not None else p.cardiac_state  # a rhythm alone keeps it
         at = stream.change_state(StateChange(state, ev.event_id, ev.effective_time, ev.transition_seconds,
                                              time.monotonic(), rhythm=ev.rhythm))
         p.set_state(state, ev.event_id, p.next_seq, time.time(), at, ev.transition_seconds, now=now, rhythm=ev.rhythm)
@@ -262,6 +262,7 @@ class EventHandler:
         p.encoder_id = self.model.encoder_id
         p.mv_scale, p.mv_source = [round(float(v), 5) for v in ref.mv_scale], ref.mv_source
         p.estimated_leads = list(ref.estimated)
+        p.registered_statements = dict(state.statements)
         # a re-registered stream goes on: its state holds from the next segment, after what the
         # history already holds there (a new one's holds from its start); in the length its
         # position counts in, which the new stream keeps the next segment's time in
@@ -271,6 +272,13 @@ class EventHandler:
         p.remember(ev.event_id)
         await self._write(p)
         self.streams.start(p)
+
+    def _guided(self, p: Patient, state: CardiacState) -> CardiacState:
+        """``state`` with contrastive guidance asked for where it adds morphology the patient
+        was not registered with (``contrast_new_morphology``)."""
+        if not self.settings.contrast_new_morphology:
+            return state
+        return guided_if_new(state, p.registered_statements, self.model.meta.contrast)
 
     async def _calibrated(self, pid: str, ref: Reference, state: CardiacState) -> Reference:
         """``ref`` with the twin's QRS matched to the reference's height (a reference in mV): the

@@ -106,7 +106,7 @@ class ContinuousGenerator:
     def guided(self, state: CardiacState) -> bool:
         """Whether ``state`` is drawn with contrastive guidance: as it says, else as the
         generator is set; never where the model has no weight for its statements."""
-        return state.with_contrast(self.contrast) and self.model.meta.contrast_for(state) > 0
+        return self.model.meta.guides(state, self.contrast)
 
     def _windows(self, reqs: list[GenRequest], tails: list[np.ndarray] | None, rnd: int,
                  guided: bool) -> list[np.ndarray]:
