@@ -228,6 +228,63 @@ def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0, co
             "rates_all": {d: round(float(np.mean([w for r in RATES for w in windows[r][d]])), 4) for d in dets}}
 
 
+NEW_MORPHOLOGY = ("CLBBB", "CRBBB", "LVH", "IMI", "ASMI", "STD_", "PVC", "1AVB")
+
+
+def new_morphology_scores(model, data: Path, patients: int = 10, seconds: float = 60.0,
+                          statements: tuple[str, ...] = NEW_MORPHOLOGY) -> dict:
+    """Held-out PTB-XL patients registered normal (NORM, no weighted statement), each asked for a
+    morphology it was not registered with, as the service draws it by default (with the model's
+    contrastive guidance) and without: sinus at 70 bpm, QRS Se and +P per detector (lead II,
+    EC57 matching, ``seconds`` less the first 2 s).
+
+    Returns:
+        statement -> "guided" | "unguided" -> detector -> gross Se/+P over the patients, and how
+        many patients' banks could not be cut (their stream would lose its beats).
+    """
+    from models.data.ptbxl import PTBXL
+    from models.rhythm.morphology import bank_for
+    from models.rhythm.render import BankError, BeatRenderer
+    from models.rhythm.track import RhythmTrack
+    from models.stress.detectors import detector
+    from models.stress.scoring import gross, score_beats
+
+    fs = model.meta.fs
+    dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
+    db = PTBXL(Path(data) / "ptbxl-subset")
+    normal = []
+    for rid in db.split()[1]:
+        rec = db.record(rid)
+        st = CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab)
+        if st.statements.get("NORM", 0) >= 0.5 and model.meta.contrast_for(st) == 0:
+            normal.append(model.encode([rec.signal]))
+        if len(normal) == patients:
+            break
+    out: dict = {"patients": len(normal), "seconds": seconds}
+    for code in statements:
+        state = CardiacState({"SR": 1.0, code: 1.0}, 70.0)
+        for how, guided in (("guided", True), ("unguided", False)):
+            scores: dict[str, list] = {d: [] for d in dets}
+            failed = []
+            for i, base in enumerate(normal):
+                try:
+                    bank = bank_for(model, base, state, seed=2000 + i, contrast=guided)
+                except BankError:  # the stream would draw the model's windows, without beats
+                    failed.append(i)
+                    continue
+                x, truth = _render(RhythmTrack(BeatSchedule(Rhythm("sinus", rate=70), 0.0, i), BeatRenderer(bank, i)),
+                                   seconds, fs)
+                ref = np.round(truth[(truth >= 2.0) & (truth < seconds - 0.3)] * fs).astype(int)
+                for name, det in dets.items():
+                    found = det(x[:, 1], fs)
+                    w = int(0.15 * fs)
+                    found = found[(found >= ref[0] - w) & (found <= ref[-1] + w)]
+                    scores[name].append(score_beats(ref, found, fs))
+            out.setdefault(code, {})[how] = {"banks_failed": len(failed),
+                                             **{d: gross(v).to_dict() for d, v in scores.items() if v}}
+    return out
+
+
 def mitdb_timing(mitdb: Path, seconds: float = 300.0) -> dict:
     """The same detectors on MIT-BIH's reference beats (lead MLII): gross Se, +P and median
     timing error, to set beside ``twin_scores``."""
@@ -291,8 +348,14 @@ def main(argv: list[str] | None = None) -> int:
                                                          "(with the shipped model), beside mitdb")
     ap.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "default")
     ap.add_argument("--contrast", action="store_true", help="twins with the model's contrastive guidance")
+    ap.add_argument("--new-morphology", action="store_true",
+                    help="normal patients asked for morphologies they were not registered with, guided and not")
     args = ap.parse_args(argv)
-    if args.twins:
+    if args.new_morphology:
+        from models.twin import TwinModel
+
+        result = {"new_morphology": new_morphology_scores(TwinModel.load(args.model), args.data)}
+    elif args.twins:
         from models.twin import TwinModel
 
         result = {"twins": twin_scores(TwinModel.load(args.model), args.data, contrast=args.contrast),

@@ -95,6 +95,8 @@ def test_a_state_adding_morphology_the_patient_was_not_registered_with_asks_for_
     assert guided_if_new(CLBBB, None, weighted).contrast is None  # a record from before: not known
     both = CardiacState({"SR": 1.0, "LVH": 1.0, "CLBBB": 1.0}, 70)
     assert guided_if_new(both, {"SR": 1.0, "LVH": 1.0}, weighted).contrast is True
+    # 1AVB is drawn well unguided, and guided its P waves are counted as beats
+    assert guided_if_new(CardiacState({"SR": 1.0, "1AVB": 1.0}, 70), normal, {**weighted, "1AVB": 2.0}).contrast is None
 
 
 def test_render_draws_with_contrast_only_when_the_setting_asks(tmp_path, data_dir):
