@@ -62,7 +62,11 @@ async def _case(broker, tiny_model_dir, data_dir, tmp_path, point: str) -> None:
             ev = Event(f"reg-{pid}", pid, "register", CardiacState({"NORM": 1.0}, 70), reference={"wfdb": rec})
             await prod.send_and_wait(k.topic_events, ev.to_json(), key=pid.encode())
         i = 0
-        while first.returncode is None and i < 300:  # state changes, written with the patient's record
+        # state changes, written with the patient's record, until the crash point is reached: a
+        # deadline, not a count (with two suites and six workers on 2 cores, 300 changes 0.3 s
+        # apart were once not enough for a worker to publish 12 segments)
+        deadline = asyncio.get_running_loop().time() + 240
+        while first.returncode is None and asyncio.get_running_loop().time() < deadline:
             pid = pids[i % 2]
             ev = Event(f"c{i}", pid, "condition", CardiacState({"NORM": 1.0}, 60 + i % 40))
             await prod.send_and_wait(k.topic_events, ev.to_json(), key=pid.encode())
