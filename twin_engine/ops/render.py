@@ -121,7 +121,8 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
 
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
-    asked = [{"at": 0.0, **_rhythm(reg, state).to_dict(), **({"contrast": True} if model.meta.guides(state, contrast) else {})}]
+    guided = {"contrast": True} if model.meta.guides(state, contrast) else {}
+    asked = [{"at": 0.0, **_rhythm(reg, state).to_dict(), **guided}]
     schedule = BeatSchedule(_rhythm(reg, state), 0.0, seed)
     renderer = BeatRenderer(tall(first), seed, pace_footprint=fs_out == fs)
     morph = morphology_state(state)
@@ -181,7 +182,8 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
         write_rows(name, out, [(int(round(t * fs_out)), PACE_SYMBOL, f"{mv:g}mV {ms:g}ms") for t, mv, ms in pulses
                                if t >= 0], "pace", fs_out)
     truth = {"mv_scale": dict(zip(leads, (round(float(v), 4) for v in ref.mv_scale), strict=True)),
-             "mv_source": ref.mv_source, "estimated_leads": list(ref.estimated), "pacing_pulses": len(pulses), "t_wave_mv": t_wave, "changes": asked,
+             "mv_source": ref.mv_source, "estimated_leads": list(ref.estimated), "pacing_pulses": len(pulses),
+             "t_wave_mv": t_wave, "changes": asked,
              "episodes": [{"rhythm": e.rhythm, "aux": e.aux, "start": e.start, "end": e.end} for e in episodes],
              "artifacts": [{**a.to_dict(leads), "end": min(a.end, end),
                             "measured_snr_db": {leads[j]: v for j, v in m.items()}}
