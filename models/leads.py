@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 
-from models.data.preprocess import band
+from models.data.preprocess import band, resample
 from models.data.ptbxl import LEADS
 
 DEFAULT_PATH = Path(__file__).parent / "default" / "leads.json"
@@ -87,11 +85,7 @@ class LeadCompletion:
             (samples', leads) in mV at ``self.fs``, 0.5-40 Hz: the present leads as given (band-
             passed), the others estimated.
         """
-        x = np.asarray(x_mv, np.float64)
-        if fs != self.fs:
-            r = Fraction(self.fs / fs).limit_denominator(1000)
-            x = resample_poly(x, r.numerator, r.denominator, axis=0)
-        x = band(x, self.fs)
+        x = band(resample(np.asarray(x_mv, np.float64), fs, self.fs), self.fs)
         n_leads = self.cov.shape[1]
         out = np.zeros((len(x), n_leads))
         out[:, present] = x
@@ -153,8 +147,7 @@ def mv_records(headers: list[Path]) -> list[np.ndarray]:
         if len(cols) != len(LEADS):
             continue
         x = np.nan_to_num(sig[: int(30 * f["fs"])][:, [cols[i] for i in range(len(LEADS))]])
-        r = Fraction(FS / f["fs"]).limit_denominator(1000)
-        out.append(band(resample_poly(x, r.numerator, r.denominator, axis=0), FS)[FS:-FS])
+        out.append(band(resample(x, f["fs"], FS), FS)[FS:-FS])
     return out
 
 

@@ -12,15 +12,22 @@ import numpy as np
 from scipy.signal import butter, resample_poly, sosfiltfilt
 
 
+def resample(x: np.ndarray, fs: float, target_fs: float) -> np.ndarray:
+    """``x`` (samples, leads) from ``fs`` to ``target_fs`` (polyphase, the ratio to a denominator
+    of 1000 at most); as it is at the same rate."""
+    if fs == target_fs:
+        return x
+    r = Fraction(target_fs / fs).limit_denominator(1000)
+    return resample_poly(x, r.numerator, r.denominator, axis=0)
+
+
 def to_model_input(signal: np.ndarray, fs: float, target_fs: int, leads: int = 12) -> np.ndarray:
     x = np.asarray(signal, np.float64)
     if x.ndim != 2 or x.shape[1] != leads:
         raise ValueError(f"expected (samples, {leads}) leads, got shape {x.shape}")
     if not np.isfinite(x).all():
         x = np.nan_to_num(x)
-    if fs != target_fs:
-        r = Fraction(target_fs / fs).limit_denominator(1000)
-        x = resample_poly(x, r.numerator, r.denominator, axis=0)
+    x = resample(x, fs, target_fs)
     if x.shape[0] < 2 * target_fs:
         raise ValueError(f"reference too short: {x.shape[0] / target_fs:.1f} s, need at least 2 s")
     with np.errstate(over="ignore", invalid="ignore"):

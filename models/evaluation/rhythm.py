@@ -164,6 +164,21 @@ def _rate_rhythm(rate: float) -> Rhythm:
     return Rhythm(name, rate=float(rate))
 
 
+def _beat_scores(x: np.ndarray, truth: np.ndarray, seconds: float, fs: int, dets: dict) -> dict:
+    """Each detector's EC57 beat matching on lead II of a rendered twin against its scheduled
+    beats (``truth``, seconds), the first 2 s and the last 0.3 s left out."""
+    from models.stress.scoring import score_beats
+
+    # the first 2 s are the detectors' learning (EC57 skips 5 min), the last beat may be cut
+    ref = np.round(truth[(truth >= 2.0) & (truth < seconds - 0.3)] * fs).astype(int)
+    w = int(0.15 * fs)  # detections of the beats left out are not false ones
+    out = {}
+    for name, det in dets.items():
+        found = det(x[:, 1], fs)
+        out[name] = score_beats(ref, found[(found >= ref[0] - w) & (found <= ref[-1] + w)], fs)
+    return out
+
+
 def _render(track, seconds: float, fs: int) -> tuple[np.ndarray, np.ndarray]:
     x, beats, _ = track.window(0.0, int(seconds * fs))
     return x, np.array([b.time for b in beats])
@@ -196,7 +211,7 @@ def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0, co
     from models.rhythm.render import BeatRenderer
     from models.rhythm.track import RhythmTrack
     from models.stress.detectors import detector
-    from models.stress.scoring import gross, score_beats
+    from models.stress.scoring import gross
 
     fs = model.meta.fs
     dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
@@ -207,13 +222,8 @@ def twin_scores(model, data: Path, patients: int = 10, seconds: float = 60.0, co
         for rhythm in BEAT_RHYTHMS:
             x, truth = _render(RhythmTrack(BeatSchedule(rhythm, 0.0, i), BeatRenderer(bank, i)), seconds, fs)
             key = rhythm.pattern if rhythm.pattern else rhythm.name
-            # the first 2 s are the detectors' learning (EC57 skips 5 min), the last beat may be cut
-            ref = np.round(truth[(truth >= 2.0) & (truth < seconds - 0.3)] * fs).astype(int)
-            for name, det in dets.items():
-                found = det(x[:, 1], fs)
-                w = int(0.15 * fs)  # detections of the beats left out are not false ones
-                found = found[(found >= ref[0] - w) & (found <= ref[-1] + w)]
-                scores.setdefault(key, {}).setdefault(name, []).append(score_beats(ref, found, fs))
+            for name, score in _beat_scores(x, truth, seconds, fs, dets).items():
+                scores.setdefault(key, {}).setdefault(name, []).append(score)
         for rate in RATES:
             x, _ = _render(RhythmTrack(BeatSchedule(_rate_rhythm(rate), 0.0, i), BeatRenderer(bank, i)), seconds, fs)
             for name, det in dets.items():
@@ -247,7 +257,7 @@ def new_morphology_scores(model, data: Path, patients: int = 10, seconds: float 
     from models.rhythm.render import BankError, BeatRenderer
     from models.rhythm.track import RhythmTrack
     from models.stress.detectors import detector
-    from models.stress.scoring import gross, score_beats
+    from models.stress.scoring import gross
 
     fs = model.meta.fs
     dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
@@ -274,12 +284,8 @@ def new_morphology_scores(model, data: Path, patients: int = 10, seconds: float 
                     continue
                 x, truth = _render(RhythmTrack(BeatSchedule(Rhythm("sinus", rate=70), 0.0, i), BeatRenderer(bank, i)),
                                    seconds, fs)
-                ref = np.round(truth[(truth >= 2.0) & (truth < seconds - 0.3)] * fs).astype(int)
-                for name, det in dets.items():
-                    found = det(x[:, 1], fs)
-                    w = int(0.15 * fs)
-                    found = found[(found >= ref[0] - w) & (found <= ref[-1] + w)]
-                    scores[name].append(score_beats(ref, found, fs))
+                for name, score in _beat_scores(x, truth, seconds, fs, dets).items():
+                    scores[name].append(score)
             out.setdefault(code, {})[how] = {"banks_failed": len(failed),
                                              **{d: gross(v).to_dict() for d, v in scores.items() if v}}
     return out

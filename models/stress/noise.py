@@ -16,12 +16,12 @@ streams see minutes of noise, not the record's first five). ``em`` is only 10 s 
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import wfdb
-from scipy.signal import resample_poly
+
+from models.data.preprocess import resample
 
 NOISE_RECORDS = {"bw": "bw", "ma": "ma", "em": "em10s"}
 TRIM = 0.05  # the largest and smallest 5% of the measurements are dropped
@@ -74,8 +74,7 @@ def noise_record(nstdb: Path, kind: str, fs: float) -> np.ndarray:
     if x.shape[1] == 1:
         x = np.repeat(x, 2, axis=1)
     if abs(rec.fs - fs) > 1e-6:
-        ratio = Fraction(float(fs) / rec.fs).limit_denominator(1000)
-        x = resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
+        x = resample(x, rec.fs, float(fs))
     return x
 
 

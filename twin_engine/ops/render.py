@@ -108,7 +108,7 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
                     t_wave: float | None = None, contrast: bool = False, new_morphology: bool = True) -> Rendered:
     fs, seed, base = model.meta.fs, bank_seed(reg.patient_id), ref.base
     state = reg.state or CardiacState()
-    registered = dict(state.statements) if new_morphology else None  # as the service keeps them
+    registered = dict(state.statements)  # as the service keeps them
     first = bank_for(model, base, state, seed, contrast=contrast)
     ref = ref.calibrated(first)  # a reference in mV: the twin's QRS at its height, from its own beats
 
@@ -130,7 +130,9 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
     for at, ev in changes:
         if ev.type != "condition" or at >= end:
             continue
-        asked_state = None if ev.state is None else guided_if_new(ev.state, registered, model.meta.contrast)
+        asked_state = ev.state
+        if asked_state is not None and new_morphology:  # as the service's ``contrast_new_morphology``
+            asked_state = guided_if_new(asked_state, registered, model.meta.contrast)
         if asked_state is not None and morphology_state(asked_state) != morph:
             morph = morphology_state(asked_state)
             renderer.morph(at, bank(asked_state, seed + int(at * 1000)))

@@ -71,6 +71,8 @@ class References:
         fs = self.model.meta.fs
         scales: list[np.ndarray] = []
         mv: list[np.ndarray] = []  # the references in mV, at the model's rate and band
+        refs: list[np.ndarray] = []  # model input
+        estimated: set[int] = set()  # the model leads one reference or another lacked
         leads = len(self.model.meta.leads)
         try:
             if "base_vector" in ref:
@@ -110,7 +112,6 @@ class References:
                     headers.append((p, rec_fs, _to_mv(header.units), self._columns(header.sig_name or [], path), a, b))
                     seconds += (b - a) / max(1e-9, rec_fs)
                 self._check_reference_seconds(seconds)
-                refs, estimated = [], set()
                 for p, rec_fs, k, cols, a, b in headers:
                     x = read_wfdb_signal(p, sampfrom=a, sampto=b)
                     estimated |= self._read_one(x, rec_fs, cols, k, refs, scales, mv)
@@ -137,7 +138,6 @@ class References:
                         raise EventError(f"reference samples have {x.shape[1] if x.ndim == 2 else 0} columns, "
                                          f"leads names {len(names)}")
                     cols = self._columns(names, "samples")
-                refs, estimated = [], set()
                 estimated |= self._read_one(x, float(ref_fs), cols, SAMPLE_UNITS[units], refs, scales, mv)
             base = self.model.encode(refs)
             if not np.isfinite(base).all():  # a twin without a finite base vector streams NaN
