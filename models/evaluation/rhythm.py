@@ -242,52 +242,67 @@ NEW_MORPHOLOGY = ("CLBBB", "CRBBB", "LVH", "IMI", "ASMI", "STD_", "PVC", "1AVB")
 
 
 def new_morphology_scores(model, data: Path, patients: int = 10, seconds: float = 60.0,
-                          statements: tuple[str, ...] = NEW_MORPHOLOGY) -> dict:
-    """Held-out PTB-XL patients registered normal (NORM, no weighted statement), each asked for a
-    morphology it was not registered with, as the service draws it by default (with the model's
-    contrastive guidance) and without: sinus at 70 bpm, QRS Se and +P per detector (lead II,
-    EC57 matching, ``seconds`` less the first 2 s).
+                          statements: tuple[str, ...] = NEW_MORPHOLOGY, rates: tuple[float, ...] = (70.0,),
+                          registered: str = "normal") -> dict:
+    """Held-out PTB-XL patients asked for a morphology they were not registered with, as the
+    service draws it by default (with the model's contrastive guidance) and without: in the
+    rhythm each of ``rates`` implies (sinus at 70, brady- or tachycardia), QRS Se and +P per
+    detector (lead II, EC57 matching, ``seconds`` less the first 2 s).
+
+    Args:
+        registered: ``"normal"`` (NORM, no weighted statement) or ``"abnormal"`` (some weighted
+            statement; a patient registered with the statement asked for is left out of it).
 
     Returns:
-        statement -> "guided" | "unguided" -> detector -> gross Se/+P over the patients, and how
-        many patients' banks could not be cut (their stream would lose its beats).
+        statement -> "guided" | "unguided" -> detector -> gross Se/+P over the patients (per rate
+        under "at_<rate>" where there are several), and how many patients' banks could not be
+        cut with any of ``bank_seeds`` (their stream would draw that state without beats).
     """
     from models.data.ptbxl import PTBXL
-    from models.rhythm.morphology import bank_for
+    from models.rhythm.morphology import bank_for, rhythm_of
     from models.rhythm.render import BankError, BeatRenderer
     from models.rhythm.track import RhythmTrack
     from models.stress.detectors import detector
     from models.stress.scoring import gross
 
+    if registered not in ("normal", "abnormal"):
+        raise ValueError(f"registered: normal or abnormal, not {registered!r}")
     fs = model.meta.fs
     dets = {name: detector(name) for name in ("xqrs", "neurokit2", "pantompkins")}
     db = PTBXL(Path(data) / "ptbxl-subset")
-    normal = []
+    picked = []  # (base vector, the statements it was registered with)
     for rid in db.split()[1]:
         rec = db.record(rid)
         st = CardiacState.from_scp(rec.scp_codes, 75.0, rec.age, rec.sex, model.meta.vocab)
-        if st.statements.get("NORM", 0) >= 0.5 and model.meta.contrast_for(st) == 0:
-            normal.append(model.encode([rec.signal]))
-        if len(normal) == patients:
+        weighted = model.meta.contrast_for(st) > 0
+        if (not weighted and st.statements.get("NORM", 0) >= 0.5) if registered == "normal" else weighted:
+            picked.append((model.encode([rec.signal]), {c for c, v in st.statements.items() if v >= 0.5}))
+        if len(picked) == patients:
             break
-    out: dict = {"patients": len(normal), "seconds": seconds}
+    rhythms = {rate: rhythm_of(CardiacState({"SR": 1.0}, rate)) for rate in rates}
+    out: dict = {"patients": len(picked), "registered": registered, "seconds": seconds,
+                 "rhythms": {f"{r:g}": rh.to_dict() for r, rh in rhythms.items()}}
     for code in statements:
         state = CardiacState({"SR": 1.0, code: 1.0}, 70.0)
         for how, guided in (("guided", True), ("unguided", False)):
-            scores: dict[str, list] = {d: [] for d in dets}
-            failed = []
-            for i, base in enumerate(normal):
+            scores: dict[float, dict[str, list]] = {r: {d: [] for d in dets} for r in rates}
+            failed = asked = 0
+            for i, (base, own) in enumerate(picked):
+                if code in own:
+                    continue
+                asked += 1
                 try:
                     bank = bank_for(model, base, state, seed=2000 + i, contrast=guided)
                 except BankError:  # the stream would draw the model's windows, without beats
-                    failed.append(i)
+                    failed += 1
                     continue
-                x, truth = _render(RhythmTrack(BeatSchedule(Rhythm("sinus", rate=70), 0.0, i), BeatRenderer(bank, i)),
-                                   seconds, fs)
-                for name, score in _beat_scores(x, truth, seconds, fs, dets).items():
-                    scores[name].append(score)
-            out.setdefault(code, {})[how] = {"banks_failed": len(failed),
-                                             **{d: gross(v).to_dict() for d, v in scores.items() if v}}
+                for rate, rhythm in rhythms.items():
+                    x, truth = _render(RhythmTrack(BeatSchedule(rhythm, 0.0, i), BeatRenderer(bank, i)), seconds, fs)
+                    for name, score in _beat_scores(x, truth, seconds, fs, dets).items():
+                        scores[rate][name].append(score)
+            per = {f"at_{r:g}": {d: gross(v).to_dict() for d, v in sc.items() if v} for r, sc in scores.items()}
+            row = {"patients": asked, "banks_failed": failed}
+            out.setdefault(code, {})[how] = {**row, **per[f"at_{rates[0]:g}"]} if len(rates) == 1 else {**row, **per}
     return out
 
 
@@ -355,12 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "default")
     ap.add_argument("--contrast", action="store_true", help="twins with the model's contrastive guidance")
     ap.add_argument("--new-morphology", action="store_true",
-                    help="normal patients asked for morphologies they were not registered with, guided and not")
+                    help="patients asked for morphologies they were not registered with, guided and not "
+                         "(normal patients at 70, 45 and 130 bpm; patients registered with another morphology)")
     args = ap.parse_args(argv)
     if args.new_morphology:
         from models.twin import TwinModel
 
-        result = {"new_morphology": new_morphology_scores(TwinModel.load(args.model), args.data)}
+        model = TwinModel.load(args.model)
+        result = {"new_morphology": new_morphology_scores(model, args.data),
+                  # the same banks' beats at a bradycardia and a tachycardia, and patients whose
+                  # reference shows another morphology
+                  "new_morphology_rates": new_morphology_scores(model, args.data, rates=(45.0, 130.0)),
+                  "new_morphology_abnormal": new_morphology_scores(model, args.data, registered="abnormal")}
     elif args.twins:
         from models.twin import TwinModel
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from models.conditions import CardiacState
 from models.rhythm.programs import Rhythm
-from models.rhythm.render import BANK_RATE, BeatBank
+from models.rhythm.render import BANK_RATE, BankError, BeatBank, bank_seeds, no_bank
 
 RHYTHM_STATEMENTS = frozenset({"AFIB", "AFLT", "STACH", "SBRAD", "SARRH", "PVC", "PAC", "SR"})
 BANK_WINDOWS = 3  # 3 windows of 4 s at 75 bpm: about 12 beats, of which the bank keeps the alike
@@ -53,7 +53,8 @@ def rhythm_of(state: CardiacState) -> Rhythm:
 
 def bank_for(model, base: np.ndarray, state: CardiacState, seed: int, steps: int = 8,
              contrast: bool = False) -> BeatBank:
-    """The patient's beats in ``state``'s morphology, cut from ``BANK_WINDOWS`` of the twin.
+    """The patient's beats in ``state``'s morphology, cut from ``BANK_WINDOWS`` of the twin (drawn
+    again with the next of ``bank_seeds`` while they give too few beats to cut).
 
     Args:
         model: a ``TwinModel``.
@@ -61,8 +62,17 @@ def bank_for(model, base: np.ndarray, state: CardiacState, seed: int, steps: int
         seed: the first window's noise seed.
         contrast: with the model's contrastive guidance (``ModelMeta.contrast``), where ``state``
             does not say (``CardiacState.contrast``).
+
+    Raises:
+        BankError: no seed gave beats enough.
     """
-    x = model.generate(np.stack([base] * BANK_WINDOWS), [morphology_state(state)] * BANK_WINDOWS,
-                       steps=steps, seed=[seed + i for i in range(BANK_WINDOWS)],
-                       contrast=None if state.with_contrast(contrast) else 0.0)
-    return BeatBank.from_windows(list(x), model.meta.fs)
+    first: BankError | None = None
+    for s in bank_seeds(seed):
+        x = model.generate(np.stack([base] * BANK_WINDOWS), [morphology_state(state)] * BANK_WINDOWS,
+                           steps=steps, seed=[s + i for i in range(BANK_WINDOWS)],
+                           contrast=None if state.with_contrast(contrast) else 0.0)
+        try:
+            return BeatBank.from_windows(list(x), model.meta.fs)
+        except BankError as exc:
+            first = first or exc
+    raise no_bank(first)

@@ -11,7 +11,7 @@ from aiokafka.errors import KafkaTimeoutError
 from tests.support import RECORDS, start_with_dashboard, wait_for
 
 
-async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data_dir, caplog):
+async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data_dir, caplog, tmp_path):
     caplog.set_level(logging.INFO, logger="aiohttp.access")
     svc, hub, runner, settings = await start_with_dashboard(broker, tiny_model_dir, data_dir, speed=10.0, patients=1)
     url = f"http://127.0.0.1:{settings.http_port}"
@@ -76,6 +76,16 @@ async def test_patients_crud_state_and_bad_requests(broker, tiny_model_dir, data
             assert (state["statements"], state["heart_rate"]) == ({"AFIB": 1.0}, 118.0)
 
             assert (await call("GET", "/patients/ghost"))[0] == 404
+
+            # the records a page onboards from: 40 held-out PTB-XL patients and a minute of 8
+            # MIT-BIH records; a data folder that cannot be read answers without its error text
+            status, body = await call("GET", "/api/records")
+            refs = [r["reference"] for r in body["records"]]
+            assert status == 200 and len(refs) == 48 and sum(r.get("seconds") == 60 for r in refs) == 8, body
+            data, svc.settings.data_dir = svc.settings.data_dir, tmp_path / "no-data"
+            status, body = await call("GET", "/api/records")
+            svc.settings.data_dir = data
+            assert status == 200 and body["records"] == [] and "no-data" not in body["error"], body
 
             # the broker not taking the event: 503 with the reason (the client may send it again)
             async def unreachable(ev):

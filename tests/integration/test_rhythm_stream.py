@@ -105,8 +105,16 @@ async def test_beats_where_the_annotations_say_a_named_rhythm_and_a_restart(brok
     assert after and set(after) == {"N"}
 
 
-async def test_a_stream_that_cannot_draw_rhythms_refuses_them_with_the_reason(broker, tiny_model_dir, prefix, data_dir):
-    model = TwinModel.load(tiny_model_dir)  # its windows hold no beats to cut
+async def test_a_stream_that_cannot_draw_rhythms_refuses_them_with_the_reason(broker, tiny_model_dir, prefix, data_dir,
+                                                                              monkeypatch):
+    from models.rhythm.render import BankError, BeatBank
+
+    def from_windows(cls, windows, fs, max_beats=12):
+        raise BankError("the twin's windows gave 0 whole beats (made to fail here)")
+
+    # the tiny model's windows seldom hold beats to cut (with 4 noise seeds one sometimes does)
+    monkeypatch.setattr(BeatBank, "from_windows", classmethod(from_windows))
+    model = TwinModel.load(tiny_model_dir)
     settings = service_settings(broker, prefix, data_dir=data_dir, rhythm_layer=True)
     svc = TwinService(settings, model)
     await svc.start()
@@ -124,6 +132,76 @@ async def test_a_stream_that_cannot_draw_rhythms_refuses_them_with_the_reason(br
         assert any("cannot draw named rhythms" in d["reason"] and problem in d["reason"] for d in dead), dead
     finally:
         await svc.stop()
+
+
+async def test_a_morphology_without_a_bank_streams_without_beats_until_the_next(broker, prefix, data_dir,
+                                                                               monkeypatch):
+    """A state whose beats cannot be cut (made so here: every cut fails while ``failing``) is
+    tried with each noise seed once, then streamed from the model's own windows without beats:
+    the open rhythm episode ends where they begin, named rhythms are refused with the reason,
+    and the next state that has a bank brings the beats back on a new episode. No segment is
+    lost on the way."""
+    from models.rhythm.render import BANK_TRIES, BankError, BeatBank
+
+    cut, calls, failing = BeatBank.from_windows.__func__, [], [False]
+
+    def from_windows(cls, windows, fs, max_beats=12):
+        calls.append(failing[0])
+        if failing[0]:
+            raise BankError("the twin's beats disagree with each other (made to fail here)")
+        return cut(cls, windows, fs, max_beats)
+
+    monkeypatch.setattr(BeatBank, "from_windows", classmethod(from_windows))
+    model = TwinModel.load(REPO_ROOT / "models" / "default")
+    settings = service_settings(broker, prefix, data_dir=data_dir, rhythm_layer=True)
+    svc = TwinService(settings, model)
+    await svc.start()
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    try:
+        sinus = CardiacState({"SR": 1.0}, 70)
+        await svc.send_event(Event("reg", "bed-1", "register", sinus, reference={"wfdb": RECORDS[0]}))
+        await wait_for(lambda: "bed-1" in svc.streams and svc.streams["bed-1"].p.next_seq >= 3, 60)
+        stream = svc.streams["bed-1"]
+        assert stream.draws_rhythms, stream.rhythm_problem
+        failing[0] = True
+        await svc.send_event(Event("lbbb", "bed-1", "condition", CardiacState({"SR": 1.0, "CLBBB": 1.0}, 70)))
+        await wait_for(lambda: stream.change is not None and stream.change.first_seq is not None, 60)
+        lbbb = stream.change.first_seq
+        await wait_for(lambda: stream.p.next_seq >= lbbb + 4, 60)
+        assert calls.count(True) == BANK_TRIES, calls  # each seed once, not again for every segment
+        view = svc.patient_view("bed-1")["rhythm_layer"]
+        assert view["drawn"] is False and "made to fail here" in view["problem"], view
+        await svc.send_event(Event("vt", "bed-1", "condition", None, rhythm=Rhythm("vt", rate=180).validated()))
+        dead = []
+        for _ in range(60):
+            dead = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers,
+                                                                 settings.kafka.topic_dead_letter)]
+            if dead:
+                break
+        assert any("cannot draw named rhythms" in d["reason"] and "made to fail here" in d["reason"]
+                   for d in dead), dead
+        failing[0] = False
+        await svc.send_event(Event("back", "bed-1", "condition", sinus))
+        await wait_for(lambda: stream.change.event_id == "back" and stream.change.first_seq is not None, 60)
+        back = stream.change.first_seq
+        await wait_for(lambda: stream.p.next_seq >= back + 4, 60)
+        assert stream.draws_rhythms and svc.patient_view("bed-1")["rhythm_layer"]["problem"] is None
+    finally:
+        await svc.stop()
+    segs = {decode_segment(m.value).seq for m in await read_all(broker.bootstrap_servers,
+                                                                settings.kafka.topic_segments)
+            if m.key == b"bed-1"}
+    assert segs == set(range(max(segs) + 1)), "a segment lost"
+    anns = [json.loads(m.value) for m in await read_all(broker.bootstrap_servers, settings.kafka.topic_annotations)
+            if m.key == b"bed-1"]
+    with_beats = {a["seq"] for a in anns if a.get("kind") == "beats"}
+    assert set(range(lbbb)) <= with_beats and set(range(back, back + 4)) <= with_beats, (lbbb, back, with_beats)
+    assert not with_beats & set(range(lbbb, back)), "beats published for segments drawn without them"
+    t_lbbb, t_back = stream.start_time(lbbb), stream.start_time(back)
+    episodes = [(a["rhythm"], a["start_time"], a["end_time"]) for a in anns if a.get("kind") == "rhythm"]
+    closed = [e for e in episodes if e[2] is not None]
+    assert any(abs(end - t_lbbb) < 1e-6 for _, _, end in closed), episodes  # ended where the beats stopped
+    assert any(name == "sinus" and start >= t_back - 1e-6 and end is None for name, start, end in episodes), episodes
 
 
 async def test_a_twin_of_a_millivolt_reference_streams_at_its_qrs_height(broker, prefix, data_dir):

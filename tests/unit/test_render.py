@@ -138,3 +138,29 @@ def test_a_bank_is_cut_on_another_lead_where_lead_ii_misreads(data_dir):
     found = wp.xqrs_detect(x[:, 1].astype(np.float64), fs=FS, verbose=False)
     c = wp.compare_annotations(ref, found, int(0.15 * FS))
     assert c.sensitivity >= 0.98 and c.positive_predictivity >= 0.98, (c.sensitivity, c.positive_predictivity)
+
+
+def test_a_bank_that_cannot_be_cut_is_drawn_again_with_another_seed(data_dir):
+    """The shipped model's CRBBB twin of held-out ecg 1321 at seed 2013 gives fewer than 2 alike
+    beats (one of 3 such banks among 680 of 40 patients); ``bank_for`` draws it again with the
+    next of ``bank_seeds`` and cuts that."""
+    from models.conditions import CardiacState
+    from models.rhythm.morphology import BANK_WINDOWS, bank_for, morphology_state
+    from models.rhythm.render import bank_seeds
+    from models.twin import TwinModel
+    from twin_engine.config import REPO_ROOT
+
+    model = TwinModel.load(REPO_ROOT / "models" / "default")
+    base = model.encode([PTBXL(data_dir / "ptbxl-subset").record(1321).signal])
+    state = CardiacState({"SR": 1.0, "CRBBB": 1.0}, 70.0)
+
+    def windows(seed: int) -> list[np.ndarray]:
+        return list(model.generate(np.stack([base] * BANK_WINDOWS), [morphology_state(state)] * BANK_WINDOWS,
+                                   steps=8, seed=[seed + i for i in range(BANK_WINDOWS)], contrast=0.0))
+
+    first, second = bank_seeds(2013)[:2]
+    with pytest.raises(BankError, match="alike"):
+        BeatBank.from_windows(windows(first), FS)
+    bank = bank_for(model, base, state, seed=2013)
+    again = BeatBank.from_windows(windows(second), FS)
+    np.testing.assert_array_equal(bank.normal, again.normal)

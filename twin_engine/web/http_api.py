@@ -10,9 +10,11 @@ every patient of the deployment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -170,36 +172,37 @@ async def list_records(request: web.Request) -> web.Response:
     """Shared reference records a page can onboard a patient from: held-out PTB-XL patients
     (12 leads) and a minute of some MIT-BIH records (2 leads, the others estimated), each with
     the ``reference`` to register it with."""
+    svc = request.app[SERVICE]
+    try:  # read once (PTB-XL's table, MIT-BIH's headers), off the loop every stream shares
+        rows = await asyncio.to_thread(_record_rows, svc.settings.data_dir, svc.fs)
+    except Exception:
+        log.exception("the shared records could not be listed")
+        return _json({"records": [], "error": "the shared records could not be read"})
+    return _json({"records": list(rows)})
+
+
+@functools.lru_cache(maxsize=4)
+def _record_rows(data_dir: Path, fs: int) -> tuple[dict, ...]:
+    """The rows of ``list_records`` (a failure is raised, not kept)."""
+    import wfdb
+
     from models.data.ptbxl import PTBXL
 
-    svc = request.app[SERVICE]
-    root = svc.settings.data_dir / "ptbxl-subset"
-    try:
-        db = PTBXL(root, svc.fs)
-    except Exception as exc:
-        return _json({"records": [], "error": str(exc)})
+    db = PTBXL(data_dir / "ptbxl-subset", fs)
     _, held = db.split()
     rows = []
     for i in held[:40]:
         path, codes = f"ptbxl-subset/{db.df.at[i, db.filename_column]}", sorted(db.df.at[i, "scp_codes"])
         rows.append({"path": path, "ecg_id": i, "codes": codes, "label": f"{i} {','.join(codes)}",
                      "reference": {"wfdb": path}})
-    rows += await asyncio.to_thread(_mitdb_rows, svc.settings.data_dir / "mitdb")
-    return _json({"records": rows})
-
-
-def _mitdb_rows(root) -> list[dict]:
-    import wfdb
-
-    rows = []
-    for hea in sorted(root.glob("*.hea"))[:MITDB_LISTED]:
+    for hea in sorted((data_dir / "mitdb").glob("*.hea"))[:MITDB_LISTED]:
         try:
             leads = wfdb.rdheader(str(hea.with_suffix(""))).sig_name
         except Exception:  # a damaged header is not offered
             continue
         rows.append({"path": f"mitdb/{hea.stem}", "label": f"MIT-BIH {hea.stem} ({', '.join(leads)}), minute 2",
                      "reference": {"wfdb": f"mitdb/{hea.stem}", "start": 60, "seconds": 60}})
-    return rows
+    return tuple(rows)
 
 
 def build_app(service: Frontend, hub: SubscriberHub | None = None) -> web.Application:

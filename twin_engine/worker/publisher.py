@@ -67,11 +67,17 @@ class Publisher:
         name, since = p.published_rhythm
         return await self.annotate(p, RhythmRecord(p.patient_id, name, MIT_RHYTHM.get(name, ""), since, end_time))
 
-    async def _truth(self, p: Patient, seg: Segment, beats: list[Beat], episodes: list[Episode],
+    async def _truth(self, p: Patient, seg: Segment, beats: list[Beat] | None, episodes: list[Episode],
                      artifacts: list[ArtifactRecord] = ()) -> list:
         """The rhythm episodes the segment opens (closing the one before), the artifacts that begin
-        in it, and its beats."""
+        in it, and its beats. A segment drawn without beats (``beats`` None: its morphology gave
+        no bank) ends the open episode at its start and has no beats record."""
         futures = []
+        if beats is None:
+            if p.published_rhythm is not None:
+                futures.append(await self._end_rhythm(p, seg.start_time))
+                p.published_rhythm = None
+            return futures + [await self.annotate(p, a) for a in artifacts]
         for e in sorted(episodes, key=lambda e: e.start):
             if p.published_rhythm is not None and p.published_rhythm[0] == e.rhythm:
                 continue
@@ -85,7 +91,7 @@ class Publisher:
         return futures + [await self.annotate(p, a) for a in artifacts]
 
     async def publish(self, p: Patient, seg: Segment, change: StateChange | None,
-                      truth: tuple[list[Beat], list[Episode], list[ArtifactRecord]] | None = None) -> None:
+                      truth: tuple[list[Beat] | None, list[Episode], list[ArtifactRecord]] | None = None) -> None:
         """Out once this returns: the segment, its annotations and the stream position are all
         acknowledged by the broker. If any is not, this raises; the stream puts its position back
         (``Patient.set_position``) and sends the segment again (at least once), rather than

@@ -19,7 +19,7 @@ import numpy as np
 from models.conditions import CardiacState
 from models.rhythm import Beat, BeatSchedule, Episode, Rhythm
 from models.rhythm.morphology import morphology_state, rhythm_of
-from models.rhythm.render import BeatBank, BeatRenderer, bank_seed
+from models.rhythm.render import BankError, BeatBank, BeatRenderer, bank_seed, bank_seeds, no_bank
 from models.rhythm.track import RhythmTrack
 from twin_engine.worker.generator import GenRequest
 
@@ -35,13 +35,20 @@ Submit = Callable[[GenRequest, float], Awaitable[np.ndarray]]
 async def make_bank(submit: Submit, base: np.ndarray, state: CardiacState, seed: int, fs: int,
                     due: float) -> BeatBank:
     """The patient's beats in ``state``'s morphology, from ``BANK_SAMPLES`` of the twin made
-    through the batcher (``submit``, by ``due``).
+    through the batcher (``submit``, by ``due``); made again with the next of ``bank_seeds``
+    while they give too few clean beats.
 
     Raises:
-        BankError: the twin's window gave too few clean beats.
+        BankError: no seed gave beats enough.
     """
-    x = await submit(GenRequest(base, morphology_state(state), None, BANK_SAMPLES, seed), due)
-    return await asyncio.to_thread(BeatBank.from_windows, [x], fs)  # XQRS: ~20 ms
+    first: BankError | None = None
+    for s in bank_seeds(seed):
+        x = await submit(GenRequest(base, morphology_state(state), None, BANK_SAMPLES, s), due)
+        try:
+            return await asyncio.to_thread(BeatBank.from_windows, [x], fs)  # XQRS: ~20 ms
+        except BankError as exc:
+            first = first or exc
+    raise no_bank(first)
 
 
 def look_key(state: CardiacState) -> str:
@@ -65,18 +72,32 @@ class StreamRhythm:
         self.base, self.fs, self.submit = base, fs, submit
         self.seed = bank_seed(patient_id)
         self._saved = saved
-        self._banks: OrderedDict[str, BeatBank] = OrderedDict()
+        # each morphology's bank, or why none could be cut (not tried again: each try is ~10 s of the twin)
+        self._banks: OrderedDict[str, BeatBank | str] = OrderedDict()
         self.track: RhythmTrack | None = None
+        self._lapsed = False  # segments went out without beats (``lapse``)
         self.qrs_power: np.ndarray | None = None  # per lead, of the bank the last window was drawn from
 
     async def _bank(self, state: CardiacState, due: float) -> BeatBank:
         key = look_key(state)
         if key not in self._banks:
-            self._banks[key] = await make_bank(self.submit, self.base, state, self.seed, self.fs, due)
+            try:
+                self._banks[key] = await make_bank(self.submit, self.base, state, self.seed, self.fs, due)
+            except BankError as exc:
+                self._banks[key] = str(exc)
             while len(self._banks) > BANKS_KEPT:
                 self._banks.popitem(last=False)
         self._banks.move_to_end(key)
-        return self._banks[key]
+        bank = self._banks[key]
+        if isinstance(bank, str):
+            raise BankError(bank)
+        return bank
+
+    def lapse(self) -> None:
+        """A segment went out without beats (its morphology's bank could not be cut): the
+        schedule begins again where beats can be drawn, as after downtime (a timed rhythm named
+        before is over)."""
+        self.track, self._saved, self._lapsed = None, None, True
 
     async def window(self, t0: float, n: int, state: CardiacState, event_id: str | None, named: Rhythm | None,
                      due: float) -> tuple[np.ndarray, list[Beat], list[Episode]]:
@@ -91,7 +112,7 @@ class StreamRhythm:
         rhythm = named or rhythm_of(state)
         asked = json.dumps([event_id, rhythm.to_dict()], sort_keys=True)
         look = look_key(state)
-        begun = self.track is not None or self._saved is not None  # this stream drew beats before
+        begun = self.track is not None or self._saved is not None or self._lapsed  # it drew beats before
         if self.track is None and self._saved is not None:
             try:
                 self.track = RhythmTrack.from_dict(self._saved, BeatRenderer(bank, self.seed))

@@ -61,13 +61,13 @@ class Pending:
     # state: the next segment starts from it instead of discarding a third of every window
     spare: np.ndarray | None = None
     # drawn by the rhythm layer: its ground truth (beats, rhythm episodes, the artifacts that
-    # begin in it), and the track once it is out
-    truth: tuple[list[Beat], list[Episode], list[ArtifactRecord]] | None = None
+    # begin in it; beats None where its morphology gave no bank), and the track once it is out
+    truth: tuple[list[Beat] | None, list[Episode], list[ArtifactRecord]] | None = None
     track: RhythmTrack | None = None
 
 
 PublishFn = Callable[[Patient, Segment, StateChange | None,
-                     tuple[list[Beat], list[Episode], list[ArtifactRecord]] | None], Awaitable[None]]
+                     tuple[list[Beat] | None, list[Episode], list[ArtifactRecord]] | None], Awaitable[None]]
 
 
 class PatientStream:
@@ -77,7 +77,8 @@ class PatientStream:
                  on_end: Callable[[], None] | None = None, rhythm: StreamRhythm | None = None,
                  nstdb: Path | None = None) -> None:
         self.p = patient
-        # the rhythm layer draws the segments (None: off, or ``rhythm_problem`` says why not)
+        # the rhythm layer draws the segments (None: off; ``rhythm_problem`` says why the last one
+        # made could not be: its morphology gave no bank)
         self.rhythm = rhythm
         self.rhythm_problem: str | None = None if rhythm is not None else "the rhythm layer is off"
         self._track_out: RhythmTrack | None = None  # the track after the last segment published
@@ -202,7 +203,8 @@ class PatientStream:
 
     @property
     def draws_rhythms(self) -> bool:
-        """Whether the stream draws named rhythms (the rhythm layer on, and able to)."""
+        """Whether the stream draws named rhythms (the rhythm layer on, and able to in the
+        morphology of the last segment made)."""
         return self.rhythm is not None and self.rhythm_problem is None
 
     def named_rhythm(self, event_id: str | None) -> Rhythm | None:
@@ -224,17 +226,23 @@ class PatientStream:
         first by the next segment if its state is the same (a change or a ramp step drops them)."""
         state, event_id = self.timeline.state_and_event(seq)
         tail = prev.tail if prev is not None else unpack_tail(self.p.tail_b64, len(self.leads))
-        if self.draws_rhythms:
+        if self.rhythm is not None:
             try:
                 x, beats, episodes = await self.rhythm.window(self.start_time(seq), self.n, state, event_id,
                                                               self.named_rhythm(event_id),
                                                               self.clock.due(self.start_time(seq)))
                 x, opened = await self._artifacts(x, self.start_time(seq))
+                self.rhythm_problem = None
                 return Pending(seq, x, state, event_id, extend_tail(tail, x, self.context), None,
                                (beats, episodes, opened), self.rhythm.track.copy())
             except BankError as exc:
+                # only while the stream is in a morphology whose bank could not be cut: the
+                # model's own windows, without beats; a later state's bank brings the beats back
+                if self.rhythm_problem != str(exc):
+                    log.warning("%s: no beats in this morphology, the model's own windows instead: %s",
+                                self.p.patient_id, exc)
                 self.rhythm_problem = str(exc)
-                log.warning("%s: no rhythm layer, the model's own windows instead: %s", self.p.patient_id, exc)
+                self.rhythm.lapse()
         spare = prev.spare if prev is not None and (prev.state, prev.event_id) == (state, event_id) else None
         have = np.zeros((0, len(self.leads)), np.float32) if spare is None else spare
         if len(have) < self.n:
@@ -242,8 +250,14 @@ class PatientStream:
                              self.n - len(have), patient_seed(self.p.patient_id, seq))
             have = np.concatenate([have, await self.batcher.submit(req, self.clock.due(self.start_time(seq)))])
         samples = have[:self.n]
+        truth = None
+        if self.rhythm is not None:  # no beats: its open rhythm episode ends there
+            opened = []
+            if self.rhythm.qrs_power is not None:  # artifacts at their SNR to the last bank's QRS
+                samples, opened = await self._artifacts(samples, self.start_time(seq))
+            truth = (None, [], opened)
         return Pending(seq, samples, state, event_id, extend_tail(tail, samples, self.context),
-                       have[self.n:] if len(have) > self.n else None)
+                       have[self.n:] if len(have) > self.n else None, truth)
 
     async def _run(self) -> None:
         try:
@@ -336,15 +350,14 @@ class PatientStream:
             self.metrics.event_to_effect.observe(change.published - max(change.received, due))
         before = self.p.position(), self.published
         self.p.tail_b64 = pack_tail(item.tail)
-        if item.track is not None:
-            self.p.rhythm_state = item.track.to_dict()
+        if self.rhythm is not None:  # a segment without beats (``StreamRhythm.lapse``) ends the schedule
+            self.p.rhythm_state = None if item.track is None else item.track.to_dict()
         self.published = item
         self.p.next_seq = item.seq + 1
         try:
             await self.publish(self.p, seg, change, item.truth)
             self.timeline.settle(self.p.next_seq)
-            if item.track is not None:
-                self._track_out = item.track
+            self._track_out = item.track
         except Exception:
             # not out (or not durably): the whole stream position, the state last published
             # included, stays where it was, and the retry sends this segment and its annotations
