@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import random
 import uuid
 
@@ -115,8 +116,14 @@ async def test_a_broker_that_lost_its_state_makes_the_worker_not_ready(tiny_mode
         await wait_for(lambda: "bed-1" in svc.streams and svc.streams["bed-1"].p.next_seq >= 3, 60)
         # a healthy broker stays healthy: a dozen checks with registry records acknowledged (the
         # watch once read topic partitions from the consumer's cache and called them gone)
+        caplog.set_level(logging.INFO, logger="aiokafka.consumer.subscription_state")
         await asyncio.sleep(6.0)
         assert svc.lost is None and svc.ready.is_set(), svc.lost
+        # nor does it fill the log: the watch's consumer is assigned its partitions once, not
+        # every check (aiokafka logs each assignment at INFO)
+        assigned = [r for r in caplog.records if r.name == "aiokafka.consumer.subscription_state"
+                    and settings.kafka.topic_registry in r.getMessage()]
+        assert len(assigned) <= 2, [r.getMessage() for r in assigned]
         b.stop()
         b2 = await asyncio.to_thread(EmbeddedBroker(port=b.port).start)  # the same address, nothing in it
         try:

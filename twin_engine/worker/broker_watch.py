@@ -49,7 +49,8 @@ async def check_registry(consumer: AIOKafkaConsumer, registry: Registry, timeout
     if not acked:
         return None
     tps = {TopicPartition(registry.topic, p): off for p, off in acked.items()}
-    consumer.assign(list(tps))
+    if consumer.assignment() != set(tps):  # aiokafka logs every assign at INFO: 12 lines a minute
+        consumer.assign(list(tps))
     for tp, off in tps.items():
         consumer.seek(tp, off)
     found: set[TopicPartition] = set()
