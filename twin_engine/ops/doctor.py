@@ -19,6 +19,17 @@ def _version(module: str) -> str | None:
         return f"broken ({exc.__class__.__name__}: {exc})"
 
 
+# the databases read from the data dir, and what goes without each
+DATASETS = {
+    "ptbxl-subset": "references, training and evaluation",
+    "ludb": "mV references, amplitude and lead models",
+    "mitdb": "MIT-BIH references, rhythm evaluation",
+    "nstdb": "bw/ma/em noise artifacts",
+    "cpsc2018": "mV references, amplitude model, cross-site evaluation",
+    "cpsc2021": "AF episodes in the rhythm evaluation",
+}
+
+
 def report(settings: Settings) -> list[tuple[str, str]]:
     """Rows of (item, finding)."""
     rows: list[tuple[str, str]] = [("python", f"{sys.version.split()[0]} ({platform.machine()})")]
@@ -48,8 +59,11 @@ def report(settings: Settings) -> list[tuple[str, str]]:
     except Exception as exc:
         rows.append(("broker binary", f"MISSING: {exc}"))
     data = settings.data_dir
-    found = [name for name in ("ptbxl-subset", "ludb", "wfdb-samples") if (data / name).is_dir()]
+    found = [name for name in DATASETS if (data / name).is_dir()]
+    missing = [f"{name} ({DATASETS[name]})" for name in DATASETS if name not in found]
     rows.append(("data dir", f"{data} ({', '.join(found) if found else 'NOT FOUND'})"))
+    if found and missing:
+        rows.append(("data missing", "; ".join(missing)))
     model = settings.model_path
     rows.append(("model", f"{model} ({'present' if (model / 'model.safetensors').is_file() else 'missing'})"))
     try:
