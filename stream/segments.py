@@ -20,7 +20,8 @@ Annotation values, told apart by ``kind`` (a record without one is a state inter
     {"schema_version": 1, "kind": "beats", "patient_id": "bed-7", "seq": 12, "start_time": ...,
      "fs": 250, "beats": [{"sample": 212, "time": 1764081024.848, "symbol": "N"}, ...]}
 - ``rhythm``: one per rhythm episode (``models.rhythm.RHYTHMS`` names, MIT-BIH's aux note);
-  re-sent with ``end_time`` when it closes.
+  re-sent with ``end_time`` when it closes. ``"rhythm": "unannotated"`` (aux "") is a stretch
+  drawn without beats (its morphology gave no bank): its segments have no beats record.
     {"schema_version": 1, "kind": "rhythm", "patient_id": "bed-7", "rhythm": "vt", "aux": "(VT",
      "start_time": 1764081030.2, "end_time": null}
 - ``artifact``: noise or an artifact on the stream (``models.stress.artifacts``), sent with the

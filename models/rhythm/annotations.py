@@ -12,6 +12,7 @@ import wfdb
 
 from models.rhythm.beats import BEAT_SYMBOLS, MIT_KIND, MIT_RHYTHM, Beat, Episode
 
+ANNOTATED = "annotated"  # the aux of the noise note that ends an unannotated (unreadable) stretch
 AUX_RHYTHM = {v: k for k, v in MIT_RHYTHM.items() if k in ("sinus", "sinus_brady", "afib", "aflutter", "bigeminy",
                                                            "trigeminy", "svt", "vt", "asystole", "vf",
                                                            "paced")}
@@ -34,10 +35,10 @@ def write_annotations(record_name: str, out_dir: Path, fs: float, start: float, 
     return write_rows(record_name, out_dir, rows, extension, fs)
 
 
-def write_rows(record_name: str, out_dir: Path, rows: Sequence[tuple[int, str, str]], extension: str = "atr",
+def write_rows(record_name: str, out_dir: Path, rows: Sequence[tuple], extension: str = "atr",
                fs: float | None = None) -> Path:
-    """(sample, symbol, aux note) rows as a WFDB annotation file, in sample order with a rhythm
-    change ('+') before a beat at the same sample.
+    """(sample, symbol, aux note[, subtype]) rows as a WFDB annotation file, in sample order with
+    a rhythm change ('+') before a beat at the same sample.
 
     Returns:
         the annotation file's path.
@@ -46,7 +47,8 @@ def write_rows(record_name: str, out_dir: Path, rows: Sequence[tuple[int, str, s
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: (r[0], r[1] != "+"))
     wfdb.wrann(record_name, extension, np.array([r[0] for r in rows]), symbol=[r[1] for r in rows],
-               aux_note=[r[2] for r in rows], fs=fs, write_dir=str(out_dir))
+               subtype=np.array([r[3] if len(r) > 3 else 0 for r in rows]), aux_note=[r[2] for r in rows], fs=fs,
+               write_dir=str(out_dir))
     return out_dir / f"{record_name}.{extension}"
 
 

@@ -6,7 +6,9 @@ beats and rhythm episodes from ``.atr``; artifacts from its noise annotations (`
 ``kind SNRdB leads`` where one begins, ``clean`` where one ends: the ends are paired with the
 artifacts open, the last begun first, so two artifacts that overlap without one inside the other
 get each other's ends); the asked states from ``.state`` (``(AFIB HR110``), each with the rhythm
-episode it begins in, so steps of a steady rate are scored as in a suite.
+episode it begins in, so steps of a steady rate are scored as in a suite. A record with a stretch
+marked unreadable (``~`` subtype -1: the service drew it without beats) is scored up to the
+first such stretch (``unannotated_from``): past it, which beats are true is not known.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import wfdb
 
-from models.rhythm.annotations import read_annotations
+from models.rhythm.annotations import ANNOTATED, read_annotations
 
 _STATE = re.compile(r"^\((?P<label>\S*) HR(?P<hr>[0-9.]+)$")
 
@@ -47,9 +49,12 @@ def entry(path: Path) -> dict:
         ann = wfdb.rdann(str(path), "atr")
     except Exception as exc:  # noqa: BLE001 - wfdb raises anything on a damaged file
         raise RecordedError(f"{path}.atr: {exc}") from None
-    artifacts, open_ = [], []
-    for s, sym, aux in zip(ann.sample, ann.symbol, ann.aux_note, strict=True):
-        if sym != "~":
+    artifacts, open_, unannotated = [], [], None
+    for s, sym, sub, aux in zip(ann.sample, ann.symbol, ann.subtype, ann.aux_note, strict=True):
+        if sym != "~" or (aux or "").strip("\x00") == ANNOTATED:
+            continue
+        if sub == -1:  # unreadable: a stretch without beat annotations (the service's, ``UNANNOTATED``)
+            unannotated = s / fs if unannotated is None else unannotated
             continue
         note = parse_noise(aux or "")
         if note is not None:
@@ -67,9 +72,12 @@ def entry(path: Path) -> dict:
             t = s / fs
             rhythm = next((e.rhythm for e in reversed(episodes) if e.start <= t + 1e-9), None)
             changes.append({"at": t, "name": rhythm, "rate": float(m["hr"])})
-    return {"record": path.name, "seconds": seconds, "beats": len(beats),
-            "episodes": [{"rhythm": e.rhythm, "start": e.start, "end": e.end} for e in episodes],
-            "artifacts": sorted(artifacts, key=lambda a: a["start"]), "changes": changes}
+    out = {"record": path.name, "seconds": seconds, "beats": len(beats),
+           "episodes": [{"rhythm": e.rhythm, "start": e.start, "end": e.end} for e in episodes],
+           "artifacts": sorted(artifacts, key=lambda a: a["start"]), "changes": changes}
+    if unannotated is not None:  # its beats are not all known from here on: scored up to it
+        out["unannotated_from"] = unannotated
+    return out
 
 
 def entries(folder: Path) -> list[dict]:

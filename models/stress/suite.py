@@ -46,11 +46,17 @@ class Record:
 
 
 def read_record(folder: Path, entry: dict, lead: str = "II") -> Record:
-    """A record of ``folder`` (its manifest ``entry``) with ``lead`` and its annotations."""
+    """A record of ``folder`` (its manifest ``entry``) with ``lead`` and its annotations (up to
+    its ``unannotated_from``, where it has one)."""
     path = Path(folder) / entry["record"]
     rec = wfdb.rdrecord(str(path))
     j = rec.sig_name.index(lead)
     beats, episodes = read_annotations(path)
+    cut = entry.get("unannotated_from")  # a recorded run's stretch without beat annotations
+    if cut is not None:
+        rec.p_signal = rec.p_signal[:int(round(cut * rec.fs))]
+        beats = [b for b in beats if b.time < cut]
+        episodes = [e for e in episodes if e.start < cut]
     end = len(rec.p_signal) / rec.fs
     vf = [(e.start, end if e.end is None else e.end) for e in episodes if e.rhythm == "vf"]
     af = tuple((e.start, end if e.end is None else e.end) for e in episodes if e.rhythm == "afib")

@@ -135,13 +135,17 @@ async def test_a_stream_that_cannot_draw_rhythms_refuses_them_with_the_reason(br
 
 
 async def test_a_morphology_without_a_bank_streams_without_beats_until_the_next(broker, prefix, data_dir,
-                                                                               monkeypatch):
+                                                                               monkeypatch, tmp_path):
     """A state whose beats cannot be cut (made so here: every cut fails while ``failing``) is
     tried with each noise seed once, then streamed from the model's own windows without beats:
-    the open rhythm episode ends where they begin, named rhythms are refused with the reason,
-    and the next state that has a bank brings the beats back on a new episode. No segment is
-    lost on the way."""
+    an ``unannotated`` episode replaces the open one where they begin (the WFDB export marks it
+    unreadable, and a recorded run is scored up to it), named rhythms are refused with the
+    reason, and the next state that has a bank brings the beats back on a new episode. No
+    segment is lost on the way."""
     from models.rhythm.render import BANK_TRIES, BankError, BeatBank
+    from models.stress.recorded import entry
+    from models.stress.suite import read_record
+    from twin_engine.worker.sinks import WfdbSink
 
     cut, calls, failing = BeatBank.from_windows.__func__, [], [False]
 
@@ -154,7 +158,8 @@ async def test_a_morphology_without_a_bank_streams_without_beats_until_the_next(
     monkeypatch.setattr(BeatBank, "from_windows", classmethod(from_windows))
     model = TwinModel.load(REPO_ROOT / "models" / "default")
     settings = service_settings(broker, prefix, data_dir=data_dir, rhythm_layer=True)
-    svc = TwinService(settings, model)
+    sink = WfdbSink(tmp_path / "wfdb")
+    svc = TwinService(settings, model, sinks=[sink])
     await svc.start()
     await asyncio.wait_for(svc.ready.wait(), 30)
     try:
@@ -200,8 +205,22 @@ async def test_a_morphology_without_a_bank_streams_without_beats_until_the_next(
     t_lbbb, t_back = stream.start_time(lbbb), stream.start_time(back)
     episodes = [(a["rhythm"], a["start_time"], a["end_time"]) for a in anns if a.get("kind") == "rhythm"]
     closed = [e for e in episodes if e[2] is not None]
-    assert any(abs(end - t_lbbb) < 1e-6 for _, _, end in closed), episodes  # ended where the beats stopped
+    assert any(name == "sinus" and abs(end - t_lbbb) < 1e-6 for name, _, end in closed), episodes
+    assert ("unannotated", t_lbbb, t_back) in closed, episodes  # the stretch without beats, said
     assert any(name == "sinus" and start >= t_back - 1e-6 and end is None for name, start, end in episodes), episodes
+    sink.close()
+    import wfdb
+
+    ann = wfdb.rdann(str(tmp_path / "wfdb" / "bed_1"), "atr")
+    noise = [(s, sub, aux) for s, sym, sub, aux in zip(ann.sample, ann.symbol, ann.subtype, ann.aux_note, strict=True)
+             if sym == "~"]
+    first = stream.start_time(0)
+    lo, hi = round((t_lbbb - first) * 250), round((t_back - first) * 250)
+    assert noise == [(lo, -1, "unannotated"), (hi, 0, "annotated")], (noise, lo, hi)
+    e = entry(tmp_path / "wfdb" / "bed_1")
+    assert abs(e["unannotated_from"] - lo / 250) < 1e-6 and all(ep["rhythm"] == "sinus" for ep in e["episodes"])
+    rec = read_record(tmp_path / "wfdb", e)
+    assert abs(rec.seconds - lo / 250) < 1e-6 and rec.beats.max() < rec.seconds  # scored up to the stretch
 
 
 async def test_a_twin_of_a_millivolt_reference_streams_at_its_qrs_height(broker, prefix, data_dir):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from models.rhythm import MIT_RHYTHM, Beat, Episode
+from models.rhythm.beats import UNANNOTATED
 from stream.kafka.producer import QueuedProducer, delivered
 from stream.segments import (
     ArtifactRecord,
@@ -71,13 +72,11 @@ class Publisher:
                      artifacts: list[ArtifactRecord] = ()) -> list:
         """The rhythm episodes the segment opens (closing the one before), the artifacts that begin
         in it, and its beats. A segment drawn without beats (``beats`` None: its morphology gave
-        no bank) ends the open episode at its start and has no beats record."""
+        no bank) has no beats record; from the first such segment an ``unannotated`` episode
+        says so, until beats come back."""
         futures = []
         if beats is None:
-            if p.published_rhythm is not None:
-                futures.append(await self._end_rhythm(p, seg.start_time))
-                p.published_rhythm = None
-            return futures + [await self.annotate(p, a) for a in artifacts]
+            episodes = [Episode(UNANNOTATED, seg.start_time)]
         for e in sorted(episodes, key=lambda e: e.start):
             if p.published_rhythm is not None and p.published_rhythm[0] == e.rhythm:
                 continue
@@ -85,6 +84,8 @@ class Publisher:
                 futures.append(await self._end_rhythm(p, e.start))
             p.published_rhythm = [e.rhythm, e.start]
             futures.append(await self.annotate(p, RhythmRecord(p.patient_id, e.rhythm, e.aux, e.start)))
+        if beats is None:
+            return futures + [await self.annotate(p, a) for a in artifacts]
         n = len(seg.samples)
         marks = tuple((min(n - 1, max(0, int(round((b.time - seg.start_time) * seg.fs)))), b.symbol) for b in beats)
         futures.append(await self.annotate(p, BeatsRecord(p.patient_id, seg.seq, seg.start_time, seg.fs, marks)))

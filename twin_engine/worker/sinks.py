@@ -8,7 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
-from models.rhythm.annotations import write_rows
+from models.rhythm.annotations import ANNOTATED, write_rows
+from models.rhythm.beats import UNANNOTATED
 from stream.segments import (
     GAIN,
     ArtifactRecord,
@@ -50,8 +51,10 @@ class WfdbSink:
     """Writes each patient's stream as a WFDB record (``<pid>.hea/.dat``) plus an annotation file
     (``.atr``) in MIT-BIH's codes that ``bxb`` and ``epicmp`` read: every beat (N, V, A, F, /, Q)
     and a '+' rhythm change with its aux note ((N, (AFIB, (VT, ...) where each rhythm episode
-    begins (streams the rhythm layer draws), and a noise annotation ('~', its kind, SNR and leads;
-    '~ clean' where it ends) for each artifact; the state changes go to ``.state`` (a '+' each, its
+    begins (streams the rhythm layer draws), a noise annotation ('~', its kind, SNR and leads;
+    '~ clean' where it ends) for each artifact, and a stretch drawn without beats (a morphology
+    without a bank) marked unreadable ('~' subtype -1, aux ``unannotated``; '~ annotated' where
+    beats come back); the state changes go to ``.state`` (a '+' each, its
     statements and rate: not rhythm codes, kept apart from them). Samples go to the ``.dat`` file as
     they are published, so a run of days holds only a few numbers per patient in memory (it held
     every segment until shutdown: 2 GB an hour at 100 patients); header and annotations are
@@ -62,10 +65,11 @@ class WfdbSink:
         self.patients = patients
         self._records: dict[str, _WfdbRecord] = {}
         # per patient, (sample, symbol, aux) rows for each annotation file: "atr" and "state"
-        self._notes: dict[str, dict[str, list[tuple[int, str, str]]]] = {}
+        self._notes: dict[str, dict[str, list[tuple]]] = {}
         # stream time of each record's first sample, and its rate: known from the first segment's
         # beats, before its samples (and the record) arrive
         self._starts: dict[str, tuple[float, int]] = {}
+        self._unannotated: set[str] = set()  # patients in a stretch drawn without beats
 
     def _wanted(self, patient_id: str) -> bool:
         return self.patients is None or patient_id in self.patients
@@ -102,7 +106,15 @@ class WfdbSink:
         elif isinstance(ann, RhythmRecord):
             if ann.end_time is None:  # where it begins, which may be inside the segment to come
                 begins = self._sample(ann.patient_id, ann.start_time)
-                notes["atr"].append((at if begins is None else max(at, begins), "+", ann.aux))
+                s = at if begins is None else max(at, begins)
+                if ann.rhythm == UNANNOTATED:  # WFDB's unreadable (subtype -1): bxb leaves it out
+                    notes["atr"].append((s, "~", UNANNOTATED, -1))
+                    self._unannotated.add(ann.patient_id)
+                    return
+                if ann.patient_id in self._unannotated:  # beats again
+                    notes["atr"].append((s, "~", ANNOTATED, 0))
+                    self._unannotated.discard(ann.patient_id)
+                notes["atr"].append((s, "+", ann.aux))
         elif ann.end_time is None:
             notes["state"].append((at, "+", state_note(ann.state)))
 
@@ -127,7 +139,7 @@ class WfdbSink:
     def _dat(self, r: _WfdbRecord) -> Path:
         return self.folder / f"{r.name}.dat"
 
-    def _write_header(self, r: _WfdbRecord, notes: dict[str, list[tuple[int, str, str]]]) -> None:
+    def _write_header(self, r: _WfdbRecord, notes: dict[str, list[tuple]]) -> None:
         import wfdb
 
         n = len(r.leads)
