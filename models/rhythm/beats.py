@@ -17,7 +17,7 @@ MIT_KIND = {**dict.fromkeys("NLRBej", "N"), **dict.fromkeys("AaJS", "S"), **dict
 # rhythm names -> the aux note of a rhythm-change annotation (MIT-BIH's; "(ASYS" is ours: MIT-BIH
 # has no asystole episodes, and PhysioNet/CinC 2015 names the alarm so)
 # the episode of a stream drawn without beats (its morphology gave no bank): no rhythm code; the
-# WFDB export marks it unreadable ('~', subtype -1), which bxb leaves out
+# WFDB export marks it unreadable ('~', subtype -1: WFDB's code for unreadable signal)
 UNANNOTATED = "unannotated"
 MIT_RHYTHM = {"sinus": "(N", "sinus_brady": "(SBR", "sinus_tachy": "(N", "afib": "(AFIB", "aflutter": "(AFL",
               "pvc": "(N", "bigeminy": "(B", "trigeminy": "(T", "pac": "(N", "svt": "(SVTA", "vt": "(VT", "pause": "(N", "paced": "(P",

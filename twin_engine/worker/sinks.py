@@ -107,7 +107,7 @@ class WfdbSink:
             if ann.end_time is None:  # where it begins, which may be inside the segment to come
                 begins = self._sample(ann.patient_id, ann.start_time)
                 s = at if begins is None else max(at, begins)
-                if ann.rhythm == UNANNOTATED:  # WFDB's unreadable (subtype -1): bxb leaves it out
+                if ann.rhythm == UNANNOTATED:  # WFDB's note for unreadable signal (subtype -1)
                     notes["atr"].append((s, "~", UNANNOTATED, -1))
                     self._unannotated.add(ann.patient_id)
                     return
