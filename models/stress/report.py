@@ -25,6 +25,8 @@ def markdown(report: dict) -> str:
               if "suite" in report else f"A recorded run: {report['recorded']}")
     lines = [f"# Stress report: {report['cases']} cases, lead {report['lead']}",
              "", f"{source}; the first {report['learning_s']:g} s of each record are the detector's learning period.", "",
+             *[f"{c['case']} is scored up to {c['unannotated_from']:.1f} s: the service drew it without beats from "
+               "there (an unannotated stretch).\n" for c in report.get("per_case", []) if "unannotated_from" in c],
              "## Beats (EC57 matching within 150 ms), gross Se / +P %", "",
              "| beats under | " + " | ".join(report["detectors"]) + " |", "|---|" + "---|" * len(report["detectors"])]
     for key in ["all", *_labels(report)]:

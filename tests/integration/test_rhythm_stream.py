@@ -221,6 +221,12 @@ async def test_a_morphology_without_a_bank_streams_without_beats_until_the_next(
     assert abs(e["unannotated_from"] - lo / 250) < 1e-6 and all(ep["rhythm"] == "sinus" for ep in e["episodes"])
     rec = read_record(tmp_path / "wfdb", e)
     assert abs(rec.seconds - lo / 250) < 1e-6 and rec.beats.max() < rec.seconds  # scored up to the stretch
+    from models.stress.detectors import detector
+    from twin_engine.ops.stress import run_recorded
+
+    report = run_recorded(tmp_path / "wfdb", [detector("xqrs")], tmp_path / "report")
+    assert report["per_case"][0]["unannotated_from"] == e["unannotated_from"]
+    assert "without beats" in (tmp_path / "report" / "report.md").read_text()  # and the report says so
 
 
 async def test_a_twin_of_a_millivolt_reference_streams_at_its_qrs_height(broker, prefix, data_dir):

@@ -95,6 +95,8 @@ def _score(folders: list[tuple[str, Path, list[dict]]], detectors: list[PythonDe
             case = {"case": f"{stem}/{rec.name}", "seconds": rec.seconds, "beats": len(rec.beats),
                     "artifacts": entry["artifacts"], "changes": entry["changes"], "episodes": entry["episodes"],
                     "scores": {}}
+            if entry.get("unannotated_from") is not None:  # a recorded run's stretch without beats: scored up to it
+                case["unannotated_from"] = entry["unannotated_from"]
             for d in detectors:
                 s = score_record(rec, d, learning_s)
                 per_det[d.name].append((case["case"], rec, s))
