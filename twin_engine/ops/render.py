@@ -121,8 +121,10 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
 
     end = next((at for at, ev in changes if ev.type == "remove"), seconds)
     end = min(end, seconds)
-    guided = {"contrast": True} if model.meta.guides(state, contrast) else {}
-    asked = [{"at": 0.0, **_rhythm(reg, state).to_dict(), **guided}]
+    def guided(s: CardiacState) -> dict:  # the manifest marks a state drawn with guidance
+        return {"contrast": True} if model.meta.guides(s, contrast) else {}
+
+    asked = [{"at": 0.0, **_rhythm(reg, state).to_dict(), **guided(state)}]
     schedule = BeatSchedule(_rhythm(reg, state), 0.0, seed)
     renderer = BeatRenderer(tall(first), seed, pace_footprint=fs_out == fs)
     morph = morphology_state(state)
@@ -146,8 +148,7 @@ def _render_patient(model: TwinModel, ref: Reference, reg: Event, changes: list[
             schedule.request(rhythm_of(CardiacState(new.statements, hr)), at + (k - 1) * WINDOW_S)
         if not ramp:
             schedule.request(target, at)
-        asked.append({"at": at, **target.to_dict(), **({"transition": ramp} if ramp else {}),
-                      **({"contrast": True} if model.meta.guides(new, contrast) else {})})
+        asked.append({"at": at, **target.to_dict(), **({"transition": ramp} if ramp else {}), **guided(new)})
         state = new
     track = RhythmTrack(schedule, renderer)
     n_total = int(round(end * fs))

@@ -84,11 +84,11 @@ class Publisher:
                 futures.append(await self._end_rhythm(p, e.start))
             p.published_rhythm = [e.rhythm, e.start]
             futures.append(await self.annotate(p, RhythmRecord(p.patient_id, e.rhythm, e.aux, e.start)))
-        if beats is None:
-            return futures + [await self.annotate(p, a) for a in artifacts]
-        n = len(seg.samples)
-        marks = tuple((min(n - 1, max(0, int(round((b.time - seg.start_time) * seg.fs)))), b.symbol) for b in beats)
-        futures.append(await self.annotate(p, BeatsRecord(p.patient_id, seg.seq, seg.start_time, seg.fs, marks)))
+        if beats is not None:
+            n = len(seg.samples)
+            marks = tuple((min(n - 1, max(0, int(round((b.time - seg.start_time) * seg.fs)))), b.symbol)
+                          for b in beats)
+            futures.append(await self.annotate(p, BeatsRecord(p.patient_id, seg.seq, seg.start_time, seg.fs, marks)))
         return futures + [await self.annotate(p, a) for a in artifacts]
 
     async def publish(self, p: Patient, seg: Segment, change: StateChange | None,
